@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Installs everything a fresh Debian machine needs to build, test and demo edge-sync.
+# Idempotent and quick when everything is present: each step checks before it installs.
+#
+#   scripts/setup.sh            # everything
+#   EDGE_SETUP_SKIP_CROSS=1 ... # skip the ARM cross-build tools (zig, cargo-zigbuild, musl targets)
+set -euo pipefail
+
+log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# --- Debian packages ---------------------------------------------------------------------
+# binary-or-path => package
+declare -A APT_WANTS=(
+  [mosquitto]=mosquitto
+  [mosquitto_pub]=mosquitto-clients
+  [psql]=postgresql-client
+  [qemu-aarch64-static]=qemu-user-static
+  [curl]=curl
+  [cc]=build-essential
+  [pkg-config]=pkg-config
+  [python3]=python3
+  [pip3]=python3-pip
+  [setpriv]=util-linux
+)
+missing=()
+for bin in "${!APT_WANTS[@]}"; do
+  if ! have "$bin" && [ ! -x "/usr/sbin/$bin" ]; then missing+=("${APT_WANTS[$bin]}"); fi
+done
+# The PostgreSQL server binaries live outside PATH on Debian.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! have initdb; then
+  missing+=(postgresql)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "Debian packages present"
+fi
+
+# --- Rust toolchain components -------------------------------------------------------------
+if ! have cargo; then
+  echo "cargo not found: install Rust with rustup (https://rustup.rs) and re-run" >&2
+  exit 1
+fi
+if have rustup; then
+  installed_components=$(rustup component list --installed 2>/dev/null || true)
+  for comp in rustfmt clippy; do
+    if ! grep -q "^${comp}" <<<"$installed_components"; then
+      log "adding rustup component $comp"
+      rustup component add "$comp"
+    fi
+  done
+fi
+
+# --- Cross-build tools for the gateway binaries (aarch64/armv7 musl) -----------------------
+if [ "${EDGE_SETUP_SKIP_CROSS:-0}" != "1" ]; then
+  if have rustup; then
+    installed_targets=$(rustup target list --installed 2>/dev/null || true)
+    for target in aarch64-unknown-linux-musl x86_64-unknown-linux-musl; do
+      if ! grep -qx "$target" <<<"$installed_targets"; then
+        log "adding rust target $target"
+        rustup target add "$target"
+      fi
+    done
+  fi
+  pip_install() {
+    python3 -m pip install --quiet --disable-pip-version-check "$@" 2>/dev/null \
+      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+  }
+  if ! have cargo-zigbuild || ! python3 -m ziglang version >/dev/null 2>&1; then
+    log "installing ziglang + cargo-zigbuild (pip)"
+    pip_install ziglang cargo-zigbuild
+  fi
+fi
+
+log "ready"

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# All checks CI runs: set-up, format, lints, every test (real SQLite, PostgreSQL and mosquitto
+# started by the test harness on free ports), then a one-line summary.
+#
+# Reuses a build directory outside the clone so repeated runs (and CI) do not rebuild the world:
+#   CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/edge-sync/target}
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edge-sync/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+mkdir -p "$CARGO_TARGET_DIR"
+
+step() { printf '\n\033[1;34m==> %s\033[0m\n' "$*"; }
+started=$(date +%s)
+declare -a results=()
+failed=0
+
+run_step() { # name, command...
+  local name=$1; shift
+  local t0; t0=$(date +%s)
+  step "$name"
+  if "$@"; then
+    results+=("ok    $name ($(( $(date +%s) - t0 ))s)")
+  else
+    results+=("FAIL  $name ($(( $(date +%s) - t0 ))s)")
+    failed=1
+  fi
+}
+
+run_step "setup" scripts/setup.sh
+run_step "cargo fmt --check" cargo fmt --all -- --check
+run_step "cargo clippy -D warnings" cargo clippy --workspace --all-targets --locked -- -D warnings
+
+test_log=$(mktemp)
+run_tests() {
+  cargo test --workspace --all-targets --locked --no-fail-fast 2>&1 | tee "$test_log"
+  return "${PIPESTATUS[0]}"
+}
+run_step "cargo test (workspace)" run_tests
+
+if [ -x scripts/build-device.sh ] && [ "${EDGE_TEST_SKIP_CROSS:-0}" != "1" ]; then
+  run_step "device cross-build + qemu smoke test" scripts/build-device.sh --smoke
+fi
+
+# cargo prints one "test result: ok. N passed; M failed; ..." line per test binary.
+read -r passed tfailed < <(awk '/^test result:/ {
+    for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i }
+  } END { print p+0, f+0 }' "$test_log")
+rm -f "$test_log"
+
+step "summary ($(( $(date +%s) - started ))s)"
+printf '  %s\n' "${results[@]}"
+echo "${passed:-0} passed, ${tfailed:-0} failed"
+exit "$failed"
