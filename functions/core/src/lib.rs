@@ -1,15 +1,21 @@
 //! `edge-cloud-core` — the pure decisions of the cloud side.
 //!
 //! Everything here is a function from data to data: no tokio, no PostgreSQL, no clock or
-//! randomness except as arguments. The store and the handlers call into it.
+//! randomness except as arguments. The store and the handlers call into it; the wire types it
+//! works on come from [`edge_protocol`] and are never redefined here.
 //!
 //! # Layout
-//! - classification of a batch's schema against a lineage's approved schema (cloud.md §3)
-//! - review state transitions and optimistic concurrency (cloud.md §5)
-//! - materialization plans and mirror DDL text (cloud.md §6)
-//! - backpressure and circuit-breaker decisions (cloud.md §7), replay planning (cloud.md §8)
+//! - [`naming`] — the one identifier-quoting function and the 63-byte name rule
+//! - [`classify`] — classification of a batch's schema against the approved one, with a
+//!   readable diff (cloud.md §3)
+//! - [`mirror`] — mirror column types, DDL text, value fitness and the set-based,
+//!   version-guarded upsert plan (cloud.md §6)
 //!
-//! The modules arrive with the cloud-ingest and governance issues; the wire types they work on
-//! come from [`edge_protocol`].
+//! Review transitions (§5), backpressure (§7) and replay planning (§8) arrive with the
+//! governance issue.
+
+pub mod classify;
+pub mod mirror;
+pub mod naming;
 
 pub use edge_protocol as protocol;

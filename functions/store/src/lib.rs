@@ -2,11 +2,22 @@
 //!
 //! Owns the versioned SQL migrations, the connection pool and every set-based statement the
 //! handlers run. Unique violations become "duplicate" here, so redelivery reads as success.
+//! The decisions it executes live in [`edge_cloud_core`]; nothing here decides policy.
 //!
 //! # Layout
-//! - migrations (applied by the `migrate` step, idempotent)
-//! - segment ledger, lineages, schema versions and reviews, staged rows, mirrors, controls
+//! - [`migrate`] — embedded, versioned migrations (`migrations/*.sql`), `schema_migrations`
+//! - [`registry`] — devices: session identity → tenant ids, topic slug, control key
+//! - [`pool`] — the deadpool-postgres pool
+//! - [`error`] — [`StoreError`] and the transient/permanent split by SQLSTATE
 //!
-//! Filled by the cloud-ingest issue; the decisions it executes live in [`edge_cloud_core`].
+//! Every function takes a [`tokio_postgres::GenericClient`], so the handler decides the
+//! transaction boundaries.
+
+pub mod error;
+pub mod migrate;
+pub mod pool;
+pub mod registry;
 
 pub use edge_cloud_core as core;
+pub use error::StoreError;
+pub use tokio_postgres;

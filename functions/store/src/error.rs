@@ -1,0 +1,55 @@
+//! The store's error type and the transient/permanent split of database errors.
+
+use tokio_postgres::error::SqlState;
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("connection pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("pool configuration: {0}")]
+    PoolBuild(#[from] deadpool_postgres::BuildError),
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        version: i32,
+        name: &'static str,
+        source: tokio_postgres::Error,
+    },
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+impl StoreError {
+    /// True when retrying the same work later can succeed: the database is unreachable or
+    /// restarting, the pool timed out, or the transaction lost a serialization/deadlock race.
+    /// Everything else (constraint and data errors, corrupt rows) is permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Pool(_) => true,
+            StoreError::Db(e) | StoreError::Migration { source: e, .. } => db_error_is_transient(e),
+            StoreError::PoolBuild(_) | StoreError::Corrupt(_) | StoreError::NotFound(_) => false,
+        }
+    }
+}
+
+/// Transient by SQLSTATE class: 08 connection, 40 transaction rollback (serialization,
+/// deadlock), 53 insufficient resources, 57 operator intervention (shutdown, cancel), 58 system
+/// error. An error without SQLSTATE is a broken connection or I/O — transient too.
+pub fn db_error_is_transient(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => true,
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08")
+                || c.starts_with("40")
+                || c.starts_with("53")
+                || c.starts_with("57")
+                || c.starts_with("58")
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+        }
+    }
+}
