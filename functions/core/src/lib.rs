@@ -5,6 +5,8 @@
 //! works on come from [`edge_protocol`] and are never redefined here.
 //!
 //! # Layout
+//! - [`ingress`] — the ingress envelope and its checks (cloud.md §1)
+//! - [`intake`] — routing after classification, ledger ids, staging keys (cloud.md §2, §4)
 //! - [`naming`] — the one identifier-quoting function and the 63-byte name rule
 //! - [`classify`] — classification of a batch's schema against the approved one, with a
 //!   readable diff (cloud.md §3)
@@ -15,6 +17,8 @@
 //! governance issue.
 
 pub mod classify;
+pub mod ingress;
+pub mod intake;
 pub mod mirror;
 pub mod naming;
 

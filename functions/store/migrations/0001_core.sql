@@ -60,6 +60,7 @@ CREATE TABLE edge_table_lineages (
     materialization_last_error      text,
     -- Telemetry sequencing (protocol §4): the highest accepted batch_seq.
     last_batch_seq                  bigint,
+    last_batch_id                   uuid,
     created_at                      timestamptz NOT NULL DEFAULT now(),
     updated_at                      timestamptz NOT NULL DEFAULT now(),
     UNIQUE (device_id, source_table)
@@ -87,9 +88,12 @@ CREATE TABLE edge_export_segments (
     -- the payload's hash, so the same bad bytes are recorded once).
     raw_batch_id    text,
     received_at     timestamptz NOT NULL,
-    org_id          uuid        NOT NULL,
-    project_id      uuid        NOT NULL,
-    fleet_id        uuid        NOT NULL,
+    -- The session identity. An `unknown_device` rejection has no registry entry: its
+    -- device_id is the nil UUID and the tenant ids are NULL.
+    device_name     text        NOT NULL,
+    org_id          uuid,
+    project_id      uuid,
+    fleet_id        uuid,
     lineage_id      uuid,
     source_table    text,
     kind            text        NOT NULL CHECK (kind IN ('rows', 'telemetry', 'spill')),
@@ -111,6 +115,9 @@ CREATE TABLE edge_export_segments (
     PRIMARY KEY (device_id, batch_id, batch_time)
 );
 CREATE INDEX edge_export_segments_lineage ON edge_export_segments (lineage_id, batch_time);
+-- Telemetry sequencing asks "was this batch_seq already accepted for the lineage?".
+CREATE INDEX edge_export_segments_telemetry_seq ON edge_export_segments (lineage_id, first_seq)
+    WHERE kind = 'telemetry' AND status <> 'rejected';
 CREATE INDEX edge_export_segments_rejected ON edge_export_segments (rejection_code)
     WHERE rejection_code IS NOT NULL;
 
