@@ -2,15 +2,30 @@
 //!
 //! Captures every change of an application's SQLite database with triggers into a journal,
 //! batches it per the wire contract in [`edge_protocol`] and publishes it over MQTT with mTLS.
-//! Nothing in the application's write path waits on the network.
+//! Nothing in the application's write path waits on the network: the triggers only append to a
+//! local table inside the application's own transaction.
+//!
+//! The capture half (this crate's [`capture`] and [`state`]) is a library the publisher drives:
+//! [`capture::Capture::open`] attaches to `source.db`, [`capture::Capture::poll`] follows schema
+//! drift and file replacement each cycle, [`capture::Capture::read_pending`] yields protocol
+//! [`RowChange`](edge_protocol::batch::RowChange)s grouped per table with their encoded sizes,
+//! [`capture::Capture::ack`] records an acknowledgement and deletes the acknowledged journal rows.
+//! Snapshots, local retention and the telemetry reader hang off the same type. See
+//! `docs/capture.md` for the journal layout and the supported migrations.
 //!
 //! # Layout
-//! - `capture/` — discovery, trigger SQL (pure), journal access, fingerprints, snapshots
-//! - `state` — state.db: cursors, epoch, outbox, batch_seq, pauses, handled controls
-//! - `outbox` — sans-IO publish state machine (pending → inflight → acked)
-//! - `mqtt` — rumqttc + rustls mTLS, the only networked module
-//! - `daemon` — wiring, the one select! loop, shutdown
-//!
-//! Filled by the two edge-agent issues.
+//! - [`config`] — [`config::CaptureConfig`]: table strategies, include_columns, ts_column,
+//!   snapshot_on_first_run, local_retention_bytes (filled from TOML by the binary)
+//! - [`capture`] — discovery ([`capture::schema`]), trigger SQL ([`capture::triggers`], pure),
+//!   identifier quoting ([`capture::ident`]), journal reading / acking ([`capture::journal`]),
+//!   snapshots ([`capture::snapshot`]), retention ([`capture::retention`]), telemetry reader
+//!   ([`capture::telemetry`])
+//! - [`state`] — state.db: epoch, instance id, cursors, schema hashes, snapshot flags, pauses,
+//!   handled controls, telemetry progress, counters, outbox
+//! - `outbox`, `mqtt`, `daemon` — the publisher (next issue)
+
+pub mod capture;
+pub mod config;
+pub mod state;
 
 pub use edge_protocol as protocol;

@@ -1,0 +1,621 @@
+//! Reading, acknowledging and measuring `__omega_journal` — the API the publisher uses.
+//!
+//! Reading turns journal rows into protocol [`RowChange`]s grouped by (table, schema_hash), each
+//! with its encoded size so the publisher can cut batches under `max_payload_bytes`. Entries
+//! captured under a schema hash that is no longer the table's current one (e.g. written by the old
+//! triggers between an `ALTER TABLE ADD COLUMN` and the agent noticing it) are re-read from the
+//! live row, so the new column's value is not lost (agent.md §1.4).
+//!
+//! Acknowledging moves the table's cursor in `state.db` first, then deletes the acknowledged rows
+//! in small `BEGIN IMMEDIATE` transactions so the application's writer only ever queues briefly
+//! behind the agent (never sees SQLITE_BUSY given any reasonable busy_timeout).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use edge_protocol::batch::{Op, RowChange};
+use edge_protocol::fingerprint::SchemaColumns;
+use edge_protocol::value::{Row, SqlValue};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, TransactionBehavior};
+use tracing::debug;
+
+use super::codec::parse_values;
+use super::ident::quote_ident;
+use super::triggers::{row_image_expr, OP_DELETE, OP_INSERT, OP_UPDATE};
+use super::{Capture, CaptureError, RowsEntry, StoredSchema};
+use crate::state::{counter, StateDb};
+
+/// Rows deleted per transaction when acknowledging: small enough that one transaction holds the
+/// write lock for about a millisecond on a gateway.
+pub const DELETE_CHUNK_ROWS: usize = 256;
+
+/// Approximate fixed cost of one journal row beyond its JSON text (rowid, ints, record header),
+/// used by [`Capture::journal_stats`].
+pub const ENTRY_OVERHEAD_BYTES: u64 = 16;
+
+/// What to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Only entries with `commit_seq > after_seq` (a read-ahead position: entries already fixed
+    /// in the outbox are not read again). Per-table acknowledged cursors always apply as well.
+    pub after_seq: i64,
+    /// Upper bound on journal rows examined in this call.
+    pub max_entries: usize,
+    /// Tables not to read (paused). Pass `after_seq = 0` after a resume to pick them up again.
+    pub skip_tables: BTreeSet<String>,
+}
+
+/// One change with its encoded size on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingChange {
+    pub change: RowChange,
+    /// `serde_json` length of `change`, i.e. its share of a batch's `rows` array (plus a comma).
+    pub bytes: usize,
+}
+
+/// Consecutive changes of one table under one schema hash (one batch's worth, or more).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeGroup {
+    pub table: String,
+    pub schema_hash: String,
+    pub schema_columns: SchemaColumns,
+    pub changes: Vec<PendingChange>,
+}
+
+impl ChangeGroup {
+    /// Sum of the changes' encoded sizes.
+    pub fn bytes(&self) -> usize {
+        self.changes.iter().map(|c| c.bytes).sum()
+    }
+}
+
+/// Result of [`Capture::read_pending`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PendingRead {
+    /// Groups in order of their first `commit_seq`; within a table, groups are in commit order.
+    pub groups: Vec<ChangeGroup>,
+    /// Per table, the highest commit_seq examined. Entries that produce no change (a refreshed
+    /// entry whose row is gone — a later delete covers it) are covered by this: acknowledge the
+    /// table up to it once everything before it is acknowledged.
+    pub covered: BTreeMap<String, i64>,
+    /// Highest commit_seq examined; the next call's `after_seq`.
+    pub last_seq: i64,
+    /// Entries re-read from the live row because they were captured under an older hash.
+    pub refreshed: usize,
+    /// Entries whose row no longer exists (nothing to send for them).
+    pub superseded: usize,
+}
+
+/// Journal size of one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableJournalStats {
+    pub table: String,
+    pub entries: u64,
+    /// Approximate stored bytes (JSON text + [`ENTRY_OVERHEAD_BYTES`] per row).
+    pub bytes: u64,
+    pub oldest_seq: i64,
+    pub newest_seq: i64,
+}
+
+/// Converts a decoded SQLite value to a bindable one.
+pub(crate) fn to_sql(v: &SqlValue) -> Value {
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) => Value::Integer(*i),
+        SqlValue::Real(f) => Value::Real(*f),
+        SqlValue::Text(s) => Value::Text(s.clone()),
+        SqlValue::Blob(b) => Value::Blob(b.clone()),
+    }
+}
+
+/// Converts a value read from SQLite.
+pub(crate) fn from_sql(v: Value) -> SqlValue {
+    match v {
+        Value::Null => SqlValue::Null,
+        Value::Integer(i) => SqlValue::Integer(i),
+        Value::Real(f) => SqlValue::Real(f),
+        Value::Text(s) => SqlValue::Text(s),
+        Value::Blob(b) => SqlValue::Blob(b),
+    }
+}
+
+/// A raw journal row.
+#[derive(Debug, Clone)]
+pub(crate) struct RawEntry {
+    pub commit_seq: i64,
+    pub schema_id: i64,
+    pub op: i64,
+    pub pk: Option<String>,
+    pub row: Option<String>,
+}
+
+/// A decoded journal row, still under the schema it was captured with.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DecodedEntry {
+    pub commit_seq: i64,
+    pub op: Op,
+    pub pk: Row,
+    pub row: Option<Row>,
+}
+
+/// Decodes one raw entry against its stored schema. Pure.
+pub(crate) fn decode_entry(
+    raw: &RawEntry,
+    schema: &StoredSchema,
+) -> Result<DecodedEntry, CaptureError> {
+    let seq = raw.commit_seq;
+    let bad = |what: String| CaptureError::BadEntry {
+        commit_seq: seq,
+        what,
+    };
+    let codec = |source| CaptureError::Codec {
+        commit_seq: seq,
+        source,
+    };
+    match raw.op {
+        OP_INSERT | OP_UPDATE => {
+            let text = raw
+                .row
+                .as_deref()
+                .ok_or_else(|| bad("insert/update without a row image".into()))?;
+            let values = parse_values(text).map_err(codec)?;
+            if values.len() != schema.columns.len() {
+                return Err(bad(format!(
+                    "row image has {} values, schema {} has {} columns",
+                    values.len(),
+                    schema.schema_id,
+                    schema.columns.len()
+                )));
+            }
+            let row: Row = schema.columns.iter().cloned().zip(values).collect();
+            let mut pk = Row::new();
+            for name in &schema.pk {
+                let v = row
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| bad(format!("key column {name:?} missing from row")))?;
+                pk.insert(name.clone(), v);
+            }
+            let op = if raw.op == OP_INSERT {
+                Op::Insert
+            } else {
+                Op::Update
+            };
+            Ok(DecodedEntry {
+                commit_seq: seq,
+                op,
+                pk,
+                row: Some(row),
+            })
+        }
+        OP_DELETE => {
+            let text = raw
+                .pk
+                .as_deref()
+                .ok_or_else(|| bad("delete without a key".into()))?;
+            let values = parse_values(text).map_err(codec)?;
+            if values.len() != schema.pk.len() {
+                return Err(bad(format!(
+                    "key has {} values, schema has {} key columns",
+                    values.len(),
+                    schema.pk.len()
+                )));
+            }
+            Ok(DecodedEntry {
+                commit_seq: seq,
+                op: Op::Delete,
+                pk: schema.pk.iter().cloned().zip(values).collect(),
+                row: None,
+            })
+        }
+        other => Err(bad(format!("unknown op code {other}"))),
+    }
+}
+
+/// Encoded size of a change on the wire.
+pub fn change_bytes(change: &RowChange) -> usize {
+    serde_json::to_vec(change).map(|v| v.len()).unwrap_or(0)
+}
+
+impl Capture {
+    /// Reads pending journal entries (after `opts.after_seq` and after each table's acknowledged
+    /// cursor), decoded, refreshed where the hash is outdated, grouped per (table, hash).
+    pub fn read_pending(
+        &mut self,
+        state: &StateDb,
+        opts: &ReadOptions,
+    ) -> Result<PendingRead, CaptureError> {
+        let acked = state.acked_cursors()?;
+        let skip_ids: Vec<i64> = opts
+            .skip_tables
+            .iter()
+            .flat_map(|t| self.schema_ids_of(t))
+            .collect();
+        let raws = self.raw_entries(opts.after_seq, opts.max_entries, &skip_ids)?;
+        let mut out = PendingRead {
+            last_seq: opts.after_seq,
+            ..PendingRead::default()
+        };
+        let mut group_index: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for raw in raws {
+            out.last_seq = out.last_seq.max(raw.commit_seq);
+            let schema = self
+                .stored_schema(raw.schema_id)?
+                .cloned()
+                .ok_or(CaptureError::UnknownSchema {
+                    commit_seq: raw.commit_seq,
+                    schema_id: raw.schema_id,
+                })?;
+            if opts.skip_tables.contains(&schema.table) {
+                continue;
+            }
+            if raw.commit_seq <= acked.get(&schema.table).copied().unwrap_or(0) {
+                continue;
+            }
+            out.covered.insert(schema.table.clone(), raw.commit_seq);
+            let decoded = decode_entry(&raw, &schema)?;
+            let current = self.catalog.rows.get(&schema.table).cloned();
+            let (change, hash, columns) = match current {
+                Some(cur) if cur.table.schema_hash != schema.schema_hash => {
+                    match self.refresh(&cur, &schema, decoded)? {
+                        Refreshed::Current(change) => {
+                            out.refreshed += 1;
+                            (
+                                change,
+                                cur.table.schema_hash.clone(),
+                                cur.table.schema.clone(),
+                            )
+                        }
+                        Refreshed::Gone => {
+                            out.superseded += 1;
+                            continue;
+                        }
+                        Refreshed::AsCaptured(change) => (
+                            change,
+                            schema.schema_hash.clone(),
+                            schema.schema_columns.clone(),
+                        ),
+                    }
+                }
+                _ => (
+                    RowChange {
+                        commit_seq: decoded.commit_seq,
+                        op: decoded.op,
+                        pk: decoded.pk,
+                        row: decoded.row,
+                    },
+                    schema.schema_hash.clone(),
+                    schema.schema_columns.clone(),
+                ),
+            };
+            let bytes = change_bytes(&change);
+            let key = (schema.table.clone(), hash.clone());
+            let idx = match group_index.get(&key) {
+                Some(i) => *i,
+                None => {
+                    out.groups.push(ChangeGroup {
+                        table: schema.table.clone(),
+                        schema_hash: hash,
+                        schema_columns: columns,
+                        changes: Vec::new(),
+                    });
+                    group_index.insert(key, out.groups.len() - 1);
+                    out.groups.len() - 1
+                }
+            };
+            if let Some(g) = out.groups.get_mut(idx) {
+                g.changes.push(PendingChange { change, bytes });
+            }
+        }
+        if out.refreshed > 0 {
+            debug!(refreshed = out.refreshed, "entries re-read under the current schema");
+            state.bump_counter(counter::REFRESHED_ENTRIES, "", out.refreshed as i64)?;
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn raw_entries(
+        &self,
+        after_seq: i64,
+        max_entries: usize,
+        skip_schema_ids: &[i64],
+    ) -> Result<Vec<RawEntry>, CaptureError> {
+        let skip = if skip_schema_ids.is_empty() {
+            String::new()
+        } else {
+            let ids: Vec<String> = skip_schema_ids.iter().map(i64::to_string).collect();
+            format!(" AND schema_id NOT IN ({})", ids.join(","))
+        };
+        let sql = format!(
+            "SELECT commit_seq, schema_id, op, pk, row FROM \"__omega_journal\" \
+             WHERE commit_seq > ?1{skip} ORDER BY commit_seq LIMIT ?2"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let limit = i64::try_from(max_entries).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![after_seq, limit], |r| {
+                Ok(RawEntry {
+                    commit_seq: r.get(0)?,
+                    schema_id: r.get(1)?,
+                    op: r.get(2)?,
+                    pk: r.get(3)?,
+                    row: r.get(4)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Re-reads the live row for an entry captured under an outdated schema.
+    fn refresh(
+        &self,
+        current: &RowsEntry,
+        captured: &StoredSchema,
+        entry: DecodedEntry,
+    ) -> Result<Refreshed, CaptureError> {
+        let as_captured = |e: DecodedEntry| RowChange {
+            commit_seq: e.commit_seq,
+            op: e.op,
+            pk: e.pk,
+            row: e.row,
+        };
+        // The key must mean the same thing in both schemas, otherwise the entry can only be
+        // published as it was captured (with its own hash and schema_columns).
+        if current.table.pk != captured.pk {
+            return Ok(Refreshed::AsCaptured(as_captured(entry)));
+        }
+        if entry.op == Op::Delete {
+            return Ok(Refreshed::Current(as_captured(entry)));
+        }
+        let plan = current.plan();
+        let cond: Vec<String> = plan
+            .pk
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("s.{} IS ?{}", quote_ident(c), i + 1))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} AS s WHERE {}",
+            row_image_expr(&plan, "s"),
+            quote_ident(&plan.table),
+            cond.join(" AND ")
+        );
+        let keys: Vec<Value> = plan
+            .pk
+            .iter()
+            .map(|c| entry.pk.get(c).map(to_sql).unwrap_or(Value::Null))
+            .collect();
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params_from_iter(keys))?;
+        let Some(r) = rows.next()? else {
+            return Ok(Refreshed::Gone);
+        };
+        let text: String = r.get(0)?;
+        let schema = StoredSchema {
+            schema_id: current.schema_id,
+            table: plan.table.clone(),
+            schema_hash: current.table.schema_hash.clone(),
+            columns: plan.columns.iter().map(|c| c.name.clone()).collect(),
+            pk: plan.pk.clone(),
+            schema_columns: current.table.schema.clone(),
+        };
+        let fresh = decode_entry(
+            &RawEntry {
+                commit_seq: entry.commit_seq,
+                schema_id: current.schema_id,
+                op: if entry.op == Op::Insert {
+                    OP_INSERT
+                } else {
+                    OP_UPDATE
+                },
+                pk: None,
+                row: Some(text),
+            },
+            &schema,
+        )?;
+        Ok(Refreshed::Current(as_captured(fresh)))
+    }
+
+    /// Records `table` as acknowledged through `up_to_seq` and deletes its journal rows up to
+    /// there, in transactions of at most `chunk_rows` rows. Returns the number deleted.
+    pub fn ack(
+        &mut self,
+        state: &StateDb,
+        table: &str,
+        up_to_seq: i64,
+        chunk_rows: usize,
+    ) -> Result<usize, CaptureError> {
+        // Cursor first: if we crash before the delete, the rows are skipped by the reader and
+        // removed by the next ack; the opposite order could re-send nothing but lose the cursor.
+        state.set_last_acked(table, up_to_seq)?;
+        self.delete_acked(state, table, chunk_rows)
+    }
+
+    /// Deletes rows of `table` at or below its acknowledged cursor, in small transactions.
+    pub fn delete_acked(
+        &mut self,
+        state: &StateDb,
+        table: &str,
+        chunk_rows: usize,
+    ) -> Result<usize, CaptureError> {
+        let up_to = state.last_acked(table)?;
+        let ids = self.schema_ids_of(table);
+        self.delete_where(&ids, 0, up_to, chunk_rows)
+    }
+
+    /// Deletes journal rows of the given schema ids with `lo < commit_seq <= hi`, never the row
+    /// holding the journal's maximum (the floor that keeps commit_seq from repeating).
+    pub(crate) fn delete_where(
+        &mut self,
+        schema_ids: &[i64],
+        lo: i64,
+        hi: i64,
+        chunk_rows: usize,
+    ) -> Result<usize, CaptureError> {
+        if schema_ids.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = schema_ids.iter().map(i64::to_string).collect();
+        let sql = format!(
+            "DELETE FROM \"__omega_journal\" WHERE commit_seq IN (SELECT commit_seq FROM \
+             \"__omega_journal\" WHERE commit_seq > ?1 AND commit_seq <= ?2 AND schema_id IN ({}) \
+             AND commit_seq < (SELECT max(commit_seq) FROM \"__omega_journal\") \
+             ORDER BY commit_seq LIMIT ?3)",
+            ids.join(",")
+        );
+        let chunk = i64::try_from(chunk_rows.max(1)).unwrap_or(i64::MAX);
+        let mut total = 0;
+        loop {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute(&sql, params![lo, hi, chunk])?;
+            tx.commit()?;
+            total += n;
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Deletes the given commit_seqs (never the journal maximum), in small transactions.
+    pub(crate) fn delete_seqs(
+        &mut self,
+        seqs: &[i64],
+        chunk_rows: usize,
+    ) -> Result<usize, CaptureError> {
+        let mut total = 0;
+        for chunk in seqs.chunks(chunk_rows.max(1)) {
+            let list: Vec<String> = chunk.iter().map(i64::to_string).collect();
+            let sql = format!(
+                "DELETE FROM \"__omega_journal\" WHERE commit_seq IN ({}) AND commit_seq < \
+                 (SELECT max(commit_seq) FROM \"__omega_journal\")",
+                list.join(",")
+            );
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            total += tx.execute(&sql, [])?;
+            tx.commit()?;
+        }
+        Ok(total)
+    }
+
+    /// Per-table journal size (one scan of the journal; for `status` and retention).
+    pub fn journal_stats(&self) -> Result<Vec<TableJournalStats>, CaptureError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT s.table_name, count(*), \
+             sum(coalesce(length(j.row), 0) + coalesce(length(j.pk), 0) + {ENTRY_OVERHEAD_BYTES}), \
+             min(j.commit_seq), max(j.commit_seq) \
+             FROM \"__omega_journal\" j JOIN \"__omega_schemas\" s ON s.schema_id = j.schema_id \
+             GROUP BY s.table_name ORDER BY s.table_name"
+        ))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(TableJournalStats {
+                    table: r.get(0)?,
+                    entries: r.get::<_, i64>(1)?.max(0) as u64,
+                    bytes: r.get::<_, i64>(2)?.max(0) as u64,
+                    oldest_seq: r.get(3)?,
+                    newest_seq: r.get(4)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+}
+
+enum Refreshed {
+    Current(RowChange),
+    AsCaptured(RowChange),
+    Gone,
+}
+
+/// Used by retention: every pending entry of one table as (commit_seq, key text).
+pub(crate) fn key_text(pk: &Row) -> String {
+    edge_protocol::value::row_to_json(pk).to_string()
+}
+
+impl Capture {
+    /// Pending (unacknowledged) entries of `table` decoded to (commit_seq, key text).
+    pub(crate) fn pending_keys(
+        &mut self,
+        state: &StateDb,
+        table: &str,
+    ) -> Result<Vec<(i64, String)>, CaptureError> {
+        let acked = state.last_acked(table)?;
+        let ids = self.schema_ids_of(table);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+        let sql = format!(
+            "SELECT commit_seq, schema_id, op, pk, row FROM \"__omega_journal\" \
+             WHERE commit_seq > ?1 AND schema_id IN ({}) ORDER BY commit_seq",
+            list.join(",")
+        );
+        let raws: Vec<RawEntry> = {
+            let mut stmt = self.conn.prepare(&sql)?;
+            let rows = stmt.query_map([acked], |r| {
+                Ok(RawEntry {
+                    commit_seq: r.get(0)?,
+                    schema_id: r.get(1)?,
+                    op: r.get(2)?,
+                    pk: r.get(3)?,
+                    row: r.get(4)?,
+                })
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        let mut out = Vec::with_capacity(raws.len());
+        for raw in raws {
+            let schema = self
+                .stored_schema(raw.schema_id)?
+                .cloned()
+                .ok_or(CaptureError::UnknownSchema {
+                    commit_seq: raw.commit_seq,
+                    schema_id: raw.schema_id,
+                })?;
+            let d = decode_entry(&raw, &schema)?;
+            out.push((d.commit_seq, key_text(&d.pk)));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> StoredSchema {
+        StoredSchema {
+            schema_id: 1,
+            table: "t".into(),
+            schema_hash: "h".into(),
+            columns: vec!["id".into(), "v".into()],
+            pk: vec!["id".into()],
+            schema_columns: SchemaColumns::new("t", vec![]),
+        }
+    }
+
+    #[test]
+    fn decodes_each_op_and_names_bad_entries() {
+        let raw = |op, pk: Option<&str>, row: Option<&str>| RawEntry {
+            commit_seq: 5,
+            schema_id: 1,
+            op,
+            pk: pk.map(str::to_owned),
+            row: row.map(str::to_owned),
+        };
+        let ins = decode_entry(&raw(OP_INSERT, None, Some("[1,\"x\"]")), &schema()).unwrap();
+        assert_eq!(ins.op, Op::Insert);
+        assert_eq!(ins.pk.get("id"), Some(&SqlValue::Integer(1)));
+        let del = decode_entry(&raw(OP_DELETE, Some("[1]"), None), &schema()).unwrap();
+        assert_eq!(del.op, Op::Delete);
+        assert!(del.row.is_none());
+        assert!(decode_entry(&raw(OP_INSERT, None, Some("[1]")), &schema()).is_err());
+        assert!(decode_entry(&raw(9, None, Some("[1,2]")), &schema()).is_err());
+        assert!(decode_entry(&raw(OP_DELETE, None, None), &schema()).is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! Local retention (agent.md §4): bound the journal to `local_retention_bytes`.
+//!
+//! When the journal is over the bound, tables are handled one at a time — paused tables first
+//! (they are why the journal grows), then the largest — first by coalescing pending entries to
+//! the latest one per primary key (the mirror only needs the latest state), and only if that is
+//! not enough by dropping the table's pending entries and marking it `needs_snapshot` (the
+//! snapshot re-sends every live row when publishing resumes; deletes in the dropped range are the
+//! one thing a snapshot cannot carry). Every step is logged and counted in `state.db`.
+//!
+//! The decisions ([`retention_order`], [`coalesce_plan`]) are pure functions.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use tracing::warn;
+
+use super::{Capture, CaptureError};
+use crate::state::{counter, StateDb};
+
+/// Journal usage of one table, as retention sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableUsage {
+    pub table: String,
+    pub bytes: u64,
+    pub paused: bool,
+}
+
+/// The tables to act on, in order, when `total` exceeds `limit` (empty otherwise): paused tables
+/// first, then by size, largest first; ties by name for determinism.
+pub fn retention_order(limit: u64, usage: &[TableUsage]) -> Vec<String> {
+    let total: u64 = usage.iter().map(|u| u.bytes).sum();
+    if total <= limit {
+        return Vec::new();
+    }
+    let mut order: Vec<&TableUsage> = usage.iter().filter(|u| u.bytes > 0).collect();
+    order.sort_by(|a, b| {
+        b.paused
+            .cmp(&a.paused)
+            .then(b.bytes.cmp(&a.bytes))
+            .then(a.table.cmp(&b.table))
+    });
+    order.into_iter().map(|u| u.table.clone()).collect()
+}
+
+/// Given a table's pending entries as (commit_seq, key) in commit order, the commit_seqs made
+/// redundant by a later entry for the same key. Keeping the last entry per key keeps its op too:
+/// a final delete stays a delete, a final insert/update carries the full latest row.
+pub fn coalesce_plan(entries: &[(i64, String)]) -> Vec<i64> {
+    let mut latest: HashMap<&str, i64> = HashMap::new();
+    for (seq, key) in entries {
+        let e = latest.entry(key.as_str()).or_insert(*seq);
+        *e = (*e).max(*seq);
+    }
+    let keep: BTreeSet<i64> = latest.values().copied().collect();
+    entries
+        .iter()
+        .map(|(s, _)| *s)
+        .filter(|s| !keep.contains(s))
+        .collect()
+}
+
+/// What [`Capture::enforce_retention`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// Entries removed by coalescing, per table.
+    pub coalesced: BTreeMap<String, usize>,
+    /// Entries dropped (table marked needs_snapshot), per table.
+    pub dropped: BTreeMap<String, usize>,
+}
+
+impl Capture {
+    fn usage(&self, state: &StateDb) -> Result<Vec<TableUsage>, CaptureError> {
+        let paused: BTreeSet<String> = state
+            .tables()?
+            .into_iter()
+            .filter(|t| t.paused)
+            .map(|t| t.table_name)
+            .collect();
+        Ok(self
+            .journal_stats()?
+            .into_iter()
+            .map(|s| TableUsage {
+                paused: paused.contains(&s.table),
+                table: s.table,
+                bytes: s.bytes,
+            })
+            .collect())
+    }
+
+    /// Enforces `limit` bytes on the journal (see the module docs).
+    pub fn enforce_retention(
+        &mut self,
+        state: &StateDb,
+        limit: u64,
+        chunk_rows: usize,
+    ) -> Result<RetentionReport, CaptureError> {
+        let usage = self.usage(state)?;
+        let mut report = RetentionReport {
+            bytes_before: usage.iter().map(|u| u.bytes).sum(),
+            ..RetentionReport::default()
+        };
+        report.bytes_after = report.bytes_before;
+        let order = retention_order(limit, &usage);
+        if order.is_empty() {
+            return Ok(report);
+        }
+        for table in &order {
+            let keys = self.pending_keys(state, table)?;
+            let redundant = coalesce_plan(&keys);
+            if redundant.is_empty() {
+                continue;
+            }
+            let n = self.delete_seqs(&redundant, chunk_rows)?;
+            warn!(
+                table = %table, removed = n, limit,
+                "journal over local_retention_bytes: coalesced pending entries to the latest per key"
+            );
+            state.bump_counter(counter::RETENTION_COALESCED, table, n as i64)?;
+            report.coalesced.insert(table.clone(), n);
+            report.bytes_after = self.usage(state)?.iter().map(|u| u.bytes).sum();
+            if report.bytes_after <= limit {
+                return Ok(report);
+            }
+        }
+        for table in &order {
+            let acked = state.last_acked(table)?;
+            let ids = self.schema_ids_of(table);
+            let n = self.delete_where(&ids, acked, i64::MAX, chunk_rows)?;
+            if n == 0 {
+                continue;
+            }
+            warn!(
+                table = %table, dropped = n, limit,
+                "journal still over local_retention_bytes: dropped the table's pending entries; \
+                 it will be re-snapshotted when publishing resumes"
+            );
+            state.set_needs_snapshot(table, true)?;
+            state.bump_counter(counter::RETENTION_DROPPED, table, n as i64)?;
+            state.bump_counter(counter::RETENTION_DROPS, table, 1)?;
+            report.dropped.insert(table.clone(), n);
+            report.bytes_after = self.usage(state)?.iter().map(|u| u.bytes).sum();
+            if report.bytes_after <= limit {
+                break;
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(table: &str, bytes: u64, paused: bool) -> TableUsage {
+        TableUsage {
+            table: table.into(),
+            bytes,
+            paused,
+        }
+    }
+
+    #[test]
+    fn nothing_to_do_under_the_limit() {
+        assert!(retention_order(100, &[u("a", 50, true), u("b", 50, false)]).is_empty());
+    }
+
+    #[test]
+    fn paused_first_then_largest() {
+        let order = retention_order(10, &[u("a", 5, false), u("b", 50, false), u("c", 1, true)]);
+        assert_eq!(order, ["c", "b", "a"]);
+    }
+
+    #[test]
+    fn coalesce_keeps_latest_per_key() {
+        let e = |s: i64, k: &str| (s, k.to_string());
+        let plan = coalesce_plan(&[e(1, "a"), e(2, "b"), e(3, "a"), e(4, "a"), e(5, "c")]);
+        assert_eq!(plan, [1, 3]);
+        assert!(coalesce_plan(&[]).is_empty());
+    }
+}

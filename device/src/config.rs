@@ -1,0 +1,81 @@
+//! What the capture layer needs to know about each table, filled by the agent's TOML config
+//! (issue 4) or directly by tests. Validation of *names* against the live schema happens at
+//! enrolment (a table or column named in config may not exist yet), so this type only holds data.
+
+use std::collections::BTreeMap;
+
+/// Default bound on the local journal (agent.md §4): 256 MiB.
+pub const DEFAULT_LOCAL_RETENTION_BYTES: u64 = 256 * 1024 * 1024;
+
+/// How one table is captured (agent.md §1, §5 `table_strategies`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Row changes through triggers into `__omega_journal` (the default).
+    #[default]
+    Rows,
+    /// Append-only time series read by cursor on `(ts_column, rowid)`; no triggers.
+    Telemetry,
+    /// Not captured at all.
+    Ignore,
+}
+
+impl Strategy {
+    /// The config spelling (`rows` | `telemetry` | `ignore`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Strategy::Rows => "rows",
+            Strategy::Telemetry => "telemetry",
+            Strategy::Ignore => "ignore",
+        }
+    }
+
+    /// Parses the config spelling; `None` for anything else so the config layer can name the key.
+    pub fn parse(s: &str) -> Option<Strategy> {
+        match s {
+            "rows" => Some(Strategy::Rows),
+            "telemetry" => Some(Strategy::Telemetry),
+            "ignore" => Some(Strategy::Ignore),
+            _ => None,
+        }
+    }
+}
+
+/// Per-table settings (`[sqlite-replication.table_strategies.<table>]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableConfig {
+    pub strategy: Strategy,
+    /// Columns to capture. For `rows` the primary-key columns are always captured in addition
+    /// (a change without its key is useless). For `telemetry` these become `fields`; `None` means
+    /// every column except `ts_column`.
+    pub include_columns: Option<Vec<String>>,
+    /// Telemetry only: the timestamp column (ISO-8601 text, or unix seconds / milliseconds).
+    pub ts_column: Option<String>,
+}
+
+/// Everything the capture layer is configured with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// Per-table overrides keyed by the exact table name; tables not listed use `rows`.
+    pub tables: BTreeMap<String, TableConfig>,
+    /// Enqueue existing rows of every enrolled table the first time the agent runs on a database.
+    pub snapshot_on_first_run: bool,
+    /// Bound on the journal's pending bytes before retention coalesces/drops (agent.md §4).
+    pub local_retention_bytes: u64,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            tables: BTreeMap::new(),
+            snapshot_on_first_run: true,
+            local_retention_bytes: DEFAULT_LOCAL_RETENTION_BYTES,
+        }
+    }
+}
+
+impl CaptureConfig {
+    /// The settings for `table` (the default `rows` strategy when not configured).
+    pub fn table(&self, table: &str) -> TableConfig {
+        self.tables.get(table).cloned().unwrap_or_default()
+    }
+}

@@ -1,0 +1,609 @@
+//! `state.db`: the agent's own bookkeeping, in a file separate from the application's database so
+//! the application never contends with it and losing it is survivable (a new journal epoch; the
+//! cloud deduplicates what is sent again — duplicates are harmless, loss is not).
+//!
+//! Holds: the journal epoch, the source database's instance id and the journal's high-water mark
+//! (to detect a swapped/restored source.db or a recreated journal), per table the enrolment and
+//! schema hash, last acknowledged `commit_seq`, `needs_snapshot` + snapshot cursor, pause
+//! watermark; telemetry `batch_seq` + cursor; handled control ids; counters shown by `status`; and
+//! an outbox where the publisher fixes a batch's id and bytes before its first publish.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use edge_protocol::value::SqlValue;
+use rusqlite::{params, Connection, OptionalExtension};
+use thiserror::Error;
+use uuid::Uuid;
+
+/// Errors of the state store.
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("state.db: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("state.db holds an invalid {what}: {value:?}")]
+    Corrupt { what: &'static str, value: String },
+}
+
+/// Current layout version (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tables (
+    table_name TEXT PRIMARY KEY,
+    strategy TEXT NOT NULL DEFAULT 'rows',
+    enrolment TEXT NOT NULL DEFAULT 'enrolled',
+    reason TEXT,
+    schema_hash TEXT,
+    triggers_installed INTEGER NOT NULL DEFAULT 0,
+    last_acked_seq INTEGER NOT NULL DEFAULT 0,
+    needs_snapshot INTEGER NOT NULL DEFAULT 0,
+    snapshot_cursor TEXT,
+    paused INTEGER NOT NULL DEFAULT 0,
+    pause_watermark INTEGER,
+    pause_issued_at TEXT
+);
+CREATE TABLE IF NOT EXISTS telemetry (
+    table_name TEXT PRIMARY KEY,
+    batch_seq INTEGER NOT NULL DEFAULT 0,
+    cursor_ts TEXT,
+    cursor_rowid INTEGER
+);
+CREATE TABLE IF NOT EXISTS handled_controls (control_id TEXT PRIMARY KEY, handled_at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT NOT NULL, table_name TEXT NOT NULL, value INTEGER NOT NULL,
+    PRIMARY KEY (name, table_name)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    batch_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    table_name TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+";
+
+/// Counter names (`counters.name`), so `status` and tests agree on spelling.
+pub mod counter {
+    pub const RETENTION_COALESCED: &str = "retention_coalesced_entries";
+    pub const RETENTION_DROPPED: &str = "retention_dropped_entries";
+    pub const RETENTION_DROPS: &str = "retention_drops";
+    pub const EPOCHS_STARTED: &str = "epochs_started";
+    pub const TABLE_REBUILDS: &str = "table_rebuilds_detected";
+    pub const SCHEMA_CHANGES: &str = "schema_changes";
+    pub const SNAPSHOT_ROWS: &str = "snapshot_rows";
+    pub const REFRESHED_ENTRIES: &str = "refreshed_entries";
+    pub const TELEMETRY_SKIPPED: &str = "telemetry_rows_skipped";
+}
+
+/// Per-table state as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableState {
+    pub table_name: String,
+    pub strategy: String,
+    /// `enrolled`, `not_enrolled` or `ignored`.
+    pub enrolment: String,
+    pub reason: Option<String>,
+    pub schema_hash: Option<String>,
+    pub triggers_installed: bool,
+    pub last_acked_seq: i64,
+    pub needs_snapshot: bool,
+    pub snapshot_cursor: Option<String>,
+    pub paused: bool,
+    pub pause_watermark: Option<i64>,
+    pub pause_issued_at: Option<String>,
+}
+
+/// Where the telemetry reader continues: after `(ts, rowid)` in SQLite's ordering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryCursor {
+    /// The raw `ts_column` value of the last published row.
+    pub ts: SqlValue,
+    pub rowid: i64,
+}
+
+/// Telemetry progress of one table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TelemetryProgress {
+    /// Last `batch_seq` used (the next batch uses `batch_seq + 1`).
+    pub batch_seq: i64,
+    pub cursor: Option<TelemetryCursor>,
+}
+
+/// A batch fixed before its first publish (issue 4 fills and drains this).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub batch_id: Uuid,
+    /// `rows` | `telemetry` | anything the publisher needs.
+    pub kind: String,
+    pub table_name: String,
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub payload: Vec<u8>,
+    pub created_at_ms: i64,
+}
+
+/// The state store.
+#[derive(Debug)]
+pub struct StateDb {
+    conn: Connection,
+}
+
+fn table_state(r: &rusqlite::Row<'_>) -> rusqlite::Result<TableState> {
+    Ok(TableState {
+        table_name: r.get(0)?,
+        strategy: r.get(1)?,
+        enrolment: r.get(2)?,
+        reason: r.get(3)?,
+        schema_hash: r.get(4)?,
+        triggers_installed: r.get::<_, i64>(5)? != 0,
+        last_acked_seq: r.get(6)?,
+        needs_snapshot: r.get::<_, i64>(7)? != 0,
+        snapshot_cursor: r.get(8)?,
+        paused: r.get::<_, i64>(9)? != 0,
+        pause_watermark: r.get(10)?,
+        pause_issued_at: r.get(11)?,
+    })
+}
+
+const TABLE_COLUMNS: &str = "table_name, strategy, enrolment, reason, schema_hash, \
+    triggers_installed, last_acked_seq, needs_snapshot, snapshot_cursor, paused, pause_watermark, \
+    pause_issued_at";
+
+impl StateDb {
+    /// Opens (creating if needed) `state.db` at `path`.
+    pub fn open(path: &Path) -> Result<StateDb, StateError> {
+        Self::init(Connection::open(path)?)
+    }
+
+    /// A throwaway state store (tests, `check`).
+    pub fn open_in_memory() -> Result<StateDb, StateError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<StateDb, StateError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // WAL + NORMAL: the state is re-derivable (a lost update means re-sending, never loss),
+        // so an fsync per cursor move is not worth its cost on flash storage.
+        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+        conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(StateDb { conn })
+    }
+
+    /// The underlying connection, for the publisher's own tables.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES(?1, ?2) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// The current journal epoch, if one was started.
+    pub fn journal_epoch(&self) -> Result<Option<Uuid>, StateError> {
+        match self.meta("journal_epoch")? {
+            None => Ok(None),
+            Some(text) => Uuid::parse_str(&text).map(Some).map_err(|_| StateError::Corrupt {
+                what: "journal_epoch",
+                value: text,
+            }),
+        }
+    }
+
+    /// Starts a new journal epoch: every acknowledged cursor goes back to 0 because commit_seq
+    /// values of the old epoch mean nothing in the new one. Counted in `epochs_started`.
+    pub fn start_new_epoch(&mut self, epoch: Uuid) -> Result<(), StateError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO meta(key, value) VALUES('journal_epoch', ?1) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [epoch.to_string()],
+        )?;
+        tx.execute("UPDATE tables SET last_acked_seq = 0", [])?;
+        tx.execute(
+            "INSERT INTO counters(name, table_name, value) VALUES(?1, '', 1) \
+             ON CONFLICT(name, table_name) DO UPDATE SET value = value + 1",
+            [counter::EPOCHS_STARTED],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The `__omega_db_instance` id of the source database this state belongs to.
+    pub fn db_instance_id(&self) -> Result<Option<String>, StateError> {
+        self.meta("db_instance_id")
+    }
+
+    pub fn set_db_instance_id(&self, id: &str) -> Result<(), StateError> {
+        self.set_meta("db_instance_id", id)
+    }
+
+    /// Highest commit_seq ever seen in the journal of this epoch (journal reset detection).
+    pub fn journal_high_water(&self) -> Result<i64, StateError> {
+        match self.meta("journal_high_water")? {
+            None => Ok(0),
+            Some(v) => v.parse().map_err(|_| StateError::Corrupt {
+                what: "journal_high_water",
+                value: v,
+            }),
+        }
+    }
+
+    pub fn set_journal_high_water(&self, seq: i64) -> Result<(), StateError> {
+        self.set_meta("journal_high_water", &seq.to_string())
+    }
+
+    /// The state of one table, if the agent has seen it.
+    pub fn table(&self, table: &str) -> Result<Option<TableState>, StateError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {TABLE_COLUMNS} FROM tables WHERE table_name = ?1"),
+                [table],
+                table_state,
+            )
+            .optional()?)
+    }
+
+    /// Every table the agent has seen, by name.
+    pub fn tables(&self) -> Result<Vec<TableState>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {TABLE_COLUMNS} FROM tables ORDER BY table_name"))?;
+        let rows = stmt.query_map([], table_state)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Records the enrolment decision for a table (inserting it on first sight).
+    pub fn record_enrolment(
+        &self,
+        table: &str,
+        strategy: &str,
+        enrolment: &str,
+        reason: Option<&str>,
+        schema_hash: Option<&str>,
+    ) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO tables(table_name, strategy, enrolment, reason, schema_hash) \
+             VALUES(?1, ?2, ?3, ?4, ?5) ON CONFLICT(table_name) DO UPDATE SET \
+             strategy = excluded.strategy, enrolment = excluded.enrolment, \
+             reason = excluded.reason, schema_hash = excluded.schema_hash",
+            params![table, strategy, enrolment, reason, schema_hash],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a table that no longer exists in the source database.
+    pub fn remove_table(&self, table: &str) -> Result<(), StateError> {
+        self.conn
+            .execute("DELETE FROM tables WHERE table_name = ?1", [table])?;
+        Ok(())
+    }
+
+    pub fn set_triggers_installed(&self, table: &str, installed: bool) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE tables SET triggers_installed = ?2 WHERE table_name = ?1",
+            params![table, installed],
+        )?;
+        Ok(())
+    }
+
+    /// Last acknowledged commit_seq of `table` (0 when none).
+    pub fn last_acked(&self, table: &str) -> Result<i64, StateError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT last_acked_seq FROM tables WHERE table_name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// Every table's acknowledged cursor.
+    pub fn acked_cursors(&self) -> Result<BTreeMap<String, i64>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT table_name, last_acked_seq FROM tables")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<BTreeMap<_, _>, _>>()?)
+    }
+
+    /// Moves the acknowledged cursor forward (never backwards: acks may arrive out of order).
+    pub fn set_last_acked(&self, table: &str, seq: i64) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO tables(table_name, last_acked_seq) VALUES(?1, ?2) \
+             ON CONFLICT(table_name) DO UPDATE SET \
+             last_acked_seq = max(last_acked_seq, excluded.last_acked_seq)",
+            params![table, seq],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_needs_snapshot(&self, table: &str, needs: bool) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO tables(table_name, needs_snapshot) VALUES(?1, ?2) \
+             ON CONFLICT(table_name) DO UPDATE SET needs_snapshot = excluded.needs_snapshot, \
+             snapshot_cursor = NULL",
+            params![table, needs],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_snapshot_cursor(&self, table: &str, cursor: Option<&str>) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE tables SET snapshot_cursor = ?2 WHERE table_name = ?1",
+            params![table, cursor],
+        )?;
+        Ok(())
+    }
+
+    /// Remembers a `pause_lineage` (protocol §6).
+    pub fn set_paused(
+        &self,
+        table: &str,
+        watermark: i64,
+        issued_at: Option<&str>,
+    ) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO tables(table_name, paused, pause_watermark, pause_issued_at) \
+             VALUES(?1, 1, ?2, ?3) ON CONFLICT(table_name) DO UPDATE SET paused = 1, \
+             pause_watermark = excluded.pause_watermark, pause_issued_at = excluded.pause_issued_at",
+            params![table, watermark, issued_at],
+        )?;
+        Ok(())
+    }
+
+    /// Clears a pause (`resume_lineage`), keeping the watermark for `status`.
+    pub fn clear_paused(&self, table: &str) -> Result<(), StateError> {
+        self.conn
+            .execute("UPDATE tables SET paused = 0 WHERE table_name = ?1", [table])?;
+        Ok(())
+    }
+
+    pub fn is_control_handled(&self, control_id: &str) -> Result<bool, StateError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM handled_controls WHERE control_id = ?1",
+                [control_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    pub fn mark_control_handled(&self, control_id: &str, at_ms: i64) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO handled_controls(control_id, handled_at_ms) VALUES(?1, ?2)",
+            params![control_id, at_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn telemetry_progress(&self, table: &str) -> Result<TelemetryProgress, StateError> {
+        let row: Option<(i64, Option<String>, Option<i64>)> = self
+            .conn
+            .query_row(
+                "SELECT batch_seq, cursor_ts, cursor_rowid FROM telemetry WHERE table_name = ?1",
+                [table],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((batch_seq, ts, rowid)) = row else {
+            return Ok(TelemetryProgress::default());
+        };
+        let cursor = match (ts, rowid) {
+            (Some(ts), Some(rowid)) => {
+                let ts: SqlValue =
+                    serde_json::from_str(&ts).map_err(|_| StateError::Corrupt {
+                        what: "telemetry cursor",
+                        value: ts.clone(),
+                    })?;
+                Some(TelemetryCursor { ts, rowid })
+            }
+            _ => None,
+        };
+        Ok(TelemetryProgress { batch_seq, cursor })
+    }
+
+    /// Persists telemetry progress (after the batch with `batch_seq` was acknowledged, or when it
+    /// was fixed in the outbox — the publisher decides).
+    pub fn set_telemetry_progress(
+        &self,
+        table: &str,
+        progress: &TelemetryProgress,
+    ) -> Result<(), StateError> {
+        let (ts, rowid) = match &progress.cursor {
+            Some(c) => (
+                Some(serde_json::to_string(&c.ts).map_err(|_| StateError::Corrupt {
+                    what: "telemetry cursor",
+                    value: c.ts.to_string(),
+                })?),
+                Some(c.rowid),
+            ),
+            None => (None, None),
+        };
+        self.conn.execute(
+            "INSERT INTO telemetry(table_name, batch_seq, cursor_ts, cursor_rowid) \
+             VALUES(?1, ?2, ?3, ?4) ON CONFLICT(table_name) DO UPDATE SET \
+             batch_seq = excluded.batch_seq, cursor_ts = excluded.cursor_ts, \
+             cursor_rowid = excluded.cursor_rowid",
+            params![table, progress.batch_seq, ts, rowid],
+        )?;
+        Ok(())
+    }
+
+    /// Adds `by` to counter `name` of `table` (`""` for agent-wide counters).
+    pub fn bump_counter(&self, name: &str, table: &str, by: i64) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO counters(name, table_name, value) VALUES(?1, ?2, ?3) \
+             ON CONFLICT(name, table_name) DO UPDATE SET value = value + excluded.value",
+            params![name, table, by],
+        )?;
+        Ok(())
+    }
+
+    pub fn counter(&self, name: &str, table: &str) -> Result<i64, StateError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM counters WHERE name = ?1 AND table_name = ?2",
+                params![name, table],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// All counters as `(name, table, value)`.
+    pub fn counters(&self) -> Result<Vec<(String, String, i64)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, table_name, value FROM counters ORDER BY name, table_name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Fixes a batch before its first publish; the same id + bytes are re-sent after a restart.
+    pub fn outbox_put(&self, entry: &OutboxEntry) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO outbox(batch_id, kind, table_name, first_seq, last_seq, payload, \
+             created_at_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                entry.batch_id.to_string(),
+                entry.kind,
+                entry.table_name,
+                entry.first_seq,
+                entry.last_seq,
+                entry.payload,
+                entry.created_at_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Outbox entries in the order they were fixed.
+    pub fn outbox_list(&self) -> Result<Vec<OutboxEntry>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT batch_id, kind, table_name, first_seq, last_seq, payload, created_at_ms \
+             FROM outbox ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                OutboxEntry {
+                    batch_id: Uuid::nil(),
+                    kind: r.get(1)?,
+                    table_name: r.get(2)?,
+                    first_seq: r.get(3)?,
+                    last_seq: r.get(4)?,
+                    payload: r.get(5)?,
+                    created_at_ms: r.get(6)?,
+                },
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, mut entry) = row?;
+            entry.batch_id = Uuid::parse_str(&id).map_err(|_| StateError::Corrupt {
+                what: "outbox batch_id",
+                value: id.clone(),
+            })?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    pub fn outbox_remove(&self, batch_id: Uuid) -> Result<(), StateError> {
+        self.conn.execute(
+            "DELETE FROM outbox WHERE batch_id = ?1",
+            [batch_id.to_string()],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_only_move_forward_and_reset_on_new_epoch() {
+        let mut s = StateDb::open_in_memory().unwrap();
+        s.set_last_acked("t", 10).unwrap();
+        s.set_last_acked("t", 5).unwrap();
+        assert_eq!(s.last_acked("t").unwrap(), 10);
+        let epoch = edge_protocol::ids::new_uuid_v7(1_700_000_000_000, [1; 10]);
+        s.start_new_epoch(epoch).unwrap();
+        assert_eq!(s.journal_epoch().unwrap(), Some(epoch));
+        assert_eq!(s.last_acked("t").unwrap(), 0);
+        assert_eq!(s.counter(counter::EPOCHS_STARTED, "").unwrap(), 1);
+    }
+
+    #[test]
+    fn persists_everything_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let id = edge_protocol::ids::new_uuid_v7(1_700_000_000_000, [2; 10]);
+        {
+            let s = StateDb::open(&path).unwrap();
+            s.set_paused("t", 42, Some("2026-01-01T00:00:00Z")).unwrap();
+            s.mark_control_handled("c1", 1).unwrap();
+            s.set_telemetry_progress(
+                "temps",
+                &TelemetryProgress {
+                    batch_seq: 7,
+                    cursor: Some(TelemetryCursor {
+                        ts: SqlValue::Text("2026-01-01T00:00:00Z".into()),
+                        rowid: 3,
+                    }),
+                },
+            )
+            .unwrap();
+            s.outbox_put(&OutboxEntry {
+                batch_id: id,
+                kind: "rows".into(),
+                table_name: "t".into(),
+                first_seq: 1,
+                last_seq: 2,
+                payload: b"{}".to_vec(),
+                created_at_ms: 5,
+            })
+            .unwrap();
+        }
+        let s = StateDb::open(&path).unwrap();
+        let t = s.table("t").unwrap().unwrap();
+        assert!(t.paused);
+        assert_eq!(t.pause_watermark, Some(42));
+        assert!(s.is_control_handled("c1").unwrap());
+        assert!(!s.is_control_handled("c2").unwrap());
+        let p = s.telemetry_progress("temps").unwrap();
+        assert_eq!(p.batch_seq, 7);
+        assert_eq!(p.cursor.unwrap().rowid, 3);
+        let out = s.outbox_list().unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].batch_id, id);
+        s.outbox_remove(id).unwrap();
+        assert!(s.outbox_list().unwrap().is_empty());
+    }
+}
