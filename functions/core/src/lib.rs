@@ -12,6 +12,7 @@
 //!   readable diff (cloud.md §3)
 //! - [`mirror`] — mirror column types, DDL text, value fitness and the set-based,
 //!   version-guarded upsert plan (cloud.md §6)
+//! - [`telemetry`] — telemetry values into `telemetry_data_point_value` columns
 //!
 //! Review transitions (§5), backpressure (§7) and replay planning (§8) arrive with the
 //! governance issue.
@@ -21,5 +22,6 @@ pub mod ingress;
 pub mod intake;
 pub mod mirror;
 pub mod naming;
+pub mod telemetry;
 
 pub use edge_protocol as protocol;

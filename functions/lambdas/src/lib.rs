@@ -1,13 +1,49 @@
 //! `edge-functions` — the cloud handlers and the binaries that host them.
 //!
 //! A handler is `async fn handle(&Deps, Event) -> Result<Outcome, HandlerError>`: decode, call
-//! [`edge_cloud_core`], call [`edge_cloud_store`]. The same handlers run in AWS Lambda (`ingest`,
-//! `api`, `replay`, `sweep` binaries) and in the local runner `edge-cloud`, which plays IoT Core's
-//! rule engine against mosquitto.
+//! [`edge_cloud_core`], call [`edge_cloud_store`]. The same handlers run in AWS Lambda (`ingest`
+//! binary, later `api`, `replay`, `sweep`) and in the local runner `edge-cloud`, which plays IoT
+//! Core's rule engine against mosquitto.
 //!
 //! # Layout
+//! - [`ingest`] — ingress + intake + materialization of one envelope ([`ingest::handle`])
+//! - [`sqs`] — an SQS batch of envelopes → partial batch failures (the `ingest` Lambda)
+//! - [`HandlerError`] — the one place that decides retryable vs permanent
 //! - `src/bin/*` — thin binaries: parse config, build clients once, call the library
-//!
-//! Filled by the cloud-ingest, governance and deployment issues.
+
+pub mod ingest;
+pub mod sqs;
 
 pub use edge_cloud_store as store;
+
+/// What every handler needs, built once per process.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    pub pool: deadpool_postgres::Pool,
+}
+
+impl Deps {
+    pub fn new(pool: deadpool_postgres::Pool) -> Self {
+        Deps { pool }
+    }
+}
+
+/// A handler failure (rejections are not failures: they are [`ingest::Outcome::Rejected`]).
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error(transparent)]
+    Store(#[from] edge_cloud_store::StoreError),
+}
+
+impl HandlerError {
+    /// The single retry decision. Retryable: the database is unreachable, restarting or
+    /// overloaded, or the transaction lost a deadlock/serialization race — the same envelope
+    /// will succeed later, and redelivery is harmless because intake is idempotent. Everything
+    /// else is permanent: retrying identical input cannot help, so it is logged and not
+    /// redelivered (SQS's redrive policy still parks anything that keeps failing in the DLQ).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            HandlerError::Store(e) => e.is_transient(),
+        }
+    }
+}

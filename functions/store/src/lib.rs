@@ -7,16 +7,26 @@
 //! # Layout
 //! - [`migrate`] — embedded, versioned migrations (`migrations/*.sql`), `schema_migrations`
 //! - [`registry`] — devices: session identity → tenant ids, topic slug, control key
+//! - [`ledger`] — the segment ledger `edge_export_segments` (dedup on device + batch)
+//! - [`lineage`] — lineages, schema versions, reviews, bindings, policy, watermarks, events
+//! - [`staging`] — staged rows with their lineage counters
+//! - [`mirror`] — mirror DDL execution, version-guarded upserts, telemetry values, control acks
+//! - [`approve`] — the dev approval path and the staged-row replay
 //! - [`pool`] — the deadpool-postgres pool
 //! - [`error`] — [`StoreError`] and the transient/permanent split by SQLSTATE
 //!
 //! Every function takes a [`tokio_postgres::GenericClient`], so the handler decides the
 //! transaction boundaries.
 
+pub mod approve;
 pub mod error;
+pub mod ledger;
+pub mod lineage;
 pub mod migrate;
+pub mod mirror;
 pub mod pool;
 pub mod registry;
+pub mod staging;
 
 pub use edge_cloud_core as core;
 pub use error::StoreError;

@@ -1,0 +1,401 @@
+//! Lineages, schema versions, reviews, bindings, policy and watermarks.
+
+use edge_cloud_core::classify::{SchemaClass, SchemaDiff};
+use edge_cloud_core::mirror::{MirrorColumn, MirrorTable, MirrorType};
+use edge_protocol::fingerprint::SchemaColumns;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use crate::registry::Device;
+use crate::StoreError;
+
+/// A lineage row as intake needs it (locked for the rest of the transaction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    pub id: Uuid,
+    pub device_id: Uuid,
+    pub source_table: String,
+    pub kind: String,
+    pub status: String,
+    pub pause_reason: Option<String>,
+    pub approved_schema_hash: Option<String>,
+    pub mirror_table_name: Option<String>,
+    pub last_batch_seq: Option<i64>,
+    pub last_batch_id: Option<Uuid>,
+}
+
+impl Lineage {
+    pub fn is_active(&self) -> bool {
+        self.status == "active"
+    }
+}
+
+const LINEAGE_COLUMNS: &str = "id, device_id, source_table, kind, status, pause_reason, \
+     approved_schema_hash, mirror_table_name, last_batch_seq, last_batch_id";
+
+fn lineage_from_row(r: &tokio_postgres::Row) -> Lineage {
+    Lineage {
+        id: r.get(0),
+        device_id: r.get(1),
+        source_table: r.get(2),
+        kind: r.get(3),
+        status: r.get(4),
+        pause_reason: r.get(5),
+        approved_schema_hash: r.get(6),
+        mirror_table_name: r.get(7),
+        last_batch_seq: r.get(8),
+        last_batch_id: r.get(9),
+    }
+}
+
+/// Creates the lineage on first sight (paused until something is approved) and row-locks it:
+/// every batch of one lineage is serialized from here to commit, which keeps counters,
+/// watermarks and telemetry sequencing race-free.
+pub async fn upsert_lineage<C: GenericClient>(
+    c: &C,
+    new_id: Uuid,
+    device: &Device,
+    source_table: &str,
+    kind: &str,
+    schema_hash: &str,
+) -> Result<Lineage, StoreError> {
+    let row = c
+        .query_one(
+            &format!(
+                "INSERT INTO edge_table_lineages (id, org_id, project_id, fleet_id, device_id, \
+                     source_table, kind, current_schema_hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (device_id, source_table) DO UPDATE \
+                     SET current_schema_hash = EXCLUDED.current_schema_hash, updated_at = now() \
+                 RETURNING {LINEAGE_COLUMNS}"
+            ),
+            &[
+                &new_id,
+                &device.org_id,
+                &device.project_id,
+                &device.fleet_id,
+                &device.device_id,
+                &source_table,
+                &kind,
+                &schema_hash,
+            ],
+        )
+        .await?;
+    Ok(lineage_from_row(&row))
+}
+
+/// A lineage by id, row-locked.
+pub async fn lock_lineage<C: GenericClient>(c: &C, id: Uuid) -> Result<Lineage, StoreError> {
+    let row = c
+        .query_opt(
+            &format!("SELECT {LINEAGE_COLUMNS} FROM edge_table_lineages WHERE id = $1 FOR UPDATE"),
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("lineage {id}")))?;
+    Ok(lineage_from_row(&row))
+}
+
+/// The lineage of (device, source_table), if any.
+pub async fn find_lineage<C: GenericClient>(
+    c: &C,
+    device_id: Uuid,
+    source_table: &str,
+) -> Result<Option<Lineage>, StoreError> {
+    let row = c
+        .query_opt(
+            &format!(
+                "SELECT {LINEAGE_COLUMNS} FROM edge_table_lineages \
+                 WHERE device_id = $1 AND source_table = $2"
+            ),
+            &[&device_id, &source_table],
+        )
+        .await?;
+    Ok(row.as_ref().map(lineage_from_row))
+}
+
+/// The project's policy (column defaults when the project has no row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub allow_additive_continue: bool,
+    pub max_pending_rows_per_lineage: i64,
+    pub max_pending_bytes_per_lineage: i64,
+    pub resume_threshold_percent: i32,
+    pub circuit_breaker_failures: i32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            allow_additive_continue: false,
+            max_pending_rows_per_lineage: 100_000,
+            max_pending_bytes_per_lineage: 1 << 30,
+            resume_threshold_percent: 80,
+            circuit_breaker_failures: 5,
+        }
+    }
+}
+
+pub async fn policy<C: GenericClient>(c: &C, project_id: Uuid) -> Result<Policy, StoreError> {
+    let row = c
+        .query_opt(
+            "SELECT allow_additive_continue, max_pending_rows_per_lineage, \
+                 max_pending_bytes_per_lineage, resume_threshold_percent, circuit_breaker_failures \
+             FROM edge_replication_policy WHERE project_id = $1",
+            &[&project_id],
+        )
+        .await?;
+    Ok(row.map_or_else(Policy::default, |r| Policy {
+        allow_additive_continue: r.get(0),
+        max_pending_rows_per_lineage: r.get(1),
+        max_pending_bytes_per_lineage: r.get(2),
+        resume_threshold_percent: r.get(3),
+        circuit_breaker_failures: r.get(4),
+    }))
+}
+
+/// Sets a project's `allow_additive_continue` (tests and the policy API).
+pub async fn set_allow_additive_continue<C: GenericClient>(
+    c: &C,
+    org_id: Uuid,
+    project_id: Uuid,
+    allow: bool,
+) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO edge_replication_policy (project_id, org_id, allow_additive_continue) \
+         VALUES ($1, $2, $3) ON CONFLICT (project_id) DO UPDATE \
+             SET allow_additive_continue = EXCLUDED.allow_additive_continue, updated_at = now()",
+        &[&project_id, &org_id, &allow],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The columns recorded for (lineage, hash), if the hash was seen with its columns.
+pub async fn schema_columns<C: GenericClient>(
+    c: &C,
+    lineage_id: Uuid,
+    schema_hash: &str,
+) -> Result<Option<SchemaColumns>, StoreError> {
+    let row = c
+        .query_opt(
+            "SELECT columns FROM edge_schema_versions \
+             WHERE lineage_id = $1 AND schema_hash = $2 AND columns IS NOT NULL",
+            &[&lineage_id, &schema_hash],
+        )
+        .await?;
+    match row {
+        None => Ok(None),
+        Some(r) => {
+            let v: serde_json::Value = r.get(0);
+            serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("schema columns of {schema_hash}: {e}")))
+        }
+    }
+}
+
+/// Records a hash seen for a lineage: first sight stores columns, class and diff; later
+/// sightings bump `last_seen` and fill in columns a first, column-less batch lacked.
+pub async fn record_schema_version<C: GenericClient>(
+    c: &C,
+    lineage_id: Uuid,
+    schema_hash: &str,
+    columns: Option<&SchemaColumns>,
+    class: SchemaClass,
+    diff: &SchemaDiff,
+) -> Result<(), StoreError> {
+    let columns = columns
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let diff = serde_json::to_value(diff).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    c.execute(
+        "INSERT INTO edge_schema_versions (lineage_id, schema_hash, columns, classification, diff) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (lineage_id, schema_hash) DO UPDATE \
+             SET last_seen = now(), \
+                 columns = COALESCE(edge_schema_versions.columns, EXCLUDED.columns)",
+        &[&lineage_id, &schema_hash, &columns, &class.as_str(), &diff],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Opens a review for (lineage, hash) unless one is open; emits the queued event when it did.
+pub async fn open_review<C: GenericClient>(
+    c: &C,
+    review_id: Uuid,
+    device: &Device,
+    lineage_id: Uuid,
+    schema_hash: &str,
+    class: SchemaClass,
+    diff: &SchemaDiff,
+) -> Result<bool, StoreError> {
+    let diff = serde_json::to_value(diff).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let n = c
+        .execute(
+            "INSERT INTO edge_schema_reviews (id, lineage_id, schema_hash, classification, diff) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (lineage_id, schema_hash) WHERE state IN ('queued', 'in_review') \
+             DO NOTHING",
+            &[
+                &review_id,
+                &lineage_id,
+                &schema_hash,
+                &class.as_str(),
+                &diff,
+            ],
+        )
+        .await?;
+    if n == 1 {
+        emit_event(
+            c,
+            "integration.edge_schema_review.queued.v1",
+            device,
+            Some(review_id),
+            serde_json::json!({"lineage_id": lineage_id, "schema_hash": schema_hash,
+                               "classification": class.as_str()}),
+        )
+        .await?;
+    }
+    Ok(n == 1)
+}
+
+/// Pauses a lineage; an existing pause keeps its (earlier) reason.
+pub async fn pause_lineage<C: GenericClient>(
+    c: &C,
+    lineage_id: Uuid,
+    reason: &str,
+) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE edge_table_lineages SET status = 'paused', \
+             pause_reason = COALESCE(pause_reason, $2), updated_at = now() WHERE id = $1",
+        &[&lineage_id, &reason],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Raises the lineage's high watermark for an epoch (never lowers it).
+pub async fn advance_watermark<C: GenericClient>(
+    c: &C,
+    lineage_id: Uuid,
+    journal_epoch: Uuid,
+    seq: i64,
+) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO edge_lineage_watermarks (lineage_id, journal_epoch, high_seq) \
+         VALUES ($1, $2, $3) ON CONFLICT (lineage_id, journal_epoch) DO UPDATE \
+             SET high_seq = GREATEST(edge_lineage_watermarks.high_seq, EXCLUDED.high_seq), \
+                 updated_at = now()",
+        &[&lineage_id, &journal_epoch, &seq],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records an accepted telemetry batch as the lineage's newest.
+pub async fn advance_batch_seq<C: GenericClient>(
+    c: &C,
+    lineage_id: Uuid,
+    batch_seq: i64,
+    batch_id: Uuid,
+) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE edge_table_lineages SET last_batch_seq = $2, last_batch_id = $3, updated_at = now() \
+         WHERE id = $1 AND (last_batch_seq IS NULL OR last_batch_seq < $2)",
+        &[&lineage_id, &batch_seq, &batch_id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The bindings of one approved hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bindings {
+    /// `mirror` columns as a table (None when nothing is mirrored).
+    pub mirror: Option<MirrorTable>,
+    /// `map` / `auto_create_and_map` columns: source column → data point.
+    pub mapped: Vec<(String, Uuid)>,
+}
+
+/// Bindings of (lineage, hash); `None` when that hash was never approved.
+pub async fn bindings<C: GenericClient>(
+    c: &C,
+    lineage_id: Uuid,
+    schema_hash: &str,
+) -> Result<Option<Bindings>, StoreError> {
+    let rows = c
+        .query(
+            "SELECT source_column_name, action, mirror_table_name, mirror_column_name, \
+                 mirror_type, pk_ordinal, device_data_point_id \
+             FROM edge_column_bindings WHERE lineage_id = $1 AND schema_hash = $2 \
+             ORDER BY source_column_name",
+            &[&lineage_id, &schema_hash],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut table_name: Option<String> = None;
+    let mut columns = Vec::new();
+    let mut mapped = Vec::new();
+    for r in &rows {
+        let source: String = r.get(0);
+        let action: &str = r.get(1);
+        match action {
+            "mirror" => {
+                let ty: String = r.get(4);
+                let ty = MirrorType::from_sql(&ty)
+                    .ok_or_else(|| StoreError::Corrupt(format!("mirror type {ty:?}")))?;
+                let name: Option<String> = r.get(3);
+                table_name = r.get(2);
+                columns.push(MirrorColumn {
+                    name: name.unwrap_or_else(|| source.clone()),
+                    source_name: source,
+                    ty,
+                    pk_ordinal: i64::from(r.get::<_, i32>(5)),
+                });
+            }
+            "map" | "auto_create_and_map" => {
+                if let Some(dp) = r.get::<_, Option<Uuid>>(6) {
+                    mapped.push((source, dp));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mirror = match table_name {
+        Some(name) if !columns.is_empty() => Some(MirrorTable { name, columns }),
+        _ => None,
+    };
+    Ok(Some(Bindings { mirror, mapped }))
+}
+
+/// Writes a governance event in the caller's transaction (cloud.md §11).
+pub async fn emit_event<C: GenericClient>(
+    c: &C,
+    event_type: &str,
+    device: &Device,
+    subject_id: Option<Uuid>,
+    payload: serde_json::Value,
+) -> Result<(), StoreError> {
+    let mut payload = payload;
+    if let serde_json::Value::Object(map) = &mut payload {
+        map.insert("device_id".into(), device.device_id.to_string().into());
+    }
+    c.execute(
+        "INSERT INTO edge_events (event_type, org_id, project_id, subject_id, payload) \
+         VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &event_type,
+            &device.org_id,
+            &device.project_id,
+            &subject_id,
+            &payload,
+        ],
+    )
+    .await?;
+    Ok(())
+}
