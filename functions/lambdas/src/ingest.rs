@@ -358,7 +358,6 @@ async fn intake_rows(
                         stage_rows(tx, target(StagingReason::MaterializationFailed), &rows).await?;
                     failed = count64(plan.failures.len());
                     staged += n;
-                    materialized -= failed.min(materialized);
                     emit_event(
                         tx,
                         "integration.edge_export_segment.materialization_failed.v1",
