@@ -24,8 +24,13 @@
 //!   handled controls, telemetry progress, counters, outbox
 //! - `outbox`, `mqtt`, `daemon` — the publisher (next issue)
 
+pub mod batcher;
 pub mod capture;
 pub mod config;
+pub mod control;
+pub mod outbox;
+pub mod rate;
+pub mod settings;
 pub mod state;
 
 pub use edge_protocol as protocol;

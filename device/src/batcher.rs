@@ -1,0 +1,278 @@
+//! Journal changes → row batches (protocol §3). Pure: ids come from the caller.
+//!
+//! A [`ChangeGroup`] (one table, one schema hash, commit order) is cut into batches of at most
+//! [`MAX_ROWS_PER_BATCH`] rows whose encoded payload stays within `max_payload_bytes`. Sizes are
+//! first estimated from the per-change sizes the journal reader reports, then each batch is
+//! encoded and checked; one that still overflows is split in half. A single change that cannot
+//! fit any batch is returned separately for the spill flow (protocol §7) — never dropped.
+
+use std::collections::BTreeMap;
+
+use edge_protocol::batch::{RowBatch, RowChange};
+use edge_protocol::fingerprint::SchemaColumns;
+use edge_protocol::limits::MAX_ROWS_PER_BATCH;
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::capture::journal::ChangeGroup;
+
+/// Encoding failed (cannot happen for well-formed values; reported rather than unwrapped).
+#[derive(Debug, Error)]
+#[error("encoding a row batch: {0}")]
+pub struct BatchError(#[from] serde_json::Error);
+
+/// A batch with its identity and bytes fixed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltBatch {
+    pub batch_id: Uuid,
+    pub table: String,
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub rows: usize,
+    pub payload: Vec<u8>,
+}
+
+/// Result of [`build_batches`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Built {
+    pub batches: Vec<BuiltBatch>,
+    /// Changes too large for one message even alone: they go through the spill flow.
+    pub oversized: Vec<RowChange>,
+}
+
+/// Remembers which schema hash each table last announced with `schema_columns`, so the first
+/// batch per table after start-up and after a hash change carries the full fingerprint.
+#[derive(Debug, Clone, Default)]
+pub struct SchemaAnnouncer {
+    announced: BTreeMap<String, String>,
+}
+
+impl SchemaAnnouncer {
+    /// Whether the next batch of `table` under `hash` must carry `schema_columns`.
+    pub fn needs(&self, table: &str, hash: &str) -> bool {
+        self.announced.get(table).map(String::as_str) != Some(hash)
+    }
+
+    pub fn record(&mut self, table: &str, hash: &str) {
+        self.announced.insert(table.to_owned(), hash.to_owned());
+    }
+}
+
+struct Ctx<'a> {
+    epoch: Uuid,
+    table: &'a str,
+    hash: &'a str,
+    columns: &'a SchemaColumns,
+    max_bytes: usize,
+}
+
+fn encode(
+    ctx: &Ctx<'_>,
+    id: Uuid,
+    with_schema: bool,
+    rows: Vec<RowChange>,
+) -> Result<(RowBatch, Vec<u8>), BatchError> {
+    let batch = RowBatch::new(
+        id,
+        ctx.epoch,
+        ctx.table,
+        ctx.hash,
+        with_schema.then(|| ctx.columns.clone()),
+        rows,
+    );
+    let bytes = serde_json::to_vec(&batch)?;
+    Ok((batch, bytes))
+}
+
+/// Cuts `group` into batches. `with_schema` puts `schema_columns` on the first batch.
+pub fn build_batches(
+    group: &ChangeGroup,
+    epoch: Uuid,
+    with_schema: bool,
+    max_payload_bytes: usize,
+    new_id: &mut dyn FnMut() -> Uuid,
+) -> Result<Built, BatchError> {
+    let ctx = Ctx {
+        epoch,
+        table: &group.table,
+        hash: &group.schema_hash,
+        columns: &group.schema_columns,
+        max_bytes: max_payload_bytes,
+    };
+    // Envelope size without rows (with schema when asked), plus room for the seq numbers.
+    let (_, empty) = encode(&ctx, Uuid::nil(), with_schema, Vec::new())?;
+    let overhead = empty.len() + 40;
+    let mut out = Built::default();
+    let mut current: Vec<RowChange> = Vec::new();
+    let mut current_bytes = overhead;
+    let mut schema_pending = with_schema;
+    let mut chunks: Vec<(Vec<RowChange>, bool)> = Vec::new();
+    for pc in &group.changes {
+        let add = pc.bytes + 1;
+        if overhead + add > ctx.max_bytes {
+            // Too big for any batch of this table: spill it. Flush what came before first so
+            // commit order is kept within the batches.
+            if !current.is_empty() {
+                chunks.push((std::mem::take(&mut current), schema_pending));
+                schema_pending = false;
+                current_bytes = overhead;
+            }
+            out.oversized.push(pc.change.clone());
+            continue;
+        }
+        if !current.is_empty()
+            && (current.len() >= MAX_ROWS_PER_BATCH || current_bytes + add > ctx.max_bytes)
+        {
+            chunks.push((std::mem::take(&mut current), schema_pending));
+            schema_pending = false;
+            current_bytes = overhead;
+        }
+        current_bytes += add;
+        current.push(pc.change.clone());
+    }
+    if !current.is_empty() {
+        chunks.push((current, schema_pending));
+    }
+    for (rows, with_schema) in chunks {
+        emit(&ctx, rows, with_schema, new_id, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Encodes `rows` as one batch, halving until every piece fits.
+fn emit(
+    ctx: &Ctx<'_>,
+    rows: Vec<RowChange>,
+    with_schema: bool,
+    new_id: &mut dyn FnMut() -> Uuid,
+    out: &mut Built,
+) -> Result<(), BatchError> {
+    let id = new_id();
+    let n = rows.len();
+    let (batch, bytes) = encode(ctx, id, with_schema, rows)?;
+    if bytes.len() <= ctx.max_bytes || n <= 1 {
+        if bytes.len() > ctx.max_bytes {
+            out.oversized.extend(batch.rows);
+            return Ok(());
+        }
+        out.batches.push(BuiltBatch {
+            batch_id: id,
+            table: batch.source_table,
+            first_seq: batch.first_commit_seq,
+            last_seq: batch.last_commit_seq,
+            rows: n,
+            payload: bytes,
+        });
+        return Ok(());
+    }
+    let mut rows = batch.rows;
+    let tail = rows.split_off(n / 2);
+    emit(ctx, rows, with_schema, new_id, out)?;
+    emit(ctx, tail, false, new_id, out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::capture::journal::{change_bytes, PendingChange};
+    use edge_protocol::batch::Op;
+    use edge_protocol::validate::decode_row_batch;
+    use edge_protocol::value::{Row, SqlValue};
+
+    fn group(n: usize, text_len: usize) -> ChangeGroup {
+        let columns = SchemaColumns::new("t", vec![]);
+        let changes = (0..n)
+            .map(|i| {
+                let mut row = Row::new();
+                row.insert("id".into(), SqlValue::Integer(i as i64));
+                row.insert("v".into(), SqlValue::Text("x".repeat(text_len)));
+                let mut pk = Row::new();
+                pk.insert("id".into(), SqlValue::Integer(i as i64));
+                let change = RowChange {
+                    commit_seq: i as i64 + 1,
+                    op: Op::Insert,
+                    pk,
+                    row: Some(row),
+                };
+                PendingChange {
+                    bytes: change_bytes(&change),
+                    change,
+                }
+            })
+            .collect();
+        ChangeGroup {
+            table: "t".into(),
+            schema_hash: columns.schema_hash(),
+            schema_columns: columns,
+            changes,
+        }
+    }
+
+    fn ids() -> impl FnMut() -> Uuid {
+        let mut n = 0u64;
+        move || {
+            n += 1;
+            edge_protocol::ids::new_uuid_v7(1_700_000_000_000 + n, [n as u8; 10])
+        }
+    }
+
+    fn epoch() -> Uuid {
+        edge_protocol::ids::new_uuid_v7(1_600_000_000_000, [9; 10])
+    }
+
+    #[test]
+    fn splits_under_the_payload_limit_and_keeps_order() {
+        let g = group(2000, 200);
+        let built = build_batches(&g, epoch(), true, 128 * 1024, &mut ids()).unwrap();
+        assert!(built.oversized.is_empty());
+        assert!(built.batches.len() >= 3);
+        let mut next = 1;
+        for (i, b) in built.batches.iter().enumerate() {
+            assert!(b.payload.len() <= 128 * 1024);
+            let decoded = decode_row_batch(&b.payload).unwrap();
+            assert_eq!(decoded.schema_columns.is_some(), i == 0);
+            assert_eq!(decoded.first_commit_seq, next);
+            next = decoded.last_commit_seq + 1;
+            assert_eq!(decoded.batch_id, b.batch_id);
+        }
+        assert_eq!(next, 2001);
+    }
+
+    #[test]
+    fn at_most_4096_rows() {
+        let g = group(10_000, 1);
+        let built = build_batches(&g, epoch(), false, 512 * 1024, &mut ids()).unwrap();
+        assert!(built.batches.iter().all(|b| b.rows <= MAX_ROWS_PER_BATCH));
+        assert_eq!(built.batches.iter().map(|b| b.rows).sum::<usize>(), 10_000);
+    }
+
+    #[test]
+    fn a_row_larger_than_the_limit_goes_to_spill() {
+        let mut g = group(3, 10);
+        let big = group(1, 200_000).changes.remove(0);
+        g.changes.insert(
+            1,
+            PendingChange {
+                change: RowChange {
+                    commit_seq: 99,
+                    ..big.change
+                },
+                bytes: big.bytes,
+            },
+        );
+        let built = build_batches(&g, epoch(), false, 128 * 1024, &mut ids()).unwrap();
+        assert_eq!(built.oversized.len(), 1);
+        assert_eq!(built.oversized[0].commit_seq, 99);
+        assert_eq!(built.batches.iter().map(|b| b.rows).sum::<usize>(), 3);
+    }
+
+    #[test]
+    fn announcer_tracks_hash_changes() {
+        let mut a = SchemaAnnouncer::default();
+        assert!(a.needs("t", "h1"));
+        a.record("t", "h1");
+        assert!(!a.needs("t", "h1"));
+        assert!(a.needs("t", "h2"));
+    }
+}

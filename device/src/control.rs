@@ -1,0 +1,216 @@
+//! Control decisions (protocol §6). Pure: the caller supplies what `state.db` knows.
+//!
+//! Order of checks, and why:
+//! 1. signature (when `signed_control` is on) — a forged or unsigned control is rejected, logged
+//!    and **not acked**, so an attacker cannot even learn that the device is listening;
+//! 2. already handled (control id persisted) — acked again (the cloud re-sends until it sees the
+//!    ack) but not executed twice;
+//! 3. stale — older (`issued_at`) than the last control applied for the same table: acked, not
+//!    applied, because controls may be reordered and an old pause must not undo a newer resume;
+//! 4. otherwise ack first, then execute.
+
+use edge_protocol::control::{verify, ControlEnvelope, ControlKind, SegmentKind, SignatureError};
+use uuid::Uuid;
+
+/// What to do with a control.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlDecision {
+    /// Do not ack, do not execute; log the reason.
+    Reject(String),
+    /// Ack, but do not execute (duplicate or stale); the reason is for the log.
+    AckOnly(String),
+    /// Ack, then execute.
+    Execute(ControlAction),
+}
+
+/// The effect of a control.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlAction {
+    Pause {
+        table: String,
+        watermark: i64,
+        issued_at: Option<String>,
+    },
+    Resume {
+        table: String,
+        watermark: i64,
+        issued_at: Option<String>,
+    },
+    UrlGrant {
+        table: String,
+        batch_id: Uuid,
+        segment_kind: SegmentKind,
+        url: String,
+        expires_at: Option<String>,
+    },
+}
+
+/// What `state.db` knows about a control.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControlFacts {
+    /// The control id was handled before.
+    pub handled: bool,
+    /// `issued_at` of the last control applied for the control's table.
+    pub last_applied_issued_at: Option<String>,
+}
+
+/// Decides. `key` is `Some` exactly when signed controls are on.
+pub fn decide(
+    envelope: &ControlEnvelope,
+    key: Option<&[u8]>,
+    facts: &ControlFacts,
+) -> ControlDecision {
+    if let Some(key) = key {
+        if let Err(e) = verify(envelope, key) {
+            let why = match e {
+                SignatureError::Missing => "unsigned control while signed_control is on",
+                SignatureError::Malformed => "malformed control signature",
+                SignatureError::Mismatch => "control signature does not verify",
+            };
+            return ControlDecision::Reject(why.to_owned());
+        }
+    }
+    if facts.handled {
+        return ControlDecision::AckOnly("already handled".into());
+    }
+    if let (Some(new), Some(last)) = (&envelope.issued_at, &facts.last_applied_issued_at) {
+        if let (Ok(new), Ok(last)) = (
+            edge_protocol::timestamp::parse(new),
+            edge_protocol::timestamp::parse(last),
+        ) {
+            if new < last {
+                return ControlDecision::AckOnly(
+                    "stale: issued before the last control applied for this table".into(),
+                );
+            }
+        }
+    }
+    let table = envelope.source_table.clone().unwrap_or_default();
+    let action = match envelope.control_kind {
+        ControlKind::PauseLineage | ControlKind::ResumeLineage => {
+            let Some(watermark) = envelope.server_watermark else {
+                return ControlDecision::AckOnly("lineage control without server_watermark".into());
+            };
+            if table.is_empty() {
+                return ControlDecision::AckOnly("lineage control without source_table".into());
+            }
+            if envelope.control_kind == ControlKind::PauseLineage {
+                ControlAction::Pause {
+                    table,
+                    watermark,
+                    issued_at: envelope.issued_at.clone(),
+                }
+            } else {
+                ControlAction::Resume {
+                    table,
+                    watermark,
+                    issued_at: envelope.issued_at.clone(),
+                }
+            }
+        }
+        ControlKind::UrlGrant => match (
+            envelope.batch_id,
+            envelope.segment_kind,
+            envelope.presigned_url.clone(),
+        ) {
+            (Some(batch_id), Some(segment_kind), Some(url)) => ControlAction::UrlGrant {
+                table,
+                batch_id,
+                segment_kind,
+                url,
+                expires_at: envelope.presigned_url_expires_at.clone(),
+            },
+            _ => {
+                return ControlDecision::AckOnly(
+                    "url_grant without batch_id/segment_kind/presigned_url".into(),
+                )
+            }
+        },
+    };
+    ControlDecision::Execute(action)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use edge_protocol::control::sign_in_place;
+
+    fn pause(issued: &str) -> ControlEnvelope {
+        ControlEnvelope::pause_lineage(
+            edge_protocol::ids::new_uuid_v7(1_700_000_000_000, [1; 10]),
+            "t",
+            41,
+            "backpressure",
+            issued,
+        )
+    }
+
+    #[test]
+    fn signature_is_required_when_on() {
+        let key = b"k".as_slice();
+        let mut c = pause("2026-01-01T00:00:00Z");
+        assert!(matches!(
+            decide(&c, Some(key), &ControlFacts::default()),
+            ControlDecision::Reject(_)
+        ));
+        sign_in_place(&mut c, b"other");
+        assert!(matches!(
+            decide(&c, Some(key), &ControlFacts::default()),
+            ControlDecision::Reject(_)
+        ));
+        sign_in_place(&mut c, key);
+        assert_eq!(
+            decide(&c, Some(key), &ControlFacts::default()),
+            ControlDecision::Execute(ControlAction::Pause {
+                table: "t".into(),
+                watermark: 41,
+                issued_at: Some("2026-01-01T00:00:00Z".into()),
+            })
+        );
+        // Tampering after signing is caught.
+        c.server_watermark = Some(1);
+        assert!(matches!(
+            decide(&c, Some(key), &ControlFacts::default()),
+            ControlDecision::Reject(_)
+        ));
+        // Unsigned is fine when signed controls are off.
+        assert!(matches!(
+            decide(
+                &pause("2026-01-01T00:00:00Z"),
+                None,
+                &ControlFacts::default()
+            ),
+            ControlDecision::Execute(_)
+        ));
+    }
+
+    #[test]
+    fn duplicates_and_stale_controls_are_acked_not_executed() {
+        let c = pause("2026-01-01T00:00:00Z");
+        let handled = ControlFacts {
+            handled: true,
+            ..ControlFacts::default()
+        };
+        assert!(matches!(
+            decide(&c, None, &handled),
+            ControlDecision::AckOnly(_)
+        ));
+        let newer = ControlFacts {
+            handled: false,
+            last_applied_issued_at: Some("2026-01-01T00:00:01Z".into()),
+        };
+        assert!(matches!(
+            decide(&c, None, &newer),
+            ControlDecision::AckOnly(_)
+        ));
+        let older = ControlFacts {
+            handled: false,
+            last_applied_issued_at: Some("2025-12-31T23:59:59Z".into()),
+        };
+        assert!(matches!(
+            decide(&c, None, &older),
+            ControlDecision::Execute(_)
+        ));
+    }
+}
