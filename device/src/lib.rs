@@ -28,6 +28,7 @@ pub mod batcher;
 pub mod capture;
 pub mod config;
 pub mod control;
+pub mod mqtt;
 pub mod outbox;
 pub mod rate;
 pub mod settings;
