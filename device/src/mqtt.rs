@@ -50,10 +50,15 @@ pub enum MqttError {
 /// What the publisher hears from the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MqttEvent {
-    Connected { session_present: bool },
+    Connected {
+        session_present: bool,
+    },
     /// The connection failed or dropped. `fresh_pending`: publishes without a packet id that
     /// rumqttc holds for the next connection (see `outbox`).
-    Disconnected { fresh_pending: usize, error: String },
+    Disconnected {
+        fresh_pending: usize,
+        error: String,
+    },
     OutgoingPublish(u16),
     AwaitAck(u16),
     PubAck(u16),
@@ -221,7 +226,10 @@ async fn drive(
         let event = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 attempt = 0;
-                info!(session_present = ack.session_present, "connected to the broker");
+                info!(
+                    session_present = ack.session_present,
+                    "connected to the broker"
+                );
                 if let Err(e) = client.try_subscribe(control_topic.clone(), QoS::AtLeastOnce) {
                     warn!(error = %e, "could not queue the control subscription");
                 }

@@ -1,0 +1,687 @@
+//! The daemon: one `select!` loop wiring capture, outbox, controls and the MQTT connection.
+//!
+//! Each turn handles whichever came first — shutdown, an MQTT event, or the next timer — then
+//! does the cheap bookkeeping that is due: schema-drift poll, snapshot chunk, retention, a
+//! journal read into new outbox batches (every `flush_interval`, shortly after a change in
+//! low-latency mode, or continuously while a backlog drains), and handing waiting batches to the
+//! MQTT client within `max_inflight` and the token bucket. All SQLite work is short and local;
+//! the MQTT client is only ever given work with `try_publish`, so the loop never waits on the
+//! network.
+//!
+//! Durability order (why a crash at any point loses nothing):
+//! 1. a batch's id and bytes go into `state.db`'s outbox before its first publish;
+//! 2. on PUBACK the table's cursor moves and acknowledged journal rows are deleted, then the
+//!    outbox row is removed — a crash in between re-sends an identical batch, which the cloud
+//!    deduplicates by `batch_id`;
+//! 3. after a restart every outbox row is published again before new journal entries.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use edge_protocol::control::IngestAck;
+use edge_protocol::schema::SchemaObservation;
+use edge_protocol::telemetry::{TelemetryBatch, TelemetryRow};
+use edge_protocol::topic::{topic, TopicKind};
+use rumqttc::{AsyncClient, QoS};
+use thiserror::Error;
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use crate::batcher::{build_batches, SchemaAnnouncer};
+use crate::capture::journal::{ReadOptions, DELETE_CHUNK_ROWS};
+use crate::capture::{Capture, CaptureError, SystemIds};
+use crate::control::{decide, ControlAction, ControlDecision, ControlFacts};
+use crate::mqtt::{self, MqttError, MqttEvent};
+use crate::outbox::{BatchKind, Outbox, Phase, Tracked};
+use crate::outbox_store;
+use crate::rate::{RateLimits, TokenBucket};
+use crate::settings::Settings;
+use crate::state::{counter, OutboxEntry, StateDb, StateError};
+
+/// Journal entries examined per read.
+pub const READ_MAX_ENTRIES: usize = 16_384;
+/// How often drift/snapshots are checked at most (when flush_interval is longer).
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often local retention is enforced (a scan of the journal).
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(30);
+/// How long shutdown waits for in-flight acknowledgements.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Errors that stop the daemon.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Mqtt(#[from] MqttError),
+    #[error("encoding: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Batch(#[from] crate::batcher::BatchError),
+}
+
+fn now_rfc3339() -> String {
+    edge_protocol::timestamp::format(time::OffsetDateTime::now_utc()).unwrap_or_default()
+}
+
+fn unix_ms() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}
+
+/// The publisher's state.
+#[derive(Debug)]
+pub struct Daemon {
+    settings: Settings,
+    state: StateDb,
+    capture: Capture,
+    outbox: Outbox,
+    announcer: SchemaAnnouncer,
+    bucket: TokenBucket,
+    epoch: Uuid,
+    read_pos: i64,
+    backlog: bool,
+    catch_up: BTreeSet<String>,
+    paused: BTreeSet<String>,
+    /// Tables stopped at a row too large for one message (spill not available).
+    spill_blocked: BTreeSet<String>,
+    root: String,
+    data_version: i64,
+}
+
+impl Daemon {
+    /// Opens state.db and source.db (installing triggers) and loads the outbox.
+    pub fn open(settings: Settings) -> Result<Daemon, DaemonError> {
+        let r = &settings.replication;
+        if let Some(dir) = r.state_db_path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| StateError::Corrupt {
+                    what: "state directory",
+                    value: format!("{}: {e}", dir.display()),
+                })?;
+            }
+        }
+        let mut state = StateDb::open(&r.state_db_path)?;
+        outbox_store::init(state.conn())?;
+        let (capture, report) = Capture::open(
+            &r.source_db_path,
+            settings.capture_config(),
+            &mut state,
+            &mut SystemIds,
+        )?;
+        if let Some(reason) = &report.new_epoch {
+            info!(%reason, "journal epoch started");
+        }
+        let epoch = state.journal_epoch()?.unwrap_or_else(Uuid::now_v7);
+        let mut outbox = Outbox::new();
+        let mut read_pos = 0;
+        for e in state.outbox_list()? {
+            let kind = BatchKind::parse(&e.kind).unwrap_or(BatchKind::Rows);
+            if kind == BatchKind::Rows {
+                read_pos = read_pos.max(e.last_seq);
+            }
+            outbox.add(Tracked {
+                batch_id: e.batch_id,
+                kind,
+                table: e.table_name,
+                first_seq: e.first_seq,
+                last_seq: e.last_seq,
+                bytes: e.payload.len(),
+                phase: Phase::Waiting,
+                attempts: 0,
+            });
+        }
+        if !outbox.is_empty() {
+            info!(
+                batches = outbox.len(),
+                "re-publishing batches fixed before the restart"
+            );
+        }
+        let paused = state
+            .tables()?
+            .into_iter()
+            .filter(|t| t.paused)
+            .map(|t| t.table_name)
+            .collect();
+        let limits = r.rate_limit.then_some(RateLimits {
+            publishes_per_sec: r.max_publishes_per_sec,
+            bytes_per_sec: r.max_bytes_per_sec,
+        });
+        let root = settings.connection.root_topic.clone();
+        Ok(Daemon {
+            bucket: TokenBucket::new(limits, Instant::now()),
+            settings,
+            state,
+            capture,
+            outbox,
+            announcer: SchemaAnnouncer::default(),
+            epoch,
+            read_pos,
+            backlog: true,
+            catch_up: BTreeSet::new(),
+            paused,
+            spill_blocked: BTreeSet::new(),
+            root,
+            data_version: 0,
+        })
+    }
+
+    /// Runs until `shutdown` completes, then drains in-flight acks briefly and disconnects.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+        let c = &self.settings.connection;
+        let tls = if c.server.tls {
+            Some(mqtt::tls_config(c)?)
+        } else {
+            None
+        };
+        let options = mqtt::options(
+            c,
+            tls,
+            self.settings.replication.max_payload_bytes,
+            self.settings.replication.max_inflight,
+        );
+        let mut conn = mqtt::spawn(
+            options,
+            topic(&self.root, TopicKind::IngestControl),
+            c.reconnect_min,
+            c.reconnect_max,
+        );
+        let client = conn.client.clone();
+        let r = self.settings.replication.clone();
+        let poll_every = if r.low_latency {
+            r.low_latency_debounce.min(POLL_INTERVAL)
+        } else {
+            r.flush_interval.min(POLL_INTERVAL)
+        };
+        let start = Instant::now();
+        let mut next_flush = start;
+        let mut next_poll = start;
+        let mut next_retention = start;
+        let mut rate_wake: Option<Instant> = None;
+        tokio::pin!(shutdown);
+        info!(device = %self.settings.connection.device_name, root = %self.root, "agent running");
+        loop {
+            let mut wake = next_flush.min(next_poll);
+            if let Some(w) = rate_wake {
+                wake = wake.min(w);
+            }
+            if self.backlog && self.has_room() {
+                wake = Instant::now();
+            }
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                ev = conn.events.recv() => match ev {
+                    Some(ev) => self.on_mqtt(ev, &client)?,
+                    None => break,
+                },
+                () = tokio::time::sleep_until(wake.into()) => {}
+            }
+            let now = Instant::now();
+            if now >= next_poll {
+                next_poll = now + poll_every;
+                let report = self.capture.poll(&mut self.state, &mut SystemIds)?;
+                if report.new_epoch.is_some() {
+                    self.epoch = self.state.journal_epoch()?.unwrap_or(self.epoch);
+                    self.read_pos = 0;
+                }
+                if self.snapshot_step()? {
+                    self.backlog = true;
+                }
+                if r.low_latency {
+                    let v: i64 = self
+                        .capture
+                        .conn()
+                        .query_row("PRAGMA data_version", [], |row| row.get(0))
+                        .map_err(CaptureError::from)?;
+                    if v != self.data_version {
+                        self.data_version = v;
+                        next_flush = next_flush.min(now + r.low_latency_debounce);
+                    }
+                }
+            }
+            if now >= next_retention {
+                next_retention = now + RETENTION_INTERVAL;
+                self.capture.enforce_retention(
+                    &self.state,
+                    r.capture.local_retention_bytes,
+                    DELETE_CHUNK_ROWS,
+                )?;
+            }
+            let due = now >= next_flush;
+            if (due || self.backlog) && self.has_room() {
+                self.flush(&client)?;
+                if due {
+                    next_flush = now + r.flush_interval;
+                }
+            }
+            rate_wake = self.pump(&client)?;
+        }
+        info!(
+            inflight = self.outbox.inflight(),
+            "shutting down: waiting briefly for in-flight acks"
+        );
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while self.outbox.inflight() > 0 && self.outbox.is_connected() {
+            match tokio::time::timeout_at(deadline, conn.events.recv()).await {
+                Ok(Some(ev)) => self.on_mqtt(ev, &client)?,
+                _ => break,
+            }
+        }
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Some(ev) = conn.events.recv().await {
+                if matches!(ev, MqttEvent::Disconnected { .. }) {
+                    break;
+                }
+            }
+        })
+        .await;
+        conn.abort();
+        info!("stopped");
+        Ok(())
+    }
+
+    fn has_room(&self) -> bool {
+        self.outbox.waiting() < self.settings.replication.max_inflight.max(4)
+    }
+
+    fn snapshot_step(&mut self) -> Result<bool, DaemonError> {
+        let tables = self.capture.tables_needing_snapshot(&self.state)?;
+        let Some(table) = tables.into_iter().find(|t| !self.paused.contains(t)) else {
+            return Ok(false);
+        };
+        let step = self.capture.snapshot_step(
+            &self.state,
+            &table,
+            crate::capture::snapshot::DEFAULT_CHUNK_ROWS,
+        )?;
+        Ok(step.rows > 0 || !step.done)
+    }
+
+    /// Reads the journal (and telemetry tables) into new fixed batches.
+    fn flush(&mut self, client: &AsyncClient) -> Result<(), DaemonError> {
+        let max_payload = self.settings.replication.max_payload_bytes;
+        let mut reads = Vec::new();
+        for table in std::mem::take(&mut self.catch_up) {
+            // A resumed table's entries were skipped while the read position moved on: read it
+            // alone from its acknowledged cursor.
+            let skip = self
+                .capture
+                .catalog()
+                .rows
+                .keys()
+                .filter(|t| **t != table)
+                .cloned()
+                .chain(self.paused.iter().cloned())
+                .collect();
+            let read = self.capture.read_pending(
+                &self.state,
+                &ReadOptions {
+                    after_seq: 0,
+                    max_entries: usize::MAX,
+                    skip_tables: skip,
+                },
+            )?;
+            reads.push(read);
+        }
+        let read = self.capture.read_pending(
+            &self.state,
+            &ReadOptions {
+                after_seq: self.read_pos,
+                max_entries: READ_MAX_ENTRIES,
+                skip_tables: self.paused.union(&self.spill_blocked).cloned().collect(),
+            },
+        )?;
+        self.backlog = read.last_seq > self.read_pos;
+        self.read_pos = read.last_seq;
+        reads.push(read);
+        // One state.db transaction for everything fixed by this flush (one fsync, not one per
+        // batch); rolled back as a whole on error so nothing half-fixed is left behind.
+        self.state
+            .conn()
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(StateError::from)?;
+        let mut new = Vec::new();
+        let fixed = self.fix_all(client, reads, max_payload, &mut new);
+        if let Err(e) = fixed {
+            let _ = self.state.conn().execute_batch("ROLLBACK");
+            return Err(e);
+        }
+        self.state
+            .conn()
+            .execute_batch("COMMIT")
+            .map_err(StateError::from)?;
+        for t in new {
+            debug!(table = %t.table, batch_id = %t.batch_id, bytes = t.bytes, "batch fixed");
+            self.outbox.add(t);
+        }
+        Ok(())
+    }
+
+    fn fix_all(
+        &mut self,
+        client: &AsyncClient,
+        reads: Vec<crate::capture::journal::PendingRead>,
+        max_payload: usize,
+        new: &mut Vec<Tracked>,
+    ) -> Result<(), DaemonError> {
+        for read in reads {
+            for group in &read.groups {
+                if self.spill_blocked.contains(&group.table) {
+                    continue;
+                }
+                let with_schema = self.announcer.needs(&group.table, &group.schema_hash);
+                let built = build_batches(
+                    group,
+                    self.epoch,
+                    with_schema,
+                    max_payload,
+                    &mut Uuid::now_v7,
+                )?;
+                if with_schema {
+                    self.announcer.record(&group.table, &group.schema_hash);
+                    let obs = SchemaObservation::new(group.schema_columns.clone(), now_rfc3339());
+                    let payload = serde_json::to_vec(&obs)?;
+                    if self.outbox.is_connected()
+                        && client
+                            .try_publish(
+                                topic(&self.root, TopicKind::SchemaObserve),
+                                QoS::AtLeastOnce,
+                                false,
+                                payload,
+                            )
+                            .is_ok()
+                    {
+                        self.outbox.handed_other();
+                    }
+                }
+                for change in &built.oversized {
+                    // Spill (protocol §7) is not wired yet. Publishing later batches would move
+                    // the table's cursor past this row and delete it, so the table stops here
+                    // (visible in logs and `status`); its journal keeps growing under retention.
+                    error!(table = %group.table, commit_seq = change.commit_seq,
+                        "row larger than max_payload_bytes and spill upload is not available: table stalled");
+                    self.state.bump_counter("spill_pending", &group.table, 1)?;
+                    self.spill_blocked.insert(group.table.clone());
+                }
+                let stop_at = built.oversized.iter().map(|c| c.commit_seq).min();
+                for b in built.batches {
+                    if stop_at.is_some_and(|s| b.last_seq > s) {
+                        continue;
+                    }
+                    self.state.outbox_put(&OutboxEntry {
+                        batch_id: b.batch_id,
+                        kind: BatchKind::Rows.as_str().into(),
+                        table_name: b.table.clone(),
+                        first_seq: b.first_seq,
+                        last_seq: b.last_seq,
+                        payload: b.payload.clone(),
+                        created_at_ms: unix_ms(),
+                    })?;
+                    new.push(Tracked {
+                        batch_id: b.batch_id,
+                        kind: BatchKind::Rows,
+                        table: b.table,
+                        first_seq: b.first_seq,
+                        last_seq: b.last_seq,
+                        bytes: b.payload.len(),
+                        phase: Phase::Waiting,
+                        attempts: 0,
+                    });
+                }
+            }
+        }
+        let telemetry: Vec<String> = self.capture.catalog().telemetry.keys().cloned().collect();
+        for table in telemetry {
+            if self.paused.contains(&table) || self.outbox.has_telemetry_for(&table) {
+                continue;
+            }
+            if let Some(t) = self.fix_telemetry(&table, max_payload)? {
+                new.push(t);
+            }
+        }
+        Ok(())
+    }
+
+    fn fix_telemetry(
+        &mut self,
+        table: &str,
+        max_payload: usize,
+    ) -> Result<Option<Tracked>, DaemonError> {
+        let Some(info) = self.capture.catalog().telemetry.get(table).cloned() else {
+            return Ok(None);
+        };
+        let mut progress = self.state.telemetry_progress(table)?;
+        let read = self.capture.read_telemetry(
+            table,
+            progress.cursor.as_ref(),
+            edge_protocol::limits::MAX_ROWS_PER_BATCH,
+        )?;
+        for s in &read.skipped {
+            warn!(table, rowid = s.rowid, reason = %s.reason, "telemetry row skipped");
+        }
+        if !read.skipped.is_empty() {
+            self.state.bump_counter(
+                counter::TELEMETRY_SKIPPED,
+                table,
+                read.skipped.len() as i64,
+            )?;
+        }
+        if read.records.is_empty() {
+            if let Some(c) = read.next_cursor {
+                progress.cursor = Some(c);
+                self.state.set_telemetry_progress(table, &progress)?;
+            }
+            return Ok(None);
+        }
+        let mut records = read.records;
+        let batch_seq = progress.batch_seq + 1;
+        let id = Uuid::now_v7();
+        loop {
+            let rows = records
+                .iter()
+                .map(|r| TelemetryRow {
+                    ts: r.ts.clone(),
+                    row_id: Some(r.rowid.to_string()),
+                    fields: r.fields.clone(),
+                })
+                .collect();
+            let batch = TelemetryBatch::new(id, batch_seq, table, info.schema_hash.clone(), rows);
+            let payload = serde_json::to_vec(&batch)?;
+            if payload.len() > max_payload && records.len() > 1 {
+                let keep = records.len() / 2;
+                records.truncate(keep);
+                continue;
+            }
+            let Some(last) = records.last() else {
+                return Ok(None);
+            };
+            progress.batch_seq = batch_seq;
+            progress.cursor = Some(last.cursor.clone());
+            self.state.outbox_put(&OutboxEntry {
+                batch_id: id,
+                kind: BatchKind::Telemetry.as_str().into(),
+                table_name: table.into(),
+                first_seq: batch_seq,
+                last_seq: batch_seq,
+                payload: payload.clone(),
+                created_at_ms: unix_ms(),
+            })?;
+            self.state.set_telemetry_progress(table, &progress)?;
+            return Ok(Some(Tracked {
+                batch_id: id,
+                kind: BatchKind::Telemetry,
+                table: table.into(),
+                first_seq: batch_seq,
+                last_seq: batch_seq,
+                bytes: payload.len(),
+                phase: Phase::Waiting,
+                attempts: 0,
+            }));
+        }
+    }
+
+    /// Hands waiting batches to the client; returns when the token bucket allows the next one.
+    fn pump(&mut self, client: &AsyncClient) -> Result<Option<Instant>, DaemonError> {
+        let max = self.settings.replication.max_inflight;
+        loop {
+            let paused = &self.paused;
+            let Some(id) = self.outbox.next_to_send(max, &|t| paused.contains(t)) else {
+                return Ok(None);
+            };
+            let Some(t) = self.outbox.get(&id).cloned() else {
+                return Ok(None);
+            };
+            let now = Instant::now();
+            if let Err(wait) = self.bucket.try_take(now, t.bytes) {
+                return Ok(Some(now + wait));
+            }
+            let Some(payload) = outbox_store::payload(self.state.conn(), id)? else {
+                warn!(batch_id = %id, "outbox row vanished; dropping the in-memory entry");
+                self.outbox.unhand_last(id);
+                continue;
+            };
+            let kind = match t.kind {
+                BatchKind::Rows => TopicKind::RowsBatch,
+                BatchKind::Telemetry => TopicKind::TelemetryBatch,
+            };
+            match client.try_publish(topic(&self.root, kind), QoS::AtLeastOnce, false, payload) {
+                Ok(()) => {
+                    if t.attempts > 0 {
+                        info!(batch_id = %id, table = %t.table, "re-publishing batch (same id and bytes)");
+                    }
+                    self.outbox.handed(id);
+                }
+                Err(_) => return Ok(Some(now + Duration::from_millis(5))),
+            }
+        }
+    }
+
+    fn on_mqtt(&mut self, ev: MqttEvent, client: &AsyncClient) -> Result<(), DaemonError> {
+        match ev {
+            MqttEvent::Connected { session_present } => self.outbox.on_connack(session_present),
+            MqttEvent::Disconnected {
+                fresh_pending,
+                error,
+            } => {
+                debug!(%error, fresh_pending, "disconnected");
+                self.outbox.on_disconnect(fresh_pending);
+            }
+            MqttEvent::OutgoingPublish(pkid) => self.outbox.on_outgoing_publish(pkid),
+            MqttEvent::AwaitAck(pkid) => self.outbox.on_await_ack(pkid),
+            MqttEvent::PubAck(pkid) => {
+                if let Some(t) = self.outbox.on_puback(pkid) {
+                    if t.kind == BatchKind::Rows {
+                        self.capture
+                            .ack(&self.state, &t.table, t.last_seq, DELETE_CHUNK_ROWS)?;
+                    }
+                    self.state.outbox_remove(t.batch_id)?;
+                    outbox_store::set_meta(self.state.conn(), "last_ack_at", &now_rfc3339())?;
+                }
+            }
+            MqttEvent::Control(bytes) => self.on_control(&bytes, client)?,
+        }
+        Ok(())
+    }
+
+    fn on_control(&mut self, bytes: &[u8], client: &AsyncClient) -> Result<(), DaemonError> {
+        let envelope = match edge_protocol::validate::decode_control_envelope(bytes) {
+            Ok(e) => e,
+            Err(rejection) => {
+                warn!(code = %rejection.code, "malformed control ignored");
+                return Ok(());
+            }
+        };
+        let id = envelope.control_id;
+        let table = envelope.source_table.clone().unwrap_or_default();
+        let facts = ControlFacts {
+            handled: self.state.is_control_handled(&id.to_string())?,
+            last_applied_issued_at: outbox_store::last_applied(self.state.conn(), &table)?,
+        };
+        let key = self
+            .settings
+            .security
+            .signed_control
+            .then(|| {
+                self.settings
+                    .security
+                    .control_key
+                    .as_ref()
+                    .map(|k| k.expose())
+            })
+            .flatten();
+        let decision = if self.settings.security.signed_control && key.is_none() {
+            ControlDecision::Reject("signed_control is on but no control key is configured".into())
+        } else {
+            decide(&envelope, key, &facts)
+        };
+        let action = match decision {
+            ControlDecision::Reject(why) => {
+                warn!(control_id = %id, kind = envelope.control_kind.as_str(), reason = %why, "control rejected (not acked)");
+                return Ok(());
+            }
+            ControlDecision::AckOnly(why) => {
+                info!(control_id = %id, reason = %why, "control acked, not executed");
+                self.ack_control(id, client)?;
+                return Ok(());
+            }
+            ControlDecision::Execute(action) => action,
+        };
+        // Ack first (protocol §6), then act; the handled id makes a redelivery ack-only.
+        self.ack_control(id, client)?;
+        match &action {
+            ControlAction::Pause {
+                table,
+                watermark,
+                issued_at,
+            } => {
+                info!(%table, watermark, "pause_lineage: table paused, journaling continues");
+                self.state
+                    .set_paused(table, *watermark, issued_at.as_deref())?;
+                self.paused.insert(table.clone());
+            }
+            ControlAction::Resume {
+                table, watermark, ..
+            } => {
+                let acked = self.state.last_acked(table)?;
+                info!(%table, watermark, acked, "resume_lineage: publishing again from the acknowledged cursor");
+                self.state.clear_paused(table)?;
+                self.paused.remove(table);
+                self.catch_up.insert(table.clone());
+                self.backlog = true;
+            }
+            ControlAction::UrlGrant {
+                table, batch_id, ..
+            } => {
+                warn!(%table, %batch_id, "url_grant received but spill upload is not available in this build");
+            }
+        }
+        self.state
+            .mark_control_handled(&id.to_string(), unix_ms())?;
+        if let Some(issued) = &envelope.issued_at {
+            if !table.is_empty() {
+                outbox_store::set_last_applied(self.state.conn(), &table, issued)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn ack_control(&mut self, id: Uuid, client: &AsyncClient) -> Result<(), DaemonError> {
+        let payload = serde_json::to_vec(&IngestAck::new(id))?;
+        match client.try_publish(
+            topic(&self.root, TopicKind::IngestAck),
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        ) {
+            Ok(()) => self.outbox.handed_other(),
+            Err(e) => {
+                warn!(control_id = %id, error = %e, "could not queue the control ack; the cloud will re-send")
+            }
+        }
+        Ok(())
+    }
+}
