@@ -12,6 +12,7 @@
 //! - [`staging`] — staged rows with their lineage counters
 //! - [`mirror`] — mirror DDL execution, version-guarded upserts, telemetry values, control acks
 //! - [`approve`] — the dev approval path and the staged-row replay
+//! - [`controls`] — pending controls due for (re-)publication
 //! - [`pool`] — the deadpool-postgres pool
 //! - [`error`] — [`StoreError`] and the transient/permanent split by SQLSTATE
 //!
@@ -19,6 +20,7 @@
 //! transaction boundaries.
 
 pub mod approve;
+pub mod controls;
 pub mod error;
 pub mod ledger;
 pub mod lineage;

@@ -1,0 +1,160 @@
+//! `edge-cloud` — the local runner (cloud.md §12): `migrate`, `devices create`, `run`.
+//!
+//! Thin: parses flags (each also read from the environment), builds the pool once and calls the
+//! library. `token` and the HTTP API arrive with the API issue; `--ca-dir` certificate issuing
+//! with the provisioning work.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use edge_functions::runner::{run, MqttSettings};
+use edge_functions::store::registry::{create_device, Device};
+use edge_functions::store::{migrate::migrate, pool};
+use edge_functions::Deps;
+use rand::RngCore as _;
+use uuid::Uuid;
+
+#[derive(Parser, Debug)]
+#[command(name = "edge-cloud", about = "edge-sync cloud side on one machine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Apply the database migrations (idempotent).
+    Migrate {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Device registry.
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
+    /// Subscribe as the service identity, ingest, publish controls.
+    Run {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[arg(long, env = "EDGE_MQTT_URL")]
+        mqtt_url: String,
+        #[arg(long, env = "EDGE_MQTT_CA")]
+        ca: std::path::PathBuf,
+        #[arg(long, env = "EDGE_MQTT_CERT")]
+        cert: std::path::PathBuf,
+        #[arg(long, env = "EDGE_MQTT_KEY")]
+        key: std::path::PathBuf,
+        /// MQTT client id; unique per runner process (the share group splits the load).
+        #[arg(long, env = "EDGE_MQTT_CLIENT_ID", default_value = "edge-service")]
+        client_id: String,
+        #[arg(long, env = "EDGE_DB_POOL_SIZE", default_value_t = 8)]
+        pool_size: usize,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DevicesCommand {
+    /// Register a device (random ids for those not given); prints its ids as JSON.
+    Create {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        slug: String,
+        #[arg(long)]
+        org: Option<Uuid>,
+        #[arg(long)]
+        project: Option<Uuid>,
+        #[arg(long)]
+        fleet: Option<Uuid>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Migrate { database_url } => {
+            let p = pool::connect(&database_url, 1)?;
+            let mut c = p.get().await.context("connecting to the database")?;
+            let applied = migrate(&mut c).await?;
+            tracing::info!(?applied, "migrations applied");
+        }
+        Command::Devices {
+            command:
+                DevicesCommand::Create {
+                    database_url,
+                    name,
+                    slug,
+                    org,
+                    project,
+                    fleet,
+                },
+        } => {
+            edge_protocol::topic::validate_device_name(&name)?;
+            edge_protocol::topic::validate_slug(&slug)?;
+            let mut key = vec![0u8; 32];
+            rand::thread_rng().fill_bytes(&mut key);
+            let device = Device {
+                device_id: Uuid::now_v7(),
+                device_name: name,
+                org_id: org.unwrap_or_else(Uuid::now_v7),
+                project_id: project.unwrap_or_else(Uuid::now_v7),
+                fleet_id: fleet.unwrap_or_else(Uuid::now_v7),
+                topic_slug: slug,
+                control_key: key,
+            };
+            let p = pool::connect(&database_url, 1)?;
+            let c = p.get().await.context("connecting to the database")?;
+            if !create_device(&**c, &device).await? {
+                anyhow::bail!("device {:?} already exists", device.device_name);
+            }
+            println!(
+                "{}",
+                serde_json::json!({
+                    "device_name": device.device_name,
+                    "device_id": device.device_id,
+                    "org_id": device.org_id,
+                    "project_id": device.project_id,
+                    "fleet_id": device.fleet_id,
+                    "topic_slug": device.topic_slug,
+                    "control_key_hex": hex::encode(&device.control_key),
+                })
+            );
+        }
+        Command::Run {
+            database_url,
+            mqtt_url,
+            ca,
+            cert,
+            key,
+            client_id,
+            pool_size,
+        } => {
+            let p = pool::connect(&database_url, pool_size)?;
+            {
+                let mut c = p.get().await.context("connecting to the database")?;
+                migrate(&mut c).await?;
+            }
+            let settings = MqttSettings {
+                url: mqtt_url,
+                ca,
+                cert,
+                key,
+                client_id,
+            };
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("shutting down");
+            };
+            run(Deps::new(p), settings, shutdown).await?;
+        }
+    }
+    Ok(())
+}

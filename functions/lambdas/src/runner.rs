@@ -1,0 +1,224 @@
+//! The local runner's MQTT side (cloud.md §12): plays IoT Core's topic rule against mosquitto.
+//!
+//! It subscribes as the service identity with a shared subscription (`$share/edge-cloud/…`), so
+//! several runners split the load, builds the same [`IngressEnvelope`] the AWS rule builds and
+//! calls the same [`crate::ingest::handle`]. A retryable failure is retried in place with
+//! backoff before the next message is taken (the broker redelivers unacked QoS 1 messages to a
+//! restarted runner); pending controls are (re-)published until acked.
+//!
+//! Identity: MQTT does not tell a subscriber who published. The broker's ACL
+//! (`pattern write +/%u/sync/...` with `use_identity_as_username`) only lets a device publish
+//! under its own name, so the topic's device segment *is* the session identity — the runner
+//! uses it as `client_id`, exactly what `clientid()` gives the AWS rule.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use edge_cloud_core::ingress::IngressEnvelope;
+use edge_protocol::topic::{parse_topic, TopicKind};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+
+use crate::ingest::handle;
+use crate::Deps;
+
+/// Share group of the runners' subscriptions.
+pub const SHARE_GROUP: &str = "edge-cloud";
+
+/// Errors that stop the runner.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("MQTT: {0}")]
+    Mqtt(Box<rumqttc::ClientError>),
+    #[error("TLS material {path}: {message}")]
+    Tls { path: String, message: String },
+    #[error("MQTT URL {0:?}: expected mqtts://HOST:PORT")]
+    Url(String),
+}
+
+impl From<rumqttc::ClientError> for RunnerError {
+    fn from(e: rumqttc::ClientError) -> Self {
+        RunnerError::Mqtt(Box::new(e))
+    }
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    /// `mqtts://HOST:PORT`
+    pub url: String,
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// MQTT client id (the certificate CN is what the broker authorizes).
+    pub client_id: String,
+}
+
+fn tls_err(path: &std::path::Path, message: impl ToString) -> RunnerError {
+    RunnerError::Tls {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// rumqttc options with mTLS (ring provider only, as everywhere in the workspace).
+pub fn mqtt_options(s: &MqttSettings) -> Result<MqttOptions, RunnerError> {
+    let rest = s
+        .url
+        .strip_prefix("mqtts://")
+        .ok_or_else(|| RunnerError::Url(s.url.clone()))?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_owned(), p)))
+        .ok_or_else(|| RunnerError::Url(s.url.clone()))?;
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| tls_err(p, e));
+    let ca_pem = read(&s.ca)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_slice()) {
+        roots
+            .add(cert.map_err(|e| tls_err(&s.ca, e))?)
+            .map_err(|e| tls_err(&s.ca, e))?;
+    }
+    let cert_pem = read(&s.cert)?;
+    let chain = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_err(&s.cert, e))?;
+    let key_pem = read(&s.key)?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| tls_err(&s.key, e))?
+        .ok_or_else(|| tls_err(&s.key, "no private key"))?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| tls_err(&s.ca, e))?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .map_err(|e| tls_err(&s.cert, e))?;
+    let mut options = MqttOptions::new(&s.client_id, host, port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(false)
+        .set_max_packet_size(600 * 1024, 600 * 1024)
+        .set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
+    Ok(options)
+}
+
+/// Subscriptions: every device → cloud topic of every device, shared across runners.
+pub fn subscriptions() -> Vec<String> {
+    TopicKind::ALL
+        .into_iter()
+        .filter(TopicKind::is_device_to_cloud)
+        .map(|k| format!("$share/{SHARE_GROUP}/+/+/{}", k.suffix()))
+        .collect()
+}
+
+/// Builds the envelope the AWS rule would build for a publish on `topic`.
+pub fn envelope_for(topic: &str, payload: &[u8], received_at_ms: i64) -> IngressEnvelope {
+    let client_id = parse_topic(topic)
+        .map(|t| t.device_name)
+        .unwrap_or_default();
+    IngressEnvelope {
+        topic: topic.to_owned(),
+        principal: client_id.clone(),
+        client_id,
+        received_at_ms,
+        payload_b64: base64::engine::general_purpose::STANDARD.encode(payload),
+    }
+}
+
+fn now_ms() -> i64 {
+    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// Runs until the connection fails for good or `shutdown` resolves.
+pub async fn run(
+    deps: Deps,
+    settings: MqttSettings,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RunnerError> {
+    let options = mqtt_options(&settings)?;
+    let (client, mut events) = AsyncClient::new(options, 64);
+    let controls = tokio::spawn(publish_controls_loop(deps.clone(), client.clone()));
+    tokio::pin!(shutdown);
+    let result = loop {
+        let event = tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            event = events.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                tracing::info!(url = %settings.url, "connected; subscribing");
+                for topic in subscriptions() {
+                    client.subscribe(topic, QoS::AtLeastOnce).await?;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let env = envelope_for(&p.topic, &p.payload, now_ms());
+                let mut attempt = 0u32;
+                loop {
+                    match handle(&deps, env.clone()).await {
+                        Ok(outcome) => {
+                            tracing::info!(topic = %p.topic, ?outcome, "handled");
+                            break;
+                        }
+                        Err(e) if e.is_retryable() && attempt < 8 => {
+                            attempt += 1;
+                            tracing::warn!(topic = %p.topic, error = %e, attempt, "retrying");
+                            tokio::time::sleep(Duration::from_millis(200 << attempt.min(6))).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(topic = %p.topic, error = %e, "giving up on message");
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // rumqttc reconnects on the next poll; back off so a dead broker is not spun on.
+                tracing::warn!(error = %e, "MQTT connection error; reconnecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    controls.abort();
+    let _ = client.disconnect().await;
+    result
+}
+
+/// Re-publishes due pending controls every second (with the store's backoff schedule).
+async fn publish_controls_loop(deps: Deps, client: AsyncClient) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match edge_cloud_store::controls::due_controls(&deps.pool, 100).await {
+            Ok(due) => {
+                for c in due {
+                    if let Err(e) = client
+                        .publish(c.topic.clone(), QoS::AtLeastOnce, false, c.payload.clone())
+                        .await
+                    {
+                        tracing::warn!(error = %e, control_id = %c.control_id, "publish control");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "loading pending controls"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn envelope_uses_the_topic_identity() {
+        let env = envelope_for("acme/gw-07/sync/rows/batch", b"{}", 5);
+        assert_eq!(env.client_id, "gw-07");
+        assert_eq!(env.payload_b64, "e30=");
+        assert!(subscriptions().contains(&"$share/edge-cloud/+/+/sync/rows/batch".to_owned()));
+        assert_eq!(subscriptions().len(), 5);
+    }
+}
