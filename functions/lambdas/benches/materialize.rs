@@ -8,7 +8,8 @@
 //!   materialization, watermark) from envelope bytes;
 //! - `copy`: binary COPY of the same rows into a plain table with the same columns and key.
 //!
-//! `cargo bench -p edge-functions --bench materialize` (env `EDGE_BENCH_ROWS`, default 200000).
+//! `cargo bench -p edge-functions --bench materialize` (env `EDGE_BENCH_ROWS`, default 200000;
+//! 2000 when run as a smoke test by `cargo test --all-targets`).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::time::Instant;
@@ -284,7 +285,13 @@ async fn main() {
     let rows: usize = std::env::var("EDGE_BENCH_ROWS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(200_000);
+        // `cargo bench` passes --bench; under `cargo test --all-targets` this runs as a quick
+        // smoke test instead.
+        .unwrap_or(if std::env::args().any(|a| a == "--bench") {
+            200_000
+        } else {
+            2_000
+        });
     let db = match std::env::var("DATABASE_URL") {
         Ok(_) => None,
         Err(_) => Some(TestDatabase::create_async().await),

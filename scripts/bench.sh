@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Benchmarks; results go to docs/benchmarks.md (copied by hand with the machine description).
+#
+#   scripts/bench.sh                 # every section
+#   scripts/bench.sh materialize     # one section
+#
+# Each section is owned by the component it measures; keep them separate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edge-sync/target}"
+only="${1:-all}"
+
+# --- capture (edge-agent) ------------------------------------------------------------------
+# (section owned by the capture work)
+
+# --- materialize (cloud ingest, functions/) ------------------------------------------------
+# Rows/s into a mirror table (insert-only and 50 % updates, batches of 500) against COPY of the
+# same rows into an identical plain table, same run, on the harness' PostgreSQL (or
+# DATABASE_URL). EDGE_BENCH_ROWS sets the rows per run (default 200000).
+if [ "$only" = all ] || [ "$only" = materialize ]; then
+  echo "== materialize =="
+  cargo bench -p edge-functions --bench materialize
+fi
