@@ -201,11 +201,18 @@ fn check(config: &Path) -> anyhow::Result<()> {
         r.source_db_path.display(),
         tables.len()
     );
-    let state_dir = r
+    // The daemon creates missing directories, so the nearest existing ancestor must be writable.
+    let mut state_dir = r
         .state_db_path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    while !state_dir.exists() {
+        match state_dir.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(p) => state_dir = p,
+            None => break,
+        }
+    }
     let meta = std::fs::metadata(state_dir).with_context(|| {
         format!(
             "config key `sqlite-replication.state_db_path`: directory {} is not accessible",

@@ -34,7 +34,6 @@ pub enum MqttError {
     Read {
         key: &'static str,
         path: PathBuf,
-        #[source]
         source: std::io::Error,
     },
     #[error("config key `{key}`: {path}: {message}")]

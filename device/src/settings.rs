@@ -41,7 +41,6 @@ pub enum SettingsError {
     #[error("cannot read config file {path}: {source}")]
     File {
         path: PathBuf,
-        #[source]
         source: std::io::Error,
     },
     #[error("config file {path} is not valid TOML: {message}")]

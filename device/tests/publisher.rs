@@ -1,0 +1,494 @@
+//! Publisher proofs against the harness' real mosquitto (mTLS + ACL): the `edge-agent` binary
+//! runs as a child process exactly as on a gateway; a service-identity client plays the cloud.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use edge_e2e::rumqttc::MqttOptions;
+use edge_e2e::{Broker, Pki, TestClient, SERVICE_USER};
+use edge_protocol::batch::Op;
+use edge_protocol::control::{sign_in_place, ControlEnvelope};
+use edge_protocol::value::SqlValue;
+use rusqlite::Connection;
+
+const DEVICE: &str = "gw-07";
+const ROOT: &str = "acme/gw-07";
+const KEY: &str = "control-key-for-tests";
+
+struct Agent {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    source: PathBuf,
+    child: Option<Child>,
+}
+
+fn write_config(dir: &Path, broker: &Broker, pki: &Pki, extra: &str) -> PathBuf {
+    let device = pki.device(DEVICE);
+    // Copy the identity next to the config so it outlives the ClientIdentity handle.
+    std::fs::copy(device.cert_path(), dir.join("device.crt")).unwrap();
+    std::fs::copy(device.key_path(), dir.join("device.key")).unwrap();
+    std::fs::copy(pki.ca().cert_path(), dir.join("ca.crt")).unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[connection]
+server_url = "mqtts://{host}:{port}"
+device_name = "{DEVICE}"
+root_topic = "{ROOT}"
+keep_alive = "5s"
+reconnect_min = "50ms"
+reconnect_max = "500ms"
+ca_cert_path = "{d}/ca.crt"
+client_cert_path = "{d}/device.crt"
+client_key_path = "{d}/device.key"
+
+[sqlite-replication]
+source_db_path = "{d}/source.db"
+state_db_path = "{d}/state/state.db"
+flush_interval = "100ms"
+rate_limit = false
+{extra}
+
+[security]
+signed_control = true
+"#,
+            host = broker.host(),
+            port = broker.port(),
+            d = dir.display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+impl Agent {
+    fn new(broker: &Broker, pki: &Pki, extra: &str) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), broker, pki, extra);
+        let source = dir.path().join("source.db");
+        let db = Connection::open(&source).unwrap();
+        db.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE a (id INTEGER PRIMARY KEY, v TEXT NOT NULL);
+             CREATE TABLE b (id INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+        )
+        .unwrap();
+        Agent {
+            dir,
+            config,
+            source,
+            child: None,
+        }
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("OMEGA_AUTH_TOKEN", KEY)
+            .env("EDGE_AGENT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn db(&self) -> Connection {
+        let c = Connection::open(&self.source).unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn service_options(broker: &Broker, pki: &Pki) -> MqttOptions {
+    let mut o = broker.mqtt_options(SERVICE_USER, &pki.service());
+    // Persistent, so messages published while we reconnect after a broker restart are queued.
+    o.set_clean_session(false);
+    o
+}
+
+async fn service(broker: &Broker, pki: &Pki) -> TestClient {
+    let mut c = TestClient::connect(service_options(broker, pki))
+        .await
+        .unwrap();
+    c.subscribe(&format!("{ROOT}/sync/#")).await;
+    c
+}
+
+/// What the "cloud" saw: every batch by id (bytes must be identical on redelivery) and the
+/// latest value per (table, id) replayed in commit order.
+#[derive(Default)]
+struct Seen {
+    batches: HashMap<uuid::Uuid, Vec<u8>>,
+    duplicates: usize,
+    changes: BTreeMap<(String, i64), (Op, Option<String>)>,
+    acks: Vec<uuid::Uuid>,
+}
+
+impl Seen {
+    fn take(&mut self, m: &edge_e2e::Message) {
+        if m.topic.ends_with("sync/ingest/ack") {
+            let ack: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            self.acks
+                .push(ack["control_id"].as_str().unwrap().parse().unwrap());
+            return;
+        }
+        if !m.topic.ends_with("sync/rows/batch") {
+            return;
+        }
+        let batch = edge_protocol::validate::decode_row_batch(&m.payload).unwrap();
+        assert!(m.payload.len() <= 131_072);
+        if let Some(prev) = self.batches.get(&batch.batch_id) {
+            assert_eq!(
+                prev, &m.payload,
+                "a re-sent batch must carry identical bytes"
+            );
+            self.duplicates += 1;
+            return;
+        }
+        self.batches.insert(batch.batch_id, m.payload.clone());
+        for r in batch.rows {
+            let id = match r.pk.get("id") {
+                Some(SqlValue::Integer(i)) => *i,
+                other => panic!("bad pk {other:?}"),
+            };
+            let v = r.row.as_ref().and_then(|row| match row.get("v") {
+                Some(SqlValue::Text(t)) => Some(t.clone()),
+                _ => None,
+            });
+            // Keep the change with the highest commit_seq per key (what the mirror converges to).
+            let key = (batch.source_table.clone(), id);
+            let entry = self.changes.entry(key).or_insert((r.op, v.clone()));
+            *entry = (r.op, v);
+        }
+    }
+}
+
+fn source_rows(db: &Connection, table: &str) -> BTreeMap<i64, String> {
+    let mut stmt = db
+        .prepare(&format!("SELECT id, v FROM {table} ORDER BY id"))
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn mirror(seen: &Seen, table: &str) -> BTreeMap<i64, String> {
+    seen.changes
+        .iter()
+        .filter(|((t, _), (op, _))| t == table && *op != Op::Delete)
+        .filter_map(|((_, id), (_, v))| v.clone().map(|v| (*id, v)))
+        .collect()
+}
+
+async fn drain_until(
+    client: &mut TestClient,
+    seen: &mut Seen,
+    deadline: Duration,
+    what: &str,
+    mut done: impl FnMut(&Seen) -> bool,
+) {
+    let started = tokio::time::Instant::now();
+    while !done(seen) {
+        let left = deadline.saturating_sub(started.elapsed());
+        assert!(!left.is_zero(), "timed out waiting for {what}");
+        if let Some(m) = client
+            .recv_within(left.min(Duration::from_millis(500)))
+            .await
+        {
+            seen.take(&m);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_arrives_as_captured_across_kills_and_broker_restart() {
+    let pki = Pki::generate();
+    let mut broker = Broker::start(&pki);
+    let mut agent = Agent::new(&broker, &pki, "");
+    let mut svc = service(&broker, &pki).await;
+    let mut seen = Seen::default();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let db = agent.db();
+    let mut next_id = 1i64;
+    let mut write = |db: &Connection, n: usize, rng: &mut fastrand::Rng| {
+        let tx = db.unchecked_transaction().unwrap();
+        for _ in 0..n {
+            tx.execute(
+                "INSERT INTO a(id, v) VALUES(?1, ?2)",
+                rusqlite::params![next_id, format!("v{next_id}")],
+            )
+            .unwrap();
+            if next_id % 3 == 0 {
+                tx.execute("UPDATE a SET v = v || '-u' WHERE id = ?1", [next_id - 1])
+                    .unwrap();
+            }
+            if next_id % 7 == 0 {
+                tx.execute("DELETE FROM a WHERE id = ?1", [next_id - 2])
+                    .unwrap();
+            }
+            next_id += 1;
+        }
+        tx.commit().unwrap();
+        let _ = rng;
+    };
+    agent.start();
+    // kill -9 at random points, 20 times, with writes in between (the app never waits).
+    for round in 0..20 {
+        write(&db, rng.usize(1..400), &mut rng);
+        let wait = Duration::from_millis(rng.u64(0..400));
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < wait {
+            if let Some(m) = svc.recv_within(wait - started.elapsed()).await {
+                seen.take(&m);
+            }
+        }
+        agent.kill9();
+        if round == 10 {
+            // Broker restart mid-stream (graceful: sessions survive, like IoT Core).
+            drop(svc);
+            broker.restart();
+            svc = TestClient::connect(service_options(&broker, &pki))
+                .await
+                .unwrap();
+        }
+        agent.start();
+    }
+    write(&db, 500, &mut rng);
+    let expected = source_rows(&db, "a");
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(120),
+        "the mirror to match the source",
+        |s| mirror(s, "a") == expected,
+    )
+    .await;
+    assert_eq!(mirror(&seen, "a"), expected, "agent log:\n{}", agent.log());
+    // Journal drained: acknowledged rows are deleted (only the floor marker may stay).
+    edge_e2e::wait_until(Duration::from_secs(30), "journal to drain", || {
+        let n: i64 = db
+            .query_row("SELECT count(*) FROM __omega_journal", [], |r| r.get(0))
+            .unwrap();
+        n <= 1
+    });
+}
+
+fn control(envelope: &mut ControlEnvelope) -> Vec<u8> {
+    sign_in_place(envelope, KEY.as_bytes());
+    serde_json::to_vec(envelope).unwrap()
+}
+
+fn now() -> String {
+    edge_protocol::timestamp::format(time::OffsetDateTime::now_utc()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_redelivery_and_forged_controls() {
+    let pki = Pki::generate();
+    let broker = Broker::start(&pki);
+    let mut agent = Agent::new(&broker, &pki, "");
+    let mut svc = service(&broker, &pki).await;
+    let mut seen = Seen::default();
+    let db = agent.db();
+    db.execute("INSERT INTO a VALUES (1, 'a1')", []).unwrap();
+    db.execute("INSERT INTO b VALUES (1, 'b1')", []).unwrap();
+    agent.start();
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "initial rows",
+        |s| mirror(s, "a").len() == 1 && mirror(s, "b").len() == 1,
+    )
+    .await;
+    let control_topic = format!("{ROOT}/sync/ingest/control");
+
+    // Forged (wrong key) pause: rejected, not acked.
+    let mut forged = ControlEnvelope::pause_lineage(uuid::Uuid::now_v7(), "a", 1, "x", now());
+    sign_in_place(&mut forged, b"wrong key");
+    svc.publish(&control_topic, serde_json::to_vec(&forged).unwrap())
+        .await;
+    // Real pause of a.
+    let mut pause =
+        ControlEnvelope::pause_lineage(uuid::Uuid::now_v7(), "a", 1, "backpressure", now());
+    let pause_bytes = control(&mut pause);
+    svc.publish(&control_topic, pause_bytes.clone()).await;
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "pause ack",
+        |s| s.acks.contains(&pause.control_id),
+    )
+    .await;
+    assert!(
+        !seen.acks.contains(&forged.control_id),
+        "forged control must not be acked"
+    );
+    assert!(agent.log().contains("control rejected"), "{}", agent.log());
+
+    // Paused table keeps journaling; the other keeps flowing.
+    db.execute("INSERT INTO a VALUES (2, 'a2')", []).unwrap();
+    db.execute("INSERT INTO a VALUES (3, 'a3')", []).unwrap();
+    db.execute("INSERT INTO b VALUES (2, 'b2')", []).unwrap();
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "b to keep flowing",
+        |s| mirror(s, "b").len() == 2,
+    )
+    .await;
+    // Give a's rows the same chance: two more flushes' worth of b traffic.
+    db.execute("INSERT INTO b VALUES (3, 'b3')", []).unwrap();
+    drain_until(&mut svc, &mut seen, Duration::from_secs(30), "b3", |s| {
+        mirror(s, "b").len() == 3
+    })
+    .await;
+    assert_eq!(mirror(&seen, "a").len(), 1, "paused table must not publish");
+
+    // Resume: a drains in order from its cursor.
+    let mut resume = ControlEnvelope::resume_lineage(uuid::Uuid::now_v7(), "a", 1, now());
+    svc.publish(&control_topic, control(&mut resume)).await;
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "a to resume",
+        |s| mirror(s, "a").len() == 3 && s.acks.contains(&resume.control_id),
+    )
+    .await;
+
+    // The old pause redelivered: acked again, not re-executed (a keeps flowing).
+    svc.publish(&control_topic, pause_bytes).await;
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "second pause ack",
+        |s| s.acks.iter().filter(|c| **c == pause.control_id).count() == 2,
+    )
+    .await;
+    db.execute("INSERT INTO a VALUES (4, 'a4')", []).unwrap();
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "a4 after redelivered pause",
+        |s| mirror(s, "a").len() == 4,
+    )
+    .await;
+    assert_eq!(mirror(&seen, "a"), source_rows(&db, "a"));
+}
+
+fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_config_missing_and_expired_certs_fail_with_one_clear_line() {
+    let pki = Pki::generate();
+    let broker = Broker::start(&pki);
+    let agent = Agent::new(&broker, &pki, "");
+    let cfg = agent.config.to_str().unwrap();
+    let one_line = |stderr: &str, needle: &str| {
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(lines[0].contains(needle), "{stderr}");
+    };
+    let auth = [("OMEGA_AUTH_TOKEN", KEY)];
+    let (code, _) = run_cli(&["check", "--config", cfg], &auth);
+    assert_eq!(code, 0);
+
+    let (code, err) = run_cli(&["check", "--config", cfg], &[]);
+    assert_ne!(code, 0);
+    one_line(&err, "OMEGA_AUTH_TOKEN");
+
+    let (code, err) = run_cli(&["run", "--config", "/nonexistent/agent.toml"], &auth);
+    assert_ne!(code, 0);
+    one_line(&err, "cannot read config file");
+
+    let (code, err) = run_cli(
+        &["run", "--config", cfg],
+        &[
+            ("OMEGA_AUTH_TOKEN", KEY),
+            ("OMEGA_TLS_CERT_PATH", "/nonexistent/device.crt"),
+        ],
+    );
+    assert_ne!(code, 0);
+    one_line(&err, "connection.client_cert_path");
+
+    let (code, err) = run_cli(
+        &["run", "--config", cfg],
+        &[
+            ("OMEGA_AUTH_TOKEN", KEY),
+            ("OMEGA_SQLITE_REPLICATION_MAX_INFLIGHT", "lots"),
+        ],
+    );
+    assert_ne!(code, 0);
+    one_line(&err, "sqlite-replication.max_inflight");
+
+    // Expired device certificate.
+    let mut params = rcgen::CertificateParams::new(vec![DEVICE.to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let dir = agent.dir.path();
+    std::fs::write(dir.join("expired.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("expired.key"), key.serialize_pem()).unwrap();
+    let (code, err) = run_cli(
+        &["check", "--config", cfg],
+        &[
+            ("OMEGA_AUTH_TOKEN", KEY),
+            (
+                "OMEGA_TLS_CERT_PATH",
+                dir.join("expired.crt").to_str().unwrap(),
+            ),
+            (
+                "OMEGA_TLS_KEY_PATH",
+                dir.join("expired.key").to_str().unwrap(),
+            ),
+        ],
+    );
+    assert_ne!(code, 0);
+    one_line(&err, "expired");
+}
