@@ -131,7 +131,8 @@ impl Drop for Agent {
 fn service_options(broker: &Broker, pki: &Pki) -> MqttOptions {
     let mut o = broker.mqtt_options(SERVICE_USER, &pki.service());
     // Persistent, so messages published while we reconnect after a broker restart are queued.
-    o.set_clean_session(false);
+    o.set_clean_session(false)
+        .set_max_packet_size(256 * 1024, 256 * 1024);
     o
 }
 
