@@ -22,7 +22,12 @@
 //!   ([`capture::telemetry`])
 //! - [`state`] — state.db: epoch, instance id, cursors, schema hashes, snapshot flags, pauses,
 //!   handled controls, telemetry progress, counters, outbox
-//! - `outbox`, `mqtt`, `daemon` — the publisher (next issue)
+//! - [`settings`] — TOML + `OMEGA_*` env → validated [`settings::Settings`] (errors name the key)
+//! - [`batcher`] — journal change groups → row batches under the payload/row limits (pure)
+//! - [`outbox`] — sans-IO publish state machine, pkid ↔ batch mapping across reconnects (pure);
+//!   [`outbox_store`] — the publisher's own state.db tables
+//! - [`control`] — control decisions: signature, duplicate, stale (pure); [`rate`] — token bucket
+//! - [`mqtt`] — rumqttc + rustls mTLS, the only networked module; [`daemon`] — the select! loop
 
 pub mod batcher;
 pub mod capture;
