@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "timescale",
         sql: include_str!("../migrations/0002_timescale.sql"),
     },
+    Migration {
+        version: 3,
+        name: "flow_control",
+        sql: include_str!("../migrations/0003_flow_control.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration advisory lock.
