@@ -13,15 +13,19 @@
 //! - [`mirror`] — mirror column types, DDL text, value fitness and the set-based,
 //!   version-guarded upsert plan (cloud.md §6)
 //! - [`telemetry`] — telemetry values into `telemetry_data_point_value` columns
+//! - [`backpressure`] — caps, circuit breaker, resume sweep and reset decisions (cloud.md §7)
+//! - [`replay`] — how a replay intent advances chunk by chunk (cloud.md §8)
 //!
 //! Review transitions (§5), backpressure (§7) and replay planning (§8) arrive with the
 //! governance issue.
 
+pub mod backpressure;
 pub mod classify;
 pub mod ingress;
 pub mod intake;
 pub mod mirror;
 pub mod naming;
+pub mod replay;
 pub mod telemetry;
 
 pub use edge_protocol as protocol;
