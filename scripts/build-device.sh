@@ -76,8 +76,10 @@ if [ "$smoke" = 1 ]; then
     -keyout "$work/ca.key" -out "$work/ca.crt" 2>/dev/null
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=gw-07" \
     -keyout "$work/device.key" -out "$work/device.csr" 2>/dev/null
+  # X.509 v3 (webpki refuses v1 certificates, which `openssl x509 -req` makes without extensions).
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n' >"$work/ext"
   openssl x509 -req -in "$work/device.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial \
-    -days 2 -out "$work/device.crt" 2>/dev/null
+    -days 2 -extfile "$work/ext" -out "$work/device.crt" 2>/dev/null
   : >"$work/source.db"
   sed -e "s#/etc/edge-agent/AmazonRootCA1.pem#$work/ca.crt#" \
       -e "s#/etc/edge-agent/device.crt#$work/device.crt#" \

@@ -134,9 +134,9 @@ pub fn tls_config(c: &ConnectionSettings) -> Result<Arc<ClientConfig>, MqttError
             .with_client_auth_cert(chain, key)
             .map_err(|e| {
                 pem_err(
-                    "connection.client_key_path",
-                    &c.client_key_path,
-                    format!("does not match the client certificate: {e}"),
+                    "connection.client_cert_path",
+                    &c.client_cert_path,
+                    format!("certificate/key pair not usable for TLS client auth: {e}"),
                 )
             })?;
     Ok(Arc::new(config))
