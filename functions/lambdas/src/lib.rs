@@ -8,11 +8,13 @@
 //! # Layout
 //! - [`ingest`] — ingress + intake + materialization of one envelope ([`ingest::handle`])
 //! - [`sqs`] — an SQS batch of envelopes → partial batch failures (the `ingest` Lambda)
+//! - [`pki`] — the local stack's certificate authority (mosquitto stands in for IoT Core)
 //! - [`runner`] — the local runner's MQTT loop (mosquitto in place of IoT Core + SQS)
 //! - [`HandlerError`] — the one place that decides retryable vs permanent
 //! - `src/bin/*` — thin binaries: parse config, build clients once, call the library
 
 pub mod ingest;
+pub mod pki;
 pub mod runner;
 pub mod sqs;
 

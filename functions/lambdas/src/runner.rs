@@ -22,6 +22,10 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Tr
 use crate::ingest::handle;
 use crate::Deps;
 
+/// Certificate CN of the service identity (the broker's ACL lets it read every device topic and
+/// write every control topic).
+pub const SERVICE_IDENTITY: &str = "edge-service";
+
 /// Share group of the runners' subscriptions.
 pub const SHARE_GROUP: &str = "edge-cloud";
 

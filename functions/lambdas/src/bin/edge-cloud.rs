@@ -6,6 +6,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use edge_functions::pki::LocalCa;
 use edge_functions::runner::{run, MqttSettings};
 use edge_functions::store::registry::{create_device, Device};
 use edge_functions::store::{migrate::migrate, pool};
@@ -31,6 +32,11 @@ enum Command {
     Devices {
         #[command(subcommand)]
         command: DevicesCommand,
+    },
+    /// The local stack's certificate authority (mosquitto stands in for IoT Core).
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
     },
     /// Subscribe as the service identity, ingest, publish controls.
     Run {
@@ -68,6 +74,24 @@ enum DevicesCommand {
         project: Option<Uuid>,
         #[arg(long)]
         fleet: Option<Uuid>,
+        /// Also issue NAME.crt/NAME.key signed by the CA in DIR (ca.crt/ca.key, created when
+        /// missing) and write the control-signing key to NAME.control-key.
+        #[arg(long, env = "EDGE_CA_DIR")]
+        ca_dir: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PkiCommand {
+    /// Create (or reuse) the CA in DIR and issue the broker's server certificate
+    /// (server.crt/server.key for localhost, 127.0.0.1, ::1) and the service identity
+    /// (edge-service.crt/key) the runner connects with.
+    Init {
+        #[arg(long, env = "EDGE_CA_DIR")]
+        ca_dir: std::path::PathBuf,
+        /// Extra DNS names or IP addresses for the server certificate.
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
     },
 }
 
@@ -95,12 +119,16 @@ async fn main() -> anyhow::Result<()> {
                     org,
                     project,
                     fleet,
+                    ca_dir,
                 },
         } => {
             edge_protocol::topic::validate_device_name(&name)?;
             edge_protocol::topic::validate_slug(&slug)?;
-            let mut key = vec![0u8; 32];
-            rand::thread_rng().fill_bytes(&mut key);
+            // The control key is a printable token: the agent reads it from OMEGA_AUTH_TOKEN
+            // and both sides key HMAC-SHA256 with the token's bytes.
+            let mut random = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut random);
+            let key = hex::encode(random).into_bytes();
             let device = Device {
                 device_id: Uuid::now_v7(),
                 device_name: name,
@@ -108,7 +136,20 @@ async fn main() -> anyhow::Result<()> {
                 project_id: project.unwrap_or_else(Uuid::now_v7),
                 fleet_id: fleet.unwrap_or_else(Uuid::now_v7),
                 topic_slug: slug,
-                control_key: key,
+                control_key: key.clone(),
+            };
+            // Issue the certificate before registering, so a bad name or CA directory leaves
+            // no half-provisioned device behind.
+            let issued = match &ca_dir {
+                Some(dir) => {
+                    let ca = LocalCa::open_or_create(dir)?;
+                    let identity = ca.issue_client(&device.device_name)?;
+                    let key_file = dir.join(format!("{}.control-key", device.device_name));
+                    std::fs::write(&key_file, &key)
+                        .with_context(|| format!("writing {}", key_file.display()))?;
+                    Some((ca.cert_path(), identity, key_file))
+                }
+                None => None,
             };
             let p = pool::connect(&database_url, 1)?;
             let c = p.get().await.context("connecting to the database")?;
@@ -124,7 +165,30 @@ async fn main() -> anyhow::Result<()> {
                     "project_id": device.project_id,
                     "fleet_id": device.fleet_id,
                     "topic_slug": device.topic_slug,
-                    "control_key_hex": hex::encode(&device.control_key),
+                    "control_key": String::from_utf8_lossy(&device.control_key),
+                    "ca_cert": issued.as_ref().map(|(ca, _, _)| ca),
+                    "cert": issued.as_ref().map(|(_, id, _)| &id.cert_path),
+                    "key": issued.as_ref().map(|(_, id, _)| &id.key_path),
+                    "control_key_file": issued.as_ref().map(|(_, _, k)| k),
+                })
+            );
+        }
+        Command::Pki {
+            command: PkiCommand::Init { ca_dir, server_names },
+        } => {
+            let ca = LocalCa::open_or_create(&ca_dir)?;
+            let mut names = vec!["localhost", "127.0.0.1", "::1"];
+            names.extend(server_names.iter().map(String::as_str));
+            let server = ca.issue_server(&names)?;
+            let service = ca.issue_client(edge_functions::runner::SERVICE_IDENTITY)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "ca_cert": ca.cert_path(),
+                    "server_cert": server.cert_path,
+                    "server_key": server.key_path,
+                    "service_cert": service.cert_path,
+                    "service_key": service.key_path,
                 })
             );
         }
