@@ -13,6 +13,7 @@ use edge_cloud_core::intake::{
 };
 use edge_cloud_core::mirror::plan_upserts;
 use edge_cloud_core::telemetry::data_point_value;
+use edge_cloud_store::backpressure::{check_after_intake, note_clean_batch};
 use edge_cloud_store::ledger::{
     finish_segment, insert_segment, telemetry_seq_accepted, Segment, SegmentOutcome,
 };
@@ -385,6 +386,7 @@ async fn intake_rows(
         }
     };
     advance_watermark(tx, lineage.id, b.journal_epoch, b.last_commit_seq).await?;
+    flow_control(tx, lineage.id, staged, failed, status == "materialized").await?;
     finish_segment(
         tx,
         device.device_id,
@@ -407,6 +409,28 @@ async fn intake_rows(
         staged,
         failed,
     })
+}
+
+/// Backpressure and circuit breaker (cloud.md §7) after an accepted batch, in its transaction:
+/// a clean materialized batch ends a failure streak; anything staged may cross a cap or trip
+/// the breaker, which pauses the lineage and stores a signed `pause_lineage` control.
+async fn flow_control(
+    tx: &Transaction<'_>,
+    lineage_id: Uuid,
+    staged: i64,
+    failed: i64,
+    materialized: bool,
+) -> Result<(), HandlerError> {
+    if materialized && failed == 0 {
+        note_clean_batch(tx, lineage_id).await?;
+    }
+    if staged > 0 || failed > 0 {
+        let now = OffsetDateTime::now_utc();
+        if let Some(reason) = check_after_intake(tx, lineage_id, now, Uuid::now_v7()).await? {
+            tracing::warn!(%lineage_id, reason = reason.as_str(), "lineage paused; pause_lineage control issued");
+        }
+    }
+    Ok(())
 }
 
 fn staged_row(
@@ -611,6 +635,7 @@ async fn intake_telemetry(
             ("staged", 0, n)
         }
     };
+    flow_control(tx, lineage.id, staged, 0, status == "materialized").await?;
     finish_segment(
         tx,
         device.device_id,

@@ -219,9 +219,9 @@ pub async fn replay_staged<C: GenericClient>(
 }
 
 /// Key of a staged row.
-type StagedKey = (Uuid, i64, String);
+pub(crate) type StagedKey = (Uuid, i64, String);
 
-async fn replay_group<C: GenericClient>(
+pub(crate) async fn replay_group<C: GenericClient>(
     c: &C,
     lineage_id: Uuid,
     device_id: Uuid,

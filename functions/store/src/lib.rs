@@ -12,7 +12,10 @@
 //! - [`staging`] — staged rows with their lineage counters
 //! - [`mirror`] — mirror DDL execution, version-guarded upserts, telemetry values, control acks
 //! - [`approve`] — the dev approval path and the staged-row replay
-//! - [`controls`] — pending controls due for (re-)publication
+//! - [`controls`] — signed pause/resume controls, pending until acked, due for (re-)publication
+//! - [`backpressure`] — caps, circuit breaker, resume and reset-materialization (cloud.md §7)
+//! - [`replay`] — the replay worker's chunked, resumable drain of staged rows (cloud.md §8)
+//! - [`sweep`] — the scheduled resume sweep
 //! - [`pool`] — the deadpool-postgres pool
 //! - [`error`] — [`StoreError`] and the transient/permanent split by SQLSTATE
 //!
@@ -20,6 +23,7 @@
 //! transaction boundaries.
 
 pub mod approve;
+pub mod backpressure;
 pub mod controls;
 pub mod error;
 pub mod ledger;
@@ -28,7 +32,9 @@ pub mod migrate;
 pub mod mirror;
 pub mod pool;
 pub mod registry;
+pub mod replay;
 pub mod staging;
+pub mod sweep;
 
 pub use edge_cloud_core as core;
 pub use error::StoreError;
