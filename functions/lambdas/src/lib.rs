@@ -9,14 +9,20 @@
 //! - [`ingest`] — ingress + intake + materialization of one envelope ([`ingest::handle`])
 //! - [`sqs`] — an SQS batch of envelopes → partial batch failures (the `ingest` Lambda)
 //! - [`pki`] — the local stack's certificate authority (mosquitto stands in for IoT Core)
+//! - [`replay`] — the replay worker: drains open replay intents chunk by chunk (cloud.md §8)
+//! - [`sweep`] — resume sweep + control (re-)publication (cloud.md §7)
+//! - [`control_publisher`] — the [`control_publisher::ControlPublisher`] trait, MQTT implementation
 //! - [`runner`] — the local runner's MQTT loop (mosquitto in place of IoT Core + SQS)
 //! - [`HandlerError`] — the one place that decides retryable vs permanent
 //! - `src/bin/*` — thin binaries: parse config, build clients once, call the library
 
+pub mod control_publisher;
 pub mod ingest;
 pub mod pki;
+pub mod replay;
 pub mod runner;
 pub mod sqs;
+pub mod sweep;
 
 pub use edge_cloud_store as store;
 

@@ -4,7 +4,9 @@
 //! several runners split the load, builds the same [`IngressEnvelope`] the AWS rule builds and
 //! calls the same [`crate::ingest::handle`]. A retryable failure is retried in place with
 //! backoff before the next message is taken (the broker redelivers unacked QoS 1 messages to a
-//! restarted runner); pending controls are (re-)published until acked.
+//! restarted runner). Beside it run the sweep loop (resume sweep; pending controls
+//! (re-)published until acked) and the replay loop — the same code as the `sweep` and `replay`
+//! Lambdas.
 //!
 //! Identity: MQTT does not tell a subscriber who published. The broker's ACL
 //! (`pattern write +/%u/sync/...` with `use_identity_as_username`) only lets a device publish
@@ -19,6 +21,7 @@ use edge_cloud_core::ingress::IngressEnvelope;
 use edge_protocol::topic::{parse_topic, TopicKind};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
+use crate::control_publisher::MqttPublisher;
 use crate::ingest::handle;
 use crate::Deps;
 
@@ -144,7 +147,17 @@ pub async fn run(
 ) -> Result<(), RunnerError> {
     let options = mqtt_options(&settings)?;
     let (client, mut events) = AsyncClient::new(options, 64);
-    let controls = tokio::spawn(publish_controls_loop(deps.clone(), client.clone()));
+    // Sweep (resume + control re-sends, through the same trait the Lambda uses) and replay run
+    // beside the subscription; both are idempotent, so aborting them at shutdown is safe.
+    let controls = tokio::spawn(crate::sweep::sweep_loop(
+        deps.clone(),
+        MqttPublisher::new(client.clone()),
+        Duration::from_secs(1),
+    ));
+    let replay = tokio::spawn(crate::replay::replay_loop(
+        deps.clone(),
+        crate::replay::DEFAULT_CHUNK,
+    ));
     tokio::pin!(shutdown);
     let result = loop {
         let event = tokio::select! {
@@ -188,28 +201,9 @@ pub async fn run(
         }
     };
     controls.abort();
+    replay.abort();
     let _ = client.disconnect().await;
     result
-}
-
-/// Re-publishes due pending controls every second (with the store's backoff schedule).
-async fn publish_controls_loop(deps: Deps, client: AsyncClient) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        match edge_cloud_store::controls::due_controls(&deps.pool, 100).await {
-            Ok(due) => {
-                for c in due {
-                    if let Err(e) = client
-                        .publish(c.topic.clone(), QoS::AtLeastOnce, false, c.payload.clone())
-                        .await
-                    {
-                        tracing::warn!(error = %e, control_id = %c.control_id, "publish control");
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "loading pending controls"),
-        }
-    }
 }
 
 #[cfg(test)]

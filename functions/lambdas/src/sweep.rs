@@ -1,0 +1,67 @@
+//! The scheduled sweep (cloud.md §7): resume lineages whose backlog fell below the threshold,
+//! then (re-)publish due controls — the resumes just issued go out in the same run. Runs as
+//! the `sweep` Lambda on an EventBridge schedule and as a loop in the local runner.
+
+use std::time::Duration;
+
+use edge_cloud_store::sweep::resume_sweep;
+use time::OffsetDateTime;
+
+use crate::control_publisher::{publish_due, ControlPublisher};
+use crate::Deps;
+
+/// Lineages considered and controls published per sweep.
+const SWEEP_LIMIT: i64 = 500;
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub resumed: usize,
+    pub published: usize,
+    pub errors: usize,
+}
+
+/// One sweep at `now`. Errors are counted and logged, never fatal: the next sweep retries.
+pub async fn sweep_once<P: ControlPublisher>(
+    deps: &Deps,
+    publisher: &P,
+    now: OffsetDateTime,
+) -> SweepReport {
+    let mut report = SweepReport::default();
+    match resume_sweep(&deps.pool, now, SWEEP_LIMIT).await {
+        Ok(results) => {
+            for (lineage_id, r) in results {
+                match r {
+                    Ok(resumed) => {
+                        report.resumed += 1;
+                        tracing::info!(%lineage_id, ?resumed, "lineage resumed by the sweep");
+                    }
+                    Err(e) => {
+                        report.errors += 1;
+                        tracing::warn!(%lineage_id, error = %e, "sweep of lineage failed");
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            report.errors += 1;
+            tracing::warn!(error = %e, "resume sweep");
+        }
+    }
+    match publish_due(&deps.pool, publisher, SWEEP_LIMIT).await {
+        Ok(n) => report.published = n,
+        Err(e) => {
+            report.errors += 1;
+            tracing::warn!(error = %e, "loading pending controls");
+        }
+    }
+    report
+}
+
+/// The local runner's sweep loop: every `period`, forever (abort the task to stop it).
+pub async fn sweep_loop<P: ControlPublisher>(deps: Deps, publisher: P, period: Duration) {
+    loop {
+        sweep_once(&deps, &publisher, OffsetDateTime::now_utc()).await;
+        tokio::time::sleep(period).await;
+    }
+}
