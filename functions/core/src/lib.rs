@@ -12,6 +12,7 @@
 //!   readable diff (cloud.md §3)
 //! - [`mirror`] — mirror column types, DDL text, value fitness and the set-based,
 //!   version-guarded upsert plan (cloud.md §6)
+//! - [`review`] — review transitions and approval column-action validation (cloud.md §5)
 //! - [`telemetry`] — telemetry values into `telemetry_data_point_value` columns
 //! - [`backpressure`] — caps, circuit breaker, resume sweep and reset decisions (cloud.md §7)
 //! - [`replay`] — how a replay intent advances chunk by chunk (cloud.md §8)
@@ -26,6 +27,7 @@ pub mod intake;
 pub mod mirror;
 pub mod naming;
 pub mod replay;
+pub mod review;
 pub mod telemetry;
 
 pub use edge_protocol as protocol;

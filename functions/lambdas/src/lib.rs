@@ -6,6 +6,7 @@
 //! Core's rule engine against mosquitto.
 //!
 //! # Layout
+//! - [`api`] — the HTTP API router (cloud.md §10), the `api` Lambda and the runner's listener
 //! - [`ingest`] — ingress + intake + materialization of one envelope ([`ingest::handle`])
 //! - [`sqs`] — an SQS batch of envelopes → partial batch failures (the `ingest` Lambda)
 //! - [`pki`] — the local stack's certificate authority (mosquitto stands in for IoT Core)
@@ -16,6 +17,7 @@
 //! - [`HandlerError`] — the one place that decides retryable vs permanent
 //! - `src/bin/*` — thin binaries: parse config, build clients once, call the library
 
+pub mod api;
 pub mod control_publisher;
 pub mod ingest;
 pub mod pki;

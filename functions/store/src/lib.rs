@@ -16,6 +16,8 @@
 //! - [`backpressure`] — caps, circuit breaker, resume and reset-materialization (cloud.md §7)
 //! - [`replay`] — the replay worker's chunked, resumable drain of staged rows (cloud.md §8)
 //! - [`sweep`] — the scheduled resume sweep
+//! - [`query`] — the HTTP API's scoped reads (lineages, staged/mirror rows, reviews, events)
+//! - [`review`] — review claim/approve/reject, lineage deletion, policy, idempotency keys
 //! - [`pool`] — the deadpool-postgres pool
 //! - [`error`] — [`StoreError`] and the transient/permanent split by SQLSTATE
 //!
@@ -31,8 +33,10 @@ pub mod lineage;
 pub mod migrate;
 pub mod mirror;
 pub mod pool;
+pub mod query;
 pub mod registry;
 pub mod replay;
+pub mod review;
 pub mod staging;
 pub mod sweep;
 

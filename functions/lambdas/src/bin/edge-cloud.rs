@@ -6,6 +6,8 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use edge_functions::api::auth::{mint, AuthConfig, Claims};
+use edge_functions::api::{local, Api};
 use edge_functions::pki::LocalCa;
 use edge_functions::runner::{run, MqttSettings};
 use edge_functions::store::registry::{create_device, Device};
@@ -55,6 +57,36 @@ enum Command {
         client_id: String,
         #[arg(long, env = "EDGE_DB_POOL_SIZE", default_value_t = 8)]
         pool_size: usize,
+        /// Where the HTTP API listens.
+        #[arg(
+            long = "http",
+            env = "EDGE_HTTP_LISTEN",
+            default_value = "127.0.0.1:8080"
+        )]
+        http: std::net::SocketAddr,
+        /// HS256 secret the API verifies Bearer tokens with.
+        #[arg(long, env = "EDGE_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: Option<String>,
+        /// RS256 JWKS (JSON file) the API verifies Bearer tokens with.
+        #[arg(long, env = "EDGE_JWT_JWKS_FILE")]
+        jwt_jwks_file: Option<std::path::PathBuf>,
+    },
+    /// Print a signed development token for the HTTP API (HS256 with EDGE_JWT_SECRET).
+    Token {
+        #[arg(long)]
+        org: Uuid,
+        #[arg(long)]
+        project: Vec<Uuid>,
+        /// e.g. PROJECT_CAN_MANAGE_DEVICES; repeatable.
+        #[arg(long)]
+        permission: Vec<String>,
+        /// Lifetime: 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[arg(long, default_value = "dev")]
+        subject: String,
+        #[arg(long, env = "EDGE_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: String,
     },
 }
 
@@ -174,7 +206,11 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Pki {
-            command: PkiCommand::Init { ca_dir, server_names },
+            command:
+                PkiCommand::Init {
+                    ca_dir,
+                    server_names,
+                },
         } => {
             let ca = LocalCa::open_or_create(&ca_dir)?;
             let mut names = vec!["localhost", "127.0.0.1", "::1"];
@@ -200,12 +236,16 @@ async fn main() -> anyhow::Result<()> {
             key,
             client_id,
             pool_size,
+            http,
+            jwt_secret,
+            jwt_jwks_file,
         } => {
             let p = pool::connect(&database_url, pool_size)?;
             {
                 let mut c = p.get().await.context("connecting to the database")?;
                 migrate(&mut c).await?;
             }
+            let api_task = serve_api(p.clone(), http, jwt_secret, jwt_jwks_file).await?;
             let settings = MqttSettings {
                 url: mqtt_url,
                 ca,
@@ -217,8 +257,79 @@ async fn main() -> anyhow::Result<()> {
                 let _ = tokio::signal::ctrl_c().await;
                 tracing::info!("shutting down");
             };
-            run(Deps::new(p), settings, shutdown).await?;
+            let result = run(Deps::new(p), settings, shutdown).await;
+            api_task.abort();
+            result?;
+        }
+        Command::Token {
+            org,
+            project,
+            permission,
+            ttl,
+            subject,
+            jwt_secret,
+        } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("clock before 1970")?
+                .as_secs();
+            let claims = Claims {
+                sub: subject,
+                org_id: org,
+                projects: project,
+                permissions: permission,
+                exp: now + parse_ttl(&ttl)?,
+                iat: now,
+            };
+            println!("{}", mint(jwt_secret.as_bytes(), &claims)?);
         }
     }
     Ok(())
+}
+
+/// Starts the HTTP API on `addr` (cloud.md §12: the runner serves it on localhost).
+async fn serve_api(
+    pool: deadpool_postgres::Pool,
+    addr: std::net::SocketAddr,
+    secret: Option<String>,
+    jwks: Option<std::path::PathBuf>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut auth = match secret {
+        Some(s) if !s.is_empty() => AuthConfig::hs256(s.into_bytes()),
+        _ => AuthConfig::default(),
+    };
+    if let Some(f) = jwks {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {f:?}"))?;
+        auth = auth.with_jwks_json(&text)?;
+    }
+    if !auth.is_configured() {
+        tracing::warn!("no EDGE_JWT_SECRET or JWKS: every API request will be refused (401)");
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the HTTP API to {addr}"))?;
+    tracing::info!(%addr, "HTTP API listening");
+    let api = std::sync::Arc::new(Api { pool, auth });
+    Ok(tokio::spawn(async move {
+        if let Err(e) = local::serve(api, listener, std::future::pending()).await {
+            tracing::error!(error = %e, "HTTP API stopped");
+        }
+    }))
+}
+
+/// `90s`, `30m`, `1h`, `7d` → seconds.
+fn parse_ttl(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .with_context(|| format!("ttl {s:?}: expected e.g. 1h"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => anyhow::bail!("ttl {s:?}: unit must be s, m, h or d"),
+    };
+    Ok(n * mult)
 }

@@ -1,0 +1,229 @@
+//! Who is calling: Bearer JWT verification (HS256 secret or RS256 JWKS) or, in AWS, the claims
+//! API Gateway's JWT authorizer already verified; and minting development tokens.
+//!
+//! The claims carry the tenant scope: `org_id`, the `projects` the caller may see and the
+//! `permissions` it holds (`PROJECT_CAN_MANAGE_DEVICES` for every mutation). Nothing else —
+//! no header, no body field — can widen that scope (DESIGN invariant 3).
+
+use std::collections::HashMap;
+use std::fmt;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The permission every mutation needs.
+pub const MANAGE_DEVICES: &str = "PROJECT_CAN_MANAGE_DEVICES";
+
+/// The verified identity of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub org_id: Uuid,
+    #[serde(default)]
+    pub projects: Vec<Uuid>,
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    pub exp: u64,
+    #[serde(default)]
+    pub iat: u64,
+}
+
+impl Claims {
+    pub fn may_see(&self, project_id: Uuid) -> bool {
+        self.projects.contains(&project_id)
+    }
+
+    pub fn has(&self, permission: &str) -> bool {
+        self.permissions.iter().any(|p| p == permission)
+    }
+}
+
+/// How tokens are verified. Built once per process from the environment by the binary.
+#[derive(Clone, Default)]
+pub struct AuthConfig {
+    hs256_secret: Option<Vec<u8>>,
+    jwks: Option<JwkSet>,
+    /// Only the `api` Lambda sets this: there API Gateway's JWT authorizer has verified the
+    /// token and the request context carries its claims. Locally no request context exists.
+    pub trust_gateway_claims: bool,
+}
+
+// Secrets never reach logs.
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field(
+                "hs256_secret",
+                &self.hs256_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("jwks_keys", &self.jwks.as_ref().map(|j| j.keys.len()))
+            .field("trust_gateway_claims", &self.trust_gateway_claims)
+            .finish()
+    }
+}
+
+/// A configuration or token problem.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing Authorization: Bearer token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("JWKS: {0}")]
+    Jwks(String),
+    #[error("no verification key configured (set EDGE_JWT_SECRET or EDGE_JWT_JWKS)")]
+    NotConfigured,
+}
+
+impl AuthConfig {
+    /// HS256 with a shared secret (the local runner and development).
+    pub fn hs256(secret: impl Into<Vec<u8>>) -> Self {
+        AuthConfig {
+            hs256_secret: Some(secret.into()),
+            ..AuthConfig::default()
+        }
+    }
+
+    /// Adds RS256 keys from a JWKS document (`{"keys": [...]}`).
+    pub fn with_jwks_json(mut self, json: &str) -> Result<Self, AuthError> {
+        let set: JwkSet = serde_json::from_str(json).map_err(|e| AuthError::Jwks(e.to_string()))?;
+        self.jwks = Some(set);
+        Ok(self)
+    }
+
+    pub fn is_configured(&self) -> bool {
+        self.hs256_secret.is_some() || self.jwks.is_some() || self.trust_gateway_claims
+    }
+
+    /// Verifies a compact JWT (signature, `exp`) and returns its claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let key = match header.alg {
+            Algorithm::HS256 => {
+                let secret = self.hs256_secret.as_ref().ok_or(AuthError::NotConfigured)?;
+                DecodingKey::from_secret(secret)
+            }
+            Algorithm::RS256 => {
+                let set = self.jwks.as_ref().ok_or(AuthError::NotConfigured)?;
+                let jwk = match &header.kid {
+                    Some(kid) => set.find(kid),
+                    None if set.keys.len() == 1 => set.keys.first(),
+                    None => None,
+                }
+                .ok_or_else(|| AuthError::Invalid("no JWKS key matches the token's kid".into()))?;
+                DecodingKey::from_jwk(jwk).map_err(|e| AuthError::Jwks(e.to_string()))?
+            }
+            // Refusing every other algorithm (none, HS384, …) closes algorithm-confusion holes.
+            other => {
+                return Err(AuthError::Invalid(format!(
+                    "algorithm {other:?} is not accepted"
+                )))
+            }
+        };
+        let mut validation = jsonwebtoken::Validation::new(header.alg);
+        validation.validate_aud = false;
+        validation.leeway = 30;
+        decode::<Claims>(token, &key, &validation)
+            .map(|d| d.claims)
+            .map_err(|e| AuthError::Invalid(e.to_string()))
+    }
+}
+
+/// Claims as API Gateway's JWT authorizer hands them over: every value flattened to a string
+/// (arrays become `[a b]` or JSON text, numbers become digits).
+pub fn claims_from_gateway(map: &HashMap<String, String>) -> Result<Claims, AuthError> {
+    let get = |k: &str| {
+        map.get(k)
+            .ok_or_else(|| AuthError::Invalid(format!("authorizer claims lack {k}")))
+    };
+    let org_id = Uuid::parse_str(get("org_id")?.trim())
+        .map_err(|e| AuthError::Invalid(format!("org_id: {e}")))?;
+    let projects = list(map.get("projects").map(String::as_str).unwrap_or(""))
+        .iter()
+        .map(|p| Uuid::parse_str(p).map_err(|e| AuthError::Invalid(format!("projects: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Claims {
+        sub: map.get("sub").cloned().unwrap_or_default(),
+        org_id,
+        projects,
+        permissions: list(map.get("permissions").map(String::as_str).unwrap_or("")),
+        exp: map.get("exp").and_then(|e| e.parse().ok()).unwrap_or(0),
+        iat: map.get("iat").and_then(|e| e.parse().ok()).unwrap_or(0),
+    })
+}
+
+fn list(s: &str) -> Vec<String> {
+    let s = s.trim();
+    if let Ok(v) = serde_json::from_str::<Vec<String>>(s) {
+        return v;
+    }
+    s.trim_start_matches('[')
+        .trim_end_matches(']')
+        .split([' ', ','])
+        .map(|p| p.trim().trim_matches('"'))
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Signs a development token (HS256) — `edge-cloud token` and the tests.
+pub fn mint(secret: &[u8], claims: &Claims) -> Result<String, AuthError> {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| AuthError::Invalid(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn claims(exp: u64) -> Claims {
+        Claims {
+            sub: "op".into(),
+            org_id: Uuid::nil(),
+            projects: vec![Uuid::max()],
+            permissions: vec![MANAGE_DEVICES.into()],
+            exp,
+            iat: 0,
+        }
+    }
+
+    #[test]
+    fn hs256_round_trip_and_refusals() {
+        let cfg = AuthConfig::hs256(b"s3cret".to_vec());
+        let t = mint(b"s3cret", &claims(u64::MAX / 2)).unwrap();
+        assert_eq!(cfg.verify(&t).unwrap(), claims(u64::MAX / 2));
+        let wrong = mint(b"other", &claims(u64::MAX / 2)).unwrap();
+        assert!(cfg.verify(&wrong).is_err());
+        let expired = mint(b"s3cret", &claims(1)).unwrap();
+        assert!(cfg.verify(&expired).is_err());
+        assert!(cfg.verify("garbage").is_err());
+        // RS256 without a JWKS is refused, not accepted.
+        assert!(AuthConfig::default().verify(&t).is_err());
+    }
+
+    #[test]
+    fn gateway_claims_are_parsed_from_flattened_strings() {
+        let mut m = HashMap::new();
+        m.insert("sub".into(), "op".into());
+        m.insert("org_id".into(), Uuid::nil().to_string());
+        m.insert(
+            "projects".into(),
+            format!("[{} {}]", Uuid::nil(), Uuid::max()),
+        );
+        m.insert("permissions".into(), "[PROJECT_CAN_MANAGE_DEVICES]".into());
+        let c = claims_from_gateway(&m).unwrap();
+        assert_eq!(c.projects.len(), 2);
+        assert!(c.has(MANAGE_DEVICES));
+        m.insert("projects".into(), format!("[\"{}\"]", Uuid::max()));
+        assert_eq!(claims_from_gateway(&m).unwrap().projects, vec![Uuid::max()]);
+        m.remove("org_id");
+        assert!(claims_from_gateway(&m).is_err());
+    }
+}
