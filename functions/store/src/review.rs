@@ -478,9 +478,10 @@ pub async fn patch_policy<C: GenericClient>(
                      allow_additive_continue, allow_auto_create_device_data_points, \
                      max_pending_rows_per_lineage, max_pending_bytes_per_lineage, \
                      resume_threshold_percent, circuit_breaker_failures, schema_coalescing_mode) \
-                 VALUES ($1, $2, COALESCE($3, false), COALESCE($4, false), \
-                     COALESCE($5, 100000), COALESCE($6, 1073741824), COALESCE($7, 80), \
-                     COALESCE($8, 5), COALESCE($9, 'none')) \
+                 VALUES ($1, $2, COALESCE($3::boolean, false), COALESCE($4::boolean, false), \
+                     COALESCE($5::bigint, 100000), COALESCE($6::bigint, 1073741824), \
+                     COALESCE($7::integer, 80), COALESCE($8::integer, 5), \
+                     COALESCE($9::text, 'none')) \
                  ON CONFLICT (project_id) DO UPDATE SET \
                      allow_additive_continue = COALESCE($3, p.allow_additive_continue), \
                      allow_auto_create_device_data_points = \
