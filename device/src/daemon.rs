@@ -14,18 +14,36 @@
 //!    outbox row is removed — a crash in between re-sends an identical batch, which the cloud
 //!    deduplicates by `batch_id`;
 //! 3. after a restart every outbox row is published again before new journal entries.
+//!
+//! Read positions: one global read position (`read_pos`) feeds the steady state; `fixed` holds,
+//! per table, the highest `commit_seq` already fixed into the outbox. A table that was skipped
+//! while the global position moved on — paused, behind a spill, or every table right after a
+//! restart — is read again from `max(acknowledged cursor, fixed)` ("catch-up") up to the global
+//! position before it rejoins the global read, so no entry is passed over and none is fixed
+//! twice.
+//!
+//! Resume rule (protocol §6, "from `server_watermark + 1`"): a resumed table continues after
+//! its own acknowledged cursor (and after what is already fixed in the outbox, which is sent
+//! anyway). Entries at or below the cursor had their PUBACK, so the cloud has them (or has them
+//! queued) and they are deleted locally; entries after the cursor that are `<= server_watermark`
+//! are sent again and deduplicated by the cloud; every entry after `server_watermark` is either
+//! fixed in the outbox or still in the journal and is therefore sent, in commit order.
+//!
+//! Spill (protocol §7, see `spill`): a change too large for one message is fixed as a spill
+//! entry (id + zstd JSON Lines object) and its table reads nothing further until `finalize` is
+//! acknowledged; then the table catches up from the spilled change.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use edge_protocol::control::IngestAck;
+use edge_protocol::control::{IngestAck, IngestRequest, RequestKind, SegmentKind};
 use edge_protocol::schema::SchemaObservation;
 use edge_protocol::telemetry::{TelemetryBatch, TelemetryRow};
 use edge_protocol::topic::{topic, TopicKind};
 use rumqttc::{AsyncClient, QoS};
 use thiserror::Error;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::batcher::{build_batches, SchemaAnnouncer};
@@ -33,10 +51,11 @@ use crate::capture::journal::{ReadOptions, DELETE_CHUNK_ROWS};
 use crate::capture::{Capture, CaptureError, SystemIds};
 use crate::control::{decide, ControlAction, ControlDecision, ControlFacts};
 use crate::mqtt::{self, MqttError, MqttEvent};
-use crate::outbox::{BatchKind, Outbox, Phase, Tracked};
+use crate::outbox::{Acked, BatchKind, Outbox, Phase, Tracked};
 use crate::outbox_store;
 use crate::rate::{RateLimits, TokenBucket};
 use crate::settings::Settings;
+use crate::spill::{self, Due, PutError, Spill, SpillError};
 use crate::state::{counter, OutboxEntry, StateDb, StateError};
 
 /// Journal entries examined per read.
@@ -61,6 +80,8 @@ pub enum DaemonError {
     Encode(#[from] serde_json::Error),
     #[error(transparent)]
     Batch(#[from] crate::batcher::BatchError),
+    #[error(transparent)]
+    Spill(#[from] SpillError),
 }
 
 fn now_rfc3339() -> String {
@@ -83,10 +104,16 @@ pub struct Daemon {
     epoch: Uuid,
     read_pos: i64,
     backlog: bool,
+    /// Tables to read from their own position up to `read_pos` before they rejoin the global
+    /// read (after a resume, a finished spill, or a restart).
     catch_up: BTreeSet<String>,
+    /// Per table, the highest commit_seq fixed into the outbox (row batch or spill).
+    fixed: BTreeMap<String, i64>,
     paused: BTreeSet<String>,
-    /// Tables stopped at a row too large for one message (spill not available).
-    spill_blocked: BTreeSet<String>,
+    /// Spills in progress by batch id; their tables read nothing further until they finish.
+    spills: BTreeMap<Uuid, Spill>,
+    spill_results: tokio::sync::mpsc::UnboundedSender<(Uuid, Result<(), PutError>)>,
+    spill_results_rx: Option<tokio::sync::mpsc::UnboundedReceiver<(Uuid, Result<(), PutError>)>>,
     root: String,
     data_version: i64,
 }
@@ -116,11 +143,23 @@ impl Daemon {
         }
         let epoch = state.journal_epoch()?.unwrap_or_else(Uuid::now_v7);
         let mut outbox = Outbox::new();
-        let mut read_pos = 0;
+        let mut fixed: BTreeMap<String, i64> = BTreeMap::new();
+        let mut spills = BTreeMap::new();
+        let now = Instant::now();
         for e in state.outbox_list()? {
+            if e.kind == spill::OUTBOX_KIND {
+                let pos = fixed.entry(e.table_name.clone()).or_insert(0);
+                *pos = (*pos).max(e.last_seq);
+                spills.insert(
+                    e.batch_id,
+                    Spill::new(e.batch_id, e.table_name, e.last_seq, now),
+                );
+                continue;
+            }
             let kind = BatchKind::parse(&e.kind).unwrap_or(BatchKind::Rows);
             if kind == BatchKind::Rows {
-                read_pos = read_pos.max(e.last_seq);
+                let pos = fixed.entry(e.table_name.clone()).or_insert(0);
+                *pos = (*pos).max(e.last_seq);
             }
             outbox.add(Tracked {
                 batch_id: e.batch_id,
@@ -139,17 +178,29 @@ impl Daemon {
                 "re-publishing batches fixed before the restart"
             );
         }
-        let paused = state
+        let paused: BTreeSet<String> = state
             .tables()?
             .into_iter()
             .filter(|t| t.paused)
             .map(|t| t.table_name)
             .collect();
+        if !spills.is_empty() {
+            info!(
+                spills = spills.len(),
+                "resuming spill uploads fixed before the restart"
+            );
+        }
+        // The global read restarts at the highest position fixed; every table catches up
+        // from its own position first, so entries of a table that was behind (paused, behind
+        // a spill, catching up) when the agent stopped are not passed over.
+        let read_pos = fixed.values().copied().max().unwrap_or(0);
+        let catch_up = capture.catalog().rows.keys().cloned().collect();
         let limits = r.rate_limit.then_some(RateLimits {
             publishes_per_sec: r.max_publishes_per_sec,
             bytes_per_sec: r.max_bytes_per_sec,
         });
         let root = settings.connection.root_topic.clone();
+        let (spill_tx, spill_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Daemon {
             bucket: TokenBucket::new(limits, Instant::now()),
             settings,
@@ -160,9 +211,12 @@ impl Daemon {
             epoch,
             read_pos,
             backlog: true,
-            catch_up: BTreeSet::new(),
+            catch_up,
+            fixed,
             paused,
-            spill_blocked: BTreeSet::new(),
+            spills,
+            spill_results: spill_tx,
+            spill_results_rx: Some(spill_rx),
             root,
             data_version: 0,
         })
@@ -200,11 +254,21 @@ impl Daemon {
         let mut next_poll = start;
         let mut next_retention = start;
         let mut rate_wake: Option<Instant> = None;
+        let mut spill_wake: Option<Instant> = None;
+        // `run` consumes the daemon, so the receiver is always there; the fallback (a closed
+        // channel, whose branch `select!` disables) only avoids an unwrap.
+        let mut spill_results = self
+            .spill_results_rx
+            .take()
+            .unwrap_or_else(|| tokio::sync::mpsc::unbounded_channel().1);
         tokio::pin!(shutdown);
         info!(device = %self.settings.connection.device_name, root = %self.root, "agent running");
         loop {
             let mut wake = next_flush.min(next_poll);
             if let Some(w) = rate_wake {
+                wake = wake.min(w);
+            }
+            if let Some(w) = spill_wake {
                 wake = wake.min(w);
             }
             if self.backlog && self.has_room() {
@@ -217,6 +281,7 @@ impl Daemon {
                     Some(ev) => self.on_mqtt(ev, &client)?,
                     None => break,
                 },
+                Some((id, result)) = spill_results.recv() => self.on_put_result(id, result),
                 () = tokio::time::sleep_until(wake.into()) => {}
             }
             let now = Instant::now();
@@ -226,6 +291,8 @@ impl Daemon {
                 if report.new_epoch.is_some() {
                     self.epoch = self.state.journal_epoch()?.unwrap_or(self.epoch);
                     self.read_pos = 0;
+                    self.fixed.clear();
+                    self.catch_up.clear();
                 }
                 if self.snapshot_step()? {
                     self.backlog = true;
@@ -258,6 +325,7 @@ impl Daemon {
                 }
             }
             rate_wake = self.pump(&client)?;
+            spill_wake = self.pump_spills(&client)?;
         }
         info!(
             inflight = self.outbox.inflight(),
@@ -304,10 +372,21 @@ impl Daemon {
     /// Reads the journal (and telemetry tables) into new fixed batches.
     fn flush(&mut self, client: &AsyncClient) -> Result<(), DaemonError> {
         let max_payload = self.settings.replication.max_payload_bytes;
+        let blocked = self.spill_tables();
         let mut reads = Vec::new();
-        for table in std::mem::take(&mut self.catch_up) {
-            // A resumed table's entries were skipped while the read position moved on: read it
-            // alone from its acknowledged cursor.
+        let targets: Vec<String> = self
+            .catch_up
+            .iter()
+            .filter(|t| !self.paused.contains(*t) && !blocked.contains(*t))
+            .cloned()
+            .collect();
+        for table in targets {
+            let after = self.position(&table)?;
+            if after >= self.read_pos {
+                // Nothing of this table was passed over: it simply joins the global read.
+                self.catch_up.remove(&table);
+                continue;
+            }
             let skip = self
                 .capture
                 .catalog()
@@ -315,27 +394,43 @@ impl Daemon {
                 .keys()
                 .filter(|t| **t != table)
                 .cloned()
-                .chain(self.paused.iter().cloned())
                 .collect();
-            let read = self.capture.read_pending(
+            let mut read = self.capture.read_pending(
                 &self.state,
                 &ReadOptions {
-                    after_seq: 0,
-                    max_entries: usize::MAX,
+                    after_seq: after,
+                    max_entries: READ_MAX_ENTRIES,
                     skip_tables: skip,
                 },
             )?;
+            if read.last_seq >= self.read_pos || read.last_seq == after {
+                self.catch_up.remove(&table);
+            }
+            // Entries after the global position belong to the global read.
+            let limit = self.read_pos;
+            for g in &mut read.groups {
+                g.changes.retain(|c| c.change.commit_seq <= limit);
+            }
+            read.groups
+                .retain(|g| g.table == table && !g.changes.is_empty());
             reads.push(read);
         }
+        let skip: BTreeSet<String> = self
+            .paused
+            .iter()
+            .chain(&blocked)
+            .chain(&self.catch_up)
+            .cloned()
+            .collect();
         let read = self.capture.read_pending(
             &self.state,
             &ReadOptions {
                 after_seq: self.read_pos,
                 max_entries: READ_MAX_ENTRIES,
-                skip_tables: self.paused.union(&self.spill_blocked).cloned().collect(),
+                skip_tables: skip,
             },
         )?;
-        self.backlog = read.last_seq > self.read_pos;
+        self.backlog = read.last_seq > self.read_pos || !self.catch_up.is_empty();
         self.read_pos = read.last_seq;
         reads.push(read);
         // One state.db transaction for everything fixed by this flush (one fsync, not one per
@@ -345,7 +440,8 @@ impl Daemon {
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(StateError::from)?;
         let mut new = Vec::new();
-        let fixed = self.fix_all(client, reads, max_payload, &mut new);
+        let mut new_spills = Vec::new();
+        let fixed = self.fix_all(client, reads, max_payload, &mut new, &mut new_spills);
         if let Err(e) = fixed {
             let _ = self.state.conn().execute_batch("ROLLBACK");
             return Err(e);
@@ -358,7 +454,22 @@ impl Daemon {
             debug!(table = %t.table, batch_id = %t.batch_id, bytes = t.bytes, "batch fixed");
             self.outbox.add(t);
         }
+        for s in new_spills {
+            self.spills.insert(s.batch_id, s);
+        }
         Ok(())
+    }
+
+    /// Tables with a spill in progress.
+    fn spill_tables(&self) -> BTreeSet<String> {
+        self.spills.values().map(|s| s.table.clone()).collect()
+    }
+
+    /// Where a table's reading continues: after its acknowledged cursor and after what is
+    /// already fixed in the outbox.
+    fn position(&self, table: &str) -> Result<i64, DaemonError> {
+        let acked = self.state.last_acked(table)?;
+        Ok(acked.max(self.fixed.get(table).copied().unwrap_or(0)))
     }
 
     fn fix_all(
@@ -367,15 +478,24 @@ impl Daemon {
         reads: Vec<crate::capture::journal::PendingRead>,
         max_payload: usize,
         new: &mut Vec<Tracked>,
+        new_spills: &mut Vec<Spill>,
     ) -> Result<(), DaemonError> {
+        let mut blocked = self.spill_tables();
         for read in reads {
-            for group in &read.groups {
-                if self.spill_blocked.contains(&group.table) {
+            for mut group in read.groups {
+                if blocked.contains(&group.table) {
+                    continue;
+                }
+                // After a restart the global read starts below some tables' fixed positions:
+                // what is already in the outbox is not fixed twice.
+                let done = self.fixed.get(&group.table).copied().unwrap_or(0);
+                group.changes.retain(|c| c.change.commit_seq > done);
+                if group.changes.is_empty() {
                     continue;
                 }
                 let with_schema = self.announcer.needs(&group.table, &group.schema_hash);
                 let built = build_batches(
-                    group,
+                    &group,
                     self.epoch,
                     with_schema,
                     max_payload,
@@ -398,16 +518,11 @@ impl Daemon {
                         self.outbox.handed_other();
                     }
                 }
-                for change in &built.oversized {
-                    // Spill (protocol §7) is not wired yet. Publishing later batches would move
-                    // the table's cursor past this row and delete it, so the table stops here
-                    // (visible in logs and `status`); its journal keeps growing under retention.
-                    error!(table = %group.table, commit_seq = change.commit_seq,
-                        "row larger than max_payload_bytes and spill upload is not available: table stalled");
-                    self.state.bump_counter("spill_pending", &group.table, 1)?;
-                    self.spill_blocked.insert(group.table.clone());
-                }
-                let stop_at = built.oversized.iter().map(|c| c.commit_seq).min();
+                // The first oversized change becomes a spill; batches after it are not fixed
+                // now (the table reads on from the spill once its finalize is acknowledged), so
+                // no later PUBACK can move the cursor past a change the cloud does not have.
+                let spilled = built.oversized.iter().min_by_key(|c| c.commit_seq).cloned();
+                let stop_at = spilled.as_ref().map(|c| c.commit_seq);
                 for b in built.batches {
                     if stop_at.is_some_and(|s| b.last_seq > s) {
                         continue;
@@ -421,6 +536,7 @@ impl Daemon {
                         payload: b.payload.clone(),
                         created_at_ms: unix_ms(),
                     })?;
+                    self.mark_fixed(&b.table, b.last_seq);
                     new.push(Tracked {
                         batch_id: b.batch_id,
                         kind: BatchKind::Rows,
@@ -431,6 +547,32 @@ impl Daemon {
                         phase: Phase::Waiting,
                         attempts: 0,
                     });
+                }
+                if let Some(change) = spilled {
+                    let object = spill::encode(std::slice::from_ref(&change))?;
+                    let id = Uuid::now_v7();
+                    info!(table = %group.table, commit_seq = change.commit_seq, batch_id = %id,
+                        object_bytes = object.len(),
+                        "row larger than max_payload_bytes: sending it as a spill upload");
+                    self.state.outbox_put(&OutboxEntry {
+                        batch_id: id,
+                        kind: spill::OUTBOX_KIND.into(),
+                        table_name: group.table.clone(),
+                        first_seq: change.commit_seq,
+                        last_seq: change.commit_seq,
+                        payload: object,
+                        created_at_ms: unix_ms(),
+                    })?;
+                    self.state
+                        .bump_counter(spill::COUNTER_SPILLS, &group.table, 1)?;
+                    self.mark_fixed(&group.table, change.commit_seq);
+                    blocked.insert(group.table.clone());
+                    new_spills.push(Spill::new(
+                        id,
+                        group.table.clone(),
+                        change.commit_seq,
+                        Instant::now(),
+                    ));
                 }
             }
         }
@@ -444,6 +586,11 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    fn mark_fixed(&mut self, table: &str, seq: i64) {
+        let pos = self.fixed.entry(table.to_owned()).or_insert(0);
+        *pos = (*pos).max(seq);
     }
 
     fn fix_telemetry(
@@ -562,7 +709,15 @@ impl Daemon {
 
     fn on_mqtt(&mut self, ev: MqttEvent, client: &AsyncClient) -> Result<(), DaemonError> {
         match ev {
-            MqttEvent::Connected { session_present } => self.outbox.on_connack(session_present),
+            MqttEvent::Connected { session_present } => {
+                self.outbox.on_connack(session_present);
+                if !session_present {
+                    let now = Instant::now();
+                    for s in self.spills.values_mut() {
+                        s.on_session_lost(now);
+                    }
+                }
+            }
             MqttEvent::Disconnected {
                 fresh_pending,
                 error,
@@ -572,8 +727,8 @@ impl Daemon {
             }
             MqttEvent::OutgoingPublish(pkid) => self.outbox.on_outgoing_publish(pkid),
             MqttEvent::AwaitAck(pkid) => self.outbox.on_await_ack(pkid),
-            MqttEvent::PubAck(pkid) => {
-                if let Some(t) = self.outbox.on_puback(pkid) {
+            MqttEvent::PubAck(pkid) => match self.outbox.on_puback(pkid) {
+                Some(Acked::Batch(t)) => {
                     if t.kind == BatchKind::Rows {
                         self.capture
                             .ack(&self.state, &t.table, t.last_seq, DELETE_CHUNK_ROWS)?;
@@ -581,7 +736,23 @@ impl Daemon {
                     self.state.outbox_remove(t.batch_id)?;
                     outbox_store::set_meta(self.state.conn(), "last_ack_at", &now_rfc3339())?;
                 }
-            }
+                Some(Acked::Finalize(id)) => {
+                    // A duplicate finalize (re-sent after a lost session) finds nothing left.
+                    if let Some(s) = self.spills.remove(&id) {
+                        info!(table = %s.table, batch_id = %id, commit_seq = s.commit_seq,
+                            "spill finalized: the table reads on");
+                        self.capture
+                            .ack(&self.state, &s.table, s.commit_seq, DELETE_CHUNK_ROWS)?;
+                        self.state.outbox_remove(id)?;
+                        outbox_store::set_meta(self.state.conn(), "last_ack_at", &now_rfc3339())?;
+                        if !self.spills.values().any(|o| o.table == s.table) {
+                            self.catch_up.insert(s.table);
+                            self.backlog = true;
+                        }
+                    }
+                }
+                None => {}
+            },
             MqttEvent::Control(bytes) => self.on_control(&bytes, client)?,
         }
         Ok(())
@@ -650,14 +821,17 @@ impl Daemon {
                 info!(%table, watermark, acked, "resume_lineage: publishing again from the acknowledged cursor");
                 self.state.clear_paused(table)?;
                 self.paused.remove(table);
+                // Behind a spill, the spill's finalize starts the catch-up.
                 self.catch_up.insert(table.clone());
                 self.backlog = true;
             }
             ControlAction::UrlGrant {
-                table, batch_id, ..
-            } => {
-                warn!(%table, %batch_id, "url_grant received but spill upload is not available in this build");
-            }
+                table,
+                batch_id,
+                url,
+                expires_at,
+                segment_kind,
+            } => self.on_grant(table, *batch_id, *segment_kind, url, expires_at.as_deref())?,
         }
         self.state
             .mark_control_handled(&id.to_string(), unix_ms())?;
@@ -667,6 +841,120 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    fn on_grant(
+        &mut self,
+        table: &str,
+        batch_id: Uuid,
+        segment_kind: SegmentKind,
+        url: &str,
+        expires_at: Option<&str>,
+    ) -> Result<(), DaemonError> {
+        let Some(s) = self.spills.get_mut(&batch_id) else {
+            info!(%table, %batch_id, "url_grant for no spill in progress (already finished?): ignored");
+            return Ok(());
+        };
+        if segment_kind != SegmentKind::PayloadSpill {
+            warn!(%table, %batch_id, kind = segment_kind.as_str(), "url_grant of an unexpected segment kind: ignored");
+            return Ok(());
+        }
+        let expired = spill::is_expired(expires_at, time::OffsetDateTime::now_utc());
+        if expired {
+            warn!(%table, %batch_id, "url_grant already expired: asking again");
+        }
+        if !s.on_grant(expired, Instant::now()) {
+            return Ok(());
+        }
+        let Some(object) = outbox_store::payload(self.state.conn(), batch_id)? else {
+            warn!(%batch_id, "spill object vanished from the outbox; dropping the spill");
+            self.spills.remove(&batch_id);
+            return Ok(());
+        };
+        let url = url.to_owned();
+        let results = self.spill_results.clone();
+        debug!(%batch_id, bytes = object.len(), "spill upload started");
+        tokio::task::spawn_blocking(move || {
+            let result = spill::put(&url, &object, spill::PUT_TIMEOUT);
+            // The daemon may have stopped meanwhile; nothing to report to then.
+            let _ = results.send((batch_id, result));
+        });
+        Ok(())
+    }
+
+    fn on_put_result(&mut self, id: Uuid, result: Result<(), PutError>) {
+        let Some(s) = self.spills.get_mut(&id) else {
+            return;
+        };
+        match &result {
+            Ok(()) => info!(table = %s.table, batch_id = %id, "spill object uploaded"),
+            Err(e) => {
+                warn!(table = %s.table, batch_id = %id, error = %e, "spill upload failed: will ask for a new URL")
+            }
+        }
+        s.on_put(result.is_ok(), Instant::now());
+    }
+
+    /// Publishes due spill requests (`url_request`, `finalize`); returns the next wake-up.
+    fn pump_spills(&mut self, client: &AsyncClient) -> Result<Option<Instant>, DaemonError> {
+        if !self.outbox.is_connected() {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        let mut wake: Option<Instant> = None;
+        let ids: Vec<Uuid> = self.spills.keys().copied().collect();
+        for id in ids {
+            let Some(s) = self.spills.get(&id) else {
+                continue;
+            };
+            let due = s.due(now);
+            // A paused table asks for nothing new; an upload already granted completes.
+            if due == Some(Due::Request) && self.paused.contains(&s.table) {
+                continue;
+            }
+            let Some(due) = due else {
+                if let Some(w) = s.wake_at() {
+                    wake = Some(wake.map_or(w, |x| x.min(w)));
+                }
+                continue;
+            };
+            let kind = match due {
+                Due::Request => RequestKind::UrlRequest,
+                Due::Finalize => RequestKind::Finalize,
+            };
+            let request = IngestRequest::new(kind, s.table.clone(), SegmentKind::PayloadSpill, id);
+            let payload = serde_json::to_vec(&request)?;
+            if client
+                .try_publish(
+                    topic(&self.root, TopicKind::IngestRequest),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .is_err()
+            {
+                // Client queue full: try again shortly.
+                return Ok(Some(now + Duration::from_millis(5)));
+            }
+            let Some(s) = self.spills.get_mut(&id) else {
+                continue;
+            };
+            match due {
+                Due::Request => {
+                    debug!(table = %s.table, batch_id = %id, "url_request sent");
+                    self.outbox.handed_other();
+                    s.phase = spill::Phase::Requested { at: now };
+                    let w = now + spill::REQUEST_RETRY;
+                    wake = Some(wake.map_or(w, |x| x.min(w)));
+                }
+                Due::Finalize => {
+                    debug!(table = %s.table, batch_id = %id, "finalize sent");
+                    self.outbox.handed_finalize(id);
+                    s.phase = spill::Phase::Finalizing;
+                }
+            }
+        }
+        Ok(wake)
     }
 
     fn ack_control(&mut self, id: Uuid, client: &AsyncClient) -> Result<(), DaemonError> {

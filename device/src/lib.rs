@@ -27,7 +27,9 @@
 //! - [`outbox`] — sans-IO publish state machine, pkid ↔ batch mapping across reconnects (pure);
 //!   [`outbox_store`] — the publisher's own state.db tables
 //! - [`control`] — control decisions: signature, duplicate, stale (pure); [`rate`] — token bucket
-//! - [`mqtt`] — rumqttc + rustls mTLS, the only networked module; [`daemon`] — the select! loop
+//! - [`mqtt`] — rumqttc + rustls mTLS, the MQTT side; [`daemon`] — the select! loop
+//! - [`spill`] — protocol §7 uploads: zstd JSON Lines objects, the per-spill state machine
+//!   (pure) and the blocking HTTP PUT (ureq + rustls) run off the loop
 
 pub mod batcher;
 pub mod capture;
@@ -39,6 +41,7 @@ pub mod outbox;
 pub mod outbox_store;
 pub mod rate;
 pub mod settings;
+pub mod spill;
 pub mod state;
 
 pub use edge_protocol as protocol;

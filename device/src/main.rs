@@ -335,6 +335,10 @@ fn status(config: &Path, json: bool) -> anyhow::Result<()> {
             "journal_bytes": bytes,
             "last_acked_seq": t.last_acked_seq,
             "unacked_batches": inflight,
+            "pending_spills": outbox
+                .iter()
+                .filter(|e| e.table_name == t.table_name && e.kind == edge_agent::spill::OUTBOX_KIND)
+                .count(),
             "oldest_unacked_batch_age_secs": oldest,
             "paused": t.paused,
             "pause_watermark": t.pause_watermark,

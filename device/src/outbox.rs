@@ -80,8 +80,26 @@ pub struct Tracked {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tag {
     Batch(Uuid),
-    /// A control ack or an ingest request: consumes a packet id, nothing to do on PUBACK.
+    /// A control ack or a `url_request`: consumes a packet id, nothing to do on PUBACK.
     Other,
+    /// The `finalize` of a spill (see `spill`): its PUBACK completes the spill.
+    Finalize(Uuid),
+}
+
+/// What a PUBACK acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acked {
+    Batch(Tracked),
+    Finalize(Uuid),
+}
+
+impl Acked {
+    pub fn batch_id(&self) -> Uuid {
+        match self {
+            Acked::Batch(t) => t.batch_id,
+            Acked::Finalize(id) => *id,
+        }
+    }
 }
 
 /// The state machine.
@@ -212,6 +230,11 @@ impl Outbox {
         self.handed.push_back(Tag::Other);
     }
 
+    /// The client accepted the `finalize` of spill `id`.
+    pub fn handed_finalize(&mut self, id: Uuid) {
+        self.handed.push_back(Tag::Finalize(id));
+    }
+
     fn pop_handed(&mut self) -> Option<Tag> {
         let tag = self.handed.pop_front();
         if tag.is_some() {
@@ -253,14 +276,15 @@ impl Outbox {
         }
     }
 
-    /// `Event::Incoming(Packet::PubAck)`: returns the acknowledged batch, if it was one.
-    pub fn on_puback(&mut self, pkid: u16) -> Option<Tracked> {
+    /// `Event::Incoming(Packet::PubAck)`: returns what was acknowledged, if it matters.
+    pub fn on_puback(&mut self, pkid: u16) -> Option<Acked> {
         match self.by_pkid.remove(&pkid)? {
             Tag::Other => None,
+            Tag::Finalize(id) => Some(Acked::Finalize(id)),
             Tag::Batch(id) => {
                 let t = self.batches.remove(&id)?;
                 self.order.retain(|x| *x != id);
-                Some(t)
+                Some(Acked::Batch(t))
             }
         }
     }
@@ -354,8 +378,8 @@ mod tests {
         o.on_outgoing_publish(3);
         assert_eq!(o.get(&b).unwrap().phase, Phase::Sent(3));
         assert!(o.on_puback(2).is_none());
-        assert_eq!(o.on_puback(3).unwrap().batch_id, b);
-        assert_eq!(o.on_puback(1).unwrap().batch_id, a);
+        assert_eq!(o.on_puback(3).unwrap().batch_id(), b);
+        assert_eq!(o.on_puback(1).unwrap().batch_id(), a);
         assert!(o.on_puback(1).is_none(), "double ack is ignored");
         assert_eq!(o.len(), 1);
     }
@@ -373,8 +397,8 @@ mod tests {
         o.on_connack(true);
         o.on_outgoing_publish(1); // retransmission of a
         o.on_outgoing_publish(2); // b leaves the pending queue
-        assert_eq!(o.on_puback(1).unwrap().batch_id, a);
-        assert_eq!(o.on_puback(2).unwrap().batch_id, b);
+        assert_eq!(o.on_puback(1).unwrap().batch_id(), a);
+        assert_eq!(o.on_puback(2).unwrap().batch_id(), b);
         assert!(o.is_empty());
     }
 
@@ -402,9 +426,9 @@ mod tests {
         assert_eq!(o.get(&a).unwrap().attempts, 2);
         o.on_outgoing_publish(3);
         o.on_outgoing_publish(4);
-        assert_eq!(o.on_puback(4).unwrap().batch_id, b);
-        assert_eq!(o.on_puback(2).unwrap().batch_id, c);
-        assert_eq!(o.on_puback(3).unwrap().batch_id, a);
+        assert_eq!(o.on_puback(4).unwrap().batch_id(), b);
+        assert_eq!(o.on_puback(2).unwrap().batch_id(), c);
+        assert_eq!(o.on_puback(3).unwrap().batch_id(), a);
     }
 
     fn send_next_when_connected(o: &mut Outbox) -> Uuid {
@@ -425,9 +449,9 @@ mod tests {
         o.on_outgoing_publish(1);
         let b = send_next(&mut o);
         o.on_await_ack(1);
-        assert_eq!(o.on_puback(1).unwrap().batch_id, a);
+        assert_eq!(o.on_puback(1).unwrap().batch_id(), a);
         o.on_outgoing_publish(1);
-        assert_eq!(o.on_puback(1).unwrap().batch_id, b);
+        assert_eq!(o.on_puback(1).unwrap().batch_id(), b);
     }
 
     #[test]

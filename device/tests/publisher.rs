@@ -3,14 +3,19 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edge_e2e::rumqttc::MqttOptions;
 use edge_e2e::{Broker, Pki, TestClient, SERVICE_USER};
 use edge_protocol::batch::Op;
-use edge_protocol::control::{sign_in_place, ControlEnvelope};
+use edge_protocol::control::{
+    sign_in_place, ControlEnvelope, IngestRequest, RequestKind, SegmentKind,
+};
 use edge_protocol::value::SqlValue;
 use rusqlite::Connection;
 
@@ -492,4 +497,285 @@ fn bad_config_missing_and_expired_certs_fail_with_one_clear_line() {
     );
     assert_ne!(code, 0);
     one_line(&err, "expired");
+}
+
+/// The test's S3 stand-in: a tiny HTTP/1.1 server that records every request (method, path,
+/// body) and answers 403 for paths starting with `/refuse`, 200 otherwise.
+struct ObjectStore {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<HttpRequest>>>,
+}
+
+/// Method, path, body.
+type HttpRequest = (String, String, Vec<u8>);
+
+impl ObjectStore {
+    fn start() -> ObjectStore {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or_default().to_owned();
+                let path = parts.next().unwrap_or_default().to_owned();
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                let status = if path.starts_with("/refuse") {
+                    "403 Forbidden"
+                } else {
+                    "200 OK"
+                };
+                seen.lock().unwrap().push((method, path, body));
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        ObjectStore { addr, requests }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn requests(&self) -> Vec<HttpRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// Receives until a request of `kind` arrives; everything else goes into `seen`.
+async fn next_request(
+    svc: &mut TestClient,
+    seen: &mut Seen,
+    kind: RequestKind,
+    order: &mut Vec<String>,
+) -> IngestRequest {
+    let started = tokio::time::Instant::now();
+    loop {
+        let left = Duration::from_secs(30).saturating_sub(started.elapsed());
+        assert!(!left.is_zero(), "timed out waiting for {kind:?}");
+        let Some(m) = svc.recv_within(left).await else {
+            continue;
+        };
+        if m.topic.ends_with("sync/ingest/request") {
+            let r: IngestRequest = serde_json::from_slice(&m.payload).unwrap();
+            order.push(format!("{:?}", r.request_kind));
+            if r.request_kind == kind {
+                return r;
+            }
+            continue;
+        }
+        if m.topic.ends_with("sync/rows/batch") {
+            let b = edge_protocol::validate::decode_row_batch(&m.payload).unwrap();
+            order.push(format!("batch {} {}", b.source_table, b.last_commit_seq));
+        }
+        seen.take(&m);
+    }
+}
+
+fn grant(req: &IngestRequest, url: &str, expires_at: &str) -> Vec<u8> {
+    let mut g = ControlEnvelope::url_grant(
+        uuid::Uuid::now_v7(),
+        req.source_table.clone(),
+        req.batch_id,
+        SegmentKind::PayloadSpill,
+        url,
+        expires_at,
+        now(),
+    );
+    control(&mut g)
+}
+
+fn in_minutes(m: i64) -> String {
+    edge_protocol::timestamp::format(time::OffsetDateTime::now_utc() + time::Duration::minutes(m))
+        .unwrap()
+}
+
+fn state_value(agent: &Agent, sql: &str) -> i64 {
+    let c = Connection::open_with_flags(
+        agent.dir.path().join("state/state.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_row_goes_through_the_spill_flow_across_a_restart() {
+    let pki = Pki::generate();
+    let broker = Broker::start(&pki);
+    let store = ObjectStore::start();
+    let mut agent = Agent::new(&broker, &pki, "");
+    let mut svc = service(&broker, &pki).await;
+    let mut seen = Seen::default();
+    let mut order = Vec::new();
+    let db = agent.db();
+    // Poorly compressible, so the row really is ~300 KB on the wire.
+    let mut rng = fastrand::Rng::with_seed(11);
+    let big: String = (0..300_000).map(|_| rng.alphanumeric()).collect();
+    db.execute("INSERT INTO a VALUES (1, 'a1')", []).unwrap();
+    db.execute("INSERT INTO a VALUES (2, ?1)", [&big]).unwrap();
+    db.execute("INSERT INTO a VALUES (3, 'a3')", []).unwrap();
+    db.execute("INSERT INTO b VALUES (1, 'b1')", []).unwrap();
+    agent.start();
+    let first = next_request(&mut svc, &mut seen, RequestKind::UrlRequest, &mut order).await;
+    // The agent snapshots the pre-existing rows into its journal on first run.
+    let spilled_seq: i64 = db
+        .query_row(
+            "SELECT commit_seq FROM __omega_journal WHERE length(row) > 100000",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(first.source_table, "a");
+    assert_eq!(first.segment_kind, SegmentKind::PayloadSpill);
+    assert!(edge_protocol::ids::is_uuid_v7(&first.batch_id));
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "a1 and b1",
+        |s| mirror(s, "a").len() == 1 && mirror(s, "b").len() == 1,
+    )
+    .await;
+
+    // kill -9 while the spill waits for its grant; more writes meanwhile; restart.
+    agent.kill9();
+    db.execute("INSERT INTO a VALUES (4, 'a4')", []).unwrap();
+    db.execute("INSERT INTO b VALUES (2, 'b2')", []).unwrap();
+    agent.start();
+    let again = next_request(&mut svc, &mut seen, RequestKind::UrlRequest, &mut order).await;
+    assert_eq!(
+        again.batch_id, first.batch_id,
+        "the spill id is fixed before its first request"
+    );
+
+    // An expired grant: the agent asks again.
+    let control_topic = format!("{ROOT}/sync/ingest/control");
+    svc.publish(
+        &control_topic,
+        grant(&again, &store.url("/stale"), &in_minutes(-1)),
+    )
+    .await;
+    let r = next_request(&mut svc, &mut seen, RequestKind::UrlRequest, &mut order).await;
+    assert_eq!(r.batch_id, first.batch_id);
+    // A URL the store refuses (403): the agent asks again after a backoff.
+    svc.publish(
+        &control_topic,
+        grant(&r, &store.url("/refuse/1"), &in_minutes(15)),
+    )
+    .await;
+    let r = next_request(&mut svc, &mut seen, RequestKind::UrlRequest, &mut order).await;
+    assert_eq!(r.batch_id, first.batch_id);
+    assert!(store.requests().iter().all(|(_, p, _)| p != "/stale"));
+
+    // Nothing of `a` after the spilled row went out, and the cursor has not passed it.
+    assert_eq!(mirror(&seen, "a").len(), 1, "{order:?}");
+    let acked = state_value(
+        &agent,
+        "SELECT last_acked_seq FROM tables WHERE table_name = 'a'",
+    );
+    assert!(
+        acked < spilled_seq,
+        "cursor {acked} passed the spilled row {spilled_seq}"
+    );
+    let still: i64 = db
+        .query_row(
+            "SELECT count(*) FROM __omega_journal WHERE commit_seq = ?1",
+            [spilled_seq],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        still, 1,
+        "the spilled change stays journaled until finalize"
+    );
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "b keeps flowing",
+        |s| mirror(s, "b").len() == 2,
+    )
+    .await;
+
+    svc.publish(
+        &control_topic,
+        grant(&r, &store.url("/ok/spill"), &in_minutes(15)),
+    )
+    .await;
+    let fin = next_request(&mut svc, &mut seen, RequestKind::Finalize, &mut order).await;
+    assert_eq!(fin.batch_id, first.batch_id);
+    assert_eq!(fin.source_table, "a");
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "a3, a4 after the spill",
+        |s| mirror(s, "a").len() == 3,
+    )
+    .await;
+    let finalize_at = order.iter().position(|o| o == "Finalize").unwrap();
+    assert!(
+        order[..finalize_at]
+            .iter()
+            .all(|o| !o.starts_with("batch a") || o == &format!("batch a {}", spilled_seq - 1)),
+        "rows after the spill were published before its finalize: {order:?}"
+    );
+
+    // The object: the same bytes on every PUT, exactly the captured row as one JSON line.
+    let puts: Vec<_> = store
+        .requests()
+        .into_iter()
+        .filter(|(m, _, _)| m == "PUT")
+        .collect();
+    assert_eq!(puts.len(), 2, "one refused PUT and one accepted");
+    assert_eq!(puts[0].2, puts[1].2);
+    let rows = edge_agent::spill::decode(&puts[1].2).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].commit_seq, spilled_seq);
+    assert_eq!(rows[0].op, Op::Insert);
+    assert_eq!(rows[0].pk.get("id"), Some(&SqlValue::Integer(2)));
+    assert_eq!(
+        rows[0].row.as_ref().and_then(|r| r.get("v")),
+        Some(&SqlValue::Text(big.clone()))
+    );
+    // Mirror (batches + spilled object) equals the source.
+    let mut expected = source_rows(&db, "a");
+    expected.remove(&2);
+    assert_eq!(mirror(&seen, "a"), expected);
+    edge_e2e::wait_until(Duration::from_secs(30), "journal to drain", || {
+        let n: i64 = db
+            .query_row("SELECT count(*) FROM __omega_journal", [], |r| r.get(0))
+            .unwrap();
+        n <= 1
+    });
+    assert_eq!(
+        state_value(&agent, "SELECT count(*) FROM outbox"),
+        0,
+        "{}",
+        agent.log()
+    );
 }
