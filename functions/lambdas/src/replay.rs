@@ -13,7 +13,7 @@ use crate::Deps;
 
 /// Staged rows per chunk transaction: large enough for set-based throughput, small enough
 /// that one chunk holds the lineage lock (and delays live batches) for only milliseconds.
-pub const DEFAULT_CHUNK: i64 = 5_000;
+pub const DEFAULT_CHUNK: i64 = 1_000;
 
 /// How far one [`drain`] call may go.
 #[derive(Debug, Clone, Copy)]

@@ -3,7 +3,7 @@
 //! near. Stopping mid-way is harmless: every chunk commits its cursor with its writes.
 //!
 //! Config (env): `DATABASE_URL`, `EDGE_DB_POOL_SIZE` (default 2), `EDGE_REPLAY_CHUNK`
-//! (default 5000 rows).
+//! (default 1000 rows).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
