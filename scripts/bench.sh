@@ -31,3 +31,12 @@ if [ "$only" = all ] || [ "$only" = replay ]; then
   echo "== replay =="
   cargo bench -p edge-functions --bench replay
 fi
+
+# --- api (cloud governance HTTP API, functions/) ------------------------------------------
+# p50/p99 of the lineage list (limit 50) and mirror-rows pages (limit 100) under 20 concurrent
+# clients through the API router, 500 lineages and a 20,000-row mirror. EDGE_BENCH_REQUESTS
+# sets the requests per client (default 200).
+if [ "$only" = all ] || [ "$only" = api ]; then
+  echo "== api =="
+  cargo bench -p edge-functions --bench api
+fi

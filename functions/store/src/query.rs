@@ -438,15 +438,17 @@ pub async fn mirror_rows<C: GenericClient>(
     };
     let t = quote_ident(&table);
     // The row's JSON is narrowed to the selected columns in SQL so wide tables do not ship
-    // unused values; names travel as a parameter, never as SQL text.
+    // unused values; names travel as a parameter, never as SQL text. The page is cut in a
+    // subquery first: a projection below LIMIT/OFFSET would build JSON for every skipped row.
     let rows = c
         .query(
             &format!(
                 "SELECT m.\"device_id\", m.\"created_at\", m.\"updated_at\", \
                      (SELECT COALESCE(jsonb_object_agg(e.key, e.value), '{{}}'::jsonb) \
                       FROM jsonb_each(to_jsonb(m.*)) e WHERE e.key = ANY($4)) \
-                 FROM {t} m WHERE m.\"device_id\" = $1 AND NOT m.\"_edge_deleted\" \
-                 ORDER BY {order} LIMIT $2 OFFSET $3"
+                 FROM (SELECT * FROM {t} WHERE \"device_id\" = $1 AND NOT \"_edge_deleted\" \
+                       ORDER BY {order} LIMIT $2 OFFSET $3) m \
+                 ORDER BY {order}"
             ),
             &[&l.device_id, &page.limit, &page.offset(), &selected],
         )
