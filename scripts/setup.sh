@@ -4,6 +4,7 @@
 #
 #   scripts/setup.sh            # everything
 #   EDGE_SETUP_SKIP_CROSS=1 ... # skip the ARM cross-build tools (zig, cargo-zigbuild, musl targets)
+#   EDGE_SETUP_SKIP_LAMBDA=1 ... # skip cargo-lambda (AWS Lambda arm64 builds)
 set -euo pipefail
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
@@ -77,6 +78,21 @@ if [ "${EDGE_SETUP_SKIP_CROSS:-0}" != "1" ]; then
     log "installing ziglang + cargo-zigbuild (pip)"
     pip_install ziglang cargo-zigbuild
   fi
+fi
+
+# --- AWS deployment tooling (pip): cfn-lint for infra/sam, python-hcl2 for the terraform parse
+# check, cargo-lambda (+ ziglang) for `cargo lambda build --arm64` and local invocation. ----------
+deploy_pip() {
+  python3 -m pip install --quiet --disable-pip-version-check "$@" 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+}
+if ! have cfn-lint || ! python3 -c 'import hcl2' 2>/dev/null; then
+  log "installing cfn-lint + python-hcl2 (pip)"
+  deploy_pip cfn-lint python-hcl2
+fi
+if [ "${EDGE_SETUP_SKIP_LAMBDA:-0}" != "1" ] && ! have cargo-lambda; then
+  log "installing cargo-lambda + ziglang (pip)"
+  deploy_pip cargo-lambda ziglang
 fi
 
 log "ready"

@@ -43,6 +43,13 @@ if [ -x scripts/build-device.sh ] && [ "${EDGE_TEST_SKIP_CROSS:-0}" != "1" ]; th
   run_step "device cross-build + qemu smoke test" scripts/build-device.sh --smoke
 fi
 
+run_step "infra: cfn-lint + terraform checks" scripts/check-infra.sh
+
+# EDGE_TEST_LAMBDA_BUILD=0 skips the release arm64 Lambda build (see docs/deploy.md for its cost).
+if [ -x scripts/build-lambdas.sh ] && [ "${EDGE_TEST_LAMBDA_BUILD:-1}" != "0" ]; then
+  run_step "cargo lambda build --release --arm64" scripts/build-lambdas.sh
+fi
+
 # cargo prints one "test result: ok. N passed; M failed; ..." line per test binary.
 read -r passed tfailed < <(awk '/^test result:/ {
     for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i }
