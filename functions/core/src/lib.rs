@@ -16,12 +16,14 @@
 //! - [`telemetry`] — telemetry values into `telemetry_data_point_value` columns
 //! - [`backpressure`] — caps, circuit breaker, resume sweep and reset decisions (cloud.md §7)
 //! - [`replay`] — how a replay intent advances chunk by chunk (cloud.md §8)
+//! - [`coalesce`] — registry scope, shared mirror names, consolidation SQL (cloud.md §9)
 //!
 //! Review transitions (§5), backpressure (§7) and replay planning (§8) arrive with the
 //! governance issue.
 
 pub mod backpressure;
 pub mod classify;
+pub mod coalesce;
 pub mod ingress;
 pub mod intake;
 pub mod mirror;

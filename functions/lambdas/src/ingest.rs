@@ -6,6 +6,7 @@
 //! the redelivery then finds the ledger row and succeeds as a no-op.
 
 use edge_cloud_core::classify::{classify, ClassifyPolicy, SchemaClass};
+use edge_cloud_core::coalesce::RegistryScope;
 use edge_cloud_core::ingress::{admit, Admitted, IngressEnvelope};
 use edge_cloud_core::intake::{
     epoch_time_ms, ledger_batch_id, ledger_time_ms, pk_key, plan_intake, telemetry_stage_seq,
@@ -14,12 +15,13 @@ use edge_cloud_core::intake::{
 use edge_cloud_core::mirror::plan_upserts;
 use edge_cloud_core::telemetry::data_point_value;
 use edge_cloud_store::backpressure::{check_after_intake, note_clean_batch};
+use edge_cloud_store::coalesce::{self, open_registry_review};
 use edge_cloud_store::ledger::{
     finish_segment, insert_segment, telemetry_seq_accepted, Segment, SegmentOutcome,
 };
 use edge_cloud_store::lineage::{
-    advance_batch_seq, advance_watermark, bindings, emit_event, open_review, pause_lineage, policy,
-    record_schema_version, schema_columns, upsert_lineage, Lineage,
+    advance_batch_seq, advance_watermark, bindings, emit_event, lock_lineage, open_review,
+    pause_lineage, policy, record_schema_version, schema_columns, upsert_lineage, Lineage,
 };
 use edge_cloud_store::mirror::{
     ack_control, apply_upserts, insert_telemetry_values, TelemetryValue,
@@ -219,6 +221,7 @@ async fn classify_batch(
     schema_hash: &str,
     carried: Option<&edge_protocol::fingerprint::SchemaColumns>,
     bound: bool,
+    registry: Option<RegistryScope>,
 ) -> Result<Classified, HandlerError> {
     let policy = policy(tx, device.project_id).await?;
     let approved = match &lineage.approved_schema_hash {
@@ -239,7 +242,22 @@ async fn classify_batch(
     );
     record_schema_version(tx, lineage.id, schema_hash, new.as_ref(), c.class, &c.diff).await?;
     let plan = plan_intake(c.disposition, lineage.is_active());
-    if plan.open_review {
+    if let (true, Some(scope)) = (plan.open_review, registry) {
+        // Coalescing mode: one registry review per (scope, table, hash) instead of one per
+        // device (cloud.md §9).
+        open_registry_review(
+            tx,
+            (Uuid::now_v7(), Uuid::now_v7()),
+            device,
+            scope,
+            lineage.id,
+            &lineage.source_table,
+            schema_hash,
+            c.class,
+            &c.diff,
+        )
+        .await?;
+    } else if plan.open_review {
         open_review(
             tx,
             Uuid::now_v7(),
@@ -297,7 +315,7 @@ async fn intake_rows(
             batch_id: b.batch_id,
         });
     }
-    let lineage = upsert_lineage(
+    let mut lineage = upsert_lineage(
         tx,
         Uuid::now_v7(),
         device,
@@ -306,7 +324,18 @@ async fn intake_rows(
         &b.schema_hash,
     )
     .await?;
-    let own = bindings(tx, lineage.id, &b.schema_hash).await?;
+    let mut own = bindings(tx, lineage.id, &b.schema_hash).await?;
+    let mut registry = None;
+    if own.is_none() {
+        match coalesce::intake(tx, device, lineage.id, &b.source_table, &b.schema_hash).await? {
+            coalesce::Intake::Adopted => {
+                own = bindings(tx, lineage.id, &b.schema_hash).await?;
+                lineage = lock_lineage(tx, lineage.id).await?;
+            }
+            coalesce::Intake::Await(scope) => registry = Some(scope),
+            coalesce::Intake::PerDevice => {}
+        }
+    }
     let c = classify_batch(
         tx,
         device,
@@ -314,6 +343,7 @@ async fn intake_rows(
         &b.schema_hash,
         b.schema_columns.as_ref(),
         own.is_some(),
+        registry,
     )
     .await?;
     let lineage = &c.lineage;
@@ -565,7 +595,16 @@ async fn intake_telemetry(
     }
     advance_batch_seq(tx, lineage.id, b.batch_seq, b.batch_id).await?;
     let own = bindings(tx, lineage.id, &b.schema_hash).await?;
-    let c = classify_batch(tx, device, lineage, &b.schema_hash, None, own.is_some()).await?;
+    let c = classify_batch(
+        tx,
+        device,
+        lineage,
+        &b.schema_hash,
+        None,
+        own.is_some(),
+        None,
+    )
+    .await?;
     let lineage = &c.lineage;
     let mut times = Vec::with_capacity(b.rows.len());
     for r in &b.rows {

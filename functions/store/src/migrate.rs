@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "flow_control",
         sql: include_str!("../migrations/0003_flow_control.sql"),
     },
+    Migration {
+        version: 4,
+        name: "registry",
+        sql: include_str!("../migrations/0004_registry.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration advisory lock.

@@ -7,7 +7,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::routes;
-use edge_cloud_store::{query, review};
+use edge_cloud_store::{coalesce, query, review};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,8 +15,7 @@ use edge_cloud_store::{query, review};
         title = "edge-sync governance API",
         description = "Lineages, schema reviews, mirrors, policy and events (cloud.md §10). \
             Every request: `Authorization: Bearer <JWT>` and `ORG-ID`; mutations also need \
-            `PROJECT_CAN_MANAGE_DEVICES` and an `Idempotency-Key`. Registry coalescing routes \
-            (`/edge/registry*`, `/edge/coalesced-mirrors*`) answer 501 for now."
+            `PROJECT_CAN_MANAGE_DEVICES` and an `Idempotency-Key`."
     ),
     paths(
         routes::list_lineages,
@@ -34,6 +33,17 @@ use edge_cloud_store::{query, review};
         routes::get_policy,
         routes::patch_policy,
         routes::events,
+        routes::list_registry,
+        routes::get_registry,
+        routes::list_registry_reviews,
+        routes::get_registry_review,
+        routes::registry_claim,
+        routes::registry_approve,
+        routes::registry_reject,
+        routes::registry_abandon,
+        routes::list_coalesced,
+        routes::get_coalesced,
+        routes::consolidate,
     ),
     components(schemas(
         query::LineageView,
@@ -59,6 +69,16 @@ use edge_cloud_store::{query, review};
         routes::ClassifyBody,
         routes::ClassifyColumn,
         routes::PolicyPatchBody,
+        routes::CloseBody,
+        routes::ConsolidateBody,
+        coalesce::RegistryEntryView,
+        coalesce::RegistryDetail,
+        coalesce::RegistryReviewView,
+        coalesce::CoalescedMirrorView,
+        coalesce::CoalescedMirrorDetail,
+        coalesce::CoalescedLineage,
+        coalesce::Consolidation,
+        coalesce::ConsolidationSource,
     )),
     modifiers(&Bearer)
 )]

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use edge_cloud_core::classify::{classify, ClassifyPolicy, Disposition};
 use edge_cloud_core::review::{ColumnAction, ColumnActionKind, ReviewState};
 use edge_cloud_store::backpressure::{reset_materialization, ResetError};
+use edge_cloud_store::coalesce::{self as coalesce_store, RegistryFilter};
 use edge_cloud_store::lineage::{bindings, schema_columns};
 use edge_cloud_store::query::{self, LineageFilter, Page, Scope};
 use edge_cloud_store::review::{self as review_store, PolicyPatch};
@@ -23,8 +24,6 @@ use super::{Answer, Api, ApiError, Caller, Success};
 /// Default and maximum page sizes.
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 500;
-
-const NOT_IMPLEMENTED: &str = "registry coalescing (cloud.md §9) is not served yet";
 
 fn params(query: Option<&str>, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
@@ -114,12 +113,19 @@ pub async fn read(api: &Api, caller: &Caller, seg: &[&str], query: Option<&str>)
         ["edge", "schema-reviews", r] => get_review(&**c, s, id(r, "schema review")?, query).await,
         ["edge", "policy"] => get_policy(&**c, s, query).await,
         ["edge", "events"] => events(&**c, s, query).await,
-        ["edge", "registry" | "registry-reviews" | "coalesced-mirrors", ..] => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            NOT_IMPLEMENTED,
-        )),
-        ["edge", "schema-classify"] => Err(method_not_allowed()),
+        ["edge", "registry"] => list_registry(&**c, s, query).await,
+        ["edge", "registry", g] => get_registry(&**c, s, id(g, "registry entry")?, query).await,
+        ["edge", "registry-reviews"] => list_registry_reviews(&**c, s, query).await,
+        ["edge", "registry-reviews", r] => {
+            get_registry_review(&**c, s, id(r, "registry review")?, query).await
+        }
+        ["edge", "coalesced-mirrors"] => list_coalesced(&**c, s, query).await,
+        ["edge", "coalesced-mirrors", m] => {
+            get_coalesced(&**c, s, id(m, "coalesced mirror")?, query).await
+        }
+        ["edge", "schema-classify"] | ["edge", "coalesced-mirrors", _, "consolidate"] => {
+            Err(method_not_allowed())
+        }
         _ => Err(ApiError::not_found("route")),
     }
 }
@@ -345,7 +351,7 @@ async fn events<C: GenericClient>(c: &C, s: Scope, query: Option<&str>) -> Answe
 }
 
 /// The mutations, recognised from method + path before any body is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     DeleteLineage(Uuid),
     ResetMaterialization(Uuid),
@@ -354,6 +360,12 @@ pub enum Op {
     Reject(Uuid),
     Classify,
     PatchPolicy,
+    RegistryClaim(Uuid),
+    RegistryApprove(Uuid),
+    RegistryReject(Uuid),
+    RegistryAbandon(Uuid),
+    /// Consolidation of a source table's shared mirror(s).
+    Consolidate(String),
 }
 
 /// Which mutation (404/405/501 otherwise).
@@ -377,11 +389,26 @@ pub fn mutation(method: &Method, seg: &[&str]) -> Result<Op, ApiError> {
         }
         ["edge", "schema-classify"] if post => Ok(Op::Classify),
         ["edge", "policy"] if *method == Method::PATCH => Ok(Op::PatchPolicy),
-        ["edge", "registry" | "registry-reviews" | "coalesced-mirrors", ..] => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            NOT_IMPLEMENTED,
-        )),
+        ["edge", "registry-reviews", r, action] if post => {
+            let r = id(r, "registry review")?;
+            match *action {
+                "claim" => Ok(Op::RegistryClaim(r)),
+                "approve" => Ok(Op::RegistryApprove(r)),
+                "reject" => Ok(Op::RegistryReject(r)),
+                "abandon" => Ok(Op::RegistryAbandon(r)),
+                _ => Err(ApiError::not_found("route")),
+            }
+        }
+        ["edge", "coalesced-mirrors", t, "consolidate"] if post => {
+            Ok(Op::Consolidate((*t).to_owned()))
+        }
+        ["edge", "registry"]
+        | ["edge", "registry", _]
+        | ["edge", "registry-reviews"]
+        | ["edge", "registry-reviews", _]
+        | ["edge", "coalesced-mirrors"]
+        | ["edge", "coalesced-mirrors", _]
+        | ["edge", "coalesced-mirrors", _, "consolidate"] => Err(method_not_allowed()),
         ["edge", "lineages"]
         | ["edge", "lineages", _]
         | ["edge", "lineages", _, _]
@@ -545,6 +572,31 @@ pub enum Input {
     Reject(Uuid, RejectBody),
     Classify(ClassifyBody),
     PatchPolicy(PolicyPatchBody),
+    RegistryClaim(Uuid, ClaimBody),
+    RegistryApprove(Uuid, ApproveBody),
+    RegistryClose(Uuid, CloseBody, bool),
+    Consolidate(String, ConsolidateBody),
+}
+
+/// Registry reject/abandon body: reject needs a reason, abandon may give one.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloseBody {
+    pub action_version: i32,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Consolidate body.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsolidateBody {
+    /// Count only (default false).
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Fleet mode: only this fleet's shared mirror (default: every shared mirror of the table).
+    #[serde(default)]
+    pub fleet_id: Option<Uuid>,
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], empty_ok: bool) -> Result<T, ApiError> {
@@ -577,6 +629,20 @@ pub fn parse_mutation(op: Op, body: &[u8]) -> Result<Input, ApiError> {
         }
         Op::Classify => Input::Classify(json_body(body, false)?),
         Op::PatchPolicy => Input::PatchPolicy(validate_policy(json_body(body, false)?)?),
+        Op::RegistryClaim(r) => Input::RegistryClaim(r, json_body(body, true)?),
+        Op::RegistryApprove(r) => Input::RegistryApprove(r, json_body(body, false)?),
+        Op::RegistryReject(r) => {
+            let b: CloseBody = json_body(body, false)?;
+            if b.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    "reason must not be empty",
+                ));
+            }
+            Input::RegistryClose(r, b, false)
+        }
+        Op::RegistryAbandon(r) => Input::RegistryClose(r, json_body(body, false)?, true),
+        Op::Consolidate(t) => Input::Consolidate(t, json_body(body, true)?),
     })
 }
 
@@ -626,6 +692,10 @@ pub async fn execute<C: GenericClient>(c: &C, caller: &Caller, input: Input) -> 
         Input::Reject(r, b) => reject(c, s, r, actor, b).await,
         Input::Classify(b) => schema_classify(c, s, b).await,
         Input::PatchPolicy(b) => patch_policy(c, s, b).await,
+        Input::RegistryClaim(r, b) => registry_claim(c, s, r, actor, b).await,
+        Input::RegistryApprove(r, b) => registry_approve(c, s, r, actor, b).await,
+        Input::RegistryClose(r, b, abandon) => registry_close(c, s, r, actor, b, abandon).await,
+        Input::Consolidate(t, b) => consolidate(c, s, &t, b).await,
     }
 }
 
@@ -690,9 +760,19 @@ async fn approve<C: GenericClient>(
     actor: &str,
     b: ApproveBody,
 ) -> Answer {
-    let actions: Vec<ColumnAction> = b
-        .column_actions
-        .into_iter()
+    let actions = column_actions(b.column_actions);
+    let out =
+        review_store::approve(c, s, r, actor, b.action_version, &actions, Uuid::now_v7).await?;
+    Ok(Success::data(&out.review).with_meta(json!({
+        "lineage_status": out.lineage_status,
+        "mirror_table_name": out.mirror_table_name,
+        "replay_intent_id": out.replay_intent_id,
+        "blocking_deferred": out.blocking_deferred,
+    })))
+}
+
+fn column_actions(body: Vec<ColumnActionBody>) -> Vec<ColumnAction> {
+    body.into_iter()
         .map(|a| ColumnAction {
             source_column_name: a.source_column_name,
             action: match a.action {
@@ -706,15 +786,7 @@ async fn approve<C: GenericClient>(
             mirror_table_name: a.mirror_table_name,
             device_data_point_id: a.device_data_point_id,
         })
-        .collect();
-    let out =
-        review_store::approve(c, s, r, actor, b.action_version, &actions, Uuid::now_v7).await?;
-    Ok(Success::data(&out.review).with_meta(json!({
-        "lineage_status": out.lineage_status,
-        "mirror_table_name": out.mirror_table_name,
-        "replay_intent_id": out.replay_intent_id,
-        "blocking_deferred": out.blocking_deferred,
-    })))
+        .collect()
 }
 
 /// queued | in_review → rejected; the lineage stays paused, staged rows are kept.
@@ -822,4 +894,245 @@ async fn patch_policy<C: GenericClient>(c: &C, s: Scope, b: PolicyPatchBody) -> 
     Ok(Success::data(
         review_store::patch_policy(c, s, &patch).await?,
     ))
+}
+
+/// Query of the registry list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct RegistryQuery {
+    /// pending | approved | rejected | abandoned
+    status: Option<String>,
+    source_table: Option<String>,
+    page: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Registry entries (one per scope, table and schema hash in coalescing mode), newest first.
+#[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry", tag = "registry",
+    params(("project_id" = Uuid, Path), RegistryQuery),
+    responses((status = 200, body = inline(Envelope<Vec<coalesce_store::RegistryEntryView>>)), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn list_registry<C: GenericClient>(c: &C, s: Scope, query: Option<&str>) -> Answer {
+    let p = params(query, &["status", "source_table", "page", "limit"])?;
+    let pg = page(&p)?;
+    let status = p.get("status").cloned();
+    if status
+        .as_deref()
+        .is_some_and(|st| edge_cloud_core::coalesce::RegistryStatus::parse(st).is_none())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "status must be pending, approved, rejected or abandoned",
+        ));
+    }
+    let f = RegistryFilter {
+        status,
+        source_table: p.get("source_table").cloned(),
+    };
+    let (rows, total) = coalesce_store::list_registry(c, s, &f, pg).await?;
+    Ok(Success::data(rows).with_meta(list_meta(pg, total)))
+}
+
+/// A registry entry with its reviews and the lineages bound through it.
+#[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry/{registry_id}", tag = "registry",
+    params(("project_id" = Uuid, Path), ("registry_id" = Uuid, Path)),
+    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryDetail>)), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_registry<C: GenericClient>(c: &C, s: Scope, g: Uuid, query: Option<&str>) -> Answer {
+    params(query, &[])?;
+    Ok(Success::data(
+        coalesce_store::registry_detail(c, s, g).await?,
+    ))
+}
+
+/// Query of the registry review list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct RegistryReviewQuery {
+    /// queued | in_review | approved | rejected | abandoned
+    status: Option<String>,
+    registry_id: Option<Uuid>,
+    page: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Registry reviews, newest first.
+#[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews", tag = "registry",
+    params(("project_id" = Uuid, Path), RegistryReviewQuery),
+    responses((status = 200, body = inline(Envelope<Vec<coalesce_store::RegistryReviewView>>)), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn list_registry_reviews<C: GenericClient>(c: &C, s: Scope, query: Option<&str>) -> Answer {
+    let p = params(query, &["status", "registry_id", "page", "limit"])?;
+    let pg = page(&p)?;
+    let status = p.get("status").map(String::as_str);
+    if status.is_some_and(|st| ReviewState::parse(st).is_none()) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "status must be queued, in_review, approved, rejected or abandoned",
+        ));
+    }
+    let (rows, total) =
+        coalesce_store::list_registry_reviews(c, s, status, uuid_param(&p, "registry_id")?, pg)
+            .await?;
+    Ok(Success::data(rows).with_meta(list_meta(pg, total)))
+}
+
+/// One registry review.
+#[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}", tag = "registry",
+    params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path)),
+    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>)), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_registry_review<C: GenericClient>(
+    c: &C,
+    s: Scope,
+    r: Uuid,
+    query: Option<&str>,
+) -> Answer {
+    params(query, &[])?;
+    Ok(Success::data(
+        coalesce_store::registry_review(c, s, r, false).await?,
+    ))
+}
+
+/// Query of the coalesced mirror list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct CoalescedQuery {
+    source_table: Option<String>,
+    page: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Shared mirrors of the project.
+#[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/coalesced-mirrors", tag = "registry",
+    params(("project_id" = Uuid, Path), CoalescedQuery),
+    responses((status = 200, body = inline(Envelope<Vec<coalesce_store::CoalescedMirrorView>>)), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn list_coalesced<C: GenericClient>(c: &C, s: Scope, query: Option<&str>) -> Answer {
+    let p = params(query, &["source_table", "page", "limit"])?;
+    let pg = page(&p)?;
+    let (rows, total) =
+        coalesce_store::list_coalesced(c, s, p.get("source_table").map(String::as_str), pg).await?;
+    Ok(Success::data(rows).with_meta(list_meta(pg, total)))
+}
+
+/// A shared mirror with its registry entries and lineages.
+#[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/coalesced-mirrors/{mirror_id}", tag = "registry",
+    params(("project_id" = Uuid, Path), ("mirror_id" = Uuid, Path)),
+    responses((status = 200, body = inline(Envelope<coalesce_store::CoalescedMirrorDetail>)), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_coalesced<C: GenericClient>(c: &C, s: Scope, m: Uuid, query: Option<&str>) -> Answer {
+    params(query, &[])?;
+    Ok(Success::data(
+        coalesce_store::coalesced_detail(c, s, m).await?,
+    ))
+}
+
+/// queued → in_review.
+#[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}/claim", tag = "registry",
+    params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path), ("Idempotency-Key" = String, Header)),
+    request_body(content = ClaimBody, description = "optional"),
+    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>)), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn registry_claim<C: GenericClient>(
+    c: &C,
+    s: Scope,
+    r: Uuid,
+    actor: &str,
+    b: ClaimBody,
+) -> Answer {
+    Ok(Success::data(
+        coalesce_store::claim(c, s, r, actor, b.action_version).await?,
+    ))
+}
+
+/// in_review → approved at registry scope: the shared mirror, the entry's bindings and every
+/// waiting lineage of the scope bound to it, in one transaction. Only `mirror`, `ignore` and
+/// `defer` actions (data points belong to one device). `meta`: mirror, adopted lineages.
+#[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}/approve", tag = "registry",
+    params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path), ("Idempotency-Key" = String, Header)),
+    request_body = ApproveBody,
+    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>)), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "wrong state or stale action_version", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn registry_approve<C: GenericClient>(
+    c: &C,
+    s: Scope,
+    r: Uuid,
+    actor: &str,
+    b: ApproveBody,
+) -> Answer {
+    let actions = column_actions(b.column_actions);
+    let out = coalesce_store::approve(c, s, r, actor, b.action_version, &actions).await?;
+    Ok(Success::data(&out.review).with_meta(json!({
+        "mirror_table_name": out.mirror_table_name,
+        "coalesced_mirror_id": out.coalesced_mirror_id,
+        "adopted_lineage_ids": out.adopted_lineage_ids,
+        "blocking_deferred": out.blocking_deferred,
+    })))
+}
+
+/// queued | in_review → rejected (devices sending the hash keep staging).
+#[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}/reject", tag = "registry",
+    params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path), ("Idempotency-Key" = String, Header)),
+    request_body = CloseBody,
+    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>)), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+#[allow(dead_code)]
+async fn registry_reject() {}
+
+/// queued | in_review → abandoned: the hash goes back to per-device reviews (one is opened for
+/// every lineage waiting on it).
+#[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}/abandon", tag = "registry",
+    params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path), ("Idempotency-Key" = String, Header)),
+    request_body = CloseBody,
+    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>)), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+#[allow(dead_code)]
+async fn registry_abandon() {}
+
+async fn registry_close<C: GenericClient>(
+    c: &C,
+    s: Scope,
+    r: Uuid,
+    actor: &str,
+    b: CloseBody,
+    abandon: bool,
+) -> Answer {
+    Ok(Success::data(
+        coalesce_store::close(
+            c,
+            s,
+            r,
+            actor,
+            b.action_version,
+            b.reason.as_deref(),
+            abandon,
+        )
+        .await?,
+    ))
+}
+
+/// Copies per-device mirror rows of the table into its shared mirror(s) and rebinds lineages
+/// whose approved hash the registry approved; `dry_run` only counts. `data`: one report per
+/// shared mirror.
+#[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/coalesced-mirrors/{source_table}/consolidate", tag = "registry",
+    params(("project_id" = Uuid, Path), ("source_table" = String, Path), ("Idempotency-Key" = String, Header)),
+    request_body(content = ConsolidateBody, description = "optional"),
+    responses((status = 200, body = inline(Envelope<Vec<coalesce_store::Consolidation>>)), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, description = "no shared mirror for the table", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn consolidate<C: GenericClient>(
+    c: &C,
+    s: Scope,
+    source_table: &str,
+    b: ConsolidateBody,
+) -> Answer {
+    let out = coalesce_store::consolidate(c, s, source_table, b.fleet_id, b.dry_run).await?;
+    Ok(Success::data(out))
 }
