@@ -157,10 +157,39 @@ struct Seen {
     duplicates: usize,
     changes: BTreeMap<(String, i64), (Op, Option<String>)>,
     acks: Vec<uuid::Uuid>,
+    /// Telemetry batches by batch_seq: (batch_id, rows), in first-arrival order of seq.
+    telemetry: BTreeMap<i64, (uuid::Uuid, usize)>,
+    telemetry_arrivals: Vec<i64>,
+    /// Anything at all, by topic (for the ACL test).
+    topics: Vec<String>,
 }
 
 impl Seen {
     fn take(&mut self, m: &edge_e2e::Message) {
+        self.topics.push(m.topic.clone());
+        if m.topic.ends_with("sync/telemetry/batch") {
+            let t: edge_protocol::telemetry::TelemetryBatch =
+                serde_json::from_slice(&m.payload).unwrap();
+            if let Some(prev) = self.batches.get(&t.batch_id) {
+                assert_eq!(
+                    prev, &m.payload,
+                    "a re-sent batch must carry identical bytes"
+                );
+                self.duplicates += 1;
+                return;
+            }
+            self.batches.insert(t.batch_id, m.payload.clone());
+            let old = self
+                .telemetry
+                .insert(t.batch_seq, (t.batch_id, t.rows.len()));
+            assert!(
+                old.is_none(),
+                "batch_seq {} reused by another batch_id",
+                t.batch_seq
+            );
+            self.telemetry_arrivals.push(t.batch_seq);
+            return;
+        }
         if m.topic.ends_with("sync/ingest/ack") {
             let ack: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
             self.acks
@@ -778,4 +807,392 @@ async fn oversized_row_goes_through_the_spill_flow_across_a_restart() {
         "{}",
         agent.log()
     );
+}
+
+/// The harness' mosquitto process id (found by its config path), for SIGSTOP/SIGCONT.
+fn broker_pid(broker: &Broker) -> String {
+    let conf = broker.conf_path().to_string_lossy().into_owned();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // The harness' lifeline wrapper carries the same arguments: pick mosquitto itself.
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let argv0 = cmd.split(|b| *b == 0).next().unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(&conf)
+            && String::from_utf8_lossy(argv0).ends_with("mosquitto")
+        {
+            return name;
+        }
+    }
+    panic!("mosquitto process not found");
+}
+
+struct Frozen(String);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(&self.0, "-CONT");
+    }
+}
+
+fn signal(pid: &str, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Bytes the broker's kernel received but the (stopped) broker has not read yet.
+fn broker_unread_bytes(broker: &Broker) -> usize {
+    let out = Command::new("ss")
+        .args(["-tnH", "state", "established"])
+        .arg(format!("( sport = :{} )", broker.port()))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse::<usize>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withheld_pubacks_then_released_give_identical_duplicates() {
+    let pki = Pki::generate();
+    let broker = Broker::start(&pki);
+    let mut agent = Agent::new(&broker, &pki, "");
+    let mut svc = service(&broker, &pki).await;
+    let mut seen = Seen::default();
+    let db = agent.db();
+    db.execute("INSERT INTO a VALUES (0, 'first')", []).unwrap();
+    agent.start();
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "first row",
+        |s| mirror(s, "a").len() == 1,
+    )
+    .await;
+    let before = seen.batches.len();
+
+    // Freeze the broker: it receives bytes (its kernel does) but sends no PUBACK.
+    let pid = broker_pid(&broker);
+    signal(&pid, "-STOP");
+    // A panicking test must not leave the broker frozen (it could not be stopped then).
+    let frozen = Frozen(pid.clone());
+    let tx = db.unchecked_transaction().unwrap();
+    // Small enough to fit the frozen broker's socket receive buffer.
+    for i in 1..=300 {
+        tx.execute(
+            "INSERT INTO a VALUES (?1, ?2)",
+            rusqlite::params![i, format!("row {i} {}", "x".repeat(40))],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    // Wait until every fixed batch's bytes sit in the broker's socket: published, unacked.
+    let reached = edge_e2e::wait::try_wait_until(
+        Duration::from_secs(30),
+        "batches to reach the frozen broker",
+        || {
+            let fixed = state_value(
+                &agent,
+                "SELECT coalesce(sum(length(payload)), 0) FROM outbox",
+            );
+            fixed > 0 && broker_unread_bytes(&broker) >= usize::try_from(fixed).unwrap()
+        },
+    );
+    assert!(
+        reached.is_ok(),
+        "outbox bytes {}, unread {}, agent log:\n{}",
+        state_value(
+            &agent,
+            "SELECT coalesce(sum(length(payload)), 0) FROM outbox"
+        ),
+        broker_unread_bytes(&broker),
+        agent.log()
+    );
+    let withheld = state_value(&agent, "SELECT count(*) FROM outbox");
+    // The agent dies without a PUBACK; then the broker reads and delivers what it got.
+    agent.kill9();
+    drop(frozen);
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "the first copies",
+        |s| s.batches.len() >= before + usize::try_from(withheld).unwrap(),
+    )
+    .await;
+    assert_eq!(seen.duplicates, 0);
+    // Restarted, the agent re-sends every unacknowledged batch: same ids, identical bytes
+    // (`Seen::take` asserts the bytes).
+    agent.start();
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "the duplicates",
+        |s| s.duplicates >= usize::try_from(withheld).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        seen.batches.len(),
+        before + usize::try_from(withheld).unwrap()
+    );
+    assert_eq!(mirror(&seen, "a"), source_rows(&db, "a"));
+}
+
+fn status_json(agent: &Agent) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args(["status", "--json", "--config"])
+        .arg(&agent.config)
+        .env("OMEGA_AUTH_TOKEN", KEY)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn table_status<'a>(doc: &'a serde_json::Value, table: &str) -> &'a serde_json::Value {
+    doc["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == table)
+        .unwrap()
+}
+
+const TELEMETRY: &str = r#"
+[sqlite-replication.table_strategies.temps]
+strategy = "telemetry"
+ts_column = "ts"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_for_long_app_never_blocks_then_all_arrives_with_telemetry_order() {
+    let pki = Pki::generate();
+    let mut broker = Broker::start(&pki);
+    let mut agent = Agent::new(&broker, &pki, TELEMETRY);
+    let db = agent.db();
+    db.execute_batch("CREATE TABLE temps (ts INTEGER NOT NULL, value REAL NOT NULL)")
+        .unwrap();
+    let mut svc = service(&broker, &pki).await;
+    let mut seen = Seen::default();
+    let mut ts = 1_767_225_600i64; // 2026-01-01T00:00:00Z, unix seconds
+    let mut temps = |db: &Connection, n: usize| {
+        let tx = db.unchecked_transaction().unwrap();
+        for _ in 0..n {
+            ts += 1;
+            tx.execute(
+                "INSERT INTO temps VALUES (?1, ?2)",
+                rusqlite::params![ts, 20.5],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    };
+    db.execute("INSERT INTO a VALUES (0, 'a0')", []).unwrap();
+    temps(&db, 10);
+    agent.start();
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "first rows",
+        |s| mirror(s, "a").len() == 1 && s.telemetry.values().map(|t| t.1).sum::<usize>() == 10,
+    )
+    .await;
+    let status = status_json(&agent);
+    assert!(status["last_ack_at"].is_string(), "{status}");
+
+    // The network is gone (broker stopped) while the application writes a large backlog.
+    broker.stop();
+    drop(svc);
+    let mut slowest = Duration::ZERO;
+    let mut next = 1i64;
+    for round in 0..60 {
+        let started = std::time::Instant::now();
+        let tx = db.unchecked_transaction().unwrap();
+        for _ in 0..500 {
+            tx.execute(
+                "INSERT INTO a VALUES (?1, ?2)",
+                rusqlite::params![next, format!("offline {next}")],
+            )
+            .unwrap();
+            next += 1;
+        }
+        tx.commit().unwrap();
+        temps(&db, 100);
+        slowest = slowest.max(started.elapsed());
+        if round % 20 == 0 {
+            // One telemetry batch per table is fixed (in flight) at a time, however long the
+            // outage: batch_seq order can never be broken by a reordered pair.
+            let t = state_value(
+                &agent,
+                "SELECT count(*) FROM outbox WHERE kind = 'telemetry'",
+            );
+            assert!(t <= 1, "{t} telemetry batches fixed at once");
+        }
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "an application transaction took {slowest:?} while the broker was down"
+    );
+    let doc = status_json(&agent);
+    let a = table_status(&doc, "a");
+    assert!(a["journal_entries"].as_i64().unwrap() >= 30_000, "{doc}");
+    assert!(a["journal_bytes"].as_i64().unwrap() > 0, "{doc}");
+    // Offline, the agent keeps fixing batches into its outbox (bounded), ready to go.
+    edge_e2e::wait_until(
+        Duration::from_secs(30),
+        "batches fixed while offline",
+        || status_json(&agent)["unacked_batches"].as_u64().unwrap() >= 1,
+    );
+    assert_eq!(
+        table_status(&doc, "temps")["strategy"],
+        "telemetry",
+        "{doc}"
+    );
+
+    broker.start_again();
+    let mut svc = TestClient::connect(service_options(&broker, &pki))
+        .await
+        .unwrap();
+    svc.subscribe(&format!("{ROOT}/sync/#")).await;
+    let expected = source_rows(&db, "a");
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(120),
+        "the backlog",
+        |s| mirror(s, "a") == expected && s.telemetry.values().map(|t| t.1).sum::<usize>() == 6010,
+    )
+    .await;
+
+    // batch_seq persists across a kill -9: the next batches continue the sequence.
+    let before_kill = *seen.telemetry.keys().last().unwrap();
+    agent.kill9();
+    temps(&db, 5);
+    agent.start();
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "telemetry after restart",
+        |s| s.telemetry.values().map(|t| t.1).sum::<usize>() == 6015,
+    )
+    .await;
+    let seqs: Vec<i64> = seen.telemetry.keys().copied().collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "gapless batch_seq"
+    );
+    assert!(*seqs.last().unwrap() > before_kill);
+    let mut sorted = seen.telemetry_arrivals.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        seen.telemetry_arrivals, sorted,
+        "telemetry batches arrive in batch_seq order"
+    );
+    let doc = status_json(&agent);
+    edge_e2e::wait_until(Duration::from_secs(30), "journal to drain", || {
+        let n: i64 = db
+            .query_row("SELECT count(*) FROM __omega_journal", [], |r| r.get(0))
+            .unwrap();
+        n <= 1
+    });
+    assert!(doc["last_ack_at"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_cannot_publish_outside_its_root_nor_to_control_topics() {
+    let pki = Pki::generate();
+    let broker = Broker::start(&pki);
+    // The agent authenticates with gw-07's certificate but is configured as another device
+    // (client id and root of gw-99): the broker knows it as gw-07 from the certificate.
+    let mut agent = Agent::new(&broker, &pki, "");
+    let cfg = std::fs::read_to_string(&agent.config)
+        .unwrap()
+        .replace(
+            &format!("root_topic = \"{ROOT}\""),
+            "root_topic = \"acme/gw-99\"",
+        )
+        .replace(
+            &format!("device_name = \"{DEVICE}\""),
+            "device_name = \"gw-99\"",
+        );
+    std::fs::write(&agent.config, cfg).unwrap();
+    let mut auditor =
+        TestClient::connect(broker.mqtt_options(edge_e2e::AUDITOR_USER, &pki.auditor()))
+            .await
+            .unwrap();
+    auditor.subscribe("#").await;
+    let db = agent.db();
+    for i in 0..50 {
+        db.execute("INSERT INTO a VALUES (?1, 'x')", [i]).unwrap();
+    }
+    agent.start();
+    // mosquitto PUBACKs a denied QoS 1 publish (MQTT 3.1.1 has no way to refuse it), so the
+    // agent drains its journal — and nothing may have reached any subscriber.
+    let drained = edge_e2e::wait::try_wait_until(
+        Duration::from_secs(30),
+        "the agent to have published",
+        || {
+            let n: i64 = db
+                .query_row("SELECT count(*) FROM __omega_journal", [], |r| r.get(0))
+                .unwrap_or(i64::MAX);
+            n <= 1
+        },
+    );
+    assert!(
+        drained.is_ok(),
+        "agent log:\n{}\nbroker log:\n{}",
+        agent.log(),
+        broker.log()
+    );
+    // The device's own identity publishing a control (to itself and to another device).
+    let mut device =
+        TestClient::connect(broker.mqtt_options("gw-07-impostor", &pki.device(DEVICE)))
+            .await
+            .unwrap();
+    for t in [
+        format!("{ROOT}/sync/ingest/control"),
+        "acme/gw-99/sync/ingest/control".into(),
+    ] {
+        let _ = device
+            .try_publish(&t, b"{\"control_kind\":\"pause_lineage\"}".to_vec())
+            .await;
+    }
+    // A marker from the service, published after all of the above: once the auditor has it,
+    // the broker has routed everything published before it.
+    let mut svc = service(&broker, &pki).await;
+    let marker = "acme/gw-00/sync/ingest/control";
+    svc.publish(marker, b"marker".to_vec()).await;
+    let mut got = Vec::new();
+    let started = tokio::time::Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "marker never arrived"
+        );
+        if let Some(m) = auditor.recv_within(Duration::from_secs(1)).await {
+            if m.topic == marker {
+                break;
+            }
+            got.push(m.topic);
+        }
+    }
+    assert!(got.is_empty(), "denied publishes were delivered: {got:?}");
+    let log = broker.log();
+    assert!(log.contains("Denied PUBLISH"), "{log}");
 }
