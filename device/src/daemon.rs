@@ -287,13 +287,7 @@ impl Daemon {
             let now = Instant::now();
             if now >= next_poll {
                 next_poll = now + poll_every;
-                let report = self.capture.poll(&mut self.state, &mut SystemIds)?;
-                if report.new_epoch.is_some() {
-                    self.epoch = self.state.journal_epoch()?.unwrap_or(self.epoch);
-                    self.read_pos = 0;
-                    self.fixed.clear();
-                    self.catch_up.clear();
-                }
+                self.poll_capture()?;
                 if self.snapshot_step()? {
                     self.backlog = true;
                 }
@@ -356,6 +350,38 @@ impl Daemon {
         self.outbox.waiting() < self.settings.replication.max_inflight.max(4)
     }
 
+    /// One capture poll: a replaced file, schema drift, a reset journal.
+    fn poll_capture(&mut self) -> Result<(), DaemonError> {
+        let report = self.capture.poll(&mut self.state, &mut SystemIds)?;
+        if report.new_epoch.is_some() {
+            self.epoch = self.state.journal_epoch()?.unwrap_or(self.epoch);
+            self.read_pos = 0;
+            self.fixed.clear();
+            self.catch_up.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads the journal into new fixed batches, first catching up with a schema change that
+    /// happened since the last poll (see [`CaptureError::SchemaChanged`]).
+    fn flush(&mut self, client: &AsyncClient) -> Result<(), DaemonError> {
+        // A schema change lands between poll and read at most a few times in a row (each
+        // retry re-fingerprints first); the bound only guards against a pathological loop.
+        for _ in 0..3 {
+            let catch_up = self.catch_up.clone();
+            match self.flush_once(client) {
+                Err(DaemonError::Capture(CaptureError::SchemaChanged)) => {
+                    // Nothing was fixed: restore what the aborted read had consumed.
+                    self.catch_up = catch_up;
+                    self.poll_capture()?;
+                }
+                other => return other,
+            }
+        }
+        self.backlog = true;
+        Ok(())
+    }
+
     fn snapshot_step(&mut self) -> Result<bool, DaemonError> {
         let tables = self.capture.tables_needing_snapshot(&self.state)?;
         let Some(table) = tables.into_iter().find(|t| !self.paused.contains(t)) else {
@@ -370,7 +396,7 @@ impl Daemon {
     }
 
     /// Reads the journal (and telemetry tables) into new fixed batches.
-    fn flush(&mut self, client: &AsyncClient) -> Result<(), DaemonError> {
+    fn flush_once(&mut self, client: &AsyncClient) -> Result<(), DaemonError> {
         let max_payload = self.settings.replication.max_payload_bytes;
         let blocked = self.spill_tables();
         let mut reads = Vec::new();

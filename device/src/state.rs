@@ -201,10 +201,12 @@ impl StateDb {
     pub fn journal_epoch(&self) -> Result<Option<Uuid>, StateError> {
         match self.meta("journal_epoch")? {
             None => Ok(None),
-            Some(text) => Uuid::parse_str(&text).map(Some).map_err(|_| StateError::Corrupt {
-                what: "journal_epoch",
-                value: text,
-            }),
+            Some(text) => Uuid::parse_str(&text)
+                .map(Some)
+                .map_err(|_| StateError::Corrupt {
+                    what: "journal_epoch",
+                    value: text,
+                }),
         }
     }
 
@@ -265,9 +267,9 @@ impl StateDb {
 
     /// Every table the agent has seen, by name.
     pub fn tables(&self) -> Result<Vec<TableState>, StateError> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!("SELECT {TABLE_COLUMNS} FROM tables ORDER BY table_name"))?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {TABLE_COLUMNS} FROM tables ORDER BY table_name"
+        ))?;
         let rows = stmt.query_map([], table_state)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
@@ -375,8 +377,10 @@ impl StateDb {
 
     /// Clears a pause (`resume_lineage`), keeping the watermark for `status`.
     pub fn clear_paused(&self, table: &str) -> Result<(), StateError> {
-        self.conn
-            .execute("UPDATE tables SET paused = 0 WHERE table_name = ?1", [table])?;
+        self.conn.execute(
+            "UPDATE tables SET paused = 0 WHERE table_name = ?1",
+            [table],
+        )?;
         Ok(())
     }
 
@@ -414,11 +418,10 @@ impl StateDb {
         };
         let cursor = match (ts, rowid) {
             (Some(ts), Some(rowid)) => {
-                let ts: SqlValue =
-                    serde_json::from_str(&ts).map_err(|_| StateError::Corrupt {
-                        what: "telemetry cursor",
-                        value: ts.clone(),
-                    })?;
+                let ts: SqlValue = serde_json::from_str(&ts).map_err(|_| StateError::Corrupt {
+                    what: "telemetry cursor",
+                    value: ts.clone(),
+                })?;
                 Some(TelemetryCursor { ts, rowid })
             }
             _ => None,
@@ -435,10 +438,12 @@ impl StateDb {
     ) -> Result<(), StateError> {
         let (ts, rowid) = match &progress.cursor {
             Some(c) => (
-                Some(serde_json::to_string(&c.ts).map_err(|_| StateError::Corrupt {
-                    what: "telemetry cursor",
-                    value: c.ts.to_string(),
-                })?),
+                Some(
+                    serde_json::to_string(&c.ts).map_err(|_| StateError::Corrupt {
+                        what: "telemetry cursor",
+                        value: c.ts.to_string(),
+                    })?,
+                ),
                 Some(c.rowid),
             ),
             None => (None, None),

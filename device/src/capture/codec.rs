@@ -178,7 +178,16 @@ mod tests {
 
     #[test]
     fn rejects_garbage_with_a_named_error() {
-        for bad in ["", "[", "[1,", "[tru]", "[1] x", "[{\"$x\":\"00\"}]", "[{\"$hex\":\"0\"}]", "[\"a]"] {
+        for bad in [
+            "",
+            "[",
+            "[1,",
+            "[tru]",
+            "[1] x",
+            "[{\"$x\":\"00\"}]",
+            "[{\"$hex\":\"0\"}]",
+            "[\"a]",
+        ] {
             assert!(parse_values(bad).is_err(), "{bad}");
         }
     }

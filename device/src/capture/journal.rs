@@ -239,13 +239,13 @@ impl Capture {
         let mut group_index: BTreeMap<(String, String), usize> = BTreeMap::new();
         for raw in raws {
             out.last_seq = out.last_seq.max(raw.commit_seq);
-            let schema = self
-                .stored_schema(raw.schema_id)?
-                .cloned()
-                .ok_or(CaptureError::UnknownSchema {
-                    commit_seq: raw.commit_seq,
-                    schema_id: raw.schema_id,
-                })?;
+            let schema =
+                self.stored_schema(raw.schema_id)?
+                    .cloned()
+                    .ok_or(CaptureError::UnknownSchema {
+                        commit_seq: raw.commit_seq,
+                        schema_id: raw.schema_id,
+                    })?;
             if opts.skip_tables.contains(&schema.table) {
                 continue;
             }
@@ -308,7 +308,10 @@ impl Capture {
             }
         }
         if out.refreshed > 0 {
-            debug!(refreshed = out.refreshed, "entries re-read under the current schema");
+            debug!(
+                refreshed = out.refreshed,
+                "entries re-read under the current schema"
+            );
             state.bump_counter(counter::REFRESHED_ENTRIES, "", out.refreshed as i64)?;
         }
         Ok(out)
@@ -330,19 +333,33 @@ impl Capture {
             "SELECT commit_seq, schema_id, op, pk, row FROM \"__omega_journal\" \
              WHERE commit_seq > ?1{skip} ORDER BY commit_seq LIMIT ?2"
         );
-        let mut stmt = self.conn.prepare(&sql)?;
-        let limit = i64::try_from(max_entries).unwrap_or(i64::MAX);
-        let rows = stmt
-            .query_map(params![after_seq, limit], |r| {
-                Ok(RawEntry {
-                    commit_seq: r.get(0)?,
-                    schema_id: r.get(1)?,
-                    op: r.get(2)?,
-                    pk: r.get(3)?,
-                    row: r.get(4)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+        // One read snapshot for the schema check and the entries: if the schema is the one we
+        // fingerprinted at the last poll, every entry in this snapshot whose hash differs from
+        // the current one is recognisably outdated and gets refreshed. Without the snapshot an
+        // ALTER TABLE between poll and read would let entries captured by the old triggers
+        // after the ALTER pass as current, losing the new columns' values.
+        let snapshot = self.conn.unchecked_transaction()?;
+        let version: i64 = snapshot.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        if Some(version) != self.schema_version {
+            return Err(CaptureError::SchemaChanged);
+        }
+        let rows = {
+            let mut stmt = snapshot.prepare(&sql)?;
+            let limit = i64::try_from(max_entries).unwrap_or(i64::MAX);
+            let rows = stmt
+                .query_map(params![after_seq, limit], |r| {
+                    Ok(RawEntry {
+                        commit_seq: r.get(0)?,
+                        schema_id: r.get(1)?,
+                        op: r.get(2)?,
+                        pk: r.get(3)?,
+                        row: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows
+        };
+        snapshot.commit()?;
         Ok(rows)
     }
 
@@ -570,13 +587,13 @@ impl Capture {
         };
         let mut out = Vec::with_capacity(raws.len());
         for raw in raws {
-            let schema = self
-                .stored_schema(raw.schema_id)?
-                .cloned()
-                .ok_or(CaptureError::UnknownSchema {
-                    commit_seq: raw.commit_seq,
-                    schema_id: raw.schema_id,
-                })?;
+            let schema =
+                self.stored_schema(raw.schema_id)?
+                    .cloned()
+                    .ok_or(CaptureError::UnknownSchema {
+                        commit_seq: raw.commit_seq,
+                        schema_id: raw.schema_id,
+                    })?;
             let d = decode_entry(&raw, &schema)?;
             out.push((d.commit_seq, key_text(&d.pk)));
         }

@@ -72,7 +72,16 @@ pub enum CaptureError {
     #[error("journal entry {commit_seq}: {what}")]
     BadEntry { commit_seq: i64, what: String },
     #[error("table {table:?} is not enrolled for {strategy} capture")]
-    NotEnrolled { table: String, strategy: &'static str },
+    NotEnrolled {
+        table: String,
+        strategy: &'static str,
+    },
+    /// The source schema changed after the last [`Capture::poll`]: entries read now could carry
+    /// a hash we believe current although the table already has new columns, and would then be
+    /// published without those columns' values. The caller polls (re-fingerprints) and reads
+    /// again; nothing was consumed.
+    #[error("source schema changed since the last poll; poll before reading the journal")]
+    SchemaChanged,
     #[error("cannot inspect source database file {path}: {source}")]
     File {
         path: PathBuf,
@@ -359,6 +368,15 @@ impl Capture {
         let now_id = file_identity(&self.path)?;
         if now_id.is_some() && now_id != self.file_id {
             warn!(path = %self.path.display(), "source database file was replaced; reopening");
+            // Closing normally would checkpoint and then unlink `source.db-wal` *by path* —
+            // which by now may be the new database's live WAL. Close the old file without
+            // touching anything at the path, and only then open the new one.
+            let old = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
+            old.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )?;
+            drop(old);
             self.conn = open_source(&self.path)?;
             self.file_id = now_id;
             self.schema_version = None;
@@ -559,7 +577,10 @@ impl Capture {
                 .get(name)
                 .is_some_and(|(t, want)| t == tbl && &want.sql == sql);
             if !keep {
-                tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", ident::quote_ident(name)))?;
+                tx.execute_batch(&format!(
+                    "DROP TRIGGER IF EXISTS {}",
+                    ident::quote_ident(name)
+                ))?;
                 changed_tables.insert(tbl.clone());
             }
         }
@@ -772,7 +793,10 @@ mod tests {
         };
         assert!(matches!(
             decide_identity(&lost),
-            IdentityDecision::NewEpoch { resnapshot: false, .. }
+            IdentityDecision::NewEpoch {
+                resnapshot: false,
+                ..
+            }
         ));
         let swapped = IdentityFacts {
             source_instance: "b",
@@ -780,7 +804,10 @@ mod tests {
         };
         assert!(matches!(
             decide_identity(&swapped),
-            IdentityDecision::NewEpoch { resnapshot: true, .. }
+            IdentityDecision::NewEpoch {
+                resnapshot: true,
+                ..
+            }
         ));
         let recreated = IdentityFacts {
             journal_created: true,
@@ -788,7 +815,10 @@ mod tests {
         };
         assert!(matches!(
             decide_identity(&recreated),
-            IdentityDecision::NewEpoch { resnapshot: true, .. }
+            IdentityDecision::NewEpoch {
+                resnapshot: true,
+                ..
+            }
         ));
         let backwards = IdentityFacts {
             journal_max_seq: 3,
@@ -796,7 +826,10 @@ mod tests {
         };
         assert!(matches!(
             decide_identity(&backwards),
-            IdentityDecision::NewEpoch { resnapshot: true, .. }
+            IdentityDecision::NewEpoch {
+                resnapshot: true,
+                ..
+            }
         ));
     }
 

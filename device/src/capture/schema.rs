@@ -77,7 +77,9 @@ pub enum Enrolment {
     /// `strategy = "ignore"`.
     Ignored,
     /// Would be captured but cannot be; the reason is shown in logs and `status`.
-    NotEnrolled { reason: String },
+    NotEnrolled {
+        reason: String,
+    },
 }
 
 /// True for names the agent never captures: SQLite's own tables and the agent's bookkeeping.
@@ -119,8 +121,9 @@ pub fn list_user_tables(conn: &Connection) -> Result<Vec<TableInfo>, CaptureErro
 /// `PRAGMA table_info` of one table, through the table-valued form so the name is a bound
 /// parameter rather than spliced SQL.
 pub fn table_columns(conn: &Connection, table: &str) -> Result<Vec<ColumnInfo>, CaptureError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid",
+    )?;
     let cols = stmt
         .query_map([table], |r| {
             Ok(ColumnInfo {
@@ -318,7 +321,11 @@ mod tests {
 
     #[test]
     fn include_columns_keeps_the_key_and_rejects_unknown_names() {
-        let t = table(vec![col("id", "INTEGER", 1), col("a", "TEXT", 0), col("b", "REAL", 0)]);
+        let t = table(vec![
+            col("id", "INTEGER", 1),
+            col("a", "TEXT", 0),
+            col("b", "REAL", 0),
+        ]);
         let cfg = TableConfig {
             include_columns: Some(vec!["b".into()]),
             ..TableConfig::default()
@@ -356,7 +363,13 @@ mod tests {
         wr.without_rowid = true;
         assert!(matches!(enrol(&wr, &cfg), Enrolment::NotEnrolled { .. }));
         assert!(matches!(
-            enrol(&t, &TableConfig { strategy: Strategy::Ignore, ..cfg }),
+            enrol(
+                &t,
+                &TableConfig {
+                    strategy: Strategy::Ignore,
+                    ..cfg
+                }
+            ),
             Enrolment::Ignored
         ));
     }

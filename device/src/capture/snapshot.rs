@@ -33,13 +33,20 @@ pub struct SnapshotStep {
     pub done: bool,
 }
 
-/// Where a snapshot continues, persisted as JSON in `state.db`.
+/// A position in a table's snapshot order.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-enum SnapshotCursor {
-    /// Last rowid enqueued.
+enum Position {
     Rowid(i64),
-    /// Last key enqueued (key order).
     Key(Vec<SqlValue>),
+}
+
+/// Where a snapshot continues, persisted as JSON in `state.db`. `end` is the last row that
+/// existed when the snapshot started: rows added later are captured by the triggers (installed
+/// before any snapshot starts), so the snapshot does not chase a table that keeps growing.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct SnapshotCursor {
+    after: Option<Position>,
+    end: Position,
 }
 
 /// The name through which a rowid table's rowid can be addressed, unless the application shadowed
@@ -80,15 +87,15 @@ impl Capture {
         table: &str,
         chunk_rows: usize,
     ) -> Result<SnapshotStep, CaptureError> {
-        let entry = self
-            .catalog
-            .rows
-            .get(table)
-            .cloned()
-            .ok_or_else(|| CaptureError::NotEnrolled {
-                table: table.into(),
-                strategy: "rows",
-            })?;
+        let entry =
+            self.catalog
+                .rows
+                .get(table)
+                .cloned()
+                .ok_or_else(|| CaptureError::NotEnrolled {
+                    table: table.into(),
+                    strategy: "rows",
+                })?;
         let cursor: Option<SnapshotCursor> = state
             .table(table)?
             .and_then(|t| t.snapshot_cursor)
@@ -109,105 +116,102 @@ impl Capture {
         } else {
             rowid_alias(&all_columns)
         };
+        let key_cols: Vec<String> = plan.pk.iter().map(|c| quote_ident(c)).collect();
+        // Ordering expression: the rowid alias, or the key columns as a row value.
+        let (order, order_desc, order_tuple) = match alias {
+            Some(a) => (format!("s.{a}"), format!("s.{a} DESC"), format!("s.{a}")),
+            None => {
+                let cols: Vec<String> = key_cols.iter().map(|c| format!("s.{c}")).collect();
+                let desc: Vec<String> = cols.iter().map(|c| format!("{c} DESC")).collect();
+                (
+                    cols.join(", "),
+                    desc.join(", "),
+                    format!("({})", cols.join(", ")),
+                )
+            }
+        };
+        let width = if alias.is_some() { 1 } else { key_cols.len() };
+        let read_position = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Position> {
+            if alias.is_some() {
+                Ok(Position::Rowid(r.get(0)?))
+            } else {
+                (0..width)
+                    .map(|i| r.get::<_, Value>(i).map(from_sql))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map(Position::Key)
+            }
+        };
+        let binds_of = |p: &Position| -> Vec<Value> {
+            match p {
+                Position::Rowid(r) => vec![Value::Integer(*r)],
+                Position::Key(k) => k.iter().map(to_sql).collect(),
+            }
+        };
+        let marks = |from: usize| -> String {
+            let m: Vec<String> = (from..from + width).map(|i| format!("?{i}")).collect();
+            if width == 1 {
+                m.join("")
+            } else {
+                format!("({})", m.join(", "))
+            }
+        };
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (rows, next) = match alias {
-            Some(alias) => {
-                let lo = match cursor {
-                    Some(SnapshotCursor::Rowid(r)) => r,
-                    _ => i64::MIN,
+        let cursor = match cursor {
+            Some(c) => Some(c),
+            None => tx
+                .query_row(
+                    &format!("SELECT {order} FROM {qt} AS s ORDER BY {order_desc} LIMIT 1"),
+                    [],
+                    read_position,
+                )
+                .optional()?
+                .map(|end| SnapshotCursor { after: None, end }),
+        };
+        let (rows, next) = match cursor {
+            None => (0, None),
+            Some(cursor) => {
+                let mut binds = binds_of(&cursor.end);
+                let mut cond = format!("{order_tuple} <= {}", marks(1));
+                if let Some(after) = &cursor.after {
+                    cond.push_str(&format!(" AND {order_tuple} > {}", marks(width + 1)));
+                    binds.extend(binds_of(after));
+                }
+                // The last position of this chunk, then the chunk itself up to it.
+                let chunk_end = {
+                    let mut stmt = tx.prepare(&format!(
+                        "SELECT * FROM (SELECT {order} FROM {qt} AS s WHERE {cond} ORDER BY {order} \
+                         LIMIT {limit}) AS s ORDER BY {order_desc} LIMIT 1"
+                    ))?;
+                    let mut rows = stmt.query(params_from_iter(binds.clone()))?;
+                    match rows.next()? {
+                        Some(r) => Some(read_position(r)?),
+                        None => None,
+                    }
                 };
-                let hi: Option<i64> = tx
-                    .query_row(
-                        &format!(
-                            "SELECT max(r) FROM (SELECT {alias} AS r FROM {qt} WHERE {alias} > ?1 \
-                             ORDER BY {alias} LIMIT ?2)"
-                        ),
-                        rusqlite::params![lo, limit],
-                        |r| r.get(0),
-                    )
-                    .optional()?
-                    .flatten();
-                match hi {
+                match chunk_end {
                     None => (0, None),
                     Some(hi) => {
+                        let n_binds = binds.len();
+                        binds.extend(binds_of(&hi));
                         let n = tx.execute(
                             &format!(
                                 "INSERT INTO \"__omega_journal\"(schema_id, op, pk, row) \
                                  SELECT {}, {OP_INSERT}, NULL, {image} FROM {qt} AS s \
-                                 WHERE s.{alias} > ?1 AND s.{alias} <= ?2 ORDER BY s.{alias}",
-                                entry.schema_id
-                            ),
-                            rusqlite::params![lo, hi],
-                        )?;
-                        (n, Some(SnapshotCursor::Rowid(hi)))
-                    }
-                }
-            }
-            None => {
-                let key_cols: Vec<String> = plan.pk.iter().map(|c| quote_ident(c)).collect();
-                let key_list = key_cols.join(", ");
-                let s_key: Vec<String> = key_cols.iter().map(|c| format!("s.{c}")).collect();
-                let s_key = format!("({})", s_key.join(", "));
-                let (lower, mut binds): (String, Vec<Value>) = match &cursor {
-                    Some(SnapshotCursor::Key(k)) if k.len() == key_cols.len() => {
-                        let marks: Vec<String> =
-                            (1..=k.len()).map(|i| format!("?{i}")).collect();
-                        (
-                            format!("WHERE {s_key} > ({})", marks.join(", ")),
-                            k.iter().map(to_sql).collect(),
-                        )
-                    }
-                    _ => (String::new(), Vec::new()),
-                };
-                let n_binds = binds.len();
-                let last_key: Option<Vec<SqlValue>> = {
-                    let mut stmt = tx.prepare(&format!(
-                        "SELECT {key_list} FROM (SELECT {} FROM {qt} AS s {lower} ORDER BY {} \
-                         LIMIT ?{}) ORDER BY {key_list} DESC LIMIT 1",
-                        s_key.trim_start_matches('(').trim_end_matches(')'),
-                        s_key.trim_start_matches('(').trim_end_matches(')'),
-                        n_binds + 1
-                    ))?;
-                    let mut params = binds.clone();
-                    params.push(Value::Integer(limit));
-                    let mut rows = stmt.query(params_from_iter(params))?;
-                    match rows.next()? {
-                        None => None,
-                        Some(r) => {
-                            let mut key = Vec::with_capacity(key_cols.len());
-                            for i in 0..key_cols.len() {
-                                key.push(from_sql(r.get::<_, Value>(i)?));
-                            }
-                            Some(key)
-                        }
-                    }
-                };
-                match last_key {
-                    None => (0, None),
-                    Some(hi) => {
-                        let marks: Vec<String> = (1..=hi.len())
-                            .map(|i| format!("?{}", i + n_binds))
-                            .collect();
-                        let upper = format!("{s_key} <= ({})", marks.join(", "));
-                        let cond = if lower.is_empty() {
-                            format!("WHERE {upper}")
-                        } else {
-                            format!("{lower} AND {upper}")
-                        };
-                        binds.extend(hi.iter().map(to_sql));
-                        let n = tx.execute(
-                            &format!(
-                                "INSERT INTO \"__omega_journal\"(schema_id, op, pk, row) \
-                                 SELECT {}, {OP_INSERT}, NULL, {image} FROM {qt} AS s {cond} \
-                                 ORDER BY {}",
+                                 WHERE {cond} AND {order_tuple} <= {} ORDER BY {order}",
                                 entry.schema_id,
-                                s_key.trim_start_matches('(').trim_end_matches(')')
+                                marks(n_binds + 1)
                             ),
                             params_from_iter(binds),
                         )?;
-                        (n, Some(SnapshotCursor::Key(hi)))
+                        (
+                            n,
+                            Some(SnapshotCursor {
+                                after: Some(hi),
+                                end: cursor.end,
+                            }),
+                        )
                     }
                 }
             }
@@ -267,7 +271,13 @@ mod tests {
 
     #[test]
     fn cursor_round_trips_through_json() {
-        let c = SnapshotCursor::Key(vec![SqlValue::Text("a".into()), SqlValue::Integer(2)]);
+        let c = SnapshotCursor {
+            after: Some(Position::Key(vec![
+                SqlValue::Text("a".into()),
+                SqlValue::Integer(2),
+            ])),
+            end: Position::Rowid(3),
+        };
         let text = serde_json::to_string(&c).unwrap();
         let back: SnapshotCursor = serde_json::from_str(&text).unwrap();
         assert_eq!(back, c);

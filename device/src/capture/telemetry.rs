@@ -14,8 +14,8 @@
 //! the table. The publisher logs and counts it.
 
 use edge_protocol::value::{Row, SqlValue};
-use rusqlite::types::Value;
 use rusqlite::params_from_iter;
+use rusqlite::types::Value;
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
 

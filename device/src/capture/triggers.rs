@@ -79,11 +79,7 @@ fn value_expr(source: &str, column: &PlannedColumn) -> String {
 
 /// The row-image expression (a `json_array` of the captured columns in table order).
 pub fn row_image_expr(plan: &CapturePlan, source: &str) -> String {
-    let values: Vec<String> = plan
-        .columns
-        .iter()
-        .map(|c| value_expr(source, c))
-        .collect();
+    let values: Vec<String> = plan.columns.iter().map(|c| value_expr(source, c)).collect();
     format!("json_array({})", values.join(", "))
 }
 
@@ -224,7 +220,9 @@ mod tests {
     fn quotes_identifiers_and_guards_blob_columns() {
         let set = trigger_set(&plan());
         let ins = &set[0].sql;
-        assert!(ins.starts_with("CREATE TRIGGER \"__omega_trg_7_ins\" AFTER INSERT ON \"we\"\"ird table\""));
+        assert!(ins.starts_with(
+            "CREATE TRIGGER \"__omega_trg_7_ins\" AFTER INSERT ON \"we\"\"ird table\""
+        ));
         assert!(ins.contains("json_array(NEW.\"id\", CASE WHEN typeof(NEW.\"select\")='blob' THEN json_object('$hex', hex(NEW.\"select\")) ELSE NEW.\"select\" END)"));
         assert!(ins.contains("VALUES (3, 1, NULL,"));
         let del = &set[3].sql;
