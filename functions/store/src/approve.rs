@@ -228,6 +228,21 @@ pub(crate) async fn replay_group<C: GenericClient>(
     b: &Bindings,
     group: &[&tokio_postgres::Row],
 ) -> Result<(i64, i64), StoreError> {
+    let (drained, failed) = materialize_group(c, lineage_id, device_id, b, group).await?;
+    let n_drained = delete_staged(c, lineage_id, &drained).await?;
+    Ok((n_drained, failed))
+}
+
+/// Writes a group of staged rows of one bound hash and marks its misfits
+/// `materialization_failed`; returns the keys of the rows it drained (written or superseded),
+/// which the caller deletes — the replay worker by key range, in one statement per chunk.
+pub(crate) async fn materialize_group<C: GenericClient>(
+    c: &C,
+    lineage_id: Uuid,
+    device_id: Uuid,
+    b: &Bindings,
+    group: &[&tokio_postgres::Row],
+) -> Result<(Vec<StagedKey>, i64), StoreError> {
     let key = |r: &tokio_postgres::Row| -> StagedKey { (r.get(0), r.get(1), r.get(2)) };
     let mut drained: Vec<StagedKey> = Vec::new();
     let mut failed: Vec<(StagedKey, String)> = Vec::new();
@@ -294,9 +309,8 @@ pub(crate) async fn replay_group<C: GenericClient>(
             insert_telemetry_values(c, device_id, batch_id, &values).await?;
         }
     }
-    let n_drained = delete_staged(c, lineage_id, &drained).await?;
     mark_failed(c, lineage_id, &failed).await?;
-    Ok((n_drained, i64::try_from(failed.len()).unwrap_or(i64::MAX)))
+    Ok((drained, i64::try_from(failed.len()).unwrap_or(i64::MAX)))
 }
 
 fn staged_change(r: &tokio_postgres::Row) -> Result<RowChange, String> {

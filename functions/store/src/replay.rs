@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use time::OffsetDateTime;
 
-use crate::approve::{replay_group, StagedKey};
+use crate::approve::{materialize_group, StagedKey};
 use crate::backpressure::check_after_intake;
 use crate::lineage::{bindings, lock_lineage, Bindings};
 use crate::StoreError;
@@ -87,6 +87,8 @@ pub async fn drain_chunk<C: GenericClient>(
             None => groups.push((hash, vec![r])),
         }
     }
+    let mut bound: Vec<String> = Vec::new();
+    let mut drained_rows = 0usize;
     for (hash, group) in groups {
         if !cache.contains_key(&hash) {
             let b = bindings(c, lineage_id, &hash).await?;
@@ -95,11 +97,61 @@ pub async fn drain_chunk<C: GenericClient>(
         let Some(Some(b)) = cache.get(&hash) else {
             continue;
         };
-        let (drained, failed) = replay_group(c, lineage_id, device_id, b, &group).await?;
-        chunk.drained += drained;
+        let (drained, failed) = materialize_group(c, lineage_id, device_id, b, &group).await?;
+        drained_rows += drained.len();
         chunk.failed += failed;
+        bound.push(hash);
+    }
+    if drained_rows > 0 {
+        chunk.drained = delete_range(c, lineage_id, after, &chunk.last, &bound).await?;
     }
     Ok(chunk)
+}
+
+/// Deletes the chunk's drained rows as one key range `(after, last]` instead of a list of
+/// keys: one index range scan rather than a probe per row, and the statement's cost no longer
+/// grows with a planner misestimate of the key list. Exact because the lineage lock keeps
+/// anything from being staged meanwhile, every drainable row of the range was read (the range
+/// ends at the last row read), and this chunk's misfits were already marked
+/// `materialization_failed`, which the filter excludes.
+async fn delete_range<C: GenericClient>(
+    c: &C,
+    lineage_id: Uuid,
+    after: &StagedKey,
+    last: &Option<StagedKey>,
+    hashes: &[String],
+) -> Result<i64, StoreError> {
+    let Some(last) = last else { return Ok(0) };
+    let row = c
+        .query_one(
+            "WITH del AS ( \
+                 DELETE FROM edge_staged_rows s \
+                 WHERE (lineage_id, journal_epoch, source_commit_seq, pk_key) > ($1, $2, $3, $4) \
+                     AND (lineage_id, journal_epoch, source_commit_seq, pk_key) \
+                         <= ($1, $5, $6, $7) \
+                     AND staging_reason <> 'materialization_failed' \
+                     AND schema_hash = ANY($8) \
+                 RETURNING s.bytes), \
+             counted AS (SELECT count(*) AS n, COALESCE(sum(bytes), 0)::bigint AS b FROM del), \
+             upd AS ( \
+                 UPDATE edge_table_lineages l SET \
+                     staged_row_count = greatest(l.staged_row_count - counted.n, 0), \
+                     staged_bytes = greatest(l.staged_bytes - counted.b, 0), updated_at = now() \
+                 FROM counted WHERE l.id = $1) \
+             SELECT n FROM counted",
+            &[
+                &lineage_id,
+                &after.0,
+                &after.1,
+                &after.2,
+                &last.0,
+                &last.1,
+                &last.2,
+                &hashes,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// True when drainable rows exist at or before `upto`: rows staged behind the cursor.
