@@ -248,7 +248,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = LocalCa::open_or_create(dir.path()).unwrap();
         for bad in ["", "../x", "a/b", "ca", "server", "gw 1", "+", ".hidden"] {
-            assert!(matches!(ca.issue_client(bad), Err(PkiError::BadName(_))), "{bad}");
+            assert!(
+                matches!(ca.issue_client(bad), Err(PkiError::BadName(_))),
+                "{bad}"
+            );
         }
         fs::remove_file(dir.path().join(CA_KEY_FILE)).unwrap();
         assert!(matches!(
