@@ -90,6 +90,14 @@ pub enum CaptureError {
     },
 }
 
+impl CaptureError {
+    /// True when the application held the database lock past the busy timeout: nothing is
+    /// wrong, retry on the next cycle.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, CaptureError::Sqlite(e) if journal::is_busy(e))
+    }
+}
+
 /// Where new ids come from: the real clock + randomness in the daemon, fixed values in tests.
 pub trait IdSource {
     /// A fresh UUIDv7 (journal epochs).
