@@ -13,6 +13,16 @@ only="${1:-all}"
 # --- capture (edge-agent) ------------------------------------------------------------------
 # (section owned by the capture work)
 
+# --- drain (edge-agent publisher) -----------------------------------------------------------
+# Journal backlog (EDGE_BENCH_DRAIN_ROWS, default 1000000) → batches → the harness' mosquitto
+# over mTLS → PUBACK → cursor advance, token bucket off, with the optimised binary: rows/s,
+# CPU-s per 100k rows, peak and idle RSS via /usr/bin/time -v, and a raw rumqttc publish loop of
+# the same batch bytes in the same run. Needs the `time` package.
+if [ "$only" = all ] || [ "$only" = drain ]; then
+  echo "== drain =="
+  cargo bench -p edge-agent --bench drain
+fi
+
 # --- materialize (cloud ingest, functions/) ------------------------------------------------
 # Rows/s into a mirror table (insert-only and 50 % updates, batches of 500) against COPY of the
 # same rows into an identical plain table, same run, on the harness' PostgreSQL (or
