@@ -169,16 +169,24 @@ async fn main() {
         tasks.push(tokio::spawn(async move {
             let mut list = Vec::new();
             let mut rows = Vec::new();
+            // Mirror pages are walked the way a client pages through a large mirror: the first
+            // page by number (spread over the table), then `after=<meta.next_cursor>`.
+            let mut cursor: Option<String> = None;
             for i in 0..per_client {
                 let k = (client * 7 + i) % 10 + 1;
                 let (path, is_list) = if i % 2 == 0 {
                     (format!("{base}/lineages?limit=50&page={k}"), true)
                 } else {
                     (
-                        format!(
-                            "{base}/lineages/{lineage}/mirror-rows?limit=100&page={}",
-                            (client * 13 + i) % 200 + 1
-                        ),
+                        match &cursor {
+                            Some(c) => {
+                                format!("{base}/lineages/{lineage}/mirror-rows?limit=100&after={c}")
+                            }
+                            None => format!(
+                                "{base}/lineages/{lineage}/mirror-rows?limit=100&page={}",
+                                (client * 13 + i) % 200 + 1
+                            ),
+                        },
                         false,
                     )
                 };
@@ -196,6 +204,11 @@ async fn main() {
                     list.push(dt);
                 } else {
                     rows.push(dt);
+                    let v: serde_json::Value = match resp.body() {
+                        Body::Text(t) => serde_json::from_str(t).unwrap(),
+                        _ => serde_json::Value::Null,
+                    };
+                    cursor = v["meta"]["next_cursor"].as_str().map(str::to_owned);
                 }
             }
             (list, rows)

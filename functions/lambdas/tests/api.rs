@@ -597,6 +597,28 @@ async fn review_claim_approve_replay_and_mirror_rows() {
         (Some(3), Some(0.0))
     );
     assert_eq!(r.as_object().unwrap().len(), 2);
+    // Keyset paging: next_cursor continues after the last key; null on the last page.
+    let (_, v) = t
+        .get(&format!("/edge/lineages/{lineage}/mirror-rows?limit=2"))
+        .await;
+    let cursor = v["meta"]["next_cursor"].as_str().unwrap().to_owned();
+    let (st, v) = t
+        .get(&format!(
+            "/edge/lineages/{lineage}/mirror-rows?limit=2&after={cursor}"
+        ))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["rows"][0]["data"]["id"], 3);
+    assert_eq!(v["data"]["rows"].as_array().unwrap().len(), 1);
+    assert_eq!(v["meta"]["next_cursor"], Value::Null);
+    assert_eq!(v["meta"]["page"], Value::Null);
+    assert_eq!(v["meta"]["total"], 3);
+    for bad in ["zz", "00", &format!("{cursor}&page=2")] {
+        let (st, v) = t
+            .get(&format!("/edge/lineages/{lineage}/mirror-rows?after={bad}"))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
     let (st, v) = t
         .get(&format!(
             "/edge/lineages/{lineage}/mirror-rows?columns=id,setpoint"

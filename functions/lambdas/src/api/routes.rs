@@ -224,17 +224,28 @@ async fn staged_rows<C: GenericClient>(c: &C, s: Scope, l: Uuid, query: Option<&
 struct MirrorQuery {
     /// Comma-separated business columns (default: all); an unknown name is a 400.
     columns: Option<String>,
+    /// 1-based (OFFSET paging; prefer `after` for deep pages)
     page: Option<i64>,
     limit: Option<i64>,
+    /// `meta.next_cursor` of the previous page: keyset paging (not with `page`; `meta.page` is
+    /// then null)
+    after: Option<String>,
 }
 
-/// Live mirror rows of a lineage in primary-key order.
+/// Live mirror rows of a lineage in primary-key order. `meta`: page, limit, total (the
+/// device's live rows, cached for up to 5 s), next_cursor (null on the last page).
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/lineages/{lineage_id}/mirror-rows", tag = "lineages",
     params(("project_id" = Uuid, Path), ("lineage_id" = Uuid, Path), MirrorQuery),
     responses((status = 200, body = inline(Envelope<query::MirrorRows>)), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn mirror_rows<C: GenericClient>(c: &C, s: Scope, l: Uuid, query: Option<&str>) -> Answer {
-    let p = params(query, &["columns", "page", "limit"])?;
+    let p = params(query, &["columns", "page", "limit", "after"])?;
+    if p.contains_key("after") && p.contains_key("page") {
+        return Err(ApiError::bad_request(
+            "invalid_pagination",
+            "give page or after, not both",
+        ));
+    }
     let pg = page(&p)?;
     let cols: Option<Vec<String>> = p.get("columns").map(|v| {
         v.split(',')
@@ -249,8 +260,15 @@ async fn mirror_rows<C: GenericClient>(c: &C, s: Scope, l: Uuid, query: Option<&
             "columns must name at least one column",
         ));
     }
-    let (rows, total) = query::mirror_rows(c, s, l, cols.as_deref(), pg).await?;
-    Ok(Success::data(rows).with_meta(list_meta(pg, total)))
+    let after = p.get("after").map(String::as_str);
+    let (rows, total, next) = query::mirror_rows(c, s, l, cols.as_deref(), pg, after).await?;
+    let mut meta = list_meta(pg, total);
+    meta["next_cursor"] = json!(next);
+    if after.is_some() {
+        // A keyset page has no page number.
+        meta["page"] = Value::Null;
+    }
+    Ok(Success::data(rows).with_meta(meta))
 }
 
 /// Query of the review list.
