@@ -11,7 +11,8 @@
 //! - [`sqs`] — an SQS batch of envelopes → partial batch failures (the `ingest` Lambda)
 //! - [`pki`] — the local stack's certificate authority (mosquitto stands in for IoT Core)
 //! - [`replay`] — the replay worker: drains open replay intents chunk by chunk (cloud.md §8)
-//! - [`sweep`] — resume sweep + control (re-)publication (cloud.md §7)
+//! - [`sweep`] — resume sweep + control (re-)publication (cloud.md §7) + event forwarding
+//! - [`events`] — the event forwarder hook (cloud.md §11): trait, log forwarder, cursor loop
 //! - [`control_publisher`] — the [`control_publisher::ControlPublisher`] trait, MQTT implementation
 //! - [`runner`] — the local runner's MQTT loop (mosquitto in place of IoT Core + SQS)
 //! - [`HandlerError`] — the one place that decides retryable vs permanent
@@ -19,6 +20,7 @@
 
 pub mod api;
 pub mod control_publisher;
+pub mod events;
 pub mod ingest;
 pub mod pki;
 pub mod replay;

@@ -1,6 +1,7 @@
 //! The scheduled sweep (cloud.md §7): resume lineages whose backlog fell below the threshold,
-//! then (re-)publish due controls — the resumes just issued go out in the same run. Runs as
-//! the `sweep` Lambda on an EventBridge schedule and as a loop in the local runner.
+//! then (re-)publish due controls — the resumes just issued go out in the same run — then
+//! forward new governance events (cloud.md §11). Runs as the `sweep` Lambda on an EventBridge
+//! schedule and as a loop in the local runner.
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use edge_cloud_store::sweep::resume_sweep;
 use time::OffsetDateTime;
 
 use crate::control_publisher::{publish_due, ControlPublisher};
+use crate::events::{forward_events, EventForwarder, LogForwarder};
 use crate::Deps;
 
 /// Lineages considered and controls published per sweep.
@@ -18,13 +20,30 @@ const SWEEP_LIMIT: i64 = 500;
 pub struct SweepReport {
     pub resumed: usize,
     pub published: usize,
+    /// Governance events handed to the forwarder.
+    pub forwarded: usize,
     pub errors: usize,
 }
 
-/// One sweep at `now`. Errors are counted and logged, never fatal: the next sweep retries.
+/// Events forwarded per batch, and batches per sweep.
+const FORWARD_BATCH: i64 = 500;
+const FORWARD_BATCHES: usize = 20;
+
+/// One sweep at `now`, forwarding events as log lines ([`LogForwarder`]).
 pub async fn sweep_once<P: ControlPublisher>(
     deps: &Deps,
     publisher: &P,
+    now: OffsetDateTime,
+) -> SweepReport {
+    sweep_once_with(deps, publisher, &LogForwarder, now).await
+}
+
+/// One sweep at `now` with the given event forwarder (EventBridge in AWS). Errors are counted
+/// and logged, never fatal: the next sweep retries.
+pub async fn sweep_once_with<P: ControlPublisher, F: EventForwarder>(
+    deps: &Deps,
+    publisher: &P,
+    forwarder: &F,
     now: OffsetDateTime,
 ) -> SweepReport {
     let mut report = SweepReport::default();
@@ -53,6 +72,13 @@ pub async fn sweep_once<P: ControlPublisher>(
         Err(e) => {
             report.errors += 1;
             tracing::warn!(error = %e, "loading pending controls");
+        }
+    }
+    match forward_events(deps, forwarder, FORWARD_BATCH, FORWARD_BATCHES).await {
+        Ok(n) => report.forwarded = n,
+        Err(e) => {
+            report.errors += 1;
+            tracing::warn!(error = %e, forwarder = forwarder.name(), "forwarding events");
         }
     }
     report

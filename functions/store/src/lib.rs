@@ -16,6 +16,7 @@
 //! - [`backpressure`] — caps, circuit breaker, resume and reset-materialization (cloud.md §7)
 //! - [`replay`] — the replay worker's chunked, resumable drain of staged rows (cloud.md §8)
 //! - [`sweep`] — the scheduled resume sweep
+//! - [`forwarding`] — the event forwarding cursor (cloud.md §11)
 //! - [`coalesce`] — registry coalescing: registry reviews, shared mirrors, consolidation (§9)
 //! - [`query`] — the HTTP API's scoped reads (lineages, staged/mirror rows, reviews, events)
 //! - [`review`] — review claim/approve/reject, lineage deletion, policy, idempotency keys
@@ -30,6 +31,7 @@ pub mod backpressure;
 pub mod coalesce;
 pub mod controls;
 pub mod error;
+pub mod forwarding;
 pub mod ledger;
 pub mod lineage;
 pub mod migrate;

@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "registry",
         sql: include_str!("../migrations/0004_registry.sql"),
     },
+    Migration {
+        version: 5,
+        name: "event_forwarding",
+        sql: include_str!("../migrations/0005_event_forwarding.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration advisory lock.
