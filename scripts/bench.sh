@@ -11,7 +11,16 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edge-sync/target}"
 only="${1:-all}"
 
 # --- capture (edge-agent) ------------------------------------------------------------------
-# (section owned by the capture work)
+# Capture overhead (agent.md §1): a 5-column table, WAL, with the agent's triggers vs without,
+# alternating in one run, median of EDGE_BENCH_CAPTURE_ROUNDS (default 7) rounds; bulk
+# 1,000-row transactions (insert, update of one numeric column) and single-row transactions
+# (synchronous=NORMAL and FULL). Also shows a naive json_object/AUTOINCREMENT journal and the
+# bare-trigger floor. Files go to EDGE_BENCH_DIR (default: the temp dir) — put it on the real
+# storage for FULL numbers. Installs nothing; prints a markdown table.
+if [ "$only" = all ] || [ "$only" = capture ]; then
+  echo "== capture =="
+  cargo bench -p edge-agent --bench capture
+fi
 
 # --- drain (edge-agent publisher) -----------------------------------------------------------
 # Journal backlog (EDGE_BENCH_DRAIN_ROWS, default 1000000) → batches → the harness' mosquitto
