@@ -665,3 +665,61 @@ fn paused_tables_are_skipped_by_the_reader() {
     assert_eq!(changes_of(&read, "a").len(), 2);
     assert!(changes_of(&read, "b").is_empty());
 }
+
+#[test]
+fn telemetry_reader_follows_ts_rowid_cursor_with_include_columns() {
+    let mut env = Env::new();
+    let app = env.app();
+    app.execute_batch(
+        "CREATE TABLE temps (recorded_at, value REAL, unit TEXT, secret TEXT);
+         INSERT INTO temps VALUES ('2026-04-28T09:00:02Z', 2.0, 'C', 's');
+         INSERT INTO temps VALUES ('2026-04-28T09:00:01Z', 1.0, 'C', 's');
+         INSERT INTO temps VALUES ('2026-04-28T09:00:02Z', 2.5, 'C', 's');
+         INSERT INTO temps VALUES ('not a time', 9.9, 'C', 's');",
+    )
+    .unwrap();
+    let mut cfg = no_snapshot();
+    cfg.tables.insert(
+        "temps".into(),
+        TableConfig {
+            strategy: Strategy::Telemetry,
+            ts_column: Some("recorded_at".into()),
+            include_columns: Some(vec!["value".into(), "unit".into()]),
+        },
+    );
+    let mut state = env.state();
+    let cap = env.capture(&mut state, cfg);
+    // Ordered by (ts, rowid): the two rows sharing a timestamp come in rowid order.
+    let first = cap.read_telemetry("temps", None, 2).unwrap();
+    let ts: Vec<&str> = first.records.iter().map(|r| r.ts.as_str()).collect();
+    assert_eq!(ts, ["2026-04-28T09:00:01Z", "2026-04-28T09:00:02Z"]);
+    assert_eq!(first.records[1].rowid, 1);
+    let fields: Vec<&String> = first.records[0].fields.keys().collect();
+    assert_eq!(fields, ["unit", "value"]);
+    let cursor = first.next_cursor.unwrap();
+    state
+        .set_telemetry_progress(
+            "temps",
+            &edge_agent::state::TelemetryProgress {
+                batch_seq: 1,
+                cursor: Some(cursor),
+            },
+        )
+        .unwrap();
+    let progress = state.telemetry_progress("temps").unwrap();
+    app.execute_batch("INSERT INTO temps VALUES ('2026-04-28 09:00:03', 3.0, 'C', 's');")
+        .unwrap();
+    let rest = cap
+        .read_telemetry("temps", progress.cursor.as_ref(), 100)
+        .unwrap();
+    let ts: Vec<&str> = rest.records.iter().map(|r| r.ts.as_str()).collect();
+    assert_eq!(ts, ["2026-04-28T09:00:02Z", "2026-04-28T09:00:03Z"]);
+    assert_eq!(rest.skipped.len(), 1);
+    assert_eq!(rest.skipped[0].rowid, 4);
+    // Nothing more after the cursor, skipped row included.
+    let none = cap
+        .read_telemetry("temps", rest.next_cursor.as_ref(), 100)
+        .unwrap();
+    assert!(none.records.is_empty() && none.skipped.is_empty());
+    assert!(cap.read_telemetry("missing", None, 1).is_err());
+}
