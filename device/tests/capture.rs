@@ -707,7 +707,7 @@ fn telemetry_reader_follows_ts_rowid_cursor_with_include_columns() {
         )
         .unwrap();
     let progress = state.telemetry_progress("temps").unwrap();
-    app.execute_batch("INSERT INTO temps VALUES ('2026-04-28 09:00:03', 3.0, 'C', 's');")
+    app.execute_batch("INSERT INTO temps VALUES ('2026-04-28T09:00:03Z', 3.0, 'C', 's');")
         .unwrap();
     let rest = cap
         .read_telemetry("temps", progress.cursor.as_ref(), 100)
