@@ -6,6 +6,7 @@
 # which comes from the Terraform registry (not reachable from CI here): it runs only when
 # `terraform init -backend=false` succeeds, and says so when it does not.
 set -euo pipefail
+export TF_CLI_CONFIG_FILE=${TF_CLI_CONFIG_FILE:-/dev/null}  # no ~/.terraformrc warning noise
 cd "$(dirname "$0")/.."
 
 fail=0

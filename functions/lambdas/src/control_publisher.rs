@@ -1,6 +1,6 @@
 //! Publishing controls to devices (protocol §6) behind one trait: MQTT here (the local runner
-//! against mosquitto, or any MQTT endpoint with a service certificate); the AWS IoT data-plane
-//! implementation plugs in behind the same trait.
+//! against mosquitto, or any MQTT endpoint with a service certificate) and the AWS IoT data
+//! plane ([`crate::aws::iot::IotDataPublisher`]).
 //!
 //! Delivery is at-least-once by construction: a control stays `pending` in
 //! `edge_pending_controls` and is re-published on the store's backoff schedule until the
@@ -22,6 +22,8 @@ pub enum PublishError {
     Mqtt(String),
     #[error("no control transport configured")]
     Unconfigured,
+    #[error("IoT data-plane publish: {0}")]
+    Aws(String),
 }
 
 /// Publishes one control payload on a device's control topic with QoS 1.

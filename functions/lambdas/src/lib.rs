@@ -7,6 +7,8 @@
 //!
 //! # Layout
 //! - [`api`] — the HTTP API router (cloud.md §10), the `api` Lambda and the runner's listener
+//! - [`aws`] — SDK config (rustls + ring), secrets by ARN, the Lambda pool, IoT publish/provision
+//! - [`lambda`] — what each Lambda does with one event (the bins and the fixture tests call it)
 //! - [`ingest`] — ingress + intake + materialization of one envelope ([`ingest::handle`])
 //! - [`sqs`] — an SQS batch of envelopes → partial batch failures (the `ingest` Lambda)
 //! - [`pki`] — the local stack's certificate authority (mosquitto stands in for IoT Core)
@@ -19,9 +21,11 @@
 //! - `src/bin/*` — thin binaries: parse config, build clients once, call the library
 
 pub mod api;
+pub mod aws;
 pub mod control_publisher;
 pub mod events;
 pub mod ingest;
+pub mod lambda;
 pub mod pki;
 pub mod replay;
 pub mod runner;

@@ -44,9 +44,7 @@ fn resolve(v: &Value, params: &BTreeMap<String, String>) -> String {
     let raw = match v {
         Value::String(s) => return s.clone(),
         Value::Tagged(t) if t.tag == "Sub" => t.value.as_str().unwrap().to_owned(),
-        Value::Mapping(m) if m.contains_key("Fn::Sub") => {
-            m["Fn::Sub"].as_str().unwrap().to_owned()
-        }
+        Value::Mapping(m) if m.contains_key("Fn::Sub") => m["Fn::Sub"].as_str().unwrap().to_owned(),
         other => panic!("unsupported intrinsic in policy: {other:?}"),
     };
     let mut out = String::new();
@@ -217,7 +215,12 @@ fn each_device_connects_only_as_its_own_attached_thing() {
     }
     // A certificate with no thing attached resolves no policy variable: nothing is allowed.
     let orphan = Connection { thing: None };
-    assert!(!allowed(&p, &orphan, "iot:Connect", &arn("client", "gw-07")));
+    assert!(!allowed(
+        &p,
+        &orphan,
+        "iot:Connect",
+        &arn("client", "gw-07")
+    ));
     assert!(!allowed(
         &p,
         &orphan,
@@ -235,7 +238,10 @@ fn each_device_publishes_only_its_own_five_topics() {
             let own = arn("topic", &format!("{slug}/{me}/{t}"));
             assert!(allowed(&p, &conn, "iot:Publish", &own), "{me} → {own}");
             let theirs = arn("topic", &format!("{slug}/{other}/{t}"));
-            assert!(!allowed(&p, &conn, "iot:Publish", &theirs), "{me} → {theirs}");
+            assert!(
+                !allowed(&p, &conn, "iot:Publish", &theirs),
+                "{me} → {theirs}"
+            );
             // Another slug, a deeper level, a prefix trick: all outside the root topic.
             for bad in [
                 format!("other-slug/{me}/{t}"),
@@ -253,7 +259,10 @@ fn each_device_publishes_only_its_own_five_topics() {
         // No device may publish a control, its own or anyone's.
         for whose in [me, other] {
             let control = arn("topic", &format!("{slug}/{whose}/{CONTROL}"));
-            assert!(!allowed(&p, &conn, "iot:Publish", &control), "{me} → {control}");
+            assert!(
+                !allowed(&p, &conn, "iot:Publish", &control),
+                "{me} → {control}"
+            );
         }
         // Publish rights do not leak into other actions.
         let rows = arn("topic", &format!("{slug}/{me}/sync/rows/batch"));
@@ -268,10 +277,20 @@ fn each_device_subscribes_and_receives_only_its_own_control_topic() {
     for (me, other) in [("gw-07", "gw-08"), ("gw-08", "gw-07")] {
         let conn = Connection { thing: Some(me) };
         let own = format!("{slug}/{me}/{CONTROL}");
-        assert!(allowed(&p, &conn, "iot:Subscribe", &arn("topicfilter", &own)));
+        assert!(allowed(
+            &p,
+            &conn,
+            "iot:Subscribe",
+            &arn("topicfilter", &own)
+        ));
         assert!(allowed(&p, &conn, "iot:Receive", &arn("topic", &own)));
         let theirs = format!("{slug}/{other}/{CONTROL}");
-        assert!(!allowed(&p, &conn, "iot:Subscribe", &arn("topicfilter", &theirs)));
+        assert!(!allowed(
+            &p,
+            &conn,
+            "iot:Subscribe",
+            &arn("topicfilter", &theirs)
+        ));
         assert!(!allowed(&p, &conn, "iot:Receive", &arn("topic", &theirs)));
         // MQTT wildcards are literal characters to the policy engine: no fan-in subscriptions.
         for filter in [
@@ -288,7 +307,12 @@ fn each_device_subscribes_and_receives_only_its_own_control_topic() {
         // A device-to-cloud topic is not readable by the device (nor anyone else's).
         for t in DEVICE_TOPICS {
             let filter = format!("{slug}/{me}/{t}");
-            assert!(!allowed(&p, &conn, "iot:Subscribe", &arn("topicfilter", &filter)));
+            assert!(!allowed(
+                &p,
+                &conn,
+                "iot:Subscribe",
+                &arn("topicfilter", &filter)
+            ));
             let o = format!("{slug}/{other}/{t}");
             assert!(!allowed(&p, &conn, "iot:Receive", &arn("topic", &o)));
         }
@@ -313,7 +337,10 @@ fn the_sweep_function_may_publish_controls_and_nothing_else() {
         assert!(allowed(&p, &conn, "iot:Publish", &control));
         for t in DEVICE_TOPICS {
             let spoof = arn("topic", &format!("{slug}/{d}/{t}"));
-            assert!(!allowed(&p, &conn, "iot:Publish", &spoof), "sweep → {spoof}");
+            assert!(
+                !allowed(&p, &conn, "iot:Publish", &spoof),
+                "sweep → {spoof}"
+            );
         }
     }
     assert!(!allowed(
@@ -351,7 +378,10 @@ fn one_topic_rule_per_device_topic_builds_the_ingress_envelope() {
         let actions = payload["Actions"].as_sequence().unwrap();
         assert_eq!(actions.len(), 1);
         assert!(actions[0].get("Sqs").is_some(), "rule forwards to SQS");
-        assert!(payload["ErrorAction"].get("Sqs").is_some(), "rule errors are kept");
+        assert!(
+            payload["ErrorAction"].get("Sqs").is_some(),
+            "rule errors are kept"
+        );
     }
     froms.sort();
     let mut want: Vec<String> = DEVICE_TOPICS
@@ -359,7 +389,10 @@ fn one_topic_rule_per_device_topic_builds_the_ingress_envelope() {
         .map(|t| format!("{slug}/+/{t}"))
         .collect();
     want.sort();
-    assert_eq!(froms, want, "exactly the five device→cloud topics, never control");
+    assert_eq!(
+        froms, want,
+        "exactly the five device→cloud topics, never control"
+    );
 }
 
 #[test]
@@ -367,9 +400,16 @@ fn the_ingest_event_source_reports_partial_batch_failures() {
     let t = template();
     let ev = &t["Resources"]["IngestFunction"]["Properties"]["Events"]["Ingest"];
     assert_eq!(ev["Type"].as_str(), Some("SQS"));
-    let types = ev["Properties"]["FunctionResponseTypes"].as_sequence().unwrap();
+    let types = ev["Properties"]["FunctionResponseTypes"]
+        .as_sequence()
+        .unwrap();
     assert_eq!(types[0].as_str(), Some("ReportBatchItemFailures"));
-    for f in ["IngestFunction", "ApiFunction", "ReplayFunction", "SweepFunction"] {
+    for f in [
+        "IngestFunction",
+        "ApiFunction",
+        "ReplayFunction",
+        "SweepFunction",
+    ] {
         let m = &t["Resources"][f]["Metadata"];
         assert_eq!(m["BuildMethod"].as_str(), Some("rust-cargolambda"), "{f}");
     }

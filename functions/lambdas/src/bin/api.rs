@@ -1,15 +1,19 @@
 //! The `api` Lambda: API Gateway (HTTP API, JWT authorizer) → the governance API router.
 //!
-//! Config (env): `DATABASE_URL`, `EDGE_DB_POOL_SIZE` (default 4); optional `EDGE_JWT_SECRET`
-//! (HS256) and `EDGE_JWT_JWKS` / `EDGE_JWT_JWKS_FILE` (RS256 JWKS JSON) for requests that did
-//! not pass through the gateway's authorizer. The authorizer's claims are trusted when present.
+//! Config (env only): `EDGE_DATABASE_SECRET_ARN` (locally `EDGE_DATABASE_URL` /
+//! `DATABASE_URL`), `EDGE_DB_POOL_SIZE` (default 4); optional HS256 key from
+//! `EDGE_JWT_SECRET_ARN` (locally `EDGE_JWT_SECRET`) and `EDGE_JWT_JWKS` / `EDGE_JWT_JWKS_FILE`
+//! (RS256 JWKS JSON) for requests that did not pass through the gateway's authorizer. The
+//! authorizer's claims are trusted when present.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use edge_functions::api::auth::AuthConfig;
-use edge_functions::api::{handle, Api};
-use edge_functions::store;
+use edge_functions::api::Api;
+use edge_functions::aws::db::ThawGuard;
+use edge_functions::aws::secrets;
+use edge_functions::lambda;
 use lambda_http::{service_fn, Request};
 
 #[tokio::main]
@@ -19,29 +23,27 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .without_time()
         .init();
-    let url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
-    let size = match std::env::var("EDGE_DB_POOL_SIZE") {
-        Ok(s) => s.parse().context("EDGE_DB_POOL_SIZE")?,
-        Err(_) => 4,
-    };
-    let mut auth = auth_from_env()?;
+    let mut sdk = None;
+    let pool = lambda::pool_from_env(&mut sdk, 4).await?;
+    let mut auth = auth_from_env(&mut sdk).await?;
     auth.trust_gateway_claims = true;
-    let api = Arc::new(Api {
-        pool: store::pool::connect(&url, size)?,
-        auth,
-    });
+    let state = Arc::new((Api { pool, auth }, ThawGuard::default()));
     lambda_http::run(service_fn(move |req: Request| {
-        let api = Arc::clone(&api);
-        async move { Ok::<_, lambda_http::Error>(handle(&api, req).await) }
+        let state = Arc::clone(&state);
+        async move {
+            let (api, thaw) = &*state;
+            Ok::<_, lambda_http::Error>(lambda::api(api, thaw, req).await)
+        }
     }))
     .await
     .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))
 }
 
-fn auth_from_env() -> anyhow::Result<AuthConfig> {
-    let mut auth = match std::env::var("EDGE_JWT_SECRET") {
-        Ok(s) if !s.is_empty() => AuthConfig::hs256(s.into_bytes()),
-        _ => AuthConfig::default(),
+async fn auth_from_env(sdk: &mut Option<aws_config::SdkConfig>) -> anyhow::Result<AuthConfig> {
+    let mut auth = match secrets::from_env(sdk, "EDGE_JWT_SECRET_ARN", &["EDGE_JWT_SECRET"]).await?
+    {
+        Some(s) => AuthConfig::hs256(s.expose().as_bytes().to_vec()),
+        None => AuthConfig::default(),
     };
     let jwks = match (
         std::env::var("EDGE_JWT_JWKS"),

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use edge_functions::api::auth::{mint, AuthConfig, Claims};
 use edge_functions::api::{local, Api};
+use edge_functions::aws::iot::{provision, ProvisionRequest};
 use edge_functions::pki::LocalCa;
 use edge_functions::runner::{run, MqttSettings};
 use edge_functions::store::registry::{create_device, Device};
@@ -111,6 +112,36 @@ enum DevicesCommand {
         #[arg(long, env = "EDGE_CA_DIR")]
         ca_dir: Option<std::path::PathBuf>,
     },
+    /// Provision a device in AWS IoT Core: create the thing, an active certificate + key pair,
+    /// attach the device policy (the stack's DevicePolicyName output) and the thing principal,
+    /// write NAME.crt/NAME.key/NAME.control-key to --out-dir, then register the device.
+    /// Credentials and region come from the standard AWS environment/profile chain.
+    ProvisionAws {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, env = "EDGE_TOPIC_SLUG")]
+        slug: String,
+        #[arg(long, env = "EDGE_IOT_POLICY_NAME")]
+        policy_name: String,
+        #[arg(long)]
+        org: Option<Uuid>,
+        #[arg(long)]
+        project: Option<Uuid>,
+        #[arg(long)]
+        fleet: Option<Uuid>,
+        #[arg(long, default_value = ".")]
+        out_dir: std::path::PathBuf,
+    },
+}
+
+/// A fresh control-signing key. It is a printable token: the agent reads it from
+/// OMEGA_AUTH_TOKEN and both sides key HMAC-SHA256 with the token's bytes.
+fn new_control_key() -> Vec<u8> {
+    let mut random = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut random);
+    hex::encode(random).into_bytes()
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,11 +187,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             edge_protocol::topic::validate_device_name(&name)?;
             edge_protocol::topic::validate_slug(&slug)?;
-            // The control key is a printable token: the agent reads it from OMEGA_AUTH_TOKEN
-            // and both sides key HMAC-SHA256 with the token's bytes.
-            let mut random = [0u8; 32];
-            rand::thread_rng().fill_bytes(&mut random);
-            let key = hex::encode(random).into_bytes();
+            let key = new_control_key();
             let device = Device {
                 device_id: Uuid::now_v7(),
                 device_name: name,
@@ -202,6 +229,61 @@ async fn main() -> anyhow::Result<()> {
                     "cert": issued.as_ref().map(|(_, id, _)| &id.cert_path),
                     "key": issued.as_ref().map(|(_, id, _)| &id.key_path),
                     "control_key_file": issued.as_ref().map(|(_, _, k)| k),
+                })
+            );
+        }
+        Command::Devices {
+            command:
+                DevicesCommand::ProvisionAws {
+                    database_url,
+                    name,
+                    slug,
+                    policy_name,
+                    org,
+                    project,
+                    fleet,
+                    out_dir,
+                },
+        } => {
+            edge_protocol::topic::validate_device_name(&name)?;
+            edge_protocol::topic::validate_slug(&slug)?;
+            anyhow::ensure!(
+                !slug.is_empty(),
+                "--slug is required: the IoT policy only allows {{slug}}/{{thing}}/sync/..."
+            );
+            let req = ProvisionRequest {
+                device: Device {
+                    device_id: Uuid::now_v7(),
+                    device_name: name,
+                    org_id: org.unwrap_or_else(Uuid::now_v7),
+                    project_id: project.unwrap_or_else(Uuid::now_v7),
+                    fleet_id: fleet.unwrap_or_else(Uuid::now_v7),
+                    topic_slug: slug,
+                    control_key: new_control_key(),
+                },
+                policy_name,
+                out_dir,
+            };
+            let sdk = edge_functions::aws::config::load().await;
+            let p = pool::connect(&database_url, 1)?;
+            let done = provision(&sdk, &p, &req).await?;
+            let d = &req.device;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "device_name": d.device_name,
+                    "device_id": d.device_id,
+                    "org_id": d.org_id,
+                    "project_id": d.project_id,
+                    "fleet_id": d.fleet_id,
+                    "topic_slug": d.topic_slug,
+                    "thing_name": done.thing_name,
+                    "certificate_arn": done.certificate_arn,
+                    "mqtt_url": format!("mqtts://{}:8883", done.endpoint),
+                    "cert": done.cert_file,
+                    "key": done.key_file,
+                    "control_key_file": done.control_key_file,
+                    "ca_cert": "AmazonRootCA1.pem (see docs/deploy.md)",
                 })
             );
         }

@@ -1,14 +1,15 @@
 //! The `ingest` Lambda: SQS batches of ingress envelopes → the ingest handler.
 //!
-//! Config (env): `DATABASE_URL`, `EDGE_DB_POOL_SIZE` (default 4). The pool is built once per
-//! cold start; migrations are not run here (deploy runs `edge-cloud migrate`).
+//! Config (env only): `EDGE_DATABASE_SECRET_ARN` (Secrets Manager / SSM ARN of the database
+//! URL; locally `EDGE_DATABASE_URL` or `DATABASE_URL`), `EDGE_DB_POOL_SIZE` (default 4). The
+//! pool is built once per cold start; migrations are not run here (deploy runs
+//! `edge-cloud migrate`).
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use aws_lambda_events::event::sqs::SqsEvent;
-use edge_functions::sqs::handle_sqs;
-use edge_functions::{store, Deps};
+use edge_functions::aws::db::ThawGuard;
+use edge_functions::{lambda, Deps};
 use lambda_runtime::{service_fn, LambdaEvent};
 
 #[tokio::main]
@@ -18,15 +19,14 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .without_time()
         .init();
-    let url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
-    let size = match std::env::var("EDGE_DB_POOL_SIZE") {
-        Ok(s) => s.parse().context("EDGE_DB_POOL_SIZE")?,
-        Err(_) => 4,
-    };
-    let deps = Arc::new(Deps::new(store::pool::connect(&url, size)?));
+    let pool = lambda::pool_from_env(&mut None, 4).await?;
+    let state = Arc::new((Deps::new(pool), ThawGuard::default()));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
-        let deps = Arc::clone(&deps);
-        async move { Ok::<_, lambda_runtime::Error>(handle_sqs(&deps, event.payload).await) }
+        let state = Arc::clone(&state);
+        async move {
+            let (deps, thaw) = &*state;
+            Ok::<_, lambda_runtime::Error>(lambda::ingest(deps, thaw, event.payload).await)
+        }
     }))
     .await
     .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))

@@ -1,23 +1,40 @@
 //! The `sweep` Lambda (EventBridge schedule): resume sweep + (re-)publication of pending
-//! controls. Controls go out over MQTT when `EDGE_MQTT_URL` (with `EDGE_MQTT_CA`,
-//! `EDGE_MQTT_CERT`, `EDGE_MQTT_KEY`) is set — IoT Core speaks MQTT with a service certificate
-//! too; without it they stay pending until a transport is configured (the IoT data-plane
-//! publisher plugs in behind the same trait).
+//! controls.
 //!
-//! Config (env): `DATABASE_URL`, `EDGE_DB_POOL_SIZE` (default 2), the MQTT variables above,
-//! `EDGE_MQTT_CLIENT_ID` (default `edge-sweep`).
+//! Config (env only): `EDGE_DATABASE_SECRET_ARN` (locally `EDGE_DATABASE_URL` /
+//! `DATABASE_URL`), `EDGE_DB_POOL_SIZE` (default 2), and the control transport
+//! `EDGE_CONTROL_TRANSPORT`:
+//! - `iot-data` — the IoT data plane's `Publish` (QoS 1), host from `EDGE_IOT_DATA_ENDPOINT`
+//!   or, when empty, `iot:DescribeEndpoint` at cold start (the SAM/terraform default);
+//! - `mqtt` — an MQTT connection with a service certificate (`EDGE_MQTT_URL`, `EDGE_MQTT_CA`,
+//!   `EDGE_MQTT_CERT`, `EDGE_MQTT_KEY`, `EDGE_MQTT_CLIENT_ID` default `edge-sweep`), e.g.
+//!   mosquitto under `cargo lambda watch`;
+//! - unset — `mqtt` when `EDGE_MQTT_URL` is set, else none: controls stay pending (and
+//!   visible) until a transport is configured.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use edge_functions::control_publisher::{MqttPublisher, NoPublisher};
+use edge_functions::aws::db::ThawGuard;
+use edge_functions::aws::iot::{data_endpoint, IotDataPublisher};
+use edge_functions::control_publisher::{ControlPublisher, MqttPublisher, NoPublisher};
 use edge_functions::runner::{mqtt_options, MqttSettings};
-use edge_functions::sweep::{sweep_once, SweepReport};
-use edge_functions::{store, Deps};
+use edge_functions::{lambda, Deps};
 use lambda_runtime::{service_fn, LambdaEvent};
 
-fn report_json(r: SweepReport) -> serde_json::Value {
-    serde_json::json!({"resumed": r.resumed, "published": r.published, "errors": r.errors})
+async fn serve<P: ControlPublisher + 'static>(deps: Deps, publisher: P) -> anyhow::Result<()> {
+    let state = Arc::new((deps, ThawGuard::default(), publisher));
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
+        let state = Arc::clone(&state);
+        async move {
+            let (deps, thaw, publisher) = &*state;
+            Ok::<_, lambda_runtime::Error>(
+                lambda::sweep(deps, thaw, publisher, &event.payload).await,
+            )
+        }
+    }))
+    .await
+    .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))
 }
 
 #[tokio::main]
@@ -27,44 +44,42 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .without_time()
         .init();
-    let url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
-    let size = match std::env::var("EDGE_DB_POOL_SIZE") {
-        Ok(s) => s.parse().context("EDGE_DB_POOL_SIZE")?,
-        Err(_) => 2,
-    };
-    let deps = Arc::new(Deps::new(store::pool::connect(&url, size)?));
+    let mut sdk = None;
+    let deps = Deps::new(lambda::pool_from_env(&mut sdk, 2).await?);
     let var = |k: &str| std::env::var(k).with_context(|| format!("{k} is not set"));
-    if let Ok(mqtt_url) = std::env::var("EDGE_MQTT_URL") {
-        let settings = MqttSettings {
-            url: mqtt_url,
-            ca: var("EDGE_MQTT_CA")?.into(),
-            cert: var("EDGE_MQTT_CERT")?.into(),
-            key: var("EDGE_MQTT_KEY")?.into(),
-            client_id: std::env::var("EDGE_MQTT_CLIENT_ID")
-                .unwrap_or_else(|_| "edge-sweep".to_owned()),
-        };
-        let (publisher, _events) = MqttPublisher::spawn(mqtt_options(&settings)?);
-        let publisher = Arc::new(publisher);
-        lambda_runtime::run(service_fn(move |_event: LambdaEvent<serde_json::Value>| {
-            let (deps, publisher) = (Arc::clone(&deps), Arc::clone(&publisher));
-            async move {
-                let r = sweep_once(&deps, &*publisher, time::OffsetDateTime::now_utc()).await;
-                Ok::<_, lambda_runtime::Error>(report_json(r))
-            }
-        }))
-        .await
-    } else {
-        tracing::warn!(
-            "EDGE_MQTT_URL not set: controls stay pending until a transport is configured"
-        );
-        lambda_runtime::run(service_fn(move |_event: LambdaEvent<serde_json::Value>| {
-            let deps = Arc::clone(&deps);
-            async move {
-                let r = sweep_once(&deps, &NoPublisher, time::OffsetDateTime::now_utc()).await;
-                Ok::<_, lambda_runtime::Error>(report_json(r))
-            }
-        }))
-        .await
+    let transport = match std::env::var("EDGE_CONTROL_TRANSPORT") {
+        Ok(t) if !t.is_empty() => t,
+        _ if std::env::var("EDGE_MQTT_URL").is_ok() => "mqtt".to_owned(),
+        _ => "none".to_owned(),
+    };
+    match transport.as_str() {
+        "iot-data" => {
+            let sdk = match sdk {
+                Some(s) => s,
+                None => edge_functions::aws::config::load().await,
+            };
+            let endpoint = match std::env::var("EDGE_IOT_DATA_ENDPOINT") {
+                Ok(e) if !e.is_empty() => e,
+                _ => data_endpoint(&sdk).await?,
+            };
+            serve(deps, IotDataPublisher::new(&sdk, &endpoint)).await
+        }
+        "mqtt" => {
+            let settings = MqttSettings {
+                url: var("EDGE_MQTT_URL")?,
+                ca: var("EDGE_MQTT_CA")?.into(),
+                cert: var("EDGE_MQTT_CERT")?.into(),
+                key: var("EDGE_MQTT_KEY")?.into(),
+                client_id: std::env::var("EDGE_MQTT_CLIENT_ID")
+                    .unwrap_or_else(|_| "edge-sweep".to_owned()),
+            };
+            let (publisher, _events) = MqttPublisher::spawn(mqtt_options(&settings)?);
+            serve(deps, publisher).await
+        }
+        "none" => {
+            tracing::warn!("no control transport: controls stay pending until one is configured");
+            serve(deps, NoPublisher).await
+        }
+        other => anyhow::bail!("EDGE_CONTROL_TRANSPORT={other:?}: expected iot-data, mqtt or none"),
     }
-    .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))
 }

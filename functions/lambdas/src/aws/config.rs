@@ -1,0 +1,23 @@
+//! The SDK configuration, loaded once per cold start.
+//!
+//! Why a hand-built HTTP client: every `aws-sdk-*` crate's default features enable
+//! `default-https-client`, which is rustls on aws-lc-rs — a C/cmake build that is slow and
+//! fragile to cross-compile for the arm64 Lambdas and would put a second crypto library next
+//! to the ring the workspace already uses. The SDK crates are therefore built with
+//! `default-features = false` and get this client: aws-smithy-http-client's hyper 1 client with
+//! rustls on ring (`rustls-ring` feature). Region and credentials come from the standard
+//! environment chain (in Lambda: `AWS_REGION` and the execution role's variables).
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+
+/// Region, credentials and the ring-based HTTPS client, from the environment.
+pub async fn load() -> SdkConfig {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .load()
+        .await
+}

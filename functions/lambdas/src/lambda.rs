@@ -1,0 +1,100 @@
+//! What each Lambda does with one event, outside `main`: the binaries in `src/bin/` only build
+//! clients once and loop over this, and the fixture tests (tests/lambda_events.rs) feed the
+//! files in `events/` through exactly the same functions.
+//!
+//! Every entry point first lets the [`ThawGuard`] drop idle database connections that a long
+//! freeze may have left dead (see [`crate::aws::db`]).
+
+use std::time::{Duration, Instant};
+
+use aws_config::SdkConfig;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use deadpool_postgres::Pool;
+use lambda_http::{Body, Request, Response};
+
+use crate::api::Api;
+use crate::aws::db::{lambda_pool, ThawGuard};
+use crate::aws::{secrets, AwsError};
+use crate::control_publisher::ControlPublisher;
+use crate::replay::{drain, Budget};
+use crate::sweep::sweep_once;
+use crate::Deps;
+
+/// Left for the last replay chunk's commit and the response before the Lambda is killed.
+pub const REPLAY_DEADLINE_MARGIN: Duration = Duration::from_secs(15);
+
+/// The cold-start part every database-backed Lambda shares: the database URL from
+/// `EDGE_DATABASE_SECRET_ARN` (Secrets Manager or SSM) or the local fallbacks, and the pool
+/// (`EDGE_DB_POOL_SIZE`, else `default_size`). Connections open lazily on first use.
+pub async fn pool_from_env(
+    sdk: &mut Option<SdkConfig>,
+    default_size: usize,
+) -> Result<Pool, AwsError> {
+    let url = secrets::database_url(sdk).await?;
+    let size = match std::env::var("EDGE_DB_POOL_SIZE") {
+        Ok(s) if !s.trim().is_empty() => s
+            .trim()
+            .parse()
+            .map_err(|e| AwsError::Config(format!("EDGE_DB_POOL_SIZE: {e}")))?,
+        _ => default_size,
+    };
+    lambda_pool(url.expose(), size)
+}
+
+/// `ingest`: an SQS batch of ingress envelopes; retryable failures come back as
+/// `batchItemFailures` so only those messages are redelivered.
+pub async fn ingest(deps: &Deps, thaw: &ThawGuard, event: SqsEvent) -> SqsBatchResponse {
+    thaw.before_request(&deps.pool);
+    crate::sqs::handle_sqs(deps, event).await
+}
+
+/// `api`: one API Gateway HTTP API request (JWT authorizer claims in its request context).
+pub async fn api(api: &Api, thaw: &ThawGuard, req: Request) -> Response<Body> {
+    thaw.before_request(&api.pool);
+    crate::api::handle(api, req).await
+}
+
+/// `sweep`: an EventBridge schedule tick (the event's content does not matter): resume sweep,
+/// (re-)publication of due controls, governance events forwarded (as log lines for now).
+pub async fn sweep<P: ControlPublisher>(
+    deps: &Deps,
+    thaw: &ThawGuard,
+    publisher: &P,
+    event: &serde_json::Value,
+) -> serde_json::Value {
+    thaw.before_request(&deps.pool);
+    tracing::debug!(id = ?event.get("id"), time = ?event.get("time"), "sweep tick");
+    let r = sweep_once(deps, publisher, time::OffsetDateTime::now_utc()).await;
+    serde_json::json!({
+        "resumed": r.resumed, "published": r.published, "forwarded": r.forwarded,
+        "errors": r.errors,
+    })
+}
+
+/// `replay`: any trigger (an SQS message, the schedule backstop) drains open replay intents
+/// until none is left or `time_left` (minus [`REPLAY_DEADLINE_MARGIN`]) is spent.
+pub async fn replay(
+    deps: &Deps,
+    thaw: &ThawGuard,
+    chunk: i64,
+    time_left: Duration,
+) -> serde_json::Value {
+    thaw.before_request(&deps.pool);
+    let budget = Budget {
+        until: Some(Instant::now() + time_left.saturating_sub(REPLAY_DEADLINE_MARGIN)),
+        max_chunks: None,
+    };
+    let r = drain(deps, chunk, budget).await;
+    serde_json::json!({
+        "chunks": r.chunks, "drained": r.drained, "failed": r.failed,
+        "intents_done": r.intents_done, "errors": r.errors,
+        "budget_exhausted": r.budget_exhausted,
+    })
+}
+
+/// Milliseconds left until a Lambda deadline (`Context::deadline`, epoch ms).
+pub fn time_left(deadline_ms: u64) -> Duration {
+    let now_ms = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+        .unwrap_or(0);
+    Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+}

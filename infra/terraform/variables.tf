@@ -1,0 +1,85 @@
+variable "name" {
+  description = "Prefix for every resource name (the SAM stack name plays this role)."
+  type        = string
+  default     = "edge-sync"
+}
+
+variable "topic_slug" {
+  description = "First topic level of every device ({slug}/{thing name}/sync/...). The IoT policy and topic rules accept only this slug."
+  type        = string
+  default     = "edge"
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_-]+$", var.topic_slug))
+    error_message = "topic_slug: letters, digits, '_' and '-' only."
+  }
+}
+
+variable "database_secret_arn" {
+  description = "ARN of the Secrets Manager secret (or SSM SecureString parameter) holding the PostgreSQL URL (RDS Proxy endpoint), or RDS-style JSON credentials."
+  type        = string
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:(secretsmanager|ssm):", var.database_secret_arn))
+    error_message = "database_secret_arn must be a Secrets Manager or SSM ARN."
+  }
+}
+
+variable "jwt_secret_arn" {
+  description = "Optional secret ARN with an HS256 key for API calls that bypass the gateway authorizer (empty: gateway claims only)."
+  type        = string
+  default     = ""
+}
+
+variable "jwt_issuer" {
+  description = "Issuer (iss) the HTTP API's JWT authorizer accepts."
+  type        = string
+}
+
+variable "jwt_audience" {
+  description = "Audiences (aud / client ids) the JWT authorizer accepts."
+  type        = list(string)
+}
+
+variable "iot_data_endpoint" {
+  description = "IoT data-plane host (aws iot describe-endpoint --endpoint-type iot:Data-ATS); empty: the sweep Lambda looks it up."
+  type        = string
+  default     = ""
+}
+
+variable "subnet_ids" {
+  description = "Private subnets for the Lambdas (routes or VPC endpoints to RDS Proxy, Secrets Manager, IoT data, SQS)."
+  type        = list(string)
+}
+
+variable "security_group_ids" {
+  description = "Security groups allowed to reach the RDS Proxy on 5432."
+  type        = list(string)
+}
+
+variable "spill_retention_days" {
+  description = "Days spill/snapshot objects are kept."
+  type        = number
+  default     = 14
+}
+
+variable "alarm_topic_arn" {
+  description = "Optional SNS topic notified by the alarms."
+  type        = string
+  default     = ""
+}
+
+variable "ingest_reserved_concurrency" {
+  description = "Caps ingest Lambdas (and so database connections: concurrency x EDGE_DB_POOL_SIZE); SQS buffers bursts."
+  type        = number
+  default     = 20
+}
+
+variable "lambda_artifacts_dir" {
+  description = "Where `cargo lambda build --release --arm64 --output-format zip` left <function>/bootstrap.zip (target/lambda under CARGO_TARGET_DIR)."
+  type        = string
+}
+
+variable "log_retention_days" {
+  description = "CloudWatch Logs retention of the Lambda log groups."
+  type        = number
+  default     = 30
+}
