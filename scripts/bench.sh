@@ -59,3 +59,12 @@ if [ "$only" = all ] || [ "$only" = api ]; then
   echo "== api =="
   cargo bench -p edge-functions --bench api
 fi
+
+# --- latency (whole local stack, tests/) ----------------------------------------------------
+# Commit-to-mirror latency p50/p99 through the real agent, mosquitto (mTLS) and the runner, with
+# flush_interval = 1s and in low-latency mode. EDGE_BENCH_LATENCY_ROWS (default 200) rows, one
+# every EDGE_BENCH_LATENCY_INTERVAL_MS (default 50).
+if [ "$only" = all ] || [ "$only" = latency ]; then
+  echo "== latency =="
+  cargo bench -p edge-e2e --bench latency
+fi

@@ -54,10 +54,8 @@ reconnect_max = "1s"
 [sqlite-replication]
 source_db_path = "{source}"
 state_db_path = "{state}"
-flush_interval = "200ms"
 max_payload_bytes = 131072
 snapshot_on_first_run = true
-low_latency = true
 
 [security]
 signed_control = true
@@ -200,6 +198,9 @@ pub fn hash_of(db: &rusqlite::Connection, table: &str) -> String {
     SchemaColumns::new(table, columns).schema_hash()
 }
 
+/// Flush settings of the tests: low-latency mode keeps them fast.
+pub const DEFAULT_REPLICATION: &str = "flush_interval = \"200ms\"\nlow_latency = true";
+
 /// A task running until its stop signal, and how to stop it.
 type Running<E> = (oneshot::Sender<()>, JoinHandle<Result<(), E>>);
 
@@ -276,9 +277,14 @@ impl Stack {
         }
     }
 
-    /// Starts the agent in-process with [`agent_config`] (plus `extra` TOML lines appended to
-    /// the `[sqlite-replication]` section).
+    /// Starts the agent in-process with [`agent_config`] plus `extra_replication` TOML lines in
+    /// the `[sqlite-replication]` section; empty means [`DEFAULT_REPLICATION`].
     pub fn start_agent(&mut self, extra_replication: &str) {
+        let extra_replication = if extra_replication.is_empty() {
+            DEFAULT_REPLICATION
+        } else {
+            extra_replication
+        };
         let config = agent_config(self.dir.path(), &self.broker, &self.pki)
             .replace("[security]", &format!("{extra_replication}\n[security]"));
         let env = BTreeMap::from([("OMEGA_AUTH_TOKEN".to_string(), CONTROL_KEY.to_string())]);
