@@ -148,8 +148,10 @@ impl Daemon {
         let now = Instant::now();
         for e in state.outbox_list()? {
             if e.kind == spill::OUTBOX_KIND {
-                let pos = fixed.entry(e.table_name.clone()).or_insert(0);
-                *pos = (*pos).max(e.last_seq);
+                if e.epoch.unwrap_or(epoch) == epoch {
+                    let pos = fixed.entry(e.table_name.clone()).or_insert(0);
+                    *pos = (*pos).max(e.last_seq);
+                }
                 spills.insert(
                     e.batch_id,
                     Spill::new(e.batch_id, e.table_name, e.last_seq, now),
@@ -157,12 +159,19 @@ impl Daemon {
                 continue;
             }
             let kind = BatchKind::parse(&e.kind).unwrap_or(BatchKind::Rows);
-            if kind == BatchKind::Rows {
+            // Rows fixed before `outbox.epoch` existed carry their epoch in the payload.
+            let batch_epoch = e.epoch.unwrap_or_else(|| {
+                edge_protocol::validate::decode_row_batch(&e.payload)
+                    .map(|b| b.journal_epoch)
+                    .unwrap_or(epoch)
+            });
+            if kind == BatchKind::Rows && batch_epoch == epoch {
                 let pos = fixed.entry(e.table_name.clone()).or_insert(0);
                 *pos = (*pos).max(e.last_seq);
             }
             outbox.add(Tracked {
                 batch_id: e.batch_id,
+                epoch: batch_epoch,
                 kind,
                 table: e.table_name,
                 first_seq: e.first_seq,
@@ -561,10 +570,12 @@ impl Daemon {
                         last_seq: b.last_seq,
                         payload: b.payload.clone(),
                         created_at_ms: unix_ms(),
+                        epoch: Some(self.epoch),
                     })?;
                     self.mark_fixed(&b.table, b.last_seq);
                     new.push(Tracked {
                         batch_id: b.batch_id,
+                        epoch: self.epoch,
                         kind: BatchKind::Rows,
                         table: b.table,
                         first_seq: b.first_seq,
@@ -588,6 +599,7 @@ impl Daemon {
                         last_seq: change.commit_seq,
                         payload: object,
                         created_at_ms: unix_ms(),
+                        epoch: Some(self.epoch),
                     })?;
                     self.state
                         .bump_counter(spill::COUNTER_SPILLS, &group.table, 1)?;
@@ -682,10 +694,12 @@ impl Daemon {
                 last_seq: batch_seq,
                 payload: payload.clone(),
                 created_at_ms: unix_ms(),
+                epoch: Some(self.epoch),
             })?;
             self.state.set_telemetry_progress(table, &progress)?;
             return Ok(Some(Tracked {
                 batch_id: id,
+                epoch: self.epoch,
                 kind: BatchKind::Telemetry,
                 table: table.into(),
                 first_seq: batch_seq,
@@ -756,8 +770,7 @@ impl Daemon {
             MqttEvent::PubAck(pkid) => match self.outbox.on_puback(pkid) {
                 Some(Acked::Batch(t)) => {
                     if t.kind == BatchKind::Rows {
-                        self.capture
-                            .ack(&self.state, &t.table, t.last_seq, DELETE_CHUNK_ROWS)?;
+                        self.ack_rows(t.epoch, &t.table, t.last_seq)?;
                     }
                     self.state.outbox_remove(t.batch_id)?;
                     outbox_store::set_meta(self.state.conn(), "last_ack_at", &now_rfc3339())?;
@@ -767,8 +780,8 @@ impl Daemon {
                     if let Some(s) = self.spills.remove(&id) {
                         info!(table = %s.table, batch_id = %id, commit_seq = s.commit_seq,
                             "spill finalized: the table reads on");
-                        self.capture
-                            .ack(&self.state, &s.table, s.commit_seq, DELETE_CHUNK_ROWS)?;
+                        let epoch = self.state.outbox_epoch(id)?.unwrap_or(self.epoch);
+                        self.ack_rows(epoch, &s.table, s.commit_seq)?;
                         self.state.outbox_remove(id)?;
                         outbox_store::set_meta(self.state.conn(), "last_ack_at", &now_rfc3339())?;
                         if !self.spills.values().any(|o| o.table == s.table) {
@@ -780,6 +793,20 @@ impl Daemon {
                 None => {}
             },
             MqttEvent::Control(bytes) => self.on_control(&bytes, client)?,
+        }
+        Ok(())
+    }
+
+    /// Moves `table`'s cursor after a PUBACK — unless the batch was fixed in an earlier journal
+    /// epoch: its seqs restarted since, so moving the new epoch's cursor to them could skip
+    /// (and delete) new entries. The cloud has the old batch anyway; nothing else to do.
+    fn ack_rows(&mut self, epoch: Uuid, table: &str, up_to: i64) -> Result<(), DaemonError> {
+        let acked =
+            self.capture
+                .ack_in_epoch(&self.state, epoch, table, up_to, DELETE_CHUNK_ROWS)?;
+        if acked.is_none() {
+            info!(%table, %epoch, current = %self.epoch, up_to,
+                "acknowledged batch of an earlier journal epoch: cursor left alone");
         }
         Ok(())
     }

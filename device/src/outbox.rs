@@ -66,6 +66,9 @@ pub enum Phase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tracked {
     pub batch_id: Uuid,
+    /// Journal epoch of `first_seq..=last_seq`: a PUBACK moves the table's cursor only while
+    /// this is still the current epoch (seqs restart in a new one).
+    pub epoch: Uuid,
     pub kind: BatchKind,
     pub table: String,
     pub first_seq: i64,
@@ -342,6 +345,7 @@ mod tests {
     fn tracked(n: u8, kind: BatchKind, table: &str) -> Tracked {
         Tracked {
             batch_id: id(n),
+            epoch: id(0),
             kind,
             table: table.into(),
             first_seq: i64::from(n) * 10,

@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     first_seq INTEGER NOT NULL,
     last_seq INTEGER NOT NULL,
     payload BLOB NOT NULL,
-    created_at_ms INTEGER NOT NULL
+    created_at_ms INTEGER NOT NULL,
+    epoch TEXT
 );
 ";
 
@@ -125,6 +126,9 @@ pub struct OutboxEntry {
     pub last_seq: i64,
     pub payload: Vec<u8>,
     pub created_at_ms: i64,
+    /// Journal epoch the batch's `first_seq..=last_seq` belong to. `None` only for rows fixed
+    /// by an agent older than the column (the daemon then reads it from the payload).
+    pub epoch: Option<Uuid>,
 }
 
 /// The state store.
@@ -172,6 +176,18 @@ impl StateDb {
         conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
         conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
         conn.execute_batch(SCHEMA)?;
+        // `outbox.epoch` came after the first release: add it to older state files in place.
+        let has_epoch: bool = conn
+            .query_row(
+                "SELECT 1 FROM pragma_table_info('outbox') WHERE name = 'epoch'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !has_epoch {
+            conn.execute_batch("ALTER TABLE outbox ADD COLUMN epoch TEXT")?;
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(StateDb { conn })
     }
@@ -328,6 +344,27 @@ impl StateDb {
             .prepare("SELECT table_name, last_acked_seq FROM tables")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<BTreeMap<_, _>, _>>()?)
+    }
+
+    /// Moves the acknowledged cursor like [`StateDb::set_last_acked`], but only while `epoch`
+    /// is still the journal epoch (checked in the same statement). Returns whether it moved.
+    /// A batch fixed in an earlier epoch may be acknowledged after a new epoch started; its
+    /// commit_seqs mean nothing in the new epoch (they restart), so it must not move the new
+    /// epoch's cursor — that would skip, and let `delete_acked` delete, new entries.
+    pub fn set_last_acked_in_epoch(
+        &self,
+        table: &str,
+        seq: i64,
+        epoch: Uuid,
+    ) -> Result<bool, StateError> {
+        let n = self.conn.execute(
+            "INSERT INTO tables(table_name, last_acked_seq) \
+             SELECT ?1, ?2 WHERE (SELECT value FROM meta WHERE key = 'journal_epoch') = ?3 \
+             ON CONFLICT(table_name) DO UPDATE SET \
+             last_acked_seq = max(last_acked_seq, excluded.last_acked_seq)",
+            params![table, seq, epoch.to_string()],
+        )?;
+        Ok(n > 0)
     }
 
     /// Moves the acknowledged cursor forward (never backwards: acks may arrive out of order).
@@ -493,7 +530,7 @@ impl StateDb {
     pub fn outbox_put(&self, entry: &OutboxEntry) -> Result<(), StateError> {
         self.conn.execute(
             "INSERT INTO outbox(batch_id, kind, table_name, first_seq, last_seq, payload, \
-             created_at_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             created_at_ms, epoch) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 entry.batch_id.to_string(),
                 entry.kind,
@@ -501,7 +538,8 @@ impl StateDb {
                 entry.first_seq,
                 entry.last_seq,
                 entry.payload,
-                entry.created_at_ms
+                entry.created_at_ms,
+                entry.epoch.map(|e| e.to_string())
             ],
         )?;
         Ok(())
@@ -510,12 +548,13 @@ impl StateDb {
     /// Outbox entries in the order they were fixed.
     pub fn outbox_list(&self) -> Result<Vec<OutboxEntry>, StateError> {
         let mut stmt = self.conn.prepare(
-            "SELECT batch_id, kind, table_name, first_seq, last_seq, payload, created_at_ms \
-             FROM outbox ORDER BY seq",
+            "SELECT batch_id, kind, table_name, first_seq, last_seq, payload, created_at_ms, \
+             epoch FROM outbox ORDER BY seq",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(7)?,
                 OutboxEntry {
                     batch_id: Uuid::nil(),
                     kind: r.get(1)?,
@@ -524,19 +563,40 @@ impl StateDb {
                     last_seq: r.get(4)?,
                     payload: r.get(5)?,
                     created_at_ms: r.get(6)?,
+                    epoch: None,
                 },
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, mut entry) = row?;
+            let (id, epoch, mut entry) = row?;
             entry.batch_id = Uuid::parse_str(&id).map_err(|_| StateError::Corrupt {
                 what: "outbox batch_id",
                 value: id.clone(),
             })?;
+            entry.epoch = match epoch {
+                None => None,
+                Some(text) => Some(Uuid::parse_str(&text).map_err(|_| StateError::Corrupt {
+                    what: "outbox epoch",
+                    value: text,
+                })?),
+            };
             out.push(entry);
         }
         Ok(out)
+    }
+
+    /// The journal epoch recorded with one outbox row (`None`: no such row, or a legacy row).
+    pub fn outbox_epoch(&self, batch_id: Uuid) -> Result<Option<Uuid>, StateError> {
+        let text: Option<Option<String>> = self
+            .conn
+            .query_row(
+                "SELECT epoch FROM outbox WHERE batch_id = ?1",
+                [batch_id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(text.flatten().and_then(|t| Uuid::parse_str(&t).ok()))
     }
 
     pub fn outbox_remove(&self, batch_id: Uuid) -> Result<(), StateError> {
@@ -563,6 +623,24 @@ mod tests {
         assert_eq!(s.journal_epoch().unwrap(), Some(epoch));
         assert_eq!(s.last_acked("t").unwrap(), 0);
         assert_eq!(s.counter(counter::EPOCHS_STARTED, "").unwrap(), 1);
+    }
+
+    #[test]
+    fn an_ack_from_an_old_epoch_does_not_move_the_new_epochs_cursor() {
+        let mut s = StateDb::open_in_memory().unwrap();
+        let old = edge_protocol::ids::new_uuid_v7(1_700_000_000_000, [1; 10]);
+        let new = edge_protocol::ids::new_uuid_v7(1_700_000_000_001, [2; 10]);
+        s.start_new_epoch(old).unwrap();
+        assert!(s.set_last_acked_in_epoch("t", 500, old).unwrap());
+        assert_eq!(s.last_acked("t").unwrap(), 500);
+        s.start_new_epoch(new).unwrap();
+        // A batch of the old epoch (seqs up to 900) is acknowledged late.
+        assert!(!s.set_last_acked_in_epoch("t", 900, old).unwrap());
+        assert!(!s.set_last_acked_in_epoch("u", 900, old).unwrap());
+        assert_eq!(s.last_acked("t").unwrap(), 0);
+        assert_eq!(s.last_acked("u").unwrap(), 0);
+        assert!(s.set_last_acked_in_epoch("t", 3, new).unwrap());
+        assert_eq!(s.last_acked("t").unwrap(), 3);
     }
 
     #[test]
@@ -593,6 +671,7 @@ mod tests {
                 last_seq: 2,
                 payload: b"{}".to_vec(),
                 created_at_ms: 5,
+                epoch: Some(id),
             })
             .unwrap();
         }
@@ -608,6 +687,8 @@ mod tests {
         let out = s.outbox_list().unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].batch_id, id);
+        assert_eq!(out[0].epoch, Some(id));
+        assert_eq!(s.outbox_epoch(id).unwrap(), Some(id));
         s.outbox_remove(id).unwrap();
         assert!(s.outbox_list().unwrap().is_empty());
     }

@@ -494,6 +494,58 @@ fn lost_state_db_and_reset_journal_start_new_epochs() {
 }
 
 #[test]
+fn late_ack_of_an_old_epoch_batch_leaves_the_new_epoch_alone() {
+    let mut env = Env::new();
+    let app = env.app();
+    app.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT);")
+        .unwrap();
+    let mut state = env.state();
+    let mut cap = env.capture(&mut state, no_snapshot());
+    let old = state.journal_epoch().unwrap().unwrap();
+    for i in 0..50 {
+        app.execute("INSERT INTO t VALUES (?1, 'x')", [i]).unwrap();
+    }
+    cap.poll(&mut state, &mut env.ids).unwrap();
+    // A batch of the old epoch covering all 50 entries is in flight (fixed, not yet acked)
+    // when the journal is reset and numbering restarts under a new epoch.
+    let old_last = cap.journal_max_seq().unwrap();
+    app.execute_batch("DELETE FROM \"__omega_journal\";")
+        .unwrap();
+    assert!(cap
+        .poll(&mut state, &mut env.ids)
+        .unwrap()
+        .new_epoch
+        .is_some());
+    let new = state.journal_epoch().unwrap().unwrap();
+    assert_ne!(new, old);
+    for i in 100..110 {
+        app.execute("INSERT INTO t VALUES (?1, 'y')", [i]).unwrap();
+    }
+    let new_max = cap.journal_max_seq().unwrap();
+    assert!(
+        new_max <= old_last,
+        "seqs restarted: {new_max} vs {old_last}"
+    );
+    // The old batch's PUBACK arrives now.
+    let acked = cap.ack_in_epoch(&state, old, "t", old_last, 256).unwrap();
+    assert_eq!(acked, None, "an old-epoch ack must not touch the new epoch");
+    assert_eq!(state.last_acked("t").unwrap(), 0);
+    let pending = changes_of(&read_all(&mut cap, &state), "t");
+    assert_eq!(
+        pending.len(),
+        10,
+        "no new-epoch entry is skipped or deleted"
+    );
+    // A new-epoch batch is acknowledged normally.
+    let last = pending.last().unwrap().commit_seq;
+    assert!(cap
+        .ack_in_epoch(&state, new, "t", last, 256)
+        .unwrap()
+        .is_some());
+    assert_eq!(state.last_acked("t").unwrap(), last);
+}
+
+#[test]
 fn new_table_created_online_is_enrolled_and_snapshotted() {
     let mut env = Env::new();
     let app = env.app();

@@ -458,6 +458,23 @@ impl Capture {
         self.delete_acked(state, table, chunk_rows)
     }
 
+    /// [`Capture::ack`] for a batch fixed in journal epoch `epoch`: when that is no longer the
+    /// current epoch, neither the cursor moves nor anything is deleted (`None`) — the batch's
+    /// commit_seqs belong to a journal that was reset, and the new epoch's seqs restart.
+    pub fn ack_in_epoch(
+        &mut self,
+        state: &StateDb,
+        epoch: uuid::Uuid,
+        table: &str,
+        up_to_seq: i64,
+        chunk_rows: usize,
+    ) -> Result<Option<usize>, CaptureError> {
+        if !state.set_last_acked_in_epoch(table, up_to_seq, epoch)? {
+            return Ok(None);
+        }
+        self.delete_acked(state, table, chunk_rows).map(Some)
+    }
+
     /// Deletes rows of `table` at or below its acknowledged cursor, in small transactions.
     pub fn delete_acked(
         &mut self,
