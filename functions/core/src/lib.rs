@@ -16,6 +16,7 @@
 //! - [`telemetry`] — telemetry values into `telemetry_data_point_value` columns
 //! - [`backpressure`] — caps, circuit breaker, resume sweep and reset decisions (cloud.md §7)
 //! - [`replay`] — how a replay intent advances chunk by chunk (cloud.md §8)
+//! - [`staged_json`] — the internal encoding of staged values PostgreSQL cannot store (NUL)
 //! - [`coalesce`] — registry scope, shared mirror names, consolidation SQL (cloud.md §9)
 //!
 //! Review transitions (§5), backpressure (§7) and replay planning (§8) arrive with the
@@ -30,6 +31,7 @@ pub mod mirror;
 pub mod naming;
 pub mod replay;
 pub mod review;
+pub mod staged_json;
 pub mod telemetry;
 
 pub use edge_protocol as protocol;

@@ -344,8 +344,13 @@ pub async fn staged_rows<C: GenericClient>(
                 journal_epoch: r.get(0),
                 source_commit_seq: r.get(1),
                 op: r.get(2),
-                pk: r.get(3),
-                row: r.get(4),
+                // The operator sees the device's values, not the storage marker.
+                pk: r
+                    .get::<_, Option<serde_json::Value>>(3)
+                    .map(|v| edge_cloud_core::staged_json::decode(&v)),
+                row: r
+                    .get::<_, Option<serde_json::Value>>(4)
+                    .map(|v| edge_cloud_core::staged_json::decode(&v)),
                 schema_hash: r.get(5),
                 staging_reason: r.get(6),
                 error: r.get(7),

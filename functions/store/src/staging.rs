@@ -3,6 +3,9 @@
 //! updated in the same statement.
 
 use edge_cloud_core::intake::StagingReason;
+use std::borrow::Cow;
+
+use edge_cloud_core::staged_json;
 use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
@@ -51,8 +54,20 @@ pub async fn stage_rows<C: GenericClient>(
     let keys: Vec<&str> = rows.iter().map(|r| r.pk_key.as_str()).collect();
     let times: Vec<OffsetDateTime> = rows.iter().map(|r| r.stage_time).collect();
     let ops: Vec<&str> = rows.iter().map(|r| r.op).collect();
-    let pks: Vec<Option<&serde_json::Value>> = rows.iter().map(|r| r.pk.as_ref()).collect();
-    let data: Vec<Option<&serde_json::Value>> = rows.iter().map(|r| r.row.as_ref()).collect();
+    // jsonb refuses U+0000; such strings are stored under an internal marker (staged_json).
+    fn storable(v: &Option<serde_json::Value>) -> Option<Cow<'_, serde_json::Value>> {
+        v.as_ref().map(|v| {
+            if staged_json::needs_encoding(v) {
+                Cow::Owned(staged_json::encode(v))
+            } else {
+                Cow::Borrowed(v)
+            }
+        })
+    }
+    let pks_stored: Vec<_> = rows.iter().map(|r| storable(&r.pk)).collect();
+    let rows_stored: Vec<_> = rows.iter().map(|r| storable(&r.row)).collect();
+    let pks: Vec<Option<&serde_json::Value>> = pks_stored.iter().map(|v| v.as_deref()).collect();
+    let data: Vec<Option<&serde_json::Value>> = rows_stored.iter().map(|v| v.as_deref()).collect();
     let event_ts: Vec<Option<OffsetDateTime>> = rows.iter().map(|r| r.event_ts).collect();
     let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
     let bytes: Vec<i32> = rows.iter().map(|r| r.bytes).collect();
