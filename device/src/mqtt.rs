@@ -2,7 +2,10 @@
 //!
 //! [`spawn`] starts one task that owns rumqttc's `EventLoop` and does nothing but poll it,
 //! because `EventLoop::poll` is not documented as cancel-safe and must therefore never be a
-//! branch of the daemon's `select!`. The task forwards what the publisher needs as
+//! branch of the daemon's `select!`. The task runs on its own OS thread (with a one-thread
+//! runtime of its own): the daemon does its SQLite work synchronously, and on a shared
+//! single-thread runtime a long journal read or delete kept the socket unread and PUBACKs
+//! unprocessed for its whole duration (measured: the broker dropped the agent mid-drain). The task forwards what the publisher needs as
 //! [`MqttEvent`]s, subscribes to the control topic at QoS 1 on **every** CONNACK (a broker that
 //! lost the session also lost the subscription), and sleeps an exponential backoff with full
 //! jitter between failed connection attempts so a fleet does not reconnect in lock-step.
@@ -21,8 +24,7 @@ use rumqttc::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 use thiserror::Error;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
 use crate::settings::ConnectionSettings;
@@ -44,6 +46,8 @@ pub enum MqttError {
     },
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("starting the MQTT thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// What the publisher hears from the connection.
@@ -177,15 +181,24 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration, random: f64) -> Durat
 pub struct Connection {
     pub client: AsyncClient,
     pub events: mpsc::UnboundedReceiver<MqttEvent>,
-    task: JoinHandle<()>,
+    stop: Arc<Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Connection {
-    /// Stops the event-loop task (after a DISCONNECT was given a moment to go out).
-    pub fn abort(&self) {
-        self.task.abort();
+    /// Stops the event-loop thread (after a DISCONNECT was given a moment to go out).
+    pub fn abort(&mut self) {
+        // `notify_one` stores a permit, so a stop sent before the thread waits is not lost.
+        self.stop.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
+
+/// Stack of the MQTT thread: rumqttc + rustls need far less than the 2 MiB default, and a
+/// gateway's memory is precious.
+const MQTT_THREAD_STACK: usize = 512 * 1024;
 
 /// Starts the connection task.
 pub fn spawn(
@@ -193,23 +206,45 @@ pub fn spawn(
     control_topic: String,
     reconnect_min: Duration,
     reconnect_max: Duration,
-) -> Connection {
+) -> Result<Connection, MqttError> {
     let capacity = options.request_channel_capacity();
     let (client, eventloop) = AsyncClient::new(options, capacity);
     let (tx, events) = mpsc::unbounded_channel();
-    let task = tokio::spawn(drive(
-        eventloop,
-        client.clone(),
-        tx,
-        control_topic,
-        reconnect_min,
-        reconnect_max,
-    ));
-    Connection {
+    let stop = Arc::new(Notify::new());
+    let stopped = stop.clone();
+    let driver_client = client.clone();
+    let thread = std::thread::Builder::new()
+        .name("mqtt".into())
+        .stack_size(MQTT_THREAD_STACK)
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    // The daemon sees a connection that never comes up, and says why.
+                    let _ = tx.send(MqttEvent::Disconnected {
+                        fresh_pending: 0,
+                        error: format!("cannot start the MQTT runtime: {e}"),
+                    });
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                tokio::select! {
+                    () = drive(eventloop, driver_client, tx, control_topic, reconnect_min, reconnect_max) => {}
+                    () = stopped.notified() => {}
+                }
+            });
+        })
+        .map_err(MqttError::Thread)?;
+    Ok(Connection {
         client,
         events,
-        task,
-    }
+        stop,
+        thread: Some(thread),
+    })
 }
 
 async fn drive(

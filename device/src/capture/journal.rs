@@ -212,6 +212,29 @@ pub(crate) fn decode_entry(
     }
 }
 
+/// `PRAGMA synchronous=NORMAL` on the agent's source connection while it deletes acknowledged
+/// journal rows, restored afterwards. Losing such a delete to a power cut is harmless (the rows
+/// are at or below the acknowledged cursor: the reader skips them and the next ack deletes
+/// them), while an fsync per 256-row transaction was most of a backlog drain's wall-clock time.
+/// Everything else the agent writes to the source keeps the connection's normal setting
+/// ([`restore_sync`] afterwards, on every path).
+fn relax_sync(conn: &rusqlite::Connection) -> Option<i64> {
+    let previous = conn
+        .query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+        .ok()
+        .filter(|p| *p > 1);
+    if previous.is_some() {
+        let _ = conn.execute_batch("PRAGMA synchronous=NORMAL");
+    }
+    previous
+}
+
+fn restore_sync(conn: &rusqlite::Connection, previous: Option<i64>) {
+    if let Some(p) = previous {
+        let _ = conn.pragma_update(None, "synchronous", p);
+    }
+}
+
 /// True for SQLITE_BUSY / SQLITE_LOCKED: another connection held the lock past busy_timeout.
 pub fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
@@ -508,13 +531,26 @@ impl Capture {
             ids.join(",")
         );
         let chunk = i64::try_from(chunk_rows.max(1)).unwrap_or(i64::MAX);
+        let previous = relax_sync(&self.conn);
+        let result = self.delete_where_chunks(&sql, lo, hi, chunk);
+        restore_sync(&self.conn, previous);
+        result
+    }
+
+    fn delete_where_chunks(
+        &mut self,
+        sql: &str,
+        lo: i64,
+        hi: i64,
+        chunk: i64,
+    ) -> Result<usize, CaptureError> {
         let mut total = 0;
         loop {
             let step = (|| -> rusqlite::Result<usize> {
                 let tx = self
                     .conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let n = tx.execute(&sql, params![lo, hi, chunk])?;
+                let n = tx.execute(sql, params![lo, hi, chunk])?;
                 tx.commit()?;
                 Ok(n)
             })();
@@ -536,6 +572,17 @@ impl Capture {
 
     /// Deletes the given commit_seqs (never the journal maximum), in small transactions.
     pub(crate) fn delete_seqs(
+        &mut self,
+        seqs: &[i64],
+        chunk_rows: usize,
+    ) -> Result<usize, CaptureError> {
+        let previous = relax_sync(&self.conn);
+        let result = self.delete_seq_chunks(seqs, chunk_rows);
+        restore_sync(&self.conn, previous);
+        result
+    }
+
+    fn delete_seq_chunks(
         &mut self,
         seqs: &[i64],
         chunk_rows: usize,
