@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 
 use edge_cloud_core::mirror::{plan_upserts, MirrorTable};
+use edge_cloud_core::staged_json;
 use edge_cloud_core::telemetry::data_point_value;
 use edge_protocol::batch::{Op, RowChange};
 use edge_protocol::ids::CommitPosition;
-use edge_cloud_core::staged_json;
 use edge_protocol::value::row_from_json;
 use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
@@ -277,8 +277,9 @@ pub(crate) async fn materialize_group<C: GenericClient>(
         let mapped: HashMap<&str, Uuid> = b.mapped.iter().map(|(s, d)| (s.as_str(), *d)).collect();
         let mut by_batch: HashMap<Uuid, Vec<TelemetryValue>> = HashMap::new();
         for r in group {
-            let row: Option<serde_json::Value> =
-                r.get::<_, Option<serde_json::Value>>(5).map(|v| staged_json::decode(&v));
+            let row: Option<serde_json::Value> = r
+                .get::<_, Option<serde_json::Value>>(5)
+                .map(|v| staged_json::decode(&v));
             let ts: Option<OffsetDateTime> = r.get(7);
             let batch_id: Uuid = r.get(8);
             let seq: i64 = r.get(1);
@@ -318,10 +319,12 @@ pub(crate) async fn materialize_group<C: GenericClient>(
 fn staged_change(r: &tokio_postgres::Row) -> Result<RowChange, String> {
     let op: String = r.get(3);
     let op = Op::from_wire(&op).ok_or_else(|| format!("staged op {op:?}"))?;
-    let pk: Option<serde_json::Value> =
-        r.get::<_, Option<serde_json::Value>>(4).map(|v| staged_json::decode(&v));
-    let row: Option<serde_json::Value> =
-        r.get::<_, Option<serde_json::Value>>(5).map(|v| staged_json::decode(&v));
+    let pk: Option<serde_json::Value> = r
+        .get::<_, Option<serde_json::Value>>(4)
+        .map(|v| staged_json::decode(&v));
+    let row: Option<serde_json::Value> = r
+        .get::<_, Option<serde_json::Value>>(5)
+        .map(|v| staged_json::decode(&v));
     let pk = pk
         .as_ref()
         .map(row_from_json)
