@@ -221,6 +221,16 @@ fn main() {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid);
+    // The broker's own account of any disconnect of the agent during the drain (the agent only
+    // sees "closed by peer"); the harness logs everything.
+    for line in broker.log().lines().filter(|l| {
+        l.contains(DEVICE)
+            && ["isconnect", "rror", "closed", "xceeded", "too large"]
+                .iter()
+                .any(|w| l.contains(w))
+    }) {
+        eprintln!("broker: {line}");
+    }
     stop(child, pid);
     let peak = max_rss_kib(&time_out);
     let bytes: usize = payloads.iter().map(Vec::len).sum();

@@ -245,7 +245,22 @@ pub fn is_busy(e: &rusqlite::Error) -> bool {
 
 /// Encoded size of a change on the wire.
 pub fn change_bytes(change: &RowChange) -> usize {
-    serde_json::to_vec(change).map(|v| v.len()).unwrap_or(0)
+    // Counted, not collected: this runs once per journal entry.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, change) {
+        Ok(()) => count.0,
+        Err(_) => 0,
+    }
 }
 
 impl Capture {
@@ -267,70 +282,94 @@ impl Capture {
             last_seq: opts.after_seq,
             ..PendingRead::default()
         };
-        let mut group_index: BTreeMap<(String, String), usize> = BTreeMap::new();
+        // Per entry only the change itself is built: schemas are shared through a per-read
+        // cache, and hash/columns are cloned once per group, not once per entry (these clones
+        // were most of the reader's CPU in a backlog drain).
+        let mut schemas: BTreeMap<i64, std::rc::Rc<StoredSchema>> = BTreeMap::new();
         for raw in raws {
             out.last_seq = out.last_seq.max(raw.commit_seq);
-            let schema =
-                self.stored_schema(raw.schema_id)?
-                    .cloned()
-                    .ok_or(CaptureError::UnknownSchema {
-                        commit_seq: raw.commit_seq,
-                        schema_id: raw.schema_id,
-                    })?;
+            let schema = match schemas.get(&raw.schema_id) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = self.stored_schema(raw.schema_id)?.cloned().ok_or(
+                        CaptureError::UnknownSchema {
+                            commit_seq: raw.commit_seq,
+                            schema_id: raw.schema_id,
+                        },
+                    )?;
+                    let s = std::rc::Rc::new(s);
+                    schemas.insert(raw.schema_id, s.clone());
+                    s
+                }
+            };
             if opts.skip_tables.contains(&schema.table) {
                 continue;
             }
             if raw.commit_seq <= acked.get(&schema.table).copied().unwrap_or(0) {
                 continue;
             }
-            out.covered.insert(schema.table.clone(), raw.commit_seq);
-            let decoded = decode_entry(&raw, &schema)?;
-            let current = self.catalog.rows.get(&schema.table).cloned();
-            let (change, hash, columns) = match current {
-                Some(cur) if cur.table.schema_hash != schema.schema_hash => {
-                    match self.refresh(&cur, &schema, decoded)? {
-                        Refreshed::Current(change) => {
-                            out.refreshed += 1;
-                            (
-                                change,
-                                cur.table.schema_hash.clone(),
-                                cur.table.schema.clone(),
-                            )
-                        }
-                        Refreshed::Gone => {
-                            out.superseded += 1;
-                            continue;
-                        }
-                        Refreshed::AsCaptured(change) => (
-                            change,
-                            schema.schema_hash.clone(),
-                            schema.schema_columns.clone(),
-                        ),
-                    }
+            match out.covered.get_mut(&schema.table) {
+                Some(c) => *c = raw.commit_seq,
+                None => {
+                    out.covered.insert(schema.table.clone(), raw.commit_seq);
                 }
-                _ => (
+            }
+            let decoded = decode_entry(&raw, &schema)?;
+            let outdated = self
+                .catalog
+                .rows
+                .get(&schema.table)
+                .is_some_and(|cur| cur.table.schema_hash != schema.schema_hash);
+            // `None`: under the schema it was captured with.
+            let (change, under_current) = if outdated {
+                let Some(cur) = self.catalog.rows.get(&schema.table).cloned() else {
+                    continue;
+                };
+                match self.refresh(&cur, &schema, decoded)? {
+                    Refreshed::Current(change) => {
+                        out.refreshed += 1;
+                        (
+                            change,
+                            Some((cur.table.schema_hash.clone(), cur.table.schema.clone())),
+                        )
+                    }
+                    Refreshed::Gone => {
+                        out.superseded += 1;
+                        continue;
+                    }
+                    Refreshed::AsCaptured(change) => (change, None),
+                }
+            } else {
+                (
                     RowChange {
                         commit_seq: decoded.commit_seq,
                         op: decoded.op,
                         pk: decoded.pk,
                         row: decoded.row,
                     },
-                    schema.schema_hash.clone(),
-                    schema.schema_columns.clone(),
-                ),
+                    None,
+                )
             };
             let bytes = change_bytes(&change);
-            let key = (schema.table.clone(), hash.clone());
-            let idx = match group_index.get(&key) {
-                Some(i) => *i,
+            let hash = under_current
+                .as_ref()
+                .map_or(schema.schema_hash.as_str(), |(h, _)| h.as_str());
+            let idx = out
+                .groups
+                .iter()
+                .rposition(|g| g.table == schema.table && g.schema_hash == hash);
+            let idx = match idx {
+                Some(i) => i,
                 None => {
+                    let (schema_hash, schema_columns) = under_current.unwrap_or_else(|| {
+                        (schema.schema_hash.clone(), schema.schema_columns.clone())
+                    });
                     out.groups.push(ChangeGroup {
                         table: schema.table.clone(),
-                        schema_hash: hash,
-                        schema_columns: columns,
+                        schema_hash,
+                        schema_columns,
                         changes: Vec::new(),
                     });
-                    group_index.insert(key, out.groups.len() - 1);
                     out.groups.len() - 1
                 }
             };
