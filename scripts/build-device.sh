@@ -62,6 +62,15 @@ for target in "${targets[@]}"; do
   cp "$CARGO_TARGET_DIR/$target/release/edge-agent" "dist/edge-agent-$target"
   size=$(stat -c %s "dist/edge-agent-$target")
   log "dist/edge-agent-$target: $size bytes ($(( size / 1024 )) KiB), $(file -b "dist/edge-agent-$target" 2>/dev/null | cut -d, -f1-2 || true)"
+  # Cheapest proof the binary starts on its architecture (the full smoke test is aarch64 only).
+  case "$target" in
+    aarch64-*) qemu=qemu-aarch64-static ;;
+    armv7-*) qemu=qemu-arm-static ;;
+    *) qemu="" ;;
+  esac
+  if [ -n "$qemu" ] && have "$qemu"; then
+    log "$target: $("$qemu" "dist/edge-agent-$target" --version)"
+  fi
 done
 
 if [ "$smoke" = 1 ]; then
