@@ -416,25 +416,56 @@ async fn intake_rows(
         }
     };
     advance_watermark(tx, lineage.id, b.journal_epoch, b.last_commit_seq).await?;
-    flow_control(tx, lineage.id, staged, failed, status == "materialized").await?;
+    accept(
+        tx,
+        &Accepted {
+            device_id: device.device_id,
+            lineage_id: lineage.id,
+            batch_id: b.batch_id,
+            batch_time,
+            class: c.class,
+            status,
+            counts: (materialized, staged, failed),
+        },
+    )
+    .await
+}
+
+/// What an accepted row or telemetry batch came to.
+struct Accepted {
+    device_id: Uuid,
+    lineage_id: Uuid,
+    batch_id: Uuid,
+    batch_time: OffsetDateTime,
+    class: SchemaClass,
+    status: &'static str,
+    /// (materialized, staged, failed) rows.
+    counts: (i64, i64, i64),
+}
+
+/// The common end of intake, in the batch's transaction: flow control (§7), the ledger row's
+/// outcome, and the handler's answer.
+async fn accept(tx: &Transaction<'_>, a: &Accepted) -> Result<Outcome, HandlerError> {
+    let (materialized, staged, failed) = a.counts;
+    flow_control(tx, a.lineage_id, staged, failed, a.status == "materialized").await?;
     finish_segment(
         tx,
-        device.device_id,
-        b.batch_id,
-        batch_time,
+        a.device_id,
+        a.batch_id,
+        a.batch_time,
         &SegmentOutcome {
-            lineage_id: lineage.id,
-            status,
-            classification: c.class.as_str(),
+            lineage_id: a.lineage_id,
+            status: a.status,
+            classification: a.class.as_str(),
             materialized_rows: count(usize::try_from(materialized).unwrap_or(0)),
             staged_rows: count(usize::try_from(staged).unwrap_or(0)),
         },
     )
     .await?;
     Ok(Outcome::Accepted {
-        lineage_id: lineage.id,
-        batch_id: b.batch_id,
-        class: c.class,
+        lineage_id: a.lineage_id,
+        batch_id: a.batch_id,
+        class: a.class,
         materialized,
         staged,
         failed,
@@ -674,29 +705,19 @@ async fn intake_telemetry(
             ("staged", 0, n)
         }
     };
-    flow_control(tx, lineage.id, staged, 0, status == "materialized").await?;
-    finish_segment(
+    accept(
         tx,
-        device.device_id,
-        b.batch_id,
-        batch_time,
-        &SegmentOutcome {
+        &Accepted {
+            device_id: device.device_id,
             lineage_id: lineage.id,
+            batch_id: b.batch_id,
+            batch_time,
+            class: c.class,
             status,
-            classification: c.class.as_str(),
-            materialized_rows: count(usize::try_from(materialized).unwrap_or(0)),
-            staged_rows: count(usize::try_from(staged).unwrap_or(0)),
+            counts: (materialized, staged, 0),
         },
     )
-    .await?;
-    Ok(Outcome::Accepted {
-        lineage_id: lineage.id,
-        batch_id: b.batch_id,
-        class: c.class,
-        materialized,
-        staged,
-        failed: 0,
-    })
+    .await
 }
 
 /// Schema observations (protocol §5) are advisory: record the hash (and its columns) for the
