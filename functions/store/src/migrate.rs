@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "event_forwarding",
         sql: include_str!("../migrations/0005_event_forwarding.sql"),
     },
+    Migration {
+        version: 6,
+        name: "spill_uploads",
+        sql: include_str!("../migrations/0006_spill_uploads.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration advisory lock.
