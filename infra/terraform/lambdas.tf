@@ -19,7 +19,11 @@ locals {
       description = "governance HTTP API (API Gateway HTTP API, JWT authorizer)"
       timeout     = 30
       reserved    = -1
-      env         = var.jwt_secret_arn == "" ? {} : { EDGE_JWT_SECRET_ARN = var.jwt_secret_arn }
+      # one message on the replay queue after an approval starts the replay at once
+      env = merge(
+        { EDGE_REPLAY_QUEUE_URL = aws_sqs_queue.replay.id },
+        var.jwt_secret_arn == "" ? {} : { EDGE_JWT_SECRET_ARN = var.jwt_secret_arn },
+      )
     }
     replay = {
       description = "drains approved replay intents chunk by chunk"
@@ -28,12 +32,14 @@ locals {
       env         = {}
     }
     sweep = {
-      description = "backpressure resume + pending control (re-)publication over IoT data plane"
+      description = "backpressure resume, pending control (re-)publication over IoT data plane, events to EventBridge"
       timeout     = 60
       reserved    = 1
       env = {
         EDGE_CONTROL_TRANSPORT = "iot-data"
         EDGE_IOT_DATA_ENDPOINT = var.iot_data_endpoint
+        EDGE_EVENT_BUS_NAME    = var.event_bus_name
+        EDGE_REPLAY_QUEUE_URL  = aws_sqs_queue.replay.id
       }
     }
   }
@@ -65,14 +71,21 @@ locals {
         Resource = ["${aws_s3_bucket.spill.arn}/*"]
       },
     ]
-    api = var.jwt_secret_arn == "" ? [] : [
+    api = concat([
+      {
+        Sid      = "NudgeReplayQueue"
+        Effect   = "Allow"
+        Action   = ["sqs:SendMessage"]
+        Resource = [aws_sqs_queue.replay.arn]
+      },
+      ], var.jwt_secret_arn == "" ? [] : [
       {
         Sid      = "ReadJwtSecret"
         Effect   = "Allow"
         Action   = ["secretsmanager:GetSecretValue"]
         Resource = [var.jwt_secret_arn]
       },
-    ]
+    ])
     replay = [
       {
         Sid      = "ConsumeReplayQueue"
@@ -93,6 +106,18 @@ locals {
         Effect   = "Allow"
         Action   = ["iot:DescribeEndpoint"]
         Resource = ["*"]
+      },
+      {
+        Sid      = "ForwardEvents"
+        Effect   = "Allow"
+        Action   = ["events:PutEvents"]
+        Resource = ["arn:${data.aws_partition.current.partition}:events:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:event-bus/${var.event_bus_name}"]
+      },
+      {
+        Sid      = "NudgeReplayQueue"
+        Effect   = "Allow"
+        Action   = ["sqs:SendMessage"]
+        Resource = [aws_sqs_queue.replay.arn]
       },
     ]
   }

@@ -61,6 +61,16 @@ variable "spill_retention_days" {
   default     = 14
 }
 
+variable "event_bus_name" {
+  description = "EventBridge bus the sweep Lambda forwards governance events to (source edge-sync, detail-type = event type); \"default\" is the account's bus."
+  type        = string
+  default     = "default"
+  validation {
+    condition     = can(regex("^[A-Za-z0-9._/-]+$", var.event_bus_name))
+    error_message = "event_bus_name must be a bus name (letters, digits, . _ / -), not an ARN."
+  }
+}
+
 variable "alarm_topic_arn" {
   description = "Optional SNS topic notified by the alarms."
   type        = string

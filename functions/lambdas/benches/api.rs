@@ -155,10 +155,7 @@ async fn main() {
         },
     )
     .unwrap();
-    let api = Arc::new(Api {
-        pool: p.clone(),
-        auth: AuthConfig::hs256(secret),
-    });
+    let api = Arc::new(Api::new(p.clone(), AuthConfig::hs256(secret)));
     let base = format!("/core/api/v1/projects/{}/edge", device.project_id);
 
     let start = Instant::now();

@@ -16,8 +16,10 @@ use crate::api::Api;
 use crate::aws::db::{lambda_pool, ThawGuard};
 use crate::aws::{secrets, AwsError};
 use crate::control_publisher::ControlPublisher;
+use crate::events::EventForwarder;
 use crate::replay::{drain, Budget};
-use crate::sweep::sweep_once;
+use crate::replay_trigger::ReplayTrigger;
+use crate::sweep::sweep_once_with;
 use crate::Deps;
 
 /// Left for the last replay chunk's commit and the response before the Lambda is killed.
@@ -54,17 +56,21 @@ pub async fn api(api: &Api, thaw: &ThawGuard, req: Request) -> Response<Body> {
     crate::api::handle(api, req).await
 }
 
-/// `sweep`: an EventBridge schedule tick (the event's content does not matter): resume sweep,
-/// (re-)publication of due controls, governance events forwarded (as log lines for now).
-pub async fn sweep<P: ControlPublisher>(
+/// `sweep`: an EventBridge schedule tick (the event's content does not matter): resume sweep
+/// (nudging `replay` when lineages resumed), (re-)publication of due controls, governance
+/// events handed to `forwarder` (EventBridge in AWS).
+pub async fn sweep<P: ControlPublisher, F: EventForwarder>(
     deps: &Deps,
     thaw: &ThawGuard,
     publisher: &P,
+    forwarder: &F,
+    replay: &ReplayTrigger,
     event: &serde_json::Value,
 ) -> serde_json::Value {
     thaw.before_request(&deps.pool);
     tracing::debug!(id = ?event.get("id"), time = ?event.get("time"), "sweep tick");
-    let r = sweep_once(deps, publisher, time::OffsetDateTime::now_utc()).await;
+    let now = time::OffsetDateTime::now_utc();
+    let r = sweep_once_with(deps, publisher, forwarder, replay, now).await;
     serde_json::json!({
         "resumed": r.resumed, "published": r.published, "forwarded": r.forwarded,
         "errors": r.errors,

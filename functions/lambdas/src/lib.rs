@@ -28,6 +28,7 @@ pub mod ingest;
 pub mod lambda;
 pub mod pki;
 pub mod replay;
+pub mod replay_trigger;
 pub mod runner;
 pub mod sqs;
 pub mod sweep;

@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 
 use crate::control_publisher::{publish_due, ControlPublisher};
 use crate::events::{forward_events, EventForwarder, LogForwarder};
+use crate::replay_trigger::ReplayTrigger;
 use crate::Deps;
 
 /// Lineages considered and controls published per sweep.
@@ -29,21 +30,24 @@ pub struct SweepReport {
 const FORWARD_BATCH: i64 = 500;
 const FORWARD_BATCHES: usize = 20;
 
-/// One sweep at `now`, forwarding events as log lines ([`LogForwarder`]).
+/// One sweep at `now`, forwarding events as log lines ([`LogForwarder`]); resumed lineages'
+/// replays are left to a polling loop (the local runner's).
 pub async fn sweep_once<P: ControlPublisher>(
     deps: &Deps,
     publisher: &P,
     now: OffsetDateTime,
 ) -> SweepReport {
-    sweep_once_with(deps, publisher, &LogForwarder, now).await
+    sweep_once_with(deps, publisher, &LogForwarder, &ReplayTrigger::Polling, now).await
 }
 
-/// One sweep at `now` with the given event forwarder (EventBridge in AWS). Errors are counted
-/// and logged, never fatal: the next sweep retries.
+/// One sweep at `now` with the given event forwarder (EventBridge in AWS) and replay trigger
+/// (the replay queue in AWS, nudged when a resume opened replay work). Errors are counted and
+/// logged, never fatal: the next sweep retries.
 pub async fn sweep_once_with<P: ControlPublisher, F: EventForwarder>(
     deps: &Deps,
     publisher: &P,
     forwarder: &F,
+    replay: &ReplayTrigger,
     now: OffsetDateTime,
 ) -> SweepReport {
     let mut report = SweepReport::default();
@@ -66,6 +70,9 @@ pub async fn sweep_once_with<P: ControlPublisher, F: EventForwarder>(
             report.errors += 1;
             tracing::warn!(error = %e, "resume sweep");
         }
+    }
+    if report.resumed > 0 {
+        replay.nudge("lineages resumed by the sweep").await;
     }
     match publish_due(&deps.pool, publisher, SWEEP_LIMIT).await {
         Ok(n) => report.published = n,

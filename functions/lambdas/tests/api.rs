@@ -42,10 +42,7 @@ fn token(org: Uuid, projects: Vec<Uuid>, manage: bool) -> String {
 
 async fn t() -> T {
     let env = env().await;
-    let api = Api {
-        pool: env.deps.pool.clone(),
-        auth: AuthConfig::hs256(SECRET.to_vec()),
-    };
+    let api = Api::new(env.deps.pool.clone(), AuthConfig::hs256(SECRET.to_vec()));
     let token = token(env.device.org_id, vec![env.device.project_id], true);
     T { env, api, token }
 }

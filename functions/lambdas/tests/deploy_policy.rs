@@ -351,6 +351,74 @@ fn the_sweep_function_may_publish_controls_and_nothing_else() {
     ));
 }
 
+/// A `!Ref X` / `!GetAtt X.Y` as written in the template.
+fn tag(v: &Value) -> Option<(String, String)> {
+    match v {
+        Value::Tagged(t) => Some((
+            t.tag.to_string().trim_start_matches('!').to_owned(),
+            t.value.as_str()?.to_owned(),
+        )),
+        _ => None,
+    }
+}
+
+/// The SAM policy templates (`SQSSendMessagePolicy: {...}`) a function lists, by name.
+fn policy_templates(t: &Value, function: &str) -> Vec<(String, Value)> {
+    one_or_many(&t["Resources"][function]["Properties"]["Policies"])
+        .into_iter()
+        .filter_map(|p| p.as_mapping())
+        .flat_map(|m| m.iter())
+        .filter(|(k, _)| k.as_str() != Some("Statement"))
+        .map(|(k, v)| (k.as_str().unwrap().to_owned(), v.clone()))
+        .collect()
+}
+
+#[test]
+fn only_api_and_sweep_may_nudge_the_replay_queue_and_only_sweep_forwards_events() {
+    let t = template();
+    let replay_queue_name = Some(("GetAtt".to_owned(), "ReplayQueue.QueueName".to_owned()));
+    for f in ["ApiFunction", "SweepFunction"] {
+        let env = &t["Resources"][f]["Properties"]["Environment"]["Variables"];
+        assert_eq!(
+            tag(&env["EDGE_REPLAY_QUEUE_URL"]),
+            Some(("Ref".to_owned(), "ReplayQueue".to_owned())),
+            "{f} is told the replay queue"
+        );
+        let sends: Vec<_> = policy_templates(&t, f)
+            .into_iter()
+            .filter(|(k, _)| k == "SQSSendMessagePolicy")
+            .collect();
+        assert_eq!(sends.len(), 1, "{f}");
+        assert_eq!(tag(&sends[0].1["QueueName"]), replay_queue_name, "{f}");
+    }
+    for f in ["IngestFunction", "ReplayFunction"] {
+        assert!(
+            !policy_templates(&t, f)
+                .iter()
+                .any(|(k, _)| k == "SQSSendMessagePolicy" || k == "EventBridgePutEventsPolicy"),
+            "{f} neither sends to queues nor forwards events"
+        );
+    }
+    let sweep_env = &t["Resources"]["SweepFunction"]["Properties"]["Environment"]["Variables"];
+    assert_eq!(
+        tag(&sweep_env["EDGE_EVENT_BUS_NAME"]),
+        Some(("Ref".to_owned(), "EventBusName".to_owned()))
+    );
+    let put: Vec<_> = policy_templates(&t, "SweepFunction")
+        .into_iter()
+        .filter(|(k, _)| k == "EventBridgePutEventsPolicy")
+        .collect();
+    assert_eq!(put.len(), 1);
+    assert_eq!(
+        tag(&put[0].1["EventBusName"]),
+        Some(("Ref".to_owned(), "EventBusName".to_owned())),
+        "PutEvents on the configured bus only"
+    );
+    assert!(!policy_templates(&t, "ApiFunction")
+        .iter()
+        .any(|(k, _)| k == "EventBridgePutEventsPolicy"));
+}
+
 #[test]
 fn one_topic_rule_per_device_topic_builds_the_ingress_envelope() {
     let t = template();

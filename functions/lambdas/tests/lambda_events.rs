@@ -15,6 +15,8 @@ use edge_functions::api::auth::AuthConfig;
 use edge_functions::api::Api;
 use edge_functions::aws::db::{lambda_pool, ThawGuard, STALE_AFTER};
 use edge_functions::control_publisher::{ControlPublisher, PublishError};
+use edge_functions::events::LogForwarder;
+use edge_functions::replay_trigger::ReplayTrigger;
 use edge_functions::store::controls::issue_lineage_control;
 use edge_functions::store::migrate::migrate;
 use edge_functions::store::registry::{create_device, Device};
@@ -128,10 +130,7 @@ async fn http_api_fixture_returns_the_lineage_envelope() {
     // As the api binary configures it: no key of its own, the authorizer's claims decide.
     let mut auth = AuthConfig::default();
     auth.trust_gateway_claims = true;
-    let api = Api {
-        pool: s.deps.pool.clone(),
-        auth,
-    };
+    let api = Api::new(s.deps.pool.clone(), auth);
     let req: LambdaRequest = serde_json::from_str(API).unwrap();
     let resp = lambda::api(&api, &s.thaw, req.into()).await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -191,7 +190,15 @@ async fn schedule_fixture_runs_the_sweep_and_the_replay_backstop() {
     }
     let event: Value = serde_json::from_str(SCHEDULE).unwrap();
     let publisher = Recorder::default();
-    let report = lambda::sweep(&s.deps, &s.thaw, &publisher, &event).await;
+    let report = lambda::sweep(
+        &s.deps,
+        &s.thaw,
+        &publisher,
+        &LogForwarder,
+        &ReplayTrigger::Polling,
+        &event,
+    )
+    .await;
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(report["published"], 1, "{report}");
     let sent = publisher.0.lock().unwrap().clone();

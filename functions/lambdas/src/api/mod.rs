@@ -33,12 +33,31 @@ use edge_cloud_store::query::{OpError, Scope};
 use edge_cloud_store::review::{store_response, stored_response, StoredResponse};
 
 use crate::api::auth::{AuthConfig, Claims, MANAGE_DEVICES};
+use crate::replay_trigger::ReplayTrigger;
 
 /// Everything the API needs, built once per process.
 #[derive(Debug, Clone)]
 pub struct Api {
     pub pool: deadpool_postgres::Pool,
     pub auth: AuthConfig,
+    /// Started after a mutation that opens replay intents (SQS in AWS, nothing locally).
+    pub replay_trigger: ReplayTrigger,
+}
+
+impl Api {
+    /// An API whose replay intents are picked up by polling (the local runner, tests).
+    pub fn new(pool: deadpool_postgres::Pool, auth: AuthConfig) -> Self {
+        Api {
+            pool,
+            auth,
+            replay_trigger: ReplayTrigger::Polling,
+        }
+    }
+
+    pub fn with_replay_trigger(mut self, trigger: ReplayTrigger) -> Self {
+        self.replay_trigger = trigger;
+        self
+    }
 }
 
 /// The path prefix of every project route.
@@ -307,6 +326,14 @@ async fn mutate(
     req: &Request,
 ) -> Answer {
     let op = routes::mutation(method, segments)?;
+    // These may open replay intents; the worker is nudged once they are committed.
+    let nudge = match &op {
+        routes::Op::Approve(_) => Some("schema review approved"),
+        routes::Op::RegistryApprove(_) => Some("registry review approved"),
+        routes::Op::Consolidate(_) => Some("coalesced mirror consolidated"),
+        routes::Op::ResetMaterialization(_) => Some("materialization reset"),
+        _ => None,
+    };
     if !caller.claims.has(MANAGE_DEVICES) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -353,6 +380,9 @@ async fn mutate(
                 };
             }
             tx.commit().await?;
+            if let Some(reason) = nudge {
+                api.replay_trigger.nudge(reason).await;
+            }
             Result::Ok(ok)
         }
         Err(e) => {

@@ -9,10 +9,14 @@
 //! - [`secrets`] — Secrets Manager / SSM look-ups by ARN, with env fallbacks for local runs
 //! - [`db`] — the Lambda pool: verified recycling, stale connections dropped after a thaw
 //! - [`iot`] — [`iot::IotDataPublisher`] (QoS 1 `Publish`) and [`iot::provision`]
+//! - [`eventbridge`] — [`eventbridge::EventBridgeForwarder`], the sweep's event forwarder
+//! - [`replay_queue`] — [`replay_queue::SqsReplayQueue`], the nudge after an approval
 
 pub mod config;
 pub mod db;
+pub mod eventbridge;
 pub mod iot;
+pub mod replay_queue;
 pub mod secrets;
 
 /// An AWS call (or its configuration) failed.

@@ -4,7 +4,9 @@
 //! `DATABASE_URL`), `EDGE_DB_POOL_SIZE` (default 4); optional HS256 key from
 //! `EDGE_JWT_SECRET_ARN` (locally `EDGE_JWT_SECRET`) and `EDGE_JWT_JWKS` / `EDGE_JWT_JWKS_FILE`
 //! (RS256 JWKS JSON) for requests that did not pass through the gateway's authorizer. The
-//! authorizer's claims are trusted when present.
+//! authorizer's claims are trusted when present. `EDGE_REPLAY_QUEUE_URL`: the replay queue,
+//! sent one message after each approval (or consolidation, reset) so the backlog replays at
+//! once rather than at the next schedule tick.
 
 use std::sync::Arc;
 
@@ -12,8 +14,10 @@ use anyhow::Context as _;
 use edge_functions::api::auth::AuthConfig;
 use edge_functions::api::Api;
 use edge_functions::aws::db::ThawGuard;
+use edge_functions::aws::replay_queue::SqsReplayQueue;
 use edge_functions::aws::secrets;
 use edge_functions::lambda;
+use edge_functions::replay_trigger::ReplayTrigger;
 use lambda_http::{service_fn, Request};
 
 #[tokio::main]
@@ -27,7 +31,18 @@ async fn main() -> anyhow::Result<()> {
     let pool = lambda::pool_from_env(&mut sdk, 4).await?;
     let mut auth = auth_from_env(&mut sdk).await?;
     auth.trust_gateway_claims = true;
-    let state = Arc::new((Api { pool, auth }, ThawGuard::default()));
+    let mut api = Api::new(pool, auth);
+    if let Some(url) = std::env::var("EDGE_REPLAY_QUEUE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    {
+        let sdk = match sdk {
+            Some(s) => s,
+            None => edge_functions::aws::config::load().await,
+        };
+        api = api.with_replay_trigger(ReplayTrigger::Sqs(SqsReplayQueue::new(&sdk, url)));
+    }
+    let state = Arc::new((api, ThawGuard::default()));
     lambda_http::run(service_fn(move |req: Request| {
         let state = Arc::clone(&state);
         async move {

@@ -391,7 +391,7 @@ async fn serve_api(
         .await
         .with_context(|| format!("binding the HTTP API to {addr}"))?;
     tracing::info!(%addr, "HTTP API listening");
-    let api = std::sync::Arc::new(Api { pool, auth });
+    let api = std::sync::Arc::new(Api::new(pool, auth));
     Ok(tokio::spawn(async move {
         if let Err(e) = local::serve(api, listener, std::future::pending()).await {
             tracing::error!(error = %e, "HTTP API stopped");
