@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Builds the four Lambda binaries (ingest, api, replay, sweep) for AWS Lambda arm64
 # (provided.al2023) with cargo-lambda, which cross-links with zig: no Docker, no cross image.
-# Artifacts: $CARGO_TARGET_DIR/lambda/<function>/bootstrap (+ bootstrap.zip with EDGE_LAMBDA_ZIP=1,
-# what infra/terraform's lambda_artifacts_dir expects). Prints each binary's size.
+# Artifacts: $EDGE_LAMBDA_TARGET_DIR/lambda/<function>/bootstrap (+ bootstrap.zip with
+# EDGE_LAMBDA_ZIP=1, what infra/terraform's lambda_artifacts_dir expects). Prints each binary's size.
+#
+# Own target directory (default: the workspace's target dir + "-lambda", e.g.
+# ~/.cache/edge-sync/target-lambda): an aarch64 release build shares no artifacts with the host
+# debug/test builds, and in its own directory it neither waits for nor blocks their cargo lock.
 #
 #   scripts/build-lambdas.sh                 # release, thin LTO (see below)
 #   EDGE_LAMBDA_LTO=fat scripts/build-lambdas.sh   # the workspace release profile as is
@@ -13,7 +17,7 @@
 # measured numbers). Lambda bills by memory and duration, not by package size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edge-sync/target}"
+export CARGO_TARGET_DIR="${EDGE_LAMBDA_TARGET_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/edge-sync/target}-lambda}"
 
 if ! command -v cargo-lambda >/dev/null 2>&1; then
   echo "cargo-lambda not found: run scripts/setup.sh (pip install cargo-lambda)" >&2

@@ -84,7 +84,7 @@ variable "ingest_reserved_concurrency" {
 }
 
 variable "lambda_artifacts_dir" {
-  description = "Where `cargo lambda build --release --arm64 --output-format zip` left <function>/bootstrap.zip (target/lambda under CARGO_TARGET_DIR)."
+  description = "Where `cargo lambda build --release --arm64 --output-format zip` left <function>/bootstrap.zip (scripts/build-lambdas.sh: ~/.cache/edge-sync/target-lambda/lambda)."
   type        = string
 }
 
