@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "spill_uploads",
         sql: include_str!("../migrations/0006_spill_uploads.sql"),
     },
+    Migration {
+        version: 7,
+        name: "dead_letters",
+        sql: include_str!("../migrations/0007_dead_letters.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration advisory lock.
