@@ -306,6 +306,10 @@ impl IngestAck {
 }
 
 /// `url_request` / `finalize` on `sync/ingest/request`.
+///
+/// The object's lines are bare row-batch rows, so the batch header they need in the cloud
+/// (journal epoch, schema hash) travels here when the device knows it. Both are optional
+/// additions to §7: a cloud that gets neither infers them from what the device sent before.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct IngestRequest {
     pub format_version: u32,
@@ -313,6 +317,10 @@ pub struct IngestRequest {
     pub source_table: String,
     pub segment_kind: SegmentKind,
     pub batch_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_epoch: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_hash: Option<String>,
 }
 
 impl IngestRequest {
@@ -328,6 +336,8 @@ impl IngestRequest {
             source_table: source_table.into(),
             segment_kind,
             batch_id,
+            journal_epoch: None,
+            schema_hash: None,
         }
     }
 }

@@ -57,7 +57,12 @@
 //! **Ingest ack** ([`decode_ingest_ack`]): `control_id` not a hyphenated UUID → `malformed_json`.
 //!
 //! **Ingest request** ([`decode_ingest_request`]): `batch_id` → `invalid_batch_id`; then
-//! `request_kind`, `source_table`, `segment_kind` missing/unknown → `malformed_json`.
+//! `request_kind`, `source_table`, `segment_kind` missing/unknown → `malformed_json`; the
+//! optional `journal_epoch` not a UUIDv7 → `malformed_json`, `schema_hash` not 64 lowercase hex
+//! → `invalid_schema_hash`.
+//!
+//! **Spill object line** ([`decode_spill_line`]): not JSON or not a valid row → `invalid_row`
+//! (`invalid_number_encoding` for bad numbers), the message naming the line.
 //!
 //! **Control envelope** ([`decode_control_envelope`], used by the device): steps 1, 2, 4; then
 //! `control_id` / `control_kind` / the kind's required fields (pause & resume: `source_table`,
@@ -739,13 +744,38 @@ pub fn decode_ingest_request(bytes: &[u8]) -> Result<IngestRequest, Rejection> {
     let source_table = source_table(&map)?;
     let segment_kind = segment_kind(map.get("segment_kind"))?
         .ok_or_else(|| malformed("segment_kind is missing"))?;
+    let journal_epoch = match map.get("journal_epoch") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_str()
+                .and_then(parse_uuid_v7)
+                .ok_or_else(|| malformed("journal_epoch is not a hyphenated UUIDv7"))?,
+        ),
+    };
+    let schema_hash = match map.get("schema_hash") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(check_schema_hash(&map)?),
+    };
     Ok(IngestRequest {
         format_version,
         request_kind,
         source_table,
         segment_kind,
         batch_id,
+        journal_epoch,
+        schema_hash,
     })
+}
+
+/// Decodes one line of a spill / snapshot object (spec §7): a row-batch row object, checked
+/// exactly like a row of a batch (`invalid_row`, `invalid_number_encoding`). `line` is 1-based
+/// and names the line in the message. The payload size limit does not apply: a line is in an
+/// object precisely because it is too large for a message.
+pub fn decode_spill_line(line: usize, bytes: &[u8]) -> Result<RowChange, Rejection> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| invalid_row(format!("line {line}: not a JSON row object: {e}")))?;
+    row_change(line.saturating_sub(1), &value)
+        .map_err(|r| Rejection::new(r.code, format!("line {line}: {}", r.message)))
 }
 
 fn segment_kind(v: Option<&Value>) -> Result<Option<SegmentKind>, Rejection> {
@@ -1041,5 +1071,45 @@ mod tests {
             classify_telemetry_sequence(Some(42), Some(id(42)), 41, id(99), false),
             TelemetrySequence::Stale
         );
+    }
+    #[test]
+    fn ingest_request_optional_header_and_spill_lines() {
+        let batch = new_uuid_v7(1_777_366_800_000, [4; 10]);
+        let epoch = new_uuid_v7(1_777_366_000_000, [5; 10]);
+        let base = format!(
+            r#""format_version":1,"request_kind":"finalize","source_table":"t","segment_kind":"payload_spill","batch_id":"{batch}""#
+        );
+        let plain = decode_ingest_request(format!("{{{base}}}").as_bytes()).unwrap();
+        assert_eq!((plain.journal_epoch, plain.schema_hash), (None, None));
+        let hash = "a".repeat(64);
+        let full = decode_ingest_request(
+            format!(r#"{{{base},"journal_epoch":"{epoch}","schema_hash":"{hash}"}}"#).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(full.journal_epoch, Some(epoch));
+        assert_eq!(full.schema_hash.as_deref(), Some(hash.as_str()));
+        let bad_epoch =
+            decode_ingest_request(format!(r#"{{{base},"journal_epoch":"x"}}"#).as_bytes());
+        assert_eq!(bad_epoch.unwrap_err().code, RejectionCode::MalformedJson);
+        let bad_hash =
+            decode_ingest_request(format!(r#"{{{base},"schema_hash":"ABC"}}"#).as_bytes());
+        assert_eq!(bad_hash.unwrap_err().code, RejectionCode::InvalidSchemaHash);
+
+        let row = decode_spill_line(
+            1,
+            br#"{"commit_seq":7,"op":"insert","pk":{"id":1},"row":{"id":1,"v":"x"}}"#,
+        )
+        .unwrap();
+        assert_eq!(row.commit_seq, 7);
+        let not_json = decode_spill_line(3, b"{\"commit_seq\":").unwrap_err();
+        assert_eq!(not_json.code, RejectionCode::InvalidRow);
+        assert!(not_json.message.starts_with("line 3:"), "{}", not_json.message);
+        let delete_with_row = decode_spill_line(
+            2,
+            br#"{"commit_seq":7,"op":"delete","pk":{"id":1},"row":{"id":1}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(delete_with_row.code, RejectionCode::InvalidRow);
+        assert!(delete_with_row.message.starts_with("line 2:"));
     }
 }

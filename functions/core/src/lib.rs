@@ -18,6 +18,8 @@
 //! - [`replay`] — how a replay intent advances chunk by chunk (cloud.md §8)
 //! - [`staged_json`] — the internal encoding of staged values PostgreSQL cannot store (NUL)
 //! - [`coalesce`] — registry scope, shared mirror names, consolidation SQL (cloud.md §9)
+//! - [`spill`] — spill/snapshot uploads: batch header, finalize checks, upload tokens,
+//!   chunk bounds, named outcomes (protocol §7)
 //!
 //! Review transitions (§5), backpressure (§7) and replay planning (§8) arrive with the
 //! governance issue.
@@ -31,6 +33,7 @@ pub mod mirror;
 pub mod naming;
 pub mod replay;
 pub mod review;
+pub mod spill;
 pub mod staged_json;
 pub mod telemetry;
 

@@ -69,8 +69,22 @@ pub enum Outcome {
     ControlAcked { control_id: Uuid, known: bool },
     /// A schema observation was recorded.
     SchemaObserved { lineage_id: Uuid },
-    /// Accepted but not acted on yet (spill requests arrive with the spill issue).
+    /// Accepted but not acted on.
     Ignored { reason: String },
+    /// A `url_request` was answered with a signed `url_grant` control (pending until acked).
+    UploadGranted { batch_id: Uuid, control_id: Uuid },
+    /// A `url_request` got no grant now (the code says why); the device asks again.
+    UploadNotGranted {
+        batch_id: Uuid,
+        code: edge_cloud_core::spill::SpillCode,
+    },
+    /// A `finalize` whose object could not be processed; nothing of it was kept, the outcome
+    /// is recorded on the upload, and a new `url_request` for the batch may try again.
+    SpillFailed {
+        batch_id: Uuid,
+        code: edge_cloud_core::spill::SpillCode,
+        message: String,
+    },
     /// Failed ingress (bad topic, identity mismatch, bad base64): logged and dropped; there
     /// is no registered device to attribute it to.
     Dropped { reason: String },
@@ -92,6 +106,10 @@ pub async fn handle(deps: &Deps, envelope: IngressEnvelope) -> Result<Outcome, H
 
 /// The worker: an admitted payload, in one transaction.
 pub async fn intake(deps: &Deps, admitted: Admitted) -> Result<Outcome, HandlerError> {
+    if admitted.topic.kind == TopicKind::IngestRequest {
+        // Upload requests need the object store and (finalize) their own transactions.
+        return crate::spill::intake_request(deps, &admitted).await;
+    }
     let mut client = deps.pool.get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let outcome = intake_in(&tx, &admitted).await?;
@@ -111,7 +129,7 @@ fn log_outcome(admitted: &Admitted, outcome: &Outcome) {
     }
 }
 
-fn time_from_ms(ms: i64) -> OffsetDateTime {
+pub(crate) fn time_from_ms(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
@@ -132,9 +150,10 @@ async fn intake_in(tx: &Transaction<'_>, a: &Admitted) -> Result<Outcome, Handle
                 known,
             })
         }
+        // `intake` hands these to `spill::intake_request` before opening this transaction.
         Ok(DevicePayload::Request(req)) => Ok(Outcome::Ignored {
             reason: format!(
-                "{} for {:?}: spill uploads are not served yet",
+                "{} for {:?} outside the upload handler",
                 req.request_kind.as_str(),
                 req.source_table
             ),
@@ -143,7 +162,7 @@ async fn intake_in(tx: &Transaction<'_>, a: &Admitted) -> Result<Outcome, Handle
 }
 
 /// Records a rejection in the ledger (once per ledger key) and reports it.
-async fn reject(
+pub(crate) async fn reject(
     tx: &Transaction<'_>,
     a: &Admitted,
     device: Option<&Device>,
@@ -199,11 +218,11 @@ fn ledger_kind(kind: TopicKind) -> &'static str {
     }
 }
 
-fn count(n: usize) -> i32 {
+pub(crate) fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-fn count64(n: usize) -> i64 {
+pub(crate) fn count64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
@@ -315,6 +334,68 @@ async fn intake_rows(
             batch_id: b.batch_id,
         });
     }
+    let p = rows_into_lineage(tx, device, &b, batch_time).await?;
+    accept_processed(tx, device.device_id, b.batch_id, batch_time, &p).await
+}
+
+/// What the rows of one batch (or one chunk of a spill object) came to.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Processed {
+    pub(crate) lineage_id: Option<Uuid>,
+    pub(crate) class: Option<SchemaClass>,
+    /// Some rows were staged (the batch's ledger status is then `staged`).
+    pub(crate) staged_any: bool,
+    /// (materialized, staged, failed) rows.
+    pub(crate) counts: (i64, i64, i64),
+}
+
+impl Processed {
+    /// Adds a later chunk of the same spill object.
+    pub(crate) fn merge(&mut self, other: Processed) {
+        self.lineage_id = other.lineage_id.or(self.lineage_id);
+        self.class = other.class.or(self.class);
+        self.staged_any |= other.staged_any;
+        self.counts.0 += other.counts.0;
+        self.counts.1 += other.counts.1;
+        self.counts.2 += other.counts.2;
+    }
+}
+
+/// The common end of a processed row batch or spill: [`accept`] with its totals.
+pub(crate) async fn accept_processed(
+    tx: &Transaction<'_>,
+    device_id: Uuid,
+    batch_id: Uuid,
+    batch_time: OffsetDateTime,
+    p: &Processed,
+) -> Result<Outcome, HandlerError> {
+    let (Some(lineage_id), Some(class)) = (p.lineage_id, p.class) else {
+        return Err(StoreError::Corrupt(format!("batch {batch_id} accepted without rows")).into());
+    };
+    accept(
+        tx,
+        &Accepted {
+            device_id,
+            lineage_id,
+            batch_id,
+            batch_time,
+            class,
+            status: if p.staged_any { "staged" } else { "materialized" },
+            counts: p.counts,
+        },
+    )
+    .await
+}
+
+/// Row intake after the ledger (cloud.md §2 steps 3–5): lineage, classification, then
+/// materialization or staging, and the watermark. Shared by row batches and the chunks of a
+/// spill object (protocol §7), which are processed exactly like batches.
+pub(crate) async fn rows_into_lineage(
+    tx: &Transaction<'_>,
+    device: &Device,
+    b: &RowBatch,
+    batch_time: OffsetDateTime,
+) -> Result<Processed, HandlerError> {
     let mut lineage = upsert_lineage(
         tx,
         Uuid::now_v7(),
@@ -382,7 +463,7 @@ async fn intake_rows(
                         .filter_map(|f| {
                             b.rows
                                 .get(f.index)
-                                .map(|r| staged_row(&b, r, Some(f.error.clone())))
+                                .map(|r| staged_row(b, r, Some(f.error.clone())))
                         })
                         .collect();
                     let (n, _) =
@@ -403,32 +484,25 @@ async fn intake_rows(
             if !binds.mapped.is_empty() {
                 // Row tables without a ts_column use the batch's UUIDv7 time: the device's
                 // send time, and deterministic under redelivery (the ingest time is not).
-                let values = mapped_values(&b, &binds.mapped, batch_time);
+                let values = mapped_values(b, &binds.mapped, batch_time);
                 insert_telemetry_values(tx, device.device_id, b.batch_id, &values).await?;
             }
             "materialized"
         }
         Err(reason) => {
-            let rows: Vec<StagedRow> = b.rows.iter().map(|r| staged_row(&b, r, None)).collect();
+            let rows: Vec<StagedRow> = b.rows.iter().map(|r| staged_row(b, r, None)).collect();
             let (n, _) = stage_rows(tx, target(reason), &rows).await?;
             staged = n;
             "staged"
         }
     };
     advance_watermark(tx, lineage.id, b.journal_epoch, b.last_commit_seq).await?;
-    accept(
-        tx,
-        &Accepted {
-            device_id: device.device_id,
-            lineage_id: lineage.id,
-            batch_id: b.batch_id,
-            batch_time,
-            class: c.class,
-            status,
-            counts: (materialized, staged, failed),
-        },
-    )
-    .await
+    Ok(Processed {
+        lineage_id: Some(lineage.id),
+        class: Some(c.class),
+        staged_any: status == "staged",
+        counts: (materialized, staged, failed),
+    })
 }
 
 /// What an accepted row or telemetry batch came to.

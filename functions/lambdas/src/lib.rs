@@ -10,6 +10,8 @@
 //! - [`aws`] — SDK config (rustls + ring), secrets by ARN, the Lambda pool, IoT publish/provision
 //! - [`lambda`] — what each Lambda does with one event (the bins and the fixture tests call it)
 //! - [`ingest`] — ingress + intake + materialization of one envelope ([`ingest::handle`])
+//! - [`spill`] — spill/snapshot uploads (protocol §7): grants, the object store (S3 or a local
+//!   directory behind the runner's HTTP PUT), finalize through the row intake
 //! - [`sqs`] — an SQS batch of envelopes → partial batch failures (the `ingest` Lambda)
 //! - [`pki`] — the local stack's certificate authority (mosquitto stands in for IoT Core)
 //! - [`replay`] — the replay worker: drains open replay intents chunk by chunk (cloud.md §8)
@@ -30,6 +32,7 @@ pub mod pki;
 pub mod replay;
 pub mod replay_trigger;
 pub mod runner;
+pub mod spill;
 pub mod sqs;
 pub mod sweep;
 
@@ -39,11 +42,23 @@ pub use edge_cloud_store as store;
 #[derive(Debug, Clone)]
 pub struct Deps {
     pub pool: deadpool_postgres::Pool,
+    /// Where spill/snapshot objects are uploaded (protocol §7); without one, `url_request`s
+    /// get no grant (`spill_not_configured`).
+    pub objects: Option<std::sync::Arc<spill::Objects>>,
 }
 
 impl Deps {
     pub fn new(pool: deadpool_postgres::Pool) -> Self {
-        Deps { pool }
+        Deps {
+            pool,
+            objects: None,
+        }
+    }
+
+    /// The same, with an object store for spill uploads.
+    pub fn with_objects(mut self, objects: spill::Objects) -> Self {
+        self.objects = Some(std::sync::Arc::new(objects));
+        self
     }
 }
 
@@ -52,6 +67,8 @@ impl Deps {
 pub enum HandlerError {
     #[error(transparent)]
     Store(#[from] edge_cloud_store::StoreError),
+    #[error(transparent)]
+    Object(spill::ObjectError),
 }
 
 impl HandlerError {
@@ -63,6 +80,8 @@ impl HandlerError {
     pub fn is_retryable(&self) -> bool {
         match self {
             HandlerError::Store(e) => e.is_transient(),
+            // The object store was unreachable mid-request: the same envelope can succeed.
+            HandlerError::Object(e) => e.is_retryable(),
         }
     }
 }

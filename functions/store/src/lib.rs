@@ -16,6 +16,7 @@
 //! - [`backpressure`] — caps, circuit breaker, resume and reset-materialization (cloud.md §7)
 //! - [`replay`] — the replay worker's chunked, resumable drain of staged rows (cloud.md §8)
 //! - [`sweep`] — the scheduled resume sweep
+//! - [`spill`] — spill/snapshot uploads (`edge_spill_uploads`) and their `url_grant` controls
 //! - [`forwarding`] — the event forwarding cursor (cloud.md §11)
 //! - [`coalesce`] — registry coalescing: registry reviews, shared mirrors, consolidation (§9)
 //! - [`query`] — the HTTP API's scoped reads (lineages, staged/mirror rows, reviews, events)
@@ -41,6 +42,7 @@ pub mod query;
 pub mod registry;
 pub mod replay;
 pub mod review;
+pub mod spill;
 pub mod staging;
 pub mod sweep;
 

@@ -7,10 +7,12 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use edge_functions::api::auth::{mint, AuthConfig, Claims};
-use edge_functions::api::{local, Api};
+use edge_functions::api::Api;
 use edge_functions::aws::iot::{provision, ProvisionRequest};
 use edge_functions::pki::LocalCa;
 use edge_functions::runner::{run, MqttSettings};
+use edge_functions::spill::local::{self as spill_http, LocalObjects};
+use edge_functions::spill::Objects;
 use edge_functions::store::registry::{create_device, Device};
 use edge_functions::store::{migrate::migrate, pool};
 use edge_functions::Deps;
@@ -71,6 +73,18 @@ enum Command {
         /// RS256 JWKS (JSON file) the API verifies Bearer tokens with.
         #[arg(long, env = "EDGE_JWT_JWKS_FILE")]
         jwt_jwks_file: Option<std::path::PathBuf>,
+        /// Directory of uploaded spill/snapshot objects (protocol §7).
+        #[arg(long, env = "EDGE_SPILL_DIR", default_value = "edge-spill")]
+        spill_dir: std::path::PathBuf,
+        /// Base URL devices reach the HTTP listener at, for upload URLs (default
+        /// `http://<--http>`).
+        #[arg(long, env = "EDGE_SPILL_URL")]
+        spill_url: Option<String>,
+        /// Key of the upload URL signatures; random per start when unset (URLs granted before
+        /// a restart then get 403 and the device asks again). Set it when several runners
+        /// share the directory.
+        #[arg(long, env = "EDGE_SPILL_SECRET", hide_env_values = true)]
+        spill_secret: Option<String>,
     },
     /// Print a signed development token for the HTTP API (HS256 with EDGE_JWT_SECRET).
     Token {
@@ -321,13 +335,29 @@ async fn main() -> anyhow::Result<()> {
             http,
             jwt_secret,
             jwt_jwks_file,
+            spill_dir,
+            spill_url,
+            spill_secret,
         } => {
             let p = pool::connect(&database_url, pool_size)?;
             {
                 let mut c = p.get().await.context("connecting to the database")?;
                 migrate(&mut c).await?;
             }
-            let api_task = serve_api(p.clone(), http, jwt_secret, jwt_jwks_file).await?;
+            std::fs::create_dir_all(&spill_dir).with_context(|| {
+                format!("creating the spill directory {}", spill_dir.display())
+            })?;
+            let secret = match spill_secret {
+                Some(s) if !s.is_empty() => s.into_bytes(),
+                _ => new_control_key(),
+            };
+            let objects = LocalObjects::new(
+                spill_dir,
+                &spill_url.unwrap_or_else(|| format!("http://{http}")),
+                secret,
+            );
+            let deps = Deps::new(p.clone()).with_objects(Objects::Local(objects.clone()));
+            let api_task = serve_api(p, objects, http, jwt_secret, jwt_jwks_file).await?;
             let settings = MqttSettings {
                 url: mqtt_url,
                 ca,
@@ -339,7 +369,7 @@ async fn main() -> anyhow::Result<()> {
                 let _ = tokio::signal::ctrl_c().await;
                 tracing::info!("shutting down");
             };
-            let result = run(Deps::new(p), settings, shutdown).await;
+            let result = run(deps, settings, shutdown).await;
             api_task.abort();
             result?;
         }
@@ -369,9 +399,11 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the HTTP API on `addr` (cloud.md §12: the runner serves it on localhost).
+/// Starts the HTTP API on `addr` (cloud.md §12: the runner serves it on localhost), with the
+/// spill upload endpoint (`PUT /spill/...`, protocol §7) on the same listener.
 async fn serve_api(
     pool: deadpool_postgres::Pool,
+    objects: LocalObjects,
     addr: std::net::SocketAddr,
     secret: Option<String>,
     jwks: Option<std::path::PathBuf>,
@@ -393,7 +425,9 @@ async fn serve_api(
     tracing::info!(%addr, "HTTP API listening");
     let api = std::sync::Arc::new(Api::new(pool, auth));
     Ok(tokio::spawn(async move {
-        if let Err(e) = local::serve(api, listener, std::future::pending()).await {
+        let objects = std::sync::Arc::new(objects);
+        if let Err(e) = spill_http::serve(objects, Some(api), listener, std::future::pending()).await
+        {
             tracing::error!(error = %e, "HTTP API stopped");
         }
     }))

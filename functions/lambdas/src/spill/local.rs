@@ -1,0 +1,265 @@
+//! The local object store: a directory, written through the runner's HTTP PUT endpoint.
+//!
+//! It behaves like an S3 presigned URL so the agent cannot tell the difference: the URL
+//! `{base}/{key}?expires={unix}&signature={hex}` carries an HMAC over (key, expiry) keyed by
+//! the runner's secret; a forged or expired URL gets 403, a body over 1 GiB 413 (refused from
+//! `Content-Length` before reading when the client sends it, otherwise as soon as the limit is
+//! crossed). The body streams to a temporary file that is renamed into place only when
+//! complete, so a reader never sees half an object and a repeated PUT replaces it atomically.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use edge_cloud_core::spill::{is_object_key, sign_upload, verify_upload, MAX_OBJECT_BYTES};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, StatusCode};
+use hyper_util::rt::TokioIo;
+use time::OffsetDateTime;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpListener;
+
+use super::{ObjectError, ObjectReader, ObjectStore};
+use crate::api::Api;
+
+/// Objects in `dir`, uploaded through URLs under `base_url`, signed with `secret`.
+#[derive(Clone)]
+pub struct LocalObjects {
+    dir: PathBuf,
+    base_url: String,
+    secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for LocalObjects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalObjects")
+            .field("dir", &self.dir)
+            .field("base_url", &self.base_url)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl LocalObjects {
+    /// `base_url` is how devices reach the runner's HTTP listener (e.g. `http://10.0.0.5:8080`).
+    pub fn new(dir: impl Into<PathBuf>, base_url: &str, secret: Vec<u8>) -> Self {
+        LocalObjects {
+            dir: dir.into(),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            secret,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path_of(&self, key: &str) -> PathBuf {
+        self.dir.join(key)
+    }
+
+    /// The signed URL of `key` valid until `expires_unix` (what a grant carries).
+    pub fn url(&self, key: &str, expires_unix: i64) -> String {
+        format!(
+            "{}/{key}?expires={expires_unix}&signature={}",
+            self.base_url,
+            sign_upload(&self.secret, key, expires_unix)
+        )
+    }
+}
+
+impl ObjectStore for LocalObjects {
+    async fn presign_put(
+        &self,
+        key: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<String, ObjectError> {
+        Ok(self.url(key, expires_at.unix_timestamp()))
+    }
+
+    async fn open(&self, key: &str) -> Result<Option<ObjectReader>, ObjectError> {
+        if !is_object_key(key) {
+            return Ok(None);
+        }
+        match std::fs::File::open(self.path_of(key)) {
+            Ok(f) => {
+                let size = f.metadata().ok().map(|m| m.len());
+                Ok(Some(ObjectReader {
+                    size,
+                    body: Box::new(f),
+                }))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ObjectError::Unavailable(format!("{key}: {e}"))),
+        }
+    }
+}
+
+fn reply(status: StatusCode, message: &str) -> hyper::Response<Full<Bytes>> {
+    let mut r = hyper::Response::new(Full::new(Bytes::from(format!("{message}\n"))));
+    *r.status_mut() = status;
+    r
+}
+
+/// Whether a request is for the upload endpoint (everything under `/spill/`).
+pub fn is_upload_path(path: &str) -> bool {
+    path.starts_with("/spill/")
+}
+
+/// Answers one request under `/spill/`: a PUT with a valid token stores the object.
+pub async fn serve_upload(
+    objects: &LocalObjects,
+    req: hyper::Request<Incoming>,
+    now_unix: i64,
+) -> hyper::Response<Full<Bytes>> {
+    if req.method() != Method::PUT {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "upload URLs take PUT only");
+    }
+    let key = req.uri().path().trim_start_matches('/').to_owned();
+    if !is_object_key(&key) {
+        return reply(StatusCode::NOT_FOUND, "no such upload");
+    }
+    let query: Vec<(String, String)> =
+        serde_urlencoded::from_str(req.uri().query().unwrap_or("")).unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let (Some(expires), Some(signature)) = (
+        param("expires").and_then(|e| e.parse::<i64>().ok()),
+        param("signature"),
+    ) else {
+        return reply(StatusCode::FORBIDDEN, "upload URL is not signed");
+    };
+    if let Err(e) = verify_upload(&objects.secret, &key, expires, signature, now_unix) {
+        tracing::warn!(%key, error = %e, "upload refused");
+        return reply(StatusCode::FORBIDDEN, &e.to_string());
+    }
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_OBJECT_BYTES) {
+        return reply(StatusCode::PAYLOAD_TOO_LARGE, "object over 1 GiB");
+    }
+    match store(objects, &key, req.into_body()).await {
+        Ok(bytes) => {
+            tracing::info!(%key, bytes, "spill object stored");
+            reply(StatusCode::OK, "stored")
+        }
+        Err(StoreFailure::TooLarge) => reply(StatusCode::PAYLOAD_TOO_LARGE, "object over 1 GiB"),
+        Err(StoreFailure::Body(e)) => reply(StatusCode::BAD_REQUEST, &format!("body: {e}")),
+        Err(StoreFailure::Io(e)) => {
+            tracing::error!(%key, error = %e, "spill object could not be written");
+            reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "object could not be written",
+            )
+        }
+    }
+}
+
+enum StoreFailure {
+    TooLarge,
+    Body(String),
+    Io(std::io::Error),
+}
+
+/// Streams `body` to a temporary file beside the object, then renames it into place.
+async fn store(objects: &LocalObjects, key: &str, mut body: Incoming) -> Result<u64, StoreFailure> {
+    let path = objects.path_of(key);
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(StoreFailure::Io)?;
+    }
+    let tmp = path.with_extension(format!("part-{}", uuid::Uuid::now_v7().simple()));
+    let result = async {
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(StoreFailure::Io)?;
+        let mut written = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| StoreFailure::Body(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                written += data.len() as u64;
+                if written > MAX_OBJECT_BYTES {
+                    return Err(StoreFailure::TooLarge);
+                }
+                file.write_all(&data).await.map_err(StoreFailure::Io)?;
+            }
+        }
+        file.sync_all().await.map_err(StoreFailure::Io)?;
+        Ok(written)
+    }
+    .await;
+    match result {
+        Ok(written) => {
+            tokio::fs::rename(&tmp, &path)
+                .await
+                .map_err(StoreFailure::Io)?;
+            Ok(written)
+        }
+        Err(e) => {
+            // Best effort: a leftover part file is never read (not an object key).
+            let _ = tokio::fs::remove_file(&tmp).await;
+            Err(e)
+        }
+    }
+}
+
+fn now_unix() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Serves the upload endpoint, and the HTTP API beside it when `api` is given (the runner's
+/// one listener), until `shutdown` resolves. Each connection is served on its own task.
+pub async fn serve(
+    objects: Arc<LocalObjects>,
+    api: Option<Arc<Api>>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "http accept failed");
+                        continue;
+                    }
+                };
+                let (objects, api) = (objects.clone(), api.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                        let (objects, api) = (objects.clone(), api.clone());
+                        async move {
+                            if is_upload_path(req.uri().path()) {
+                                return Ok(serve_upload(&objects, req, now_unix()).await);
+                            }
+                            match api {
+                                Some(api) => crate::api::local::serve_one(&api, req).await,
+                                None => Ok(reply(StatusCode::NOT_FOUND, "not found")),
+                            }
+                        }
+                    });
+                    if let Err(e) = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "http connection ended");
+                    }
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The S3 object store: presigned PUT URLs for the device, GetObject for the finalize.
+//!
+//! Presigning is local SigV4 signing with the Lambda role's credentials, so the role needs
+//! `s3:PutObject` on the bucket's `spill/*` keys for the URL to work, and `s3:GetObject` to
+//! read the object back. The body streams from S3 into the blocking decoder through a channel
+//! of a few chunks: the object is never held whole in memory.
+
+use std::io::Read;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use aws_sdk_s3::presigning::PresigningConfig;
+use hyper::body::Bytes;
+use time::OffsetDateTime;
+
+use super::{ObjectError, ObjectReader, ObjectStore, SourceFailure};
+use crate::aws::AwsError;
+
+/// Env var naming the bucket of spill/snapshot objects.
+pub const BUCKET_ENV: &str = "EDGE_SPILL_BUCKET";
+
+/// Objects in one S3 bucket.
+#[derive(Debug, Clone)]
+pub struct S3Objects {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Objects {
+    pub fn new(sdk: &SdkConfig, bucket: impl Into<String>) -> Self {
+        S3Objects {
+            client: aws_sdk_s3::Client::new(sdk),
+            bucket: bucket.into(),
+        }
+    }
+
+    /// The store named by `EDGE_SPILL_BUCKET`, if set (the SDK config is loaded on first use).
+    pub async fn from_env(sdk: &mut Option<SdkConfig>) -> Option<S3Objects> {
+        let bucket = std::env::var(BUCKET_ENV)
+            .ok()
+            .filter(|b| !b.trim().is_empty())?;
+        if sdk.is_none() {
+            *sdk = Some(crate::aws::config::load().await);
+        }
+        sdk.as_ref().map(|c| S3Objects::new(c, bucket.trim()))
+    }
+}
+
+fn unavailable(op: &'static str, e: impl std::error::Error) -> ObjectError {
+    ObjectError::Unavailable(AwsError::service(op, e).to_string())
+}
+
+impl ObjectStore for S3Objects {
+    async fn presign_put(
+        &self,
+        key: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<String, ObjectError> {
+        let secs = (expires_at - OffsetDateTime::now_utc())
+            .whole_seconds()
+            .max(1);
+        let config = PresigningConfig::expires_in(Duration::from_secs(secs.unsigned_abs()))
+            .map_err(|e| ObjectError::Config(format!("presigning: {e}")))?;
+        let req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| unavailable("s3:PutObject (presign)", e))?;
+        Ok(req.uri().to_owned())
+    }
+
+    async fn open(&self, key: &str) -> Result<Option<ObjectReader>, ObjectError> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                    return Ok(None);
+                }
+                return Err(unavailable("s3:GetObject", e));
+            }
+        };
+        let size = out.content_length().and_then(|n| u64::try_from(n).ok());
+        let mut body = out.body;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(4);
+        tokio::spawn(async move {
+            loop {
+                let next = body.next().await;
+                let item = match next {
+                    None => return,
+                    Some(Ok(bytes)) => Ok(bytes),
+                    Some(Err(e)) => Err(e.to_string()),
+                };
+                let failed = item.is_err();
+                // The reader was dropped (the finalize gave up): stop reading.
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Some(ObjectReader {
+            size,
+            body: Box::new(ChannelReader {
+                rx,
+                current: Bytes::new(),
+            }),
+        }))
+    }
+}
+
+/// A blocking [`Read`] over chunks arriving on a channel (used on the blocking pool only).
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(std::io::Error::other(SourceFailure(e))),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.split_off(n);
+        Ok(n)
+    }
+}
