@@ -11,6 +11,8 @@ use edge_agent::daemon::Daemon;
 use edge_agent::settings::Settings;
 use edge_e2e::{Broker, Pki, TestDatabase};
 use edge_functions::runner::{run, MqttSettings};
+use edge_functions::spill::local::{self as spill_http, LocalObjects};
+use edge_functions::spill::Objects;
 use edge_functions::store::registry::{create_device, Device};
 use edge_functions::store::{approve::approve_all_columns, migrate::migrate, pool};
 use edge_functions::Deps;
@@ -217,6 +219,8 @@ pub struct Stack {
     pub app: rusqlite::Connection,
     runner: Option<Running<edge_functions::runner::RunnerError>>,
     agent: Option<Running<edge_agent::daemon::DaemonError>>,
+    /// The runner's upload endpoint (protocol §7) when started with [`Stack::start_with_spill`].
+    spill: Option<(tempfile::TempDir, JoinHandle<std::io::Result<()>>)>,
 }
 
 impl Stack {
@@ -224,6 +228,16 @@ impl Stack {
     /// creates source.db with `schema_sql`; the agent is started by [`Stack::start_agent`] so a
     /// test can prepare rows first.
     pub async fn start(schema_sql: &str) -> Stack {
+        Self::start_inner(schema_sql, false).await
+    }
+
+    /// [`Stack::start`] plus what `edge-cloud run --http` adds for spill uploads: the local
+    /// object store in a temporary directory and its HTTP PUT endpoint on a free port.
+    pub async fn start_with_spill(schema_sql: &str) -> Stack {
+        Self::start_inner(schema_sql, true).await
+    }
+
+    async fn start_inner(schema_sql: &str, with_spill: bool) -> Stack {
         let db = TestDatabase::create_async().await;
         let pki = Pki::generate();
         let broker = Broker::start(&pki);
@@ -242,7 +256,22 @@ impl Stack {
         assert!(create_device(&**pool.get().await.unwrap(), &device)
             .await
             .unwrap());
-        let deps = Deps::new(pool);
+        let mut deps = Deps::new(pool);
+        let mut spill = None;
+        if with_spill {
+            let dir = tempfile::tempdir().unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let objects = LocalObjects::new(dir.path(), &base, b"e2e-spill-secret".to_vec());
+            deps = deps.with_objects(Objects::Local(objects.clone()));
+            let server = tokio::spawn(spill_http::serve(
+                std::sync::Arc::new(objects),
+                None,
+                listener,
+                std::future::pending(),
+            ));
+            spill = Some((dir, server));
+        }
         let service = pki.service();
         let (stop_runner, runner_stopped) = oneshot::channel::<()>();
         let runner = tokio::spawn(run(
@@ -274,19 +303,28 @@ impl Stack {
             app,
             runner: Some((stop_runner, runner)),
             agent: None,
+            spill,
         }
     }
 
     /// Starts the agent in-process with [`agent_config`] plus `extra_replication` TOML lines in
     /// the `[sqlite-replication]` section; empty means [`DEFAULT_REPLICATION`].
     pub fn start_agent(&mut self, extra_replication: &str) {
+        self.start_agent_edited(extra_replication, |config| config);
+    }
+
+    /// [`Stack::start_agent`] with the generated configuration passed through `edit` first
+    /// (e.g. a smaller `max_payload_bytes`).
+    pub fn start_agent_edited(&mut self, extra_replication: &str, edit: impl Fn(String) -> String) {
         let extra_replication = if extra_replication.is_empty() {
             DEFAULT_REPLICATION
         } else {
             extra_replication
         };
-        let config = agent_config(self.dir.path(), &self.broker, &self.pki)
-            .replace("[security]", &format!("{extra_replication}\n[security]"));
+        let config = edit(
+            agent_config(self.dir.path(), &self.broker, &self.pki)
+                .replace("[security]", &format!("{extra_replication}\n[security]")),
+        );
         let env = BTreeMap::from([("OMEGA_AUTH_TOKEN".to_string(), CONTROL_KEY.to_string())]);
         let settings =
             Settings::from_parts(&config, &self.dir.path().join("agent.toml"), &env).unwrap();
@@ -435,6 +473,9 @@ impl Stack {
         if let Some((stop, handle)) = self.runner.take() {
             stop.send(()).unwrap();
             handle.await.unwrap().unwrap();
+        }
+        if let Some((_, server)) = self.spill.take() {
+            server.abort();
         }
     }
 }
