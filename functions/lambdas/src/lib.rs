@@ -25,6 +25,7 @@
 pub mod api;
 pub mod aws;
 pub mod control_publisher;
+pub mod dead_letter;
 pub mod events;
 pub mod ingest;
 pub mod lambda;

@@ -18,10 +18,12 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use edge_cloud_core::ingress::IngressEnvelope;
+use edge_cloud_store::dead_letters::NewDeadLetter;
 use edge_protocol::topic::{parse_topic, TopicKind};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
 use crate::control_publisher::MqttPublisher;
+use crate::dead_letter;
 use crate::ingest::handle;
 use crate::Deps;
 
@@ -186,7 +188,24 @@ pub async fn run(
                             tokio::time::sleep(Duration::from_millis(200 << attempt.min(6))).await;
                         }
                         Err(e) => {
-                            tracing::error!(topic = %p.topic, error = %e, "giving up on message");
+                            // Parked rather than dropped: the broker already has our ack.
+                            let body = serde_json::to_string(&env).unwrap_or_default();
+                            let error = format!(
+                                "handler (attempt {}): {}",
+                                attempt + 1,
+                                dead_letter::describe(&e)
+                            );
+                            let letter = NewDeadLetter {
+                                transport: dead_letter::MQTT,
+                                message_id: None,
+                                topic: Some(&p.topic),
+                                body: &body,
+                                error: &error,
+                            };
+                            if let Err(pe) = dead_letter::park(&deps, &letter).await {
+                                tracing::error!(topic = %p.topic, error = %e, park_error = %pe,
+                                    "giving up on message; the dead letter could not be written");
+                            }
                             break;
                         }
                     }

@@ -31,6 +31,7 @@ pub mod approve;
 pub mod backpressure;
 pub mod coalesce;
 pub mod controls;
+pub mod dead_letters;
 pub mod error;
 pub mod forwarding;
 pub mod ledger;

@@ -86,6 +86,11 @@ enum Command {
         #[arg(long, env = "EDGE_SPILL_SECRET", hide_env_values = true)]
         spill_secret: Option<String>,
     },
+    /// Ingress messages whose handling failed permanently, parked instead of dropped.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
     /// Print a signed development token for the HTTP API (HS256 with EDGE_JWT_SECRET).
     Token {
         #[arg(long)]
@@ -156,6 +161,30 @@ fn new_control_key() -> Vec<u8> {
     let mut random = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut random);
     hex::encode(random).into_bytes()
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadLettersCommand {
+    /// List parked messages (open ones unless --all), oldest first.
+    List {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Include resolved dead letters.
+        #[arg(long)]
+        all: bool,
+        /// One JSON object per line, bodies included.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Feed parked messages through the ingest handler again (after fixing the cause);
+    /// duplicates are harmless. Exits non-zero when any retry failed again.
+    Retry {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Only this dead letter (default: every open one).
+        #[arg(long)]
+        id: Option<i64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -344,9 +373,8 @@ async fn main() -> anyhow::Result<()> {
                 let mut c = p.get().await.context("connecting to the database")?;
                 migrate(&mut c).await?;
             }
-            std::fs::create_dir_all(&spill_dir).with_context(|| {
-                format!("creating the spill directory {}", spill_dir.display())
-            })?;
+            std::fs::create_dir_all(&spill_dir)
+                .with_context(|| format!("creating the spill directory {}", spill_dir.display()))?;
             let secret = match spill_secret {
                 Some(s) if !s.is_empty() => s.into_bytes(),
                 _ => new_control_key(),
@@ -373,6 +401,7 @@ async fn main() -> anyhow::Result<()> {
             api_task.abort();
             result?;
         }
+        Command::DeadLetters { command } => dead_letters_command(command).await?,
         Command::Token {
             org,
             project,
@@ -426,11 +455,84 @@ async fn serve_api(
     let api = std::sync::Arc::new(Api::new(pool, auth));
     Ok(tokio::spawn(async move {
         let objects = std::sync::Arc::new(objects);
-        if let Err(e) = spill_http::serve(objects, Some(api), listener, std::future::pending()).await
+        if let Err(e) =
+            spill_http::serve(objects, Some(api), listener, std::future::pending()).await
         {
             tracing::error!(error = %e, "HTTP API stopped");
         }
     }))
+}
+
+async fn dead_letters_command(command: DeadLettersCommand) -> anyhow::Result<()> {
+    use edge_functions::dead_letter::{retry, retry_open, RetryOutcome};
+    use edge_functions::store::dead_letters::list;
+    match command {
+        DeadLettersCommand::List {
+            database_url,
+            all,
+            json,
+        } => {
+            let p = pool::connect(&database_url, 1)?;
+            let c = p.get().await.context("connecting to the database")?;
+            let mut after = 0;
+            let mut shown = 0;
+            loop {
+                let page = list(&**c, all, after, 500).await?;
+                let Some(last) = page.last() else { break };
+                after = last.id;
+                for d in &page {
+                    shown += 1;
+                    if json {
+                        println!("{}", serde_json::to_string(d)?);
+                    } else {
+                        println!(
+                            "{:>6}  {}  {:<4}  {}  attempts={}  {}{}",
+                            d.id,
+                            d.created_at,
+                            d.transport,
+                            d.topic.as_deref().unwrap_or("-"),
+                            d.attempts,
+                            d.error,
+                            d.resolution
+                                .as_deref()
+                                .map(|r| format!("  [resolved: {r}]"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            if !json {
+                eprintln!("{shown} dead letter(s)");
+            }
+        }
+        DeadLettersCommand::Retry { database_url, id } => {
+            let deps = Deps::new(pool::connect(&database_url, 2)?);
+            let outcomes = match id {
+                Some(id) => vec![(id, retry(&deps, id).await?)],
+                None => retry_open(&deps).await?,
+            };
+            let mut failed = 0;
+            for (id, outcome) in &outcomes {
+                match outcome {
+                    RetryOutcome::Resolved(o) => println!("{id}: resolved ({o})"),
+                    RetryOutcome::Failed(e) => {
+                        failed += 1;
+                        println!("{id}: failed again: {e}");
+                    }
+                    RetryOutcome::AlreadyResolved => println!("{id}: already resolved"),
+                    RetryOutcome::NotFound => {
+                        failed += 1;
+                        println!("{id}: no such dead letter");
+                    }
+                }
+            }
+            eprintln!("{} retried, {failed} failed", outcomes.len());
+            if failed > 0 {
+                anyhow::bail!("{failed} dead letter(s) still failing");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `90s`, `30m`, `1h`, `7d` → seconds.
