@@ -65,10 +65,21 @@ locals {
         Resource = [aws_sqs_queue.ingest.arn]
       },
       {
+        # PutObject: the presigned URLs handed to devices are signed with this role, so the
+        # role must be allowed the PUT itself; GetObject: finalize reads the object back.
         Sid      = "SpillObjects"
         Effect   = "Allow"
-        Action   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
-        Resource = ["${aws_s3_bucket.spill.arn}/*"]
+        Action   = ["s3:GetObject", "s3:PutObject"]
+        Resource = ["${aws_s3_bucket.spill.arn}/spill/*"]
+      },
+      {
+        # Without ListBucket a missing object reads as 403 (retried) instead of 404
+        # (spill_object_missing, recorded).
+        Sid       = "SpillObjectsExist"
+        Effect    = "Allow"
+        Action    = ["s3:ListBucket"]
+        Resource  = [aws_s3_bucket.spill.arn]
+        Condition = { StringLike = { "s3:prefix" = ["spill/*"] } }
       },
     ]
     api = concat([

@@ -495,3 +495,58 @@ fn glob_follows_iot_wildcards() {
     assert!(!glob(b"a/b", b"a/b/c"));
     assert!(glob(b"iot:*", b"iot:Publish"));
 }
+
+#[test]
+fn the_ingest_function_may_presign_and_read_spill_objects_only() {
+    let t = template();
+    let f = &t["Resources"]["IngestFunction"]["Properties"];
+    assert_eq!(
+        tag(&f["Environment"]["Variables"]["EDGE_SPILL_BUCKET"]),
+        Some(("Ref".to_owned(), "SpillBucket".to_owned()))
+    );
+    assert!(
+        policy_templates(&t, "IngestFunction")
+            .iter()
+            .all(|(k, _)| !k.starts_with("S3")),
+        "no broad S3 policy template"
+    );
+    let inline: Vec<&Value> = one_or_many(&f["Policies"])
+        .into_iter()
+        .filter_map(|p| p.get("Statement"))
+        .flat_map(one_or_many)
+        .collect();
+    let mut s3_actions = Vec::new();
+    for s in &inline {
+        let actions: Vec<&str> = one_or_many(&s["Action"])
+            .into_iter()
+            .filter_map(Value::as_str)
+            .collect();
+        for a in actions.iter().filter(|a| a.starts_with("s3:")) {
+            s3_actions.push((*a).to_owned());
+            let resource = match &s["Resource"] {
+                Value::Tagged(t) => t.value.as_str().unwrap_or_default().to_owned(),
+                other => format!("{other:?}"),
+            };
+            match *a {
+                // The presigned PUT is signed with this role; finalize reads the object back.
+                "s3:PutObject" | "s3:GetObject" => {
+                    assert_eq!(resource, "${SpillBucket.Arn}/spill/*", "{a}")
+                }
+                // Only so a missing object is a 404, and only under spill/.
+                "s3:ListBucket" => {
+                    assert_eq!(resource, "SpillBucket.Arn");
+                    assert_eq!(
+                        s["Condition"]["StringLike"]["s3:prefix"].as_str(),
+                        Some("spill/*")
+                    );
+                }
+                other => panic!("unexpected {other}"),
+            }
+        }
+    }
+    s3_actions.sort();
+    assert_eq!(
+        s3_actions,
+        ["s3:GetObject", "s3:ListBucket", "s3:PutObject"]
+    );
+}

@@ -152,6 +152,20 @@ async fn request_grant_put_finalize_materializes_and_duplicates_are_harmless() {
     );
     let g = grant_of(e, batch).await;
     verify(&g, &e.device.control_key).unwrap();
+    // The device asks again before the grant reached it: the same (unacked) grant is re-sent.
+    let again = e
+        .send(
+            "sync/ingest/request",
+            &request("url_request", batch, "device_state"),
+        )
+        .await;
+    assert_eq!(
+        again,
+        Outcome::UploadGranted {
+            batch_id: batch,
+            control_id: g.control_id
+        }
+    );
     assert_eq!(g.batch_id, Some(batch));
     assert_eq!(g.source_table.as_deref(), Some("device_state"));
     let url = g.presigned_url.clone().unwrap();

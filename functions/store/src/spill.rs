@@ -261,3 +261,29 @@ pub async fn note_segment<C: GenericClient>(
     .await?;
     Ok(())
 }
+
+/// An unacked grant of the same batch whose URL is still valid at `valid_until`: the device
+/// has not received it yet (it acks what it receives), so re-sending it now answers a repeated
+/// `url_request` better than a new URL would — no churn of grants superseding each other while
+/// the control transport (the sweep's schedule in AWS) is slower than the device's 30 s retry.
+/// Made due immediately; returns its id.
+pub async fn reuse_pending_grant<C: GenericClient>(
+    c: &C,
+    device_id: Uuid,
+    batch_id: Uuid,
+    valid_until: OffsetDateTime,
+) -> Result<Option<Uuid>, StoreError> {
+    let row = c
+        .query_opt(
+            "UPDATE edge_pending_controls SET next_attempt_at = now() \
+             WHERE control_id = (SELECT control_id FROM edge_pending_controls \
+                 WHERE device_id = $1 AND status = 'pending' AND control_kind = 'url_grant' \
+                     AND envelope->>'batch_id' = $2 \
+                     AND (envelope->>'presigned_url_expires_at')::timestamptz > $3 \
+                 ORDER BY created_at DESC LIMIT 1) \
+             RETURNING control_id",
+            &[&device_id, &batch_id.to_string(), &valid_until],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}

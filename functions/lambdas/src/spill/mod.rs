@@ -32,8 +32,8 @@ use edge_cloud_core::spill::{
 use edge_cloud_store::ledger::{insert_segment, Segment};
 use edge_cloud_store::registry::{device_by_name, Device};
 use edge_cloud_store::spill::{
-    issue_url_grant, known_header, lock_upload, record_finalize, record_request, FinalizeOutcome,
-    Grant,
+    issue_url_grant, known_header, lock_upload, record_finalize, record_request,
+    reuse_pending_grant, FinalizeOutcome, Grant,
 };
 use edge_cloud_store::StoreError;
 use edge_protocol::batch::{RowBatch, RowChange};
@@ -44,6 +44,10 @@ use uuid::Uuid;
 
 use crate::ingest::{self, Outcome};
 use crate::{Deps, HandlerError};
+
+/// A pending grant is re-sent instead of minting a new URL only while its URL has at least
+/// this long left: enough for the device to receive it and finish the PUT.
+pub const REUSE_MIN_VALIDITY_SECONDS: i64 = 5 * 60;
 
 /// An object store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +218,15 @@ async fn grant(
     };
     record_request(tx, device.device_id, req, &key, Some(&header)).await?;
     let now = OffsetDateTime::now_utc();
+    let still_useful = now + time::Duration::seconds(REUSE_MIN_VALIDITY_SECONDS);
+    if let Some(control_id) =
+        reuse_pending_grant(tx, device.device_id, req.batch_id, still_useful).await?
+    {
+        return Ok(Outcome::UploadGranted {
+            batch_id: req.batch_id,
+            control_id,
+        });
+    }
     let expires_at = now + time::Duration::seconds(URL_TTL_SECONDS);
     let url = objects
         .presign_put(&key, expires_at)
