@@ -334,7 +334,7 @@ async fn intake_rows(
             batch_id: b.batch_id,
         });
     }
-    let p = rows_into_lineage(tx, device, &b, batch_time).await?;
+    let p = rows_into_lineage(tx, device, &b, batch_time, 0).await?;
     accept_processed(tx, device.device_id, b.batch_id, batch_time, &p).await
 }
 
@@ -389,12 +389,15 @@ pub(crate) async fn accept_processed(
 
 /// Row intake after the ledger (cloud.md §2 steps 3–5): lineage, classification, then
 /// materialization or staging, and the watermark. Shared by row batches and the chunks of a
-/// spill object (protocol §7), which are processed exactly like batches.
+/// spill object (protocol §7), which are processed exactly like batches. `row_offset` is the
+/// index of the chunk's first row in the whole object: mapped telemetry values are keyed by
+/// (batch, row index), and every chunk of a spill shares the batch id.
 pub(crate) async fn rows_into_lineage(
     tx: &Transaction<'_>,
     device: &Device,
     b: &RowBatch,
     batch_time: OffsetDateTime,
+    row_offset: usize,
 ) -> Result<Processed, HandlerError> {
     let mut lineage = upsert_lineage(
         tx,
@@ -484,7 +487,7 @@ pub(crate) async fn rows_into_lineage(
             if !binds.mapped.is_empty() {
                 // Row tables without a ts_column use the batch's UUIDv7 time: the device's
                 // send time, and deterministic under redelivery (the ingest time is not).
-                let values = mapped_values(b, &binds.mapped, batch_time);
+                let values = mapped_values(b, &binds.mapped, batch_time, row_offset);
                 insert_telemetry_values(tx, device.device_id, b.batch_id, &values).await?;
             }
             "materialized"
@@ -598,9 +601,11 @@ fn mapped_values(
     b: &RowBatch,
     mapped: &[(String, Uuid)],
     ts: OffsetDateTime,
+    row_offset: usize,
 ) -> Vec<TelemetryValue> {
     let mut out = Vec::new();
     for (i, r) in b.rows.iter().enumerate() {
+        let i = row_offset + i;
         let Some(row) = &r.row else { continue };
         for (source, dp) in mapped {
             if let Some(v) = row.get(source).and_then(data_point_value) {

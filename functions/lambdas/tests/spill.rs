@@ -546,3 +546,78 @@ async fn requests_without_a_known_header_or_store_get_no_grant() {
         "{o:?}"
     );
 }
+
+#[tokio::test]
+async fn large_objects_are_processed_in_chunks_in_one_transaction() {
+    let s = spill_env().await;
+    let e = &s.e;
+    with_lineage(e).await;
+    let batch = e.id();
+    let n = edge_cloud_core::spill::CHUNK_ROWS as i64 * 2 + 17;
+    let rows: Vec<Change> = (0..n)
+        .map(|i| ins(10 + i, 10 + i, &format!("m{i}"), i as f64))
+        .collect();
+    let o = e
+        .send(
+            "sync/ingest/request",
+            &request("url_request", batch, "device_state"),
+        )
+        .await;
+    assert!(matches!(o, Outcome::UploadGranted { .. }), "{o:?}");
+    let url = grant_of(e, batch).await.presigned_url.unwrap();
+    assert_eq!(put(s.addr, &url, &object(&rows), None).await, 200);
+    let o = e
+        .send(
+            "sync/ingest/request",
+            &request("finalize", batch, "device_state"),
+        )
+        .await;
+    assert!(
+        matches!(o, Outcome::Accepted { materialized, staged: 0, .. } if materialized == n),
+        "{o:?}"
+    );
+    let r = e
+        .client
+        .query_one(
+            "SELECT row_count, first_seq, last_seq FROM edge_export_segments WHERE batch_id = $1",
+            &[&batch],
+        )
+        .await
+        .unwrap();
+    assert_eq!(i64::from(r.get::<_, i32>(0)), n);
+    assert_eq!(r.get::<_, Option<i64>>(1), Some(10));
+    assert_eq!(r.get::<_, Option<i64>>(2), Some(10 + n - 1));
+    assert_eq!(mirror_row(e, 10 + n - 1).await.unwrap().1, 10 + n - 1);
+
+    // Out of order across a chunk boundary: nothing of the object is kept.
+    let batch = e.id();
+    let mut rows: Vec<Change> = (0..n)
+        .map(|i| ins(100_000 + i, 100_000 + i, "x", 1.0))
+        .collect();
+    let last = rows.len() - 1;
+    rows[last].0 = 100_000; // repeats the first commit_seq, in the last chunk
+    e.send(
+        "sync/ingest/request",
+        &request("url_request", batch, "device_state"),
+    )
+    .await;
+    let url = grant_of(e, batch).await.presigned_url.unwrap();
+    assert_eq!(put(s.addr, &url, &object(&rows), None).await, 200);
+    let o = e
+        .send(
+            "sync/ingest/request",
+            &request("finalize", batch, "device_state"),
+        )
+        .await;
+    assert!(
+        matches!(
+            o,
+            Outcome::SpillFailed {
+                code: SpillCode::OutOfOrder,
+                ..
+            }
+        ),
+        "{o:?}"
+    );
+    assert_eq!(mirror_row(e, 100_000).await, None);
+}

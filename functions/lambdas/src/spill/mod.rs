@@ -439,6 +439,7 @@ async fn process(
         }
         first = first.or(chunk.rows.first().map(|r| r.commit_seq));
         last = chunk.rows.last().map(|r| r.commit_seq).or(last);
+        let offset = usize::try_from(rows).unwrap_or(usize::MAX);
         rows += ingest::count64(chunk.rows.len());
         bytes = chunk.compressed_bytes;
         let batch = RowBatch::new(
@@ -449,7 +450,7 @@ async fn process(
             None,
             chunk.rows,
         );
-        let p = ingest::rows_into_lineage(tx, device, &batch, batch_time).await?;
+        let p = ingest::rows_into_lineage(tx, device, &batch, batch_time, offset).await?;
         total.merge(p);
     }
     if rows == 0 {

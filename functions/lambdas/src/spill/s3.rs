@@ -34,6 +34,14 @@ impl S3Objects {
         }
     }
 
+    /// Over an already configured client (tests, custom endpoints).
+    pub fn from_client(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
+        S3Objects {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+
     /// The store named by `EDGE_SPILL_BUCKET`, if set (the SDK config is loaded on first use).
     pub async fn from_env(sdk: &mut Option<SdkConfig>) -> Option<S3Objects> {
         let bucket = std::env::var(BUCKET_ENV)
@@ -136,5 +144,45 @@ impl Read for ChannelReader {
         buf[..n].copy_from_slice(&self.current[..n]);
         self.current = self.current.split_off(n);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+
+    /// Presigning is local SigV4 signing: no network, so the URL the device gets is checkable.
+    #[tokio::test]
+    async fn presigned_put_urls_name_the_key_and_expire_in_15_minutes() {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(Credentials::new(
+                "AKIDEXAMPLE",
+                "secret",
+                None,
+                None,
+                "test",
+            ))
+            .build();
+        let store = S3Objects::from_client(aws_sdk_s3::Client::from_conf(conf), "spill-bucket");
+        let key = edge_cloud_core::spill::object_key(uuid::Uuid::nil(), uuid::Uuid::nil());
+        let expires = OffsetDateTime::now_utc()
+            + time::Duration::seconds(edge_cloud_core::spill::URL_TTL_SECONDS);
+        let url = store.presign_put(&key, expires).await.unwrap();
+        assert!(
+            url.starts_with("https://spill-bucket.s3.eu-west-1.amazonaws.com/spill/"),
+            "{url}"
+        );
+        assert!(url.contains(".jsonl.zst?"), "{url}");
+        // Whole seconds: the clock moved a little between the two `now`s.
+        assert!(
+            url.contains("X-Amz-Expires=900") || url.contains("X-Amz-Expires=899"),
+            "{url}"
+        );
+        assert!(url.contains("X-Amz-Signature="), "{url}");
+        assert!(url.contains("x-id=PutObject"), "{url}");
     }
 }
