@@ -2,7 +2,8 @@
 //! docs/deploy.md) through the very functions the Lambda binaries run, against the harness
 //! PostgreSQL: the IoT-rule envelopes in SQS stage rows, the HTTP API v2 request with the JWT
 //! authorizer's claims lists them in the API envelope, the EventBridge schedule runs the sweep
-//! (which publishes a pending control) and the replay backstop. Also: the Lambda pool drops
+//! (which publishes a pending control) and the replay backstop, the spill `url_request` +
+//! `finalize` envelopes grant an upload and stage the object's row. Also: the Lambda pool drops
 //! idle connections after a thaw and keeps working.
 #![allow(clippy::unwrap_used)]
 
@@ -31,6 +32,7 @@ use uuid::Uuid;
 const INGEST: &str = include_str!("../events/ingest-sqs.json");
 const API: &str = include_str!("../events/api-http-v2.json");
 const SCHEDULE: &str = include_str!("../events/schedule.json");
+const SPILL: &str = include_str!("../events/ingest-sqs-spill.json");
 
 /// The ids the API fixture's claims and path use (docs/deploy.md registers the device with
 /// them before `cargo lambda invoke`).
@@ -262,4 +264,65 @@ async fn a_connection_killed_by_the_server_is_replaced_on_checkout() {
         .unwrap()
         .get(0);
     assert_ne!(again, pid);
+}
+
+#[tokio::test]
+async fn spill_fixture_grants_an_upload_and_finalizes_the_object() {
+    use std::io::Write as _;
+    let mut s = stack().await;
+    ingest_fixture(&s).await;
+    let dir = tempfile::tempdir().unwrap();
+    let objects = edge_functions::spill::local::LocalObjects::new(
+        dir.path(),
+        "http://127.0.0.1:9",
+        b"fixture".to_vec(),
+    );
+    s.deps = s
+        .deps
+        .clone()
+        .with_objects(edge_functions::spill::Objects::Local(objects));
+    // The object the device would have PUT, where the grant's URL points.
+    let batch = Uuid::parse_str("01939b4e-8c3a-7d2e-9f10-2b3c4d5e6f7a").unwrap();
+    let path = dir.path().join(edge_cloud_core::spill::object_key(
+        s.device.device_id,
+        batch,
+    ));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    enc.write_all(
+        br#"{"commit_seq":900,"op":"insert","pk":{"id":9},"row":{"id":9,"mode":"big","setpoint":1.5}}"#,
+    )
+    .unwrap();
+    std::fs::write(&path, enc.finish().unwrap()).unwrap();
+
+    let event: SqsEvent = serde_json::from_str(SPILL).unwrap();
+    let resp = lambda::ingest(&s.deps, &s.thaw, event).await;
+    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    assert_eq!(
+        scalar(
+            &s,
+            "SELECT count(*) FROM edge_pending_controls WHERE control_kind = 'url_grant'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            &s,
+            "SELECT count(*) FROM edge_export_segments WHERE kind = 'spill' AND status = 'staged'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(&s, "SELECT count(*) FROM edge_staged_rows").await,
+        4,
+        "the fixture batch's three rows and the object's one"
+    );
+    // Redelivery of both: no second grant is minted while the first is unacked, and the
+    // finalize is a duplicate.
+    let event: SqsEvent = serde_json::from_str(SPILL).unwrap();
+    let resp = lambda::ingest(&s.deps, &s.thaw, event).await;
+    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    assert_eq!(scalar(&s, "SELECT count(*) FROM edge_staged_rows").await, 4);
 }
