@@ -132,7 +132,7 @@ EDGE_JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 log "edge-cloud run (API on http://127.0.0.1:$HTTP_PORT)"
 "$CLOUD" run --mqtt-url "mqtts://127.0.0.1:$MQTT_PORT" \
   --ca "$DEMO/pki/ca.crt" --cert "$DEMO/pki/edge-service.crt" --key "$DEMO/pki/edge-service.key" \
-  --http "127.0.0.1:$HTTP_PORT" >"$DEMO/logs/edge-cloud.log" 2>&1 &
+  --http "127.0.0.1:$HTTP_PORT" --spill-dir "$DEMO/spill" >"$DEMO/logs/edge-cloud.log" 2>&1 &
 pids+=($!)
 wait_until 30 "the HTTP API" python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$HTTP_PORT/openapi.json', timeout=1)"
 
