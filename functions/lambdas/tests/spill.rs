@@ -28,6 +28,11 @@ struct Spill {
     _server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+/// The same directory and secret, reached at another address.
+fn small_objects(o: &LocalObjects, addr: std::net::SocketAddr) -> LocalObjects {
+    LocalObjects::new(o.dir(), &format!("http://{addr}"), SECRET.to_vec()).with_max_bytes(1_000)
+}
+
 async fn spill_env() -> Spill {
     let mut e = env().await;
     let dir = tempfile::tempdir().unwrap();
@@ -79,6 +84,28 @@ async fn put(addr: std::net::SocketAddr, url: &str, body: &[u8], length: Option<
     s.write_all(head.as_bytes()).await.unwrap();
     // The server may answer (413) before the body: a broken pipe then is expected.
     let _ = s.write_all(body).await;
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp).await;
+    let text = String::from_utf8_lossy(&resp);
+    text.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A PUT without `Content-Length` (chunked transfer): the limit is enforced while streaming.
+async fn put_chunked(addr: std::net::SocketAddr, url: &str, body: &[u8]) -> u16 {
+    let path = url.split_once(&addr.to_string()).unwrap().1;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    for chunk in body.chunks(256) {
+        let frame = [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
+        // The server may answer 413 and close mid-body.
+        if s.write_all(&frame).await.is_err() {
+            break;
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n").await;
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp).await;
     let text = String::from_utf8_lossy(&resp);
@@ -195,6 +222,11 @@ async fn request_grant_put_finalize_materializes_and_duplicates_are_harmless() {
     }
     assert_eq!(mirror_row(e, 2).await, Some((big.clone(), 2)));
     assert_eq!(mirror_row(e, 3).await, Some(("cool".into(), 3)));
+    let key = object_key(e.device.device_id, batch);
+    assert!(
+        !s.objects.dir().join(&key).exists(),
+        "a committed object is removed from the local store"
+    );
     let ledger = e
         .client
         .query_one(
@@ -287,6 +319,30 @@ async fn upload_urls_refuse_expired_forged_and_oversized_puts() {
     assert!(!s.objects.dir().join(&key).exists());
     assert_eq!(put(s.addr, &good, &body, None).await, 200);
     assert_eq!(std::fs::read(s.objects.dir().join(&key)).unwrap(), body);
+    // Without Content-Length the limit holds while streaming, and nothing is left behind.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let small_addr = listener.local_addr().unwrap();
+    let small = small_objects(&s.objects, small_addr);
+    tokio::spawn(serve(
+        Arc::new(small.clone()),
+        None,
+        listener,
+        std::future::pending(),
+    ));
+    let key2 = object_key(s.e.device.device_id, s.e.id());
+    let url2 = small.url(&key2, now + 600);
+    assert_eq!(put_chunked(small_addr, &url2, &[7u8; 5_000]).await, 413);
+    assert_eq!(put_chunked(small_addr, &url2, &[7u8; 900]).await, 200);
+    assert_eq!(
+        std::fs::read(s.objects.dir().join(&key2)).unwrap(),
+        [7u8; 900]
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(s.objects.dir().join(&key2).parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains(".part-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     // Only PUT, only our keys.
     assert_eq!(
         put(s.addr, &good.replace("spill/", "spill/x"), &body, None).await,

@@ -31,6 +31,7 @@ pub struct LocalObjects {
     dir: PathBuf,
     base_url: String,
     secret: Vec<u8>,
+    max_bytes: u64,
 }
 
 impl std::fmt::Debug for LocalObjects {
@@ -39,6 +40,7 @@ impl std::fmt::Debug for LocalObjects {
             .field("dir", &self.dir)
             .field("base_url", &self.base_url)
             .field("secret", &"<redacted>")
+            .field("max_bytes", &self.max_bytes)
             .finish()
     }
 }
@@ -50,7 +52,14 @@ impl LocalObjects {
             dir: dir.into(),
             base_url: base_url.trim_end_matches('/').to_owned(),
             secret,
+            max_bytes: MAX_OBJECT_BYTES,
         }
+    }
+
+    /// A lower size limit than the protocol's 1 GiB (tests of the limit; small deployments).
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes.min(MAX_OBJECT_BYTES);
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -78,6 +87,17 @@ impl ObjectStore for LocalObjects {
         expires_at: OffsetDateTime,
     ) -> Result<String, ObjectError> {
         Ok(self.url(key, expires_at.unix_timestamp()))
+    }
+
+    async fn discard(&self, key: &str) -> Result<(), ObjectError> {
+        if !is_object_key(key) {
+            return Ok(());
+        }
+        match tokio::fs::remove_file(self.path_of(key)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ObjectError::Unavailable(format!("{key}: {e}"))),
+        }
     }
 
     async fn open(&self, key: &str) -> Result<Option<ObjectReader>, ObjectError> {
@@ -145,15 +165,17 @@ pub async fn serve_upload(
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_OBJECT_BYTES) {
-        return reply(StatusCode::PAYLOAD_TOO_LARGE, "object over 1 GiB");
+    if declared.is_some_and(|n| n > objects.max_bytes) {
+        return reply(StatusCode::PAYLOAD_TOO_LARGE, "object over the size limit");
     }
     match store(objects, &key, req.into_body()).await {
         Ok(bytes) => {
             tracing::info!(%key, bytes, "spill object stored");
             reply(StatusCode::OK, "stored")
         }
-        Err(StoreFailure::TooLarge) => reply(StatusCode::PAYLOAD_TOO_LARGE, "object over 1 GiB"),
+        Err(StoreFailure::TooLarge) => {
+            reply(StatusCode::PAYLOAD_TOO_LARGE, "object over the size limit")
+        }
         Err(StoreFailure::Body(e)) => reply(StatusCode::BAD_REQUEST, &format!("body: {e}")),
         Err(StoreFailure::Io(e)) => {
             tracing::error!(%key, error = %e, "spill object could not be written");
@@ -189,7 +211,7 @@ async fn store(objects: &LocalObjects, key: &str, mut body: Incoming) -> Result<
             let frame = frame.map_err(|e| StoreFailure::Body(e.to_string()))?;
             if let Ok(data) = frame.into_data() {
                 written += data.len() as u64;
-                if written > MAX_OBJECT_BYTES {
+                if written > objects.max_bytes {
                     return Err(StoreFailure::TooLarge);
                 }
                 file.write_all(&data).await.map_err(StoreFailure::Io)?;

@@ -91,6 +91,10 @@ pub trait ObjectStore: Send + Sync {
         expires_at: OffsetDateTime,
     ) -> impl Future<Output = Result<String, ObjectError>> + Send;
 
+    /// Drops an object whose rows are committed (best effort; a store may leave it to its
+    /// own expiry).
+    fn discard(&self, key: &str) -> impl Future<Output = Result<(), ObjectError>> + Send;
+
     /// The object, or `None` when there is none under `key`.
     fn open(
         &self,
@@ -115,6 +119,13 @@ impl ObjectStore for Objects {
         match self {
             Objects::Local(o) => o.presign_put(key, expires_at).await,
             Objects::S3(o) => o.presign_put(key, expires_at).await,
+        }
+    }
+
+    async fn discard(&self, key: &str) -> Result<(), ObjectError> {
+        match self {
+            Objects::Local(o) => o.discard(key).await,
+            Objects::S3(o) => o.discard(key).await,
         }
     }
 
@@ -252,6 +263,18 @@ async fn grant(
     })
 }
 
+/// After the commit the rows live in PostgreSQL; the object is only clutter (a duplicate
+/// finalize never reads it: the ledger answers first). A failure is logged, nothing else.
+async fn discard(deps: &Deps, device: &Device, req: &IngestRequest) {
+    let Some(objects) = deps.objects.as_deref() else {
+        return;
+    };
+    let key = object_key(device.device_id, req.batch_id);
+    if let Err(e) = objects.discard(&key).await {
+        tracing::warn!(%key, error = %e, "finalized spill object could not be removed");
+    }
+}
+
 /// A failure of the finalize that is recorded, not retried.
 struct Failed {
     code: SpillCode,
@@ -297,6 +320,9 @@ async fn finalize(
     match process(deps, &tx, a, device, req).await {
         Ok(outcome) => {
             tx.commit().await.map_err(StoreError::from)?;
+            if matches!(outcome, Outcome::Accepted { .. }) {
+                discard(deps, device, req).await;
+            }
             Ok(outcome)
         }
         Err(Abort::Handler(e)) => Err(e),
