@@ -1103,7 +1103,11 @@ mod tests {
         assert_eq!(row.commit_seq, 7);
         let not_json = decode_spill_line(3, b"{\"commit_seq\":").unwrap_err();
         assert_eq!(not_json.code, RejectionCode::InvalidRow);
-        assert!(not_json.message.starts_with("line 3:"), "{}", not_json.message);
+        assert!(
+            not_json.message.starts_with("line 3:"),
+            "{}",
+            not_json.message
+        );
         let delete_with_row = decode_spill_line(
             2,
             br#"{"commit_seq":7,"op":"delete","pk":{"id":1},"row":{"id":1}}"#,

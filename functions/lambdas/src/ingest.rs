@@ -380,7 +380,11 @@ pub(crate) async fn accept_processed(
             batch_id,
             batch_time,
             class,
-            status: if p.staged_any { "staged" } else { "materialized" },
+            status: if p.staged_any {
+                "staged"
+            } else {
+                "materialized"
+            },
             counts: p.counts,
         },
     )
