@@ -8,18 +8,24 @@
 
 use std::collections::BTreeMap;
 
-use edge_protocol::batch::{RowBatch, RowChange};
+use edge_protocol::batch::RowBatch;
 use edge_protocol::fingerprint::SchemaColumns;
 use edge_protocol::limits::MAX_ROWS_PER_BATCH;
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::capture::journal::ChangeGroup;
+use crate::capture::journal::{ChangeGroup, PendingChange};
 
 /// Encoding failed (cannot happen for well-formed values; reported rather than unwrapped).
 #[derive(Debug, Error)]
-#[error("encoding a row batch: {0}")]
-pub struct BatchError(#[from] serde_json::Error);
+pub enum BatchError {
+    #[error("encoding a row batch: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The envelope did not end in an empty `rows` array (the protocol type's field order
+    /// changed): splicing the rows in would produce a wrong batch.
+    #[error("encoding a row batch: `rows` is not the envelope's last field")]
+    Layout,
+}
 
 /// A batch with its identity and bytes fixed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +43,7 @@ pub struct BuiltBatch {
 pub struct Built {
     pub batches: Vec<BuiltBatch>,
     /// Changes too large for one message even alone: they go through the spill flow.
-    pub oversized: Vec<RowChange>,
+    pub oversized: Vec<PendingChange>,
 }
 
 /// Remembers which schema hash each table last announced with `schema_columns`, so the first
@@ -66,32 +72,59 @@ struct Ctx<'a> {
     max_bytes: usize,
 }
 
+/// The end of an encoded batch whose `rows` is empty: `rows` is the struct's last field.
+const EMPTY_ROWS_TAIL: &[u8] = b"[]}";
+
+/// Encodes a batch of already encoded changes.
+///
+/// The envelope is serialised by serde with an empty `rows` array and the changes' bytes are
+/// spliced into it, which gives exactly the bytes `serde_json::to_vec` of the whole
+/// [`RowBatch`] gives (a test holds this), without decoding the changes again.
 fn encode(
     ctx: &Ctx<'_>,
     id: Uuid,
     with_schema: bool,
-    rows: Vec<RowChange>,
-) -> Result<(RowBatch, Vec<u8>), BatchError> {
-    let batch = RowBatch::new(
+    rows: &[PendingChange],
+) -> Result<Vec<u8>, BatchError> {
+    let mut batch = RowBatch::new(
         id,
         ctx.epoch,
         ctx.table,
         ctx.hash,
         with_schema.then(|| ctx.columns.clone()),
-        rows,
+        Vec::new(),
     );
-    let bytes = serde_json::to_vec(&batch)?;
-    Ok((batch, bytes))
+    batch.first_commit_seq = rows.iter().map(|r| r.commit_seq).min().unwrap_or(0);
+    batch.last_commit_seq = rows.iter().map(|r| r.commit_seq).max().unwrap_or(0);
+    let envelope = serde_json::to_vec(&batch)?;
+    let Some(prefix) = envelope.strip_suffix(EMPTY_ROWS_TAIL) else {
+        return Err(BatchError::Layout);
+    };
+    let rows_len: usize = rows.iter().map(|r| r.json.len() + 1).sum();
+    let mut out = Vec::with_capacity(envelope.len() + rows_len);
+    out.extend_from_slice(prefix);
+    out.push(b'[');
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&r.json);
+    }
+    out.extend_from_slice(b"]}");
+    Ok(out)
 }
 
-/// Cuts `group` into batches. `with_schema` puts `schema_columns` on the first batch.
+/// Cuts `group` into batches. `with_schema` puts `schema_columns` on the first batch. The
+/// group's changes move into the batches (taken, not cloned); the group keeps its table, hash
+/// and columns.
 pub fn build_batches(
-    group: &ChangeGroup,
+    group: &mut ChangeGroup,
     epoch: Uuid,
     with_schema: bool,
     max_payload_bytes: usize,
     new_id: &mut dyn FnMut() -> Uuid,
 ) -> Result<Built, BatchError> {
+    let changes = std::mem::take(&mut group.changes);
     let ctx = Ctx {
         epoch,
         table: &group.table,
@@ -100,72 +133,80 @@ pub fn build_batches(
         max_bytes: max_payload_bytes,
     };
     // Envelope size without rows (with schema when asked), plus room for the seq numbers.
-    let (_, empty) = encode(&ctx, Uuid::nil(), with_schema, Vec::new())?;
-    let overhead = empty.len() + 40;
+    let overhead = encode(&ctx, Uuid::nil(), with_schema, &[])?.len() + 40;
     let mut out = Built::default();
-    let mut current: Vec<RowChange> = Vec::new();
+    let mut current: Vec<PendingChange> = Vec::new();
     let mut current_bytes = overhead;
     let mut schema_pending = with_schema;
-    let mut chunks: Vec<(Vec<RowChange>, bool)> = Vec::new();
-    for pc in &group.changes {
-        let add = pc.bytes + 1;
+    for pc in changes {
+        let add = pc.bytes() + 1;
         if overhead + add > ctx.max_bytes {
-            // Too big for any batch of this table: spill it. Flush what came before first so
+            // Too big for any batch of this table: spill it. Emit what came before first so
             // commit order is kept within the batches.
             if !current.is_empty() {
-                chunks.push((std::mem::take(&mut current), schema_pending));
+                emit(
+                    &ctx,
+                    std::mem::take(&mut current),
+                    schema_pending,
+                    new_id,
+                    &mut out,
+                )?;
                 schema_pending = false;
                 current_bytes = overhead;
             }
-            out.oversized.push(pc.change.clone());
+            out.oversized.push(pc);
             continue;
         }
         if !current.is_empty()
             && (current.len() >= MAX_ROWS_PER_BATCH || current_bytes + add > ctx.max_bytes)
         {
-            chunks.push((std::mem::take(&mut current), schema_pending));
+            emit(
+                &ctx,
+                std::mem::take(&mut current),
+                schema_pending,
+                new_id,
+                &mut out,
+            )?;
             schema_pending = false;
             current_bytes = overhead;
         }
         current_bytes += add;
-        current.push(pc.change.clone());
+        current.push(pc);
     }
     if !current.is_empty() {
-        chunks.push((current, schema_pending));
-    }
-    for (rows, with_schema) in chunks {
-        emit(&ctx, rows, with_schema, new_id, &mut out)?;
+        emit(&ctx, current, schema_pending, new_id, &mut out)?;
     }
     Ok(out)
 }
 
-/// Encodes `rows` as one batch, halving until every piece fits.
+/// Encodes `rows` as one batch, halving until every piece fits (the size estimate is exact up
+/// to the digits of the seq numbers, so this is a safety net, not the normal path).
 fn emit(
     ctx: &Ctx<'_>,
-    rows: Vec<RowChange>,
+    mut rows: Vec<PendingChange>,
     with_schema: bool,
     new_id: &mut dyn FnMut() -> Uuid,
     out: &mut Built,
 ) -> Result<(), BatchError> {
     let id = new_id();
     let n = rows.len();
-    let (batch, bytes) = encode(ctx, id, with_schema, rows)?;
+    let bytes = encode(ctx, id, with_schema, &rows)?;
     if bytes.len() <= ctx.max_bytes || n <= 1 {
         if bytes.len() > ctx.max_bytes {
-            out.oversized.extend(batch.rows);
+            out.oversized.extend(rows);
             return Ok(());
         }
         out.batches.push(BuiltBatch {
             batch_id: id,
-            table: batch.source_table,
-            first_seq: batch.first_commit_seq,
-            last_seq: batch.last_commit_seq,
+            table: ctx.table.to_owned(),
+            first_seq: rows.iter().map(|r| r.commit_seq).min().unwrap_or(0),
+            last_seq: rows.iter().map(|r| r.commit_seq).max().unwrap_or(0),
             rows: n,
             payload: bytes,
         });
         return Ok(());
     }
-    let mut rows = batch.rows;
+    drop(bytes);
     let tail = rows.split_off(n / 2);
     emit(ctx, rows, with_schema, new_id, out)?;
     emit(ctx, tail, false, new_id, out)
@@ -175,8 +216,7 @@ fn emit(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::capture::journal::{change_bytes, PendingChange};
-    use edge_protocol::batch::Op;
+    use edge_protocol::batch::{Op, RowChange};
     use edge_protocol::validate::decode_row_batch;
     use edge_protocol::value::{Row, SqlValue};
 
@@ -195,10 +235,7 @@ mod tests {
                     pk,
                     row: Some(row),
                 };
-                PendingChange {
-                    bytes: change_bytes(&change),
-                    change,
-                }
+                PendingChange::new(&change).unwrap()
             })
             .collect();
         ChangeGroup {
@@ -223,8 +260,8 @@ mod tests {
 
     #[test]
     fn splits_under_the_payload_limit_and_keeps_order() {
-        let g = group(2000, 200);
-        let built = build_batches(&g, epoch(), true, 128 * 1024, &mut ids()).unwrap();
+        let mut g = group(2000, 200);
+        let built = build_batches(&mut g, epoch(), true, 128 * 1024, &mut ids()).unwrap();
         assert!(built.oversized.is_empty());
         assert!(built.batches.len() >= 3);
         let mut next = 1;
@@ -240,9 +277,32 @@ mod tests {
     }
 
     #[test]
+    fn spliced_rows_give_the_bytes_serde_gives_for_the_whole_batch() {
+        for with_schema in [true, false] {
+            let mut g = group(50, 7);
+            let rows: Vec<RowChange> = g.changes.iter().map(|c| c.change().unwrap()).collect();
+            let columns = g.schema_columns.clone();
+            let built =
+                build_batches(&mut g, epoch(), with_schema, 128 * 1024, &mut ids()).unwrap();
+            assert_eq!(built.batches.len(), 1);
+            let b = &built.batches[0];
+            let whole = RowBatch::new(
+                b.batch_id,
+                epoch(),
+                "t",
+                columns.schema_hash(),
+                with_schema.then_some(columns),
+                rows,
+            );
+            assert_eq!(b.payload, serde_json::to_vec(&whole).unwrap());
+            assert_eq!((b.first_seq, b.last_seq, b.rows), (1, 50, 50));
+        }
+    }
+
+    #[test]
     fn at_most_4096_rows() {
-        let g = group(10_000, 1);
-        let built = build_batches(&g, epoch(), false, 512 * 1024, &mut ids()).unwrap();
+        let mut g = group(10_000, 1);
+        let built = build_batches(&mut g, epoch(), false, 512 * 1024, &mut ids()).unwrap();
         assert!(built.batches.iter().all(|b| b.rows <= MAX_ROWS_PER_BATCH));
         assert_eq!(built.batches.iter().map(|b| b.rows).sum::<usize>(), 10_000);
     }
@@ -250,18 +310,13 @@ mod tests {
     #[test]
     fn a_row_larger_than_the_limit_goes_to_spill() {
         let mut g = group(3, 10);
-        let big = group(1, 200_000).changes.remove(0);
-        g.changes.insert(
-            1,
-            PendingChange {
-                change: RowChange {
-                    commit_seq: 99,
-                    ..big.change
-                },
-                bytes: big.bytes,
-            },
-        );
-        let built = build_batches(&g, epoch(), false, 128 * 1024, &mut ids()).unwrap();
+        let big = group(1, 200_000).changes.remove(0).change().unwrap();
+        let big = RowChange {
+            commit_seq: 99,
+            ..big
+        };
+        g.changes.insert(1, PendingChange::new(&big).unwrap());
+        let built = build_batches(&mut g, epoch(), false, 128 * 1024, &mut ids()).unwrap();
         assert_eq!(built.oversized.len(), 1);
         assert_eq!(built.oversized[0].commit_seq, 99);
         assert_eq!(built.batches.iter().map(|b| b.rows).sum::<usize>(), 3);

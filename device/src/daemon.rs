@@ -66,6 +66,9 @@ pub const READ_MAX_ENTRIES: usize = 4_096;
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How often local retention is enforced (a scan of the journal).
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(30);
+/// MQTT events handled in one loop turn at most (after the one that woke it): enough to take a
+/// whole in-flight window of PUBACKs at once, bounded so timers and flushes still get turns.
+pub const EVENT_BURST: usize = 256;
 /// How long shutdown waits for in-flight acknowledgements.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -118,6 +121,8 @@ pub struct Daemon {
     spill_results_rx: Option<tokio::sync::mpsc::UnboundedReceiver<(Uuid, Result<(), PutError>)>>,
     root: String,
     data_version: i64,
+    /// Batches PUBACKed in this loop turn, applied together by [`Daemon::commit_acks`].
+    acked: Vec<Tracked>,
 }
 
 impl Daemon {
@@ -230,6 +235,7 @@ impl Daemon {
             spill_results_rx: Some(spill_rx),
             root,
             data_version: 0,
+            acked: Vec::new(),
         })
     }
 
@@ -289,12 +295,21 @@ impl Daemon {
                 biased;
                 () = &mut shutdown => break,
                 ev = conn.events.recv() => match ev {
-                    Some(ev) => self.on_mqtt(ev, &client)?,
+                    Some(ev) => {
+                        self.on_mqtt(ev, &client)?;
+                        // Whatever else already arrived joins this turn, so a burst of
+                        // PUBACKs shares one state.db transaction and one journal deletion.
+                        for _ in 0..EVENT_BURST {
+                            let Ok(ev) = conn.events.try_recv() else { break };
+                            self.on_mqtt(ev, &client)?;
+                        }
+                    }
                     None => break,
                 },
                 Some((id, result)) = spill_results.recv() => self.on_put_result(id, result),
                 () = tokio::time::sleep_until(wake.into()) => {}
             }
+            self.commit_acks()?;
             let now = Instant::now();
             if now >= next_poll {
                 next_poll = now + poll_every;
@@ -339,7 +354,10 @@ impl Daemon {
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while self.outbox.inflight() > 0 && self.outbox.is_connected() {
             match tokio::time::timeout_at(deadline, conn.events.recv()).await {
-                Ok(Some(ev)) => self.on_mqtt(ev, &client)?,
+                Ok(Some(ev)) => {
+                    self.on_mqtt(ev, &client)?;
+                    self.commit_acks()?;
+                }
                 _ => break,
             }
         }
@@ -446,7 +464,7 @@ impl Daemon {
             // Entries after the global position belong to the global read.
             let limit = self.read_pos;
             for g in &mut read.groups {
-                g.changes.retain(|c| c.change.commit_seq <= limit);
+                g.changes.retain(|c| c.commit_seq <= limit);
             }
             read.groups
                 .retain(|g| g.table == table && !g.changes.is_empty());
@@ -526,13 +544,13 @@ impl Daemon {
                 // After a restart the global read starts below some tables' fixed positions:
                 // what is already in the outbox is not fixed twice.
                 let done = self.fixed.get(&group.table).copied().unwrap_or(0);
-                group.changes.retain(|c| c.change.commit_seq > done);
+                group.changes.retain(|c| c.commit_seq > done);
                 if group.changes.is_empty() {
                     continue;
                 }
                 let with_schema = self.announcer.needs(&group.table, &group.schema_hash);
                 let built = build_batches(
-                    &group,
+                    &mut group,
                     self.epoch,
                     with_schema,
                     max_payload,
@@ -591,7 +609,7 @@ impl Daemon {
                     });
                 }
                 if let Some(change) = spilled {
-                    let object = spill::encode(std::slice::from_ref(&change))?;
+                    let object = spill::encode_json(std::slice::from_ref(&change.json))?;
                     let id = Uuid::now_v7();
                     info!(table = %group.table, commit_seq = change.commit_seq, batch_id = %id,
                         object_bytes = object.len(),
@@ -773,13 +791,8 @@ impl Daemon {
             MqttEvent::OutgoingPublish(pkid) => self.outbox.on_outgoing_publish(pkid),
             MqttEvent::AwaitAck(pkid) => self.outbox.on_await_ack(pkid),
             MqttEvent::PubAck(pkid) => match self.outbox.on_puback(pkid) {
-                Some(Acked::Batch(t)) => {
-                    if t.kind == BatchKind::Rows {
-                        self.ack_rows(t.epoch, &t.table, t.last_seq)?;
-                    }
-                    self.state.outbox_remove(t.batch_id)?;
-                    outbox_store::set_meta(self.state.conn(), "last_ack_at", &now_rfc3339())?;
-                }
+                // Applied at the end of the turn, together with the turn's other PUBACKs.
+                Some(Acked::Batch(t)) => self.acked.push(t),
                 Some(Acked::Finalize(id)) => {
                     // A duplicate finalize (re-sent after a lost session) finds nothing left.
                     if let Some(s) = self.spills.remove(&id) {
@@ -800,6 +813,63 @@ impl Daemon {
             MqttEvent::Control(bytes) => self.on_control(&bytes, client)?,
         }
         Ok(())
+    }
+
+    /// Applies the PUBACKs collected this turn: every cursor move, outbox removal and the
+    /// `last_ack_at` stamp in one state.db transaction (one commit per turn instead of three
+    /// per batch), then one journal deletion per table up to its new cursor.
+    ///
+    /// Durability order is kept: cursor and outbox row change atomically (a crash leaves either
+    /// the batch still fixed — re-sent identically — or the cursor past it), and journal rows
+    /// are deleted only after the cursor that covers them is committed; a crash before the
+    /// deletion leaves rows the reader skips and the next ack deletes.
+    fn commit_acks(&mut self) -> Result<(), DaemonError> {
+        if self.acked.is_empty() {
+            return Ok(());
+        }
+        let acked = std::mem::take(&mut self.acked);
+        self.state
+            .conn()
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(StateError::from)?;
+        let moved = match self.record_acks(&acked) {
+            Ok(moved) => moved,
+            Err(e) => {
+                let _ = self.state.conn().execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        };
+        self.state
+            .conn()
+            .execute_batch("COMMIT")
+            .map_err(StateError::from)?;
+        for table in moved {
+            self.capture
+                .delete_acked(&self.state, &table, DELETE_CHUNK_ROWS)?;
+        }
+        Ok(())
+    }
+
+    /// The state.db part of [`Daemon::commit_acks`]; returns the tables whose cursor moved.
+    fn record_acks(&mut self, acked: &[Tracked]) -> Result<BTreeSet<String>, DaemonError> {
+        let mut moved = BTreeSet::new();
+        for t in acked {
+            if t.kind == BatchKind::Rows {
+                // See `ack_rows`: a batch of an earlier epoch leaves the cursor alone.
+                if self
+                    .state
+                    .set_last_acked_in_epoch(&t.table, t.last_seq, t.epoch)?
+                {
+                    moved.insert(t.table.clone());
+                } else {
+                    info!(table = %t.table, epoch = %t.epoch, current = %self.epoch, up_to = t.last_seq,
+                        "acknowledged batch of an earlier journal epoch: cursor left alone");
+                }
+            }
+            self.state.outbox_remove(t.batch_id)?;
+        }
+        outbox_store::set_meta(self.state.conn(), "last_ack_at", &now_rfc3339())?;
+        Ok(moved)
     }
 
     /// Moves `table`'s cursor after a PUBACK — unless the batch was fixed in an earlier journal

@@ -256,6 +256,10 @@ async fn drive(
     max: Duration,
 ) {
     let mut attempt: u32 = 0;
+    // Set once our own DISCONNECT went out: the broker closing the socket after it is the
+    // normal end of a graceful shutdown, not a lost connection (it used to be logged as one,
+    // "Connection closed by peer abruptly", and read as the broker dropping the agent).
+    let mut closing = false;
     loop {
         let event = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -290,7 +294,19 @@ async fn drive(
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => MqttEvent::OutgoingPublish(pkid),
             Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => MqttEvent::AwaitAck(pkid),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                closing = true;
+                continue;
+            }
             Ok(_) => continue,
+            Err(e) if closing => {
+                info!(reason = %e, "connection closed after our DISCONNECT");
+                let _ = tx.send(MqttEvent::Disconnected {
+                    fresh_pending: 0,
+                    error: e.to_string(),
+                });
+                return;
+            }
             Err(e) => {
                 let fresh_pending = eventloop
                     .pending

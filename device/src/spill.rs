@@ -70,9 +70,18 @@ pub enum PutError {
 
 /// Encodes changes as zstd-compressed JSON Lines.
 pub fn encode(rows: &[RowChange]) -> Result<Vec<u8>, SpillError> {
+    let lines = rows
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<Vec<_>, _>>()?;
+    encode_json(&lines)
+}
+
+/// [`encode`] for changes already encoded as JSON (as the journal reader delivers them).
+pub fn encode_json(lines: &[Vec<u8>]) -> Result<Vec<u8>, SpillError> {
     let mut enc = zstd::stream::Encoder::new(Vec::new(), ZSTD_LEVEL)?;
-    for row in rows {
-        serde_json::to_writer(&mut enc, row)?;
+    for line in lines {
+        enc.write_all(line)?;
         enc.write_all(b"\n")?;
     }
     let bytes = enc.finish()?;

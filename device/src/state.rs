@@ -357,13 +357,16 @@ impl StateDb {
         seq: i64,
         epoch: Uuid,
     ) -> Result<bool, StateError> {
-        let n = self.conn.execute(
-            "INSERT INTO tables(table_name, last_acked_seq) \
-             SELECT ?1, ?2 WHERE (SELECT value FROM meta WHERE key = 'journal_epoch') = ?3 \
-             ON CONFLICT(table_name) DO UPDATE SET \
-             last_acked_seq = max(last_acked_seq, excluded.last_acked_seq)",
-            params![table, seq, epoch.to_string()],
-        )?;
+        // Cached statements: these two run once per PUBACK.
+        let n = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO tables(table_name, last_acked_seq) \
+                 SELECT ?1, ?2 WHERE (SELECT value FROM meta WHERE key = 'journal_epoch') = ?3 \
+                 ON CONFLICT(table_name) DO UPDATE SET \
+                 last_acked_seq = max(last_acked_seq, excluded.last_acked_seq)",
+            )?
+            .execute(params![table, seq, epoch.to_string()])?;
         Ok(n > 0)
     }
 
@@ -600,10 +603,9 @@ impl StateDb {
     }
 
     pub fn outbox_remove(&self, batch_id: Uuid) -> Result<(), StateError> {
-        self.conn.execute(
-            "DELETE FROM outbox WHERE batch_id = ?1",
-            [batch_id.to_string()],
-        )?;
+        self.conn
+            .prepare_cached("DELETE FROM outbox WHERE batch_id = ?1")?
+            .execute([batch_id.to_string()])?;
         Ok(())
     }
 }

@@ -45,12 +45,37 @@ pub struct ReadOptions {
     pub skip_tables: BTreeSet<String>,
 }
 
-/// One change with its encoded size on the wire.
-#[derive(Debug, Clone, PartialEq)]
+/// One change, already encoded as it goes on the wire.
+///
+/// Encoded once, when read: a decoded [`RowChange`] (two maps with a `String` per column) is
+/// several times larger than its JSON, and the batcher needs the JSON anyway — holding decoded
+/// changes for a whole read, then cloning and encoding them again, was most of a drain's
+/// memory and a large share of its CPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingChange {
-    pub change: RowChange,
-    /// `serde_json` length of `change`, i.e. its share of a batch's `rows` array (plus a comma).
-    pub bytes: usize,
+    pub commit_seq: i64,
+    /// `serde_json` of the [`RowChange`]: one element of a batch's `rows` array.
+    pub json: Vec<u8>,
+}
+
+impl PendingChange {
+    /// Encodes `change`.
+    pub fn new(change: &RowChange) -> Result<PendingChange, serde_json::Error> {
+        Ok(PendingChange {
+            commit_seq: change.commit_seq,
+            json: serde_json::to_vec(change)?,
+        })
+    }
+
+    /// Encoded size: the change's share of a batch's `rows` array (plus a comma).
+    pub fn bytes(&self) -> usize {
+        self.json.len()
+    }
+
+    /// The change decoded again (for inspection; the publisher only moves the bytes).
+    pub fn change(&self) -> Result<RowChange, serde_json::Error> {
+        serde_json::from_slice(&self.json)
+    }
 }
 
 /// Consecutive changes of one table under one schema hash (one batch's worth, or more).
@@ -65,7 +90,7 @@ pub struct ChangeGroup {
 impl ChangeGroup {
     /// Sum of the changes' encoded sizes.
     pub fn bytes(&self) -> usize {
-        self.changes.iter().map(|c| c.bytes).sum()
+        self.changes.iter().map(PendingChange::bytes).sum()
     }
 }
 
@@ -212,6 +237,131 @@ pub(crate) fn decode_entry(
     }
 }
 
+/// How one schema's entries are written as JSON without building a [`Row`]: key names
+/// pre-encoded, and the order of the columns in a `Row` (a `BTreeMap`, sorted by name) — so
+/// [`encode_entry`] writes exactly what `serde_json` writes for the [`RowChange`] that
+/// [`decode_entry`] builds (a test holds this).
+#[derive(Debug)]
+pub(crate) struct EntryLayout {
+    /// Per column (row-image order): `"name":` as JSON.
+    keys: Vec<Vec<u8>>,
+    /// Row-image indices of all columns, sorted by name.
+    row_sorted: Vec<usize>,
+    /// Row-image indices of the key columns, sorted by name (`None` if a key column is not
+    /// in the row image: such entries go through `decode_entry`, which names the error).
+    pk_in_row_sorted: Option<Vec<usize>>,
+    /// Key-order indices of the key columns, sorted by name (for a delete's key image), and
+    /// their `"name":` as JSON.
+    pk_sorted: Vec<usize>,
+    pk_keys: Vec<Vec<u8>>,
+}
+
+fn json_key(name: &str) -> Vec<u8> {
+    let mut k = serde_json::to_vec(name).unwrap_or_default();
+    k.push(b':');
+    k
+}
+
+impl EntryLayout {
+    pub(crate) fn new(schema: &StoredSchema) -> EntryLayout {
+        let mut row_sorted: Vec<usize> = (0..schema.columns.len()).collect();
+        row_sorted.sort_by(|a, b| schema.columns[*a].cmp(&schema.columns[*b]));
+        let mut pk_sorted: Vec<usize> = (0..schema.pk.len()).collect();
+        pk_sorted.sort_by(|a, b| schema.pk[*a].cmp(&schema.pk[*b]));
+        let pk_in_row_sorted = pk_sorted
+            .iter()
+            .map(|k| schema.columns.iter().position(|c| *c == schema.pk[*k]))
+            .collect();
+        EntryLayout {
+            keys: schema.columns.iter().map(|c| json_key(c)).collect(),
+            row_sorted,
+            pk_in_row_sorted,
+            pk_sorted,
+            pk_keys: schema.pk.iter().map(|c| json_key(c)).collect(),
+        }
+    }
+}
+
+/// Writes `{"k":v,...}` for the given (key, value) index pairs.
+fn write_object<'a>(
+    out: &mut Vec<u8>,
+    pairs: impl Iterator<Item = (&'a [u8], &'a SqlValue)>,
+) -> Result<(), serde_json::Error> {
+    out.push(b'{');
+    for (i, (key, value)) in pairs.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(key);
+        serde_json::to_writer(&mut *out, value)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// Encodes one raw entry straight to its wire JSON (see [`EntryLayout`]). Entries this fast
+/// path does not cover — and every malformed entry, so errors read the same — go through
+/// [`decode_entry`]; `None` means "use that".
+pub(crate) fn encode_entry(
+    raw: &RawEntry,
+    schema: &StoredSchema,
+    layout: &EntryLayout,
+) -> Option<PendingChange> {
+    let (op, text) = match raw.op {
+        OP_INSERT => (Op::Insert, raw.row.as_deref()?),
+        OP_UPDATE => (Op::Update, raw.row.as_deref()?),
+        OP_DELETE => (Op::Delete, raw.pk.as_deref()?),
+        _ => return None,
+    };
+    let values = parse_values(text).ok()?;
+    let mut out = Vec::with_capacity(text.len() * 2 + 64);
+    out.extend_from_slice(b"{\"commit_seq\":");
+    let written = (|| -> Result<(), serde_json::Error> {
+        serde_json::to_writer(&mut out, &raw.commit_seq)?;
+        out.extend_from_slice(b",\"op\":");
+        serde_json::to_writer(&mut out, &op)?;
+        out.extend_from_slice(b",\"pk\":");
+        Ok(())
+    })();
+    written.ok()?;
+    if op == Op::Delete {
+        if values.len() != schema.pk.len() {
+            return None;
+        }
+        let pairs = layout
+            .pk_sorted
+            .iter()
+            .map(|i| (layout.pk_keys[*i].as_slice(), &values[*i]));
+        write_object(&mut out, pairs).ok()?;
+        out.extend_from_slice(b",\"row\":null}");
+    } else {
+        if values.len() != schema.columns.len() {
+            return None;
+        }
+        let pk = layout.pk_in_row_sorted.as_ref()?;
+        let pairs = pk.iter().map(|i| (layout.keys[*i].as_slice(), &values[*i]));
+        write_object(&mut out, pairs).ok()?;
+        out.extend_from_slice(b",\"row\":");
+        let pairs = layout
+            .row_sorted
+            .iter()
+            .map(|i| (layout.keys[*i].as_slice(), &values[*i]));
+        write_object(&mut out, pairs).ok()?;
+        out.push(b'}');
+    }
+    Some(PendingChange {
+        commit_seq: raw.commit_seq,
+        json: out,
+    })
+}
+
+fn encode_change(change: &RowChange) -> Result<PendingChange, CaptureError> {
+    PendingChange::new(change).map_err(|e| CaptureError::BadEntry {
+        commit_seq: change.commit_seq,
+        what: format!("cannot encode: {e}"),
+    })
+}
+
 /// `PRAGMA synchronous=NORMAL` on the agent's source connection while it deletes acknowledged
 /// journal rows, restored afterwards. Losing such a delete to a power cut is harmless (the rows
 /// are at or below the acknowledged cursor: the reader skips them and the next ack deletes
@@ -243,26 +393,6 @@ pub fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// Encoded size of a change on the wire.
-pub fn change_bytes(change: &RowChange) -> usize {
-    // Counted, not collected: this runs once per journal entry.
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    match serde_json::to_writer(&mut count, change) {
-        Ok(()) => count.0,
-        Err(_) => 0,
-    }
-}
-
 impl Capture {
     /// Reads pending journal entries (after `opts.after_seq` and after each table's acknowledged
     /// cursor), decoded, refreshed where the hash is outdated, grouped per (table, hash).
@@ -285,10 +415,10 @@ impl Capture {
         // Per entry only the change itself is built: schemas are shared through a per-read
         // cache, and hash/columns are cloned once per group, not once per entry (these clones
         // were most of the reader's CPU in a backlog drain).
-        let mut schemas: BTreeMap<i64, std::rc::Rc<StoredSchema>> = BTreeMap::new();
+        let mut schemas: BTreeMap<i64, std::rc::Rc<(StoredSchema, EntryLayout)>> = BTreeMap::new();
         for raw in raws {
             out.last_seq = out.last_seq.max(raw.commit_seq);
-            let schema = match schemas.get(&raw.schema_id) {
+            let cached = match schemas.get(&raw.schema_id) {
                 Some(s) => s.clone(),
                 None => {
                     let s = self.stored_schema(raw.schema_id)?.cloned().ok_or(
@@ -297,11 +427,13 @@ impl Capture {
                             schema_id: raw.schema_id,
                         },
                     )?;
-                    let s = std::rc::Rc::new(s);
+                    let layout = EntryLayout::new(&s);
+                    let s = std::rc::Rc::new((s, layout));
                     schemas.insert(raw.schema_id, s.clone());
                     s
                 }
             };
+            let (schema, layout) = (&cached.0, &cached.1);
             if opts.skip_tables.contains(&schema.table) {
                 continue;
             }
@@ -314,22 +446,22 @@ impl Capture {
                     out.covered.insert(schema.table.clone(), raw.commit_seq);
                 }
             }
-            let decoded = decode_entry(&raw, &schema)?;
             let outdated = self
                 .catalog
                 .rows
                 .get(&schema.table)
                 .is_some_and(|cur| cur.table.schema_hash != schema.schema_hash);
             // `None`: under the schema it was captured with.
-            let (change, under_current) = if outdated {
+            let (pending, under_current) = if outdated {
+                let decoded = decode_entry(&raw, schema)?;
                 let Some(cur) = self.catalog.rows.get(&schema.table).cloned() else {
                     continue;
                 };
-                match self.refresh(&cur, &schema, decoded)? {
+                match self.refresh(&cur, schema, decoded)? {
                     Refreshed::Current(change) => {
                         out.refreshed += 1;
                         (
-                            change,
+                            encode_change(&change)?,
                             Some((cur.table.schema_hash.clone(), cur.table.schema.clone())),
                         )
                     }
@@ -337,20 +469,21 @@ impl Capture {
                         out.superseded += 1;
                         continue;
                     }
-                    Refreshed::AsCaptured(change) => (change, None),
+                    Refreshed::AsCaptured(change) => (encode_change(&change)?, None),
                 }
+            } else if let Some(pending) = encode_entry(&raw, schema, layout) {
+                // The common case: straight from the journal's text to the wire's.
+                (pending, None)
             } else {
-                (
-                    RowChange {
-                        commit_seq: decoded.commit_seq,
-                        op: decoded.op,
-                        pk: decoded.pk,
-                        row: decoded.row,
-                    },
-                    None,
-                )
+                let decoded = decode_entry(&raw, schema)?;
+                let change = RowChange {
+                    commit_seq: decoded.commit_seq,
+                    op: decoded.op,
+                    pk: decoded.pk,
+                    row: decoded.row,
+                };
+                (encode_change(&change)?, None)
             };
-            let bytes = change_bytes(&change);
             let hash = under_current
                 .as_ref()
                 .map_or(schema.schema_hash.as_str(), |(h, _)| h.as_str());
@@ -374,7 +507,7 @@ impl Capture {
                 }
             };
             if let Some(g) = out.groups.get_mut(idx) {
-                g.changes.push(PendingChange { change, bytes });
+                g.changes.push(pending);
             }
         }
         if out.refreshed > 0 {
@@ -767,5 +900,65 @@ mod tests {
         assert!(decode_entry(&raw(OP_INSERT, None, Some("[1]")), &schema()).is_err());
         assert!(decode_entry(&raw(9, None, Some("[1,2]")), &schema()).is_err());
         assert!(decode_entry(&raw(OP_DELETE, None, None), &schema()).is_err());
+    }
+
+    /// The fast path writes byte for byte what serde writes for the decoded change, including
+    /// unsorted and awkward column names, composite keys, markers and escapes.
+    #[test]
+    fn encoded_entries_equal_serde_of_the_decoded_change() {
+        let schema = StoredSchema {
+            schema_id: 1,
+            table: "t".into(),
+            schema_hash: "h".into(),
+            columns: vec![
+                "zeta".into(),
+                "id".into(),
+                "Ä \"q\"".into(),
+                "b".into(),
+                "a".into(),
+                "select".into(),
+            ],
+            pk: vec!["zeta".into(), "b".into()],
+            schema_columns: SchemaColumns::new("t", vec![]),
+        };
+        let layout = EntryLayout::new(&schema);
+        let raw = |op, pk: Option<&str>, row: Option<&str>| RawEntry {
+            commit_seq: 9_007_199_254_740_993,
+            schema_id: 1,
+            op,
+            pk: pk.map(str::to_owned),
+            row: row.map(str::to_owned),
+        };
+        let row =
+            r#"["k\"\n\u00e9", -9223372036854775808, 1.5e-7, {"$hex":"00ff"}, 9.0e+999, null]"#;
+        let cases = [
+            raw(OP_INSERT, None, Some(row)),
+            raw(
+                OP_UPDATE,
+                None,
+                Some(r#"["x",1,-9.0e+999,2,1.0,"\ud83d\ude00"]"#),
+            ),
+            raw(OP_DELETE, Some(r#"["k",7]"#), None),
+        ];
+        for r in &cases {
+            let d = decode_entry(r, &schema).unwrap();
+            let expected = serde_json::to_vec(&RowChange {
+                commit_seq: d.commit_seq,
+                op: d.op,
+                pk: d.pk,
+                row: d.row,
+            })
+            .unwrap();
+            let fast = encode_entry(r, &schema, &layout).unwrap();
+            assert_eq!(
+                String::from_utf8(fast.json.clone()).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+            assert_eq!(fast.commit_seq, r.commit_seq);
+        }
+        // Malformed entries take the slow path, which names the problem.
+        assert!(encode_entry(&raw(OP_INSERT, None, Some("[1]")), &schema, &layout).is_none());
+        assert!(encode_entry(&raw(9, None, Some(row)), &schema, &layout).is_none());
+        assert!(encode_entry(&raw(OP_DELETE, None, None), &schema, &layout).is_none());
     }
 }

@@ -106,7 +106,7 @@ pub fn changes_of(read: &PendingRead, table: &str) -> Vec<RowChange> {
         .groups
         .iter()
         .filter(|g| g.table == table)
-        .flat_map(|g| g.changes.iter().map(|c| c.change.clone()))
+        .flat_map(|g| g.changes.iter().map(|c| c.change().unwrap()))
         .collect();
     out.sort_by_key(|c| c.commit_seq);
     out.into_iter()
