@@ -7,7 +7,8 @@
 //! measured in the same run, a raw rumqttc loop publishing the very same batch bytes at QoS 1
 //! with the same in-flight window — the ratio says how much the agent's own work costs on top of
 //! moving the bytes. Then idle RSS: a second agent process on an empty journal for a few
-//! flush intervals under `/usr/bin/time -v`.
+//! flush intervals under `/usr/bin/time -v`. `EDGE_BENCH_AGENT_BIN` runs another binary (e.g. the
+//! static musl build) in place of this profile's.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -60,7 +61,12 @@ fn spawn_timed(config: &Path, time_out: &Path) -> Child {
         .arg("-v")
         .arg("-o")
         .arg(time_out)
-        .arg(env!("CARGO_BIN_EXE_edge-agent"))
+        // EDGE_BENCH_AGENT_BIN: measure another build of the same source (the static musl
+        // binary, whose allocator is what gateways run) instead of this profile's.
+        .arg(
+            std::env::var_os("EDGE_BENCH_AGENT_BIN")
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_edge-agent").into()),
+        )
         .args(["run", "--config"])
         .arg(config)
         .env("EDGE_AGENT_LOG", "warn")
@@ -177,10 +183,48 @@ fn main() {
         c
     });
 
+    // Drained = the cursor passed the last row (PUBACK seen and journal deleted). A watcher
+    // thread polls state.db for that and takes the agent's CPU time at that moment, so the
+    // figure is the agent's (journal → PUBACK → cursor), not how fast this process decodes
+    // what the subscriber received (which, on a loaded machine, lagged the drain by seconds).
+    let last: i64 = db
+        .query_row("SELECT max(commit_seq) FROM __omega_journal", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
     let time_out = dir.path().join("drain.time");
     let started = Instant::now();
     let child = spawn_timed(&config, &time_out);
     let pid = agent_pid(child.id());
+    let state_path = dir.path().join("state.db");
+    let watcher = std::thread::spawn(move || {
+        let acked = |state: &Connection| -> i64 {
+            state
+                .query_row(
+                    "SELECT last_acked_seq FROM tables WHERE table_name = 't'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap_or(0)
+        };
+        let state = loop {
+            if let Ok(c) =
+                Connection::open_with_flags(&state_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            {
+                break c;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        state.busy_timeout(Duration::from_secs(10)).unwrap();
+        while acked(&state) < last {
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "drain too slow"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (started.elapsed().as_secs_f64(), cpu_seconds(pid))
+    });
     let mut payloads: Vec<Vec<u8>> = Vec::new();
     let mut received_rows = 0usize;
     rt.block_on(async {
@@ -198,39 +242,41 @@ fn main() {
             }
         }
     });
-    // Drained = the cursor passed the last row (PUBACK seen and journal deleted).
-    let state = Connection::open(dir.path().join("state.db")).unwrap();
-    state.busy_timeout(Duration::from_secs(10)).unwrap();
-    let last: i64 = db
-        .query_row("SELECT max(commit_seq) FROM __omega_journal", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    loop {
-        let acked: i64 = state
-            .query_row(
-                "SELECT last_acked_seq FROM tables WHERE table_name = 't'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        if acked >= last {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid);
+    let (elapsed, cpu) = watcher.join().unwrap();
     // The broker's own account of any disconnect of the agent during the drain (the agent only
-    // sees "closed by peer"); the harness logs everything.
-    for line in broker.log().lines().filter(|l| {
-        l.contains(DEVICE)
-            && ["isconnect", "rror", "closed", "xceeded", "too large"]
-                .iter()
-                .any(|w| l.contains(w))
+    // sees "closed by peer"). `Broker::log()` is only the tail, so read the whole file (the
+    // harness logs everything) and keep a copy for reading after the broker's dir is gone.
+    let full_log = std::fs::read_to_string(
+        broker
+            .dir()
+            .join(format!("mosquitto-{}.log", broker.port())),
+    )
+    .unwrap_or_default();
+    let kept = std::env::temp_dir().join("edge-bench-drain-mosquitto.log");
+    let _ = std::fs::write(&kept, &full_log);
+    eprintln!("full broker log: {}", kept.display());
+    let mut drops = 0;
+    for line in full_log.lines().filter(|l| {
+        !l.contains("Received PUBLISH")
+            && !l.contains("Sending PUBACK")
+            && !l.contains("Sending PUBLISH")
+            && !l.contains("Received PUBACK")
+            && [
+                "isconnect",
+                "rror",
+                "closed",
+                "xceeded",
+                "too large",
+                "imeout",
+                "ropped",
+            ]
+            .iter()
+            .any(|w| l.contains(w))
     }) {
+        drops += usize::from(line.contains(DEVICE));
         eprintln!("broker: {line}");
     }
+    eprintln!("broker: {drops} disconnect/error lines naming {DEVICE}");
     stop(child, pid);
     let peak = max_rss_kib(&time_out);
     let bytes: usize = payloads.iter().map(Vec::len).sum();
