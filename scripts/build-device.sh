@@ -5,8 +5,12 @@
 #   scripts/build-device.sh --smoke    # aarch64 only, then `--version` and `check` under qemu-user
 #   TARGETS="aarch64-unknown-linux-musl" scripts/build-device.sh
 #
-# Output: dist/edge-agent-<target> (stripped, statically linked). armv7 musl has no prebuilt std
-# on every toolchain, so it is built with nightly -Zbuild-std (rust-src is installed on demand).
+# Output: dist/edge-agent-<target> (stripped, statically linked); each binary then runs
+# `--version` and `check` (throwaway certs, example config) under qemu-user. armv7 musl has no
+# prebuilt std here, so it is built with nightly -Zbuild-std (nightly and rust-src are installed
+# on demand) in its own target dir (ARMV7_TARGET_DIR, default ~/.cache/edge-sync/target-armv7):
+# build-std artifacts never mix with the shared cache, and it does not wait for that cache's lock.
+# The first armv7 build compiles std and every dependency: ~40 min on 2 busy cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,26 +35,66 @@ if ! have cargo-zigbuild || ! python3 -m ziglang version >/dev/null 2>&1; then
   log "installing ziglang + cargo-zigbuild (pip)"
   pip_install ziglang cargo-zigbuild
 fi
-if [ "$smoke" = 1 ] && ! have qemu-aarch64-static; then
+if ! have qemu-aarch64-static || ! have qemu-arm-static; then
   log "installing qemu-user-static"
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends qemu-user-static >/dev/null
 fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# `--version` and `check --config <generated example>` of one binary under qemu-user (--smoke
+# adds the bad-config path at the end: one error line, non-zero exit).
+run_checks() {
+  local bin=$1 qemu=$2
+  log "$bin --version under $qemu: $("$qemu" "$bin" --version)"
+  if [ ! -f "$work/agent.toml" ]; then
+    # A throwaway CA + device certificate and an empty source database (a 0-byte file is a
+    # valid empty SQLite database), so `check` exercises config, PEM loading, expiry and DB access.
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=smoke-ca" \
+      -keyout "$work/ca.key" -out "$work/ca.crt" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=gw-07" \
+      -keyout "$work/device.key" -out "$work/device.csr" 2>/dev/null
+    # X.509 v3 (webpki refuses v1 certificates, which `openssl x509 -req` makes without extensions).
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n' >"$work/ext"
+    openssl x509 -req -in "$work/device.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial \
+      -days 2 -extfile "$work/ext" -out "$work/device.crt" 2>/dev/null
+    : >"$work/source.db"
+    sed -e "s#/etc/edge-agent/AmazonRootCA1.pem#$work/ca.crt#" \
+        -e "s#/etc/edge-agent/device.crt#$work/device.crt#" \
+        -e "s#/etc/edge-agent/device.key#$work/device.key#" \
+        -e "s#/var/lib/app/source.db#$work/source.db#" \
+        -e "s#/var/lib/edge-agent/state.db#$work/state.db#" \
+        device/packaging/edge-agent.example.toml >"$work/agent.toml"
+  fi
+  log "$bin check --config <generated example> under $qemu"
+  OMEGA_AUTH_TOKEN=smoke "$qemu" "$bin" check --config "$work/agent.toml"
+}
 
 mkdir -p dist
 for target in "${targets[@]}"; do
   case "$target" in
     armv7-unknown-linux-musleabihf)
       # No prebuilt std for this target here: build std from source on nightly.
+      if ! rustup toolchain list | grep -q '^nightly'; then
+        log "installing the nightly toolchain (minimal profile)"
+        rustup toolchain install nightly --profile minimal
+      fi
       if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
         log "adding rust-src to nightly"
         rustup component add rust-src --toolchain nightly
       fi
-      log "building $target (nightly, -Zbuild-std)"
-      RUSTFLAGS="-C link-self-contained=no" cargo +nightly zigbuild -Zbuild-std=std,panic_abort \
+      target_dir="${ARMV7_TARGET_DIR:-$HOME/.cache/edge-sync/target-armv7}"
+      log "building $target (nightly, -Zbuild-std, target dir $target_dir)"
+      # link-self-contained=no: zig provides musl's crt and libc; rustc's self-contained
+      # objects for this target do not exist without a prebuilt std.
+      CARGO_TARGET_DIR="$target_dir" RUSTFLAGS="-C link-self-contained=no" \
+        cargo +nightly zigbuild -Zbuild-std=std,panic_abort \
         --release --locked -p edge-agent --bin edge-agent --target "$target"
       ;;
     *)
+      target_dir="$CARGO_TARGET_DIR"
       if ! rustup target list --installed | grep -qx "$target"; then
         log "adding rust target $target"
         rustup target add "$target"
@@ -59,45 +103,21 @@ for target in "${targets[@]}"; do
       cargo zigbuild --release --locked -p edge-agent --bin edge-agent --target "$target"
       ;;
   esac
-  cp "$CARGO_TARGET_DIR/$target/release/edge-agent" "dist/edge-agent-$target"
+  cp "$target_dir/$target/release/edge-agent" "dist/edge-agent-$target"
   size=$(stat -c %s "dist/edge-agent-$target")
   log "dist/edge-agent-$target: $size bytes ($(( size / 1024 )) KiB), $(file -b "dist/edge-agent-$target" 2>/dev/null | cut -d, -f1-2 || true)"
-  # Cheapest proof the binary starts on its architecture (the full smoke test is aarch64 only).
   case "$target" in
     aarch64-*) qemu=qemu-aarch64-static ;;
     armv7-*) qemu=qemu-arm-static ;;
     *) qemu="" ;;
   esac
-  if [ -n "$qemu" ] && have "$qemu"; then
-    log "$target: $("$qemu" "dist/edge-agent-$target" --version)"
+  if [ -n "$qemu" ]; then
+    run_checks "dist/edge-agent-$target" "$qemu"
   fi
 done
 
 if [ "$smoke" = 1 ]; then
   bin="dist/edge-agent-aarch64-unknown-linux-musl"
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
-  log "smoke: $bin --version under qemu-aarch64-static"
-  qemu-aarch64-static "$bin" --version
-  # A throwaway CA + device certificate and an empty source database (a 0-byte file is a valid
-  # empty SQLite database), so `check` exercises config, PEM loading, expiry and DB access.
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=smoke-ca" \
-    -keyout "$work/ca.key" -out "$work/ca.crt" 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=gw-07" \
-    -keyout "$work/device.key" -out "$work/device.csr" 2>/dev/null
-  # X.509 v3 (webpki refuses v1 certificates, which `openssl x509 -req` makes without extensions).
-  printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n' >"$work/ext"
-  openssl x509 -req -in "$work/device.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial \
-    -days 2 -extfile "$work/ext" -out "$work/device.crt" 2>/dev/null
-  : >"$work/source.db"
-  sed -e "s#/etc/edge-agent/AmazonRootCA1.pem#$work/ca.crt#" \
-      -e "s#/etc/edge-agent/device.crt#$work/device.crt#" \
-      -e "s#/etc/edge-agent/device.key#$work/device.key#" \
-      -e "s#/var/lib/app/source.db#$work/source.db#" \
-      -e "s#/var/lib/edge-agent/state.db#$work/state.db#" \
-      device/packaging/edge-agent.example.toml >"$work/agent.toml"
-  log "smoke: edge-agent check --config <generated example>"
-  OMEGA_AUTH_TOKEN=smoke qemu-aarch64-static "$bin" check --config "$work/agent.toml"
   log "smoke: bad config gives one error line and a non-zero exit"
   if OMEGA_AUTH_TOKEN=smoke OMEGA_MQTT_BROKER_URL=mqtt://x qemu-aarch64-static "$bin" check --config "$work/agent.toml" 2>"$work/err"; then
     echo "expected check to fail on a plaintext URL" >&2; exit 1
