@@ -159,9 +159,12 @@ impl Daemon {
                     let pos = fixed.entry(e.table_name.clone()).or_insert(0);
                     *pos = (*pos).max(e.last_seq);
                 }
+                // The epoch is stored with the outbox row; the schema hash is not, and the
+                // cloud takes the table's current one (right unless the schema changed since).
                 spills.insert(
                     e.batch_id,
-                    Spill::new(e.batch_id, e.table_name, e.last_seq, now),
+                    Spill::new(e.batch_id, e.table_name, e.last_seq, now)
+                        .with_header(e.epoch, None),
                 );
                 continue;
             }
@@ -628,12 +631,10 @@ impl Daemon {
                         .bump_counter(spill::COUNTER_SPILLS, &group.table, 1)?;
                     self.mark_fixed(&group.table, change.commit_seq);
                     blocked.insert(group.table.clone());
-                    new_spills.push(Spill::new(
-                        id,
-                        group.table.clone(),
-                        change.commit_seq,
-                        Instant::now(),
-                    ));
+                    new_spills.push(
+                        Spill::new(id, group.table.clone(), change.commit_seq, Instant::now())
+                            .with_header(Some(self.epoch), Some(group.schema_hash.clone())),
+                    );
                 }
             }
         }
@@ -1050,7 +1051,10 @@ impl Daemon {
                 Due::Request => RequestKind::UrlRequest,
                 Due::Finalize => RequestKind::Finalize,
             };
-            let request = IngestRequest::new(kind, s.table.clone(), SegmentKind::PayloadSpill, id);
+            let mut request =
+                IngestRequest::new(kind, s.table.clone(), SegmentKind::PayloadSpill, id);
+            request.journal_epoch = s.journal_epoch;
+            request.schema_hash = s.schema_hash.clone();
             let payload = serde_json::to_vec(&request)?;
             if client
                 .try_publish(

@@ -147,6 +147,12 @@ pub struct Spill {
     pub commit_seq: i64,
     pub phase: Phase,
     pub failures: u32,
+    /// The batch header the cloud processes the object under, sent with every request
+    /// (optional fields of `url_request`): without them the cloud has to assume the device's
+    /// newest epoch and the table's current schema, wrong when the spilled change is the first
+    /// of a new epoch or precedes a schema change.
+    pub journal_epoch: Option<Uuid>,
+    pub schema_hash: Option<String>,
 }
 
 impl Spill {
@@ -157,7 +163,16 @@ impl Spill {
             commit_seq,
             phase: Phase::Waiting { not_before: now },
             failures: 0,
+            journal_epoch: None,
+            schema_hash: None,
         }
+    }
+
+    /// The same spill with its batch header (see the fields).
+    pub fn with_header(mut self, journal_epoch: Option<Uuid>, schema_hash: Option<String>) -> Self {
+        self.journal_epoch = journal_epoch;
+        self.schema_hash = schema_hash;
+        self
     }
 
     /// The next thing to publish at `now`, if any.

@@ -680,6 +680,23 @@ async fn oversized_row_goes_through_the_spill_flow_across_a_restart() {
         .unwrap();
     assert_eq!(first.source_table, "a");
     assert_eq!(first.segment_kind, SegmentKind::PayloadSpill);
+    // The batch header travels with the request, so the cloud need not guess it.
+    let epoch: String = {
+        let c = Connection::open_with_flags(
+            agent.dir.path().join("state/state.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c.query_row(
+            "SELECT value FROM meta WHERE key = 'journal_epoch'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(first.journal_epoch.map(|e| e.to_string()), Some(epoch));
+    assert_eq!(first.schema_hash.as_ref().map(String::len), Some(64));
     assert!(edge_protocol::ids::is_uuid_v7(&first.batch_id));
     drain_until(
         &mut svc,
@@ -699,6 +716,10 @@ async fn oversized_row_goes_through_the_spill_flow_across_a_restart() {
     assert_eq!(
         again.batch_id, first.batch_id,
         "the spill id is fixed before its first request"
+    );
+    assert_eq!(
+        again.journal_epoch, first.journal_epoch,
+        "the epoch is restored from state.db"
     );
 
     // An expired grant: the agent asks again.
