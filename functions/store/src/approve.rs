@@ -13,7 +13,7 @@ use edge_cloud_core::staged_json;
 use edge_cloud_core::telemetry::data_point_value;
 use edge_protocol::batch::{Op, RowChange};
 use edge_protocol::ids::CommitPosition;
-use edge_protocol::value::row_from_json;
+use edge_protocol::value::{row_from_json, Row, ValueError};
 use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
@@ -188,8 +188,8 @@ pub async fn replay_staged<C: GenericClient>(
     loop {
         let rows = c
             .query(
-                "SELECT journal_epoch, source_commit_seq, pk_key, op, pk, \"row\", schema_hash, \
-                     event_ts, batch_id, bytes \
+                "SELECT journal_epoch, source_commit_seq, pk_key, op, pk::text, \"row\"::text, \
+                     schema_hash, event_ts, batch_id, bytes \
                  FROM edge_staged_rows WHERE lineage_id = $1 \
                      AND (journal_epoch, source_commit_seq, pk_key) > ($2, $3, $4) \
                  ORDER BY journal_epoch, source_commit_seq, pk_key LIMIT $5",
@@ -277,14 +277,18 @@ pub(crate) async fn materialize_group<C: GenericClient>(
         let mapped: HashMap<&str, Uuid> = b.mapped.iter().map(|(s, d)| (s.as_str(), *d)).collect();
         let mut by_batch: HashMap<Uuid, Vec<TelemetryValue>> = HashMap::new();
         for r in group {
-            let row: Option<serde_json::Value> = r
-                .get::<_, Option<serde_json::Value>>(5)
-                .map(|v| staged_json::decode(&v));
+            let fields = r
+                .get::<_, Option<&str>>(5)
+                .map(|text| match parse_staged(text) {
+                    Ok(Some(row)) => Ok(row),
+                    Ok(None) => Err(ValueError::NotAnObject.to_string()),
+                    Err(e) => Err(e),
+                })
+                .transpose();
             let ts: Option<OffsetDateTime> = r.get(7);
             let batch_id: Uuid = r.get(8);
             let seq: i64 = r.get(1);
             let index = i32::try_from(seq.rem_euclid(4096)).unwrap_or(0);
-            let fields = row.as_ref().map(row_from_json).transpose();
             match (fields, ts) {
                 (Ok(Some(fields)), Some(ts)) => {
                     for (name, v) in &fields {
@@ -316,33 +320,47 @@ pub(crate) async fn materialize_group<C: GenericClient>(
     Ok((drained, i64::try_from(failed.len()).unwrap_or(i64::MAX)))
 }
 
+/// A staged row (read with `pk::text, "row"::text` at columns 4 and 5) as a change.
 fn staged_change(r: &tokio_postgres::Row) -> Result<RowChange, String> {
     let op: String = r.get(3);
     let op = Op::from_wire(&op).ok_or_else(|| format!("staged op {op:?}"))?;
-    let pk: Option<serde_json::Value> = r
-        .get::<_, Option<serde_json::Value>>(4)
-        .map(|v| staged_json::decode(&v));
-    let row: Option<serde_json::Value> = r
-        .get::<_, Option<serde_json::Value>>(5)
-        .map(|v| staged_json::decode(&v));
-    let pk = pk
-        .as_ref()
-        .map(row_from_json)
-        .transpose()
-        .map_err(|e| e.to_string())?
-        .unwrap_or_default();
-    let row = row
-        .as_ref()
-        .filter(|v| !v.is_null())
-        .map(row_from_json)
-        .transpose()
-        .map_err(|e| e.to_string())?;
+    let pk = match r.get::<_, Option<&str>>(4).map(parse_staged).transpose()? {
+        None => Row::new(),
+        Some(Some(pk)) => pk,
+        Some(None) => return Err(ValueError::NotAnObject.to_string()),
+    };
+    let row = r
+        .get::<_, Option<&str>>(5)
+        .map(parse_staged)
+        .transpose()?
+        .flatten();
     Ok(RowChange {
         commit_seq: r.get(1),
         op,
         pk,
         row,
     })
+}
+
+/// Parses a staged `pk`/`row` value from its JSON text; `None` for JSON `null`.
+///
+/// Replay reads thousands of these per chunk, so the common case goes straight from text to
+/// protocol values in one pass. Text that may hold the NUL marker (cloud-internal, see
+/// [`staged_json`]) — or that the direct parse refuses — goes the long way: a JSON tree,
+/// marker restore, then [`row_from_json`]. The long way is also what reports the error, so
+/// both ways give the same outcome and message for every input.
+pub(crate) fn parse_staged(text: &str) -> Result<Option<Row>, String> {
+    if !text.contains(staged_json::NUL_TEXT_MARKER) {
+        if let Ok(row) = serde_json::from_str::<Row>(text) {
+            return Ok(Some(row));
+        }
+    }
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let value = staged_json::decode(&value);
+    if value.is_null() {
+        return Ok(None);
+    }
+    row_from_json(&value).map(Some).map_err(|e| e.to_string())
 }
 
 async fn delete_staged<C: GenericClient>(
@@ -407,4 +425,61 @@ async fn mark_failed<C: GenericClient>(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// What replay did before [`parse_staged`]: a JSON tree, marker restore, then the protocol
+    /// decoder (`None` for JSON null).
+    fn reference(text: &str) -> Result<Option<Row>, String> {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        let v = staged_json::decode(&v);
+        if v.is_null() {
+            return Ok(None);
+        }
+        row_from_json(&v).map(Some).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn parse_staged_agrees_with_the_tree_decoder_on_every_kind_of_value() {
+        let nul = staged_json::encode(&serde_json::json!({"id": 1, "note": "a\u{0}b"}));
+        let cases = [
+            r#"{"id": 1, "mode": "heat", "setpoint": 20.5}"#.to_owned(),
+            r#"{"id": 1, "mode": null, "setpoint": null, "raw": null}"#.to_owned(),
+            r#"{"id": -9223372036854775808, "max": 9223372036854775807}"#.to_owned(),
+            // u64 range: not an SQLite integer (an error, with the same message both ways).
+            r#"{"id": 9223372036854775808}"#.to_owned(),
+            // jsonb prints whole reals without exponent; both ways read them the same.
+            r#"{"r": 5.0, "big": 10000000000000000000000, "tiny": 0.000000000000000000001}"#
+                .to_owned(),
+            r#"{"r": 0.30000000000000004, "neg": -0.0, "e": 1.7976931348623157}"#.to_owned(),
+            r#"{"inf": {"$real": "inf"}, "ninf": {"$real": "-inf"}}"#.to_owned(),
+            r#"{"raw": {"$base64": "AP8B"}, "empty": {"$base64": ""}}"#.to_owned(),
+            r#"{"raw": {"$base64": "not base64!"}}"#.to_owned(),
+            r#"{"q": "it's \"quoted\" \\ back\\slash", "u": "ünïcödé ✓ 😀 \u2028"}"#.to_owned(),
+            r#"{"marker_like": "$text_with_nul", "x": "{\"$base64\": \"AA==\"}"}"#.to_owned(),
+            nul.to_string(),
+            r#"{"note": {"$text_with_nul": "***"}}"#.to_owned(),
+            r#"{"nested": {"a": 1}}"#.to_owned(),
+            r#"{"b": true}"#.to_owned(),
+            r#"{"arr": [1, 2]}"#.to_owned(),
+            r#"{"$real": "inf"}"#.to_owned(),
+            r#"{}"#.to_owned(),
+            "null".to_owned(),
+            "5".to_owned(),
+            r#""text""#.to_owned(),
+            "[1]".to_owned(),
+        ];
+        for text in &cases {
+            assert_eq!(parse_staged(text), reference(text), "{text}");
+        }
+        let restored = parse_staged(&nul.to_string()).unwrap().unwrap();
+        assert_eq!(
+            restored.get("note"),
+            Some(&edge_protocol::value::SqlValue::Text("a\u{0}b".into()))
+        );
+    }
 }

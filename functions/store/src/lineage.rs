@@ -1,5 +1,7 @@
 //! Lineages, schema versions, reviews, bindings, policy and watermarks.
 
+use std::collections::HashMap;
+
 use edge_cloud_core::classify::{SchemaClass, SchemaDiff};
 use edge_cloud_core::mirror::{MirrorColumn, MirrorTable, MirrorType};
 use edge_protocol::fingerprint::SchemaColumns;
@@ -338,10 +340,43 @@ pub async fn bindings<C: GenericClient>(
     if rows.is_empty() {
         return Ok(None);
     }
+    bindings_from_rows(rows.iter()).map(Some)
+}
+
+/// Bindings of every approved hash of the lineage, in one query (the replay worker needs all
+/// of them per chunk: which hashes are drainable, and how to write each).
+pub async fn lineage_bindings<C: GenericClient>(
+    c: &C,
+    lineage_id: Uuid,
+) -> Result<HashMap<String, Bindings>, StoreError> {
+    let rows = c
+        .query(
+            "SELECT source_column_name, action, mirror_table_name, mirror_column_name, \
+                 mirror_type, pk_ordinal, device_data_point_id, schema_hash \
+             FROM edge_column_bindings WHERE lineage_id = $1 \
+             ORDER BY schema_hash, source_column_name",
+            &[&lineage_id],
+        )
+        .await?;
+    let mut by_hash: HashMap<String, Vec<&tokio_postgres::Row>> = HashMap::new();
+    for r in &rows {
+        by_hash.entry(r.get(7)).or_default().push(r);
+    }
+    by_hash
+        .into_iter()
+        .map(|(hash, rows)| bindings_from_rows(rows.into_iter()).map(|b| (hash, b)))
+        .collect()
+}
+
+/// Builds [`Bindings`] from `edge_column_bindings` rows of one hash (columns as selected by
+/// [`bindings`], in source-column order).
+fn bindings_from_rows<'a>(
+    rows: impl Iterator<Item = &'a tokio_postgres::Row>,
+) -> Result<Bindings, StoreError> {
     let mut table_name: Option<String> = None;
     let mut columns = Vec::new();
     let mut mapped = Vec::new();
-    for r in &rows {
+    for r in rows {
         let source: String = r.get(0);
         let action: &str = r.get(1);
         match action {
@@ -370,7 +405,7 @@ pub async fn bindings<C: GenericClient>(
         Some(name) if !columns.is_empty() => Some(MirrorTable { name, columns }),
         _ => None,
     };
-    Ok(Some(Bindings { mirror, mapped }))
+    Ok(Bindings { mirror, mapped })
 }
 
 /// Writes a governance event in the caller's transaction (cloud.md §11).
