@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -45,6 +45,12 @@ impl Claims {
 pub struct AuthConfig {
     hs256_secret: Option<Vec<u8>>,
     jwks: Option<JwkSet>,
+    /// Accepted `iss` values; unchecked when empty. A JWKS is usually an identity provider's,
+    /// shared by every application it signs for: issuer and audience are what tie a token
+    /// to this API.
+    issuers: Vec<String>,
+    /// Accepted `aud` values; unchecked when empty.
+    audiences: Vec<String>,
     /// Only the `api` Lambda sets this: there API Gateway's JWT authorizer has verified the
     /// token and the request context carries its claims. Locally no request context exists.
     pub trust_gateway_claims: bool,
@@ -59,6 +65,8 @@ impl fmt::Debug for AuthConfig {
                 &self.hs256_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("jwks_keys", &self.jwks.as_ref().map(|j| j.keys.len()))
+            .field("issuers", &self.issuers)
+            .field("audiences", &self.audiences)
             .field("trust_gateway_claims", &self.trust_gateway_claims)
             .finish()
     }
@@ -93,6 +101,25 @@ impl AuthConfig {
         Ok(self)
     }
 
+    /// Adds RS256 keys from a JWKS file (what `EDGE_JWT_JWKS_FILE` names).
+    pub fn with_jwks_file(self, path: &std::path::Path) -> Result<Self, AuthError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| AuthError::Jwks(format!("reading {}: {e}", path.display())))?;
+        self.with_jwks_json(&text)
+    }
+
+    /// Accepts only tokens whose `iss` is `issuer` (call again to accept several).
+    pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuers.push(issuer.into());
+        self
+    }
+
+    /// Accepts only tokens whose `aud` holds `audience` (call again to accept several).
+    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+        self.audiences.push(audience.into());
+        self
+    }
+
     pub fn is_configured(&self) -> bool {
         self.hs256_secret.is_some() || self.jwks.is_some() || self.trust_gateway_claims
     }
@@ -113,7 +140,7 @@ impl AuthConfig {
                     None => None,
                 }
                 .ok_or_else(|| AuthError::Invalid("no JWKS key matches the token's kid".into()))?;
-                DecodingKey::from_jwk(jwk).map_err(|e| AuthError::Jwks(e.to_string()))?
+                rs256_key(jwk)?
             }
             // Refusing every other algorithm (none, HS384, …) closes algorithm-confusion holes.
             other => {
@@ -123,12 +150,54 @@ impl AuthConfig {
             }
         };
         let mut validation = jsonwebtoken::Validation::new(header.alg);
-        validation.validate_aud = false;
         validation.leeway = 30;
+        validation.validate_nbf = true;
+        // jsonwebtoken refuses any token carrying `aud` unless an audience is expected, so the
+        // check is on exactly when one is configured.
+        validation.validate_aud = !self.audiences.is_empty();
+        // A configured claim must also be present: jsonwebtoken only compares `iss`/`aud` that
+        // a token carries, so without this a token that omits them passed (found by the RS256
+        // test).
+        let mut required = vec!["exp"];
+        if !self.audiences.is_empty() {
+            validation.set_audience(&self.audiences);
+            required.push("aud");
+        }
+        if !self.issuers.is_empty() {
+            validation.set_issuer(&self.issuers);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         decode::<Claims>(token, &key, &validation)
             .map(|d| d.claims)
             .map_err(|e| AuthError::Invalid(e.to_string()))
     }
+}
+
+/// The verification key of a JWKS entry for an RS256 token. A key published for another
+/// algorithm (`alg`) or for encryption (`use: enc`) is refused rather than tried: the identity
+/// provider said what the key is for.
+fn rs256_key(jwk: &Jwk) -> Result<DecodingKey, AuthError> {
+    if !matches!(jwk.algorithm, AlgorithmParameters::RSA(_)) {
+        return Err(AuthError::Invalid(
+            "the token's JWKS key is not an RSA key".into(),
+        ));
+    }
+    if jwk
+        .common
+        .key_algorithm
+        .is_some_and(|a| a != KeyAlgorithm::RS256)
+    {
+        return Err(AuthError::Invalid(
+            "the token's JWKS key is not published for RS256".into(),
+        ));
+    }
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return Err(AuthError::Invalid(
+            "the token's JWKS key is an encryption key".into(),
+        ));
+    }
+    DecodingKey::from_jwk(jwk).map_err(|e| AuthError::Jwks(e.to_string()))
 }
 
 /// Claims as API Gateway's JWT authorizer hands them over: every value flattened to a string
