@@ -26,6 +26,8 @@ declare -A APT_WANTS=(
   [python3]=python3
   [pip3]=python3-pip
   [setpriv]=util-linux
+  # RS256 API tests generate their RSA key with the CLI (tests/auth_rs256.rs)
+  [openssl]=openssl
 )
 missing=()
 for bin in "${!APT_WANTS[@]}"; do

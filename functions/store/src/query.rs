@@ -495,13 +495,29 @@ pub async fn mirror_rows<C: GenericClient>(
         page.offset()
     };
     let t = quote_ident(&table);
-    // The row's JSON is narrowed to the selected columns in SQL so wide tables do not ship
-    // unused values; names travel as a parameter, never as SQL text. The page is cut in a
-    // subquery first: a projection below LIMIT/OFFSET would build JSON for every skipped row.
+    // The row's JSON holds just the selected columns, built by `jsonb_build_object` from the
+    // columns themselves: the keys are `$4[i]` (names travel as a parameter, never as SQL
+    // text) and the values are quoted identifiers of columns the catalog just listed. (The
+    // earlier `jsonb_each(to_jsonb(m.*))` + `jsonb_object_agg` built and took apart a document
+    // of every column per row: 3–5× the page query's time.) The page is cut in a subquery
+    // first: a projection below LIMIT/OFFSET would build JSON for every skipped row.
+    let data_expr = if selected.is_empty() {
+        // Still mentions $4, whose type PostgreSQL could not infer otherwise.
+        "(jsonb_build_object() - $4::text[])".to_owned()
+    } else {
+        format!(
+            "jsonb_build_object({})",
+            selected
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!("($4::text[])[{}], m.{}", i + 1, quote_ident(n)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     let sql = format!(
-        "SELECT m.\"device_id\", m.\"created_at\", m.\"updated_at\", \
-             (SELECT COALESCE(jsonb_object_agg(e.key, e.value), '{{}}'::jsonb) \
-              FROM jsonb_each(to_jsonb(m.*)) e WHERE e.key = ANY($4)), {cursor_expr} \
+        "SELECT m.\"device_id\", m.\"created_at\", m.\"updated_at\", {data_expr}, \
+             {cursor_expr} \
          FROM (SELECT * FROM {t} WHERE \"device_id\" = $1 AND NOT \"_edge_deleted\"{keyset} \
                ORDER BY {order} LIMIT $2 OFFSET $3) m \
          ORDER BY {order}"
