@@ -24,7 +24,6 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use uuid::Uuid;
 
 const ISSUER: &str = "https://idp.example.test/";
 const AUDIENCE: &str = "edge-sync-api";
