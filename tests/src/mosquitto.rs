@@ -181,6 +181,16 @@ impl Broker {
         read_log_tail(&self.log_path)
     }
 
+    /// How many SUBACKs the broker has sent to `client_id` (from its whole log). A test that
+    /// publishes right after starting a subscriber waits on this first: mosquitto acknowledges
+    /// and drops a QoS 1 publish nobody has subscribed to yet, where IoT Core's rules always
+    /// exist.
+    pub fn subacks_sent_to(&self, client_id: &str) -> usize {
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let needle = format!("Sending SUBACK to {client_id}");
+        log.lines().filter(|l| l.ends_with(&needle)).count()
+    }
+
     /// Whether the broker process is running.
     pub fn is_running(&mut self) -> bool {
         self.lifeline

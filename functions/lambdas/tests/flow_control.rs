@@ -277,6 +277,12 @@ async fn backpressure_pauses_the_device_over_mqtt_and_the_sweep_resumes_it_below
             let _ = stopped.await;
         },
     ));
+    // Publishing before the runner subscribed would lose the batch (mosquitto drops it).
+    let topics = edge_functions::runner::subscriptions().len();
+    wait_for(DEADLINE, "the runner's subscriptions", || async {
+        broker.subacks_sent_to("edge-service") >= topics
+    })
+    .await;
     let mut device = TestClient::connect(broker.mqtt_options(DEVICE, &pki.device(DEVICE)))
         .await
         .unwrap();

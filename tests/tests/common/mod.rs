@@ -287,6 +287,15 @@ impl Stack {
                 let _ = runner_stopped.await;
             },
         ));
+        // The agent must not publish before the runner has subscribed (see
+        // `Broker::subacks_sent_to`).
+        let topics = edge_functions::runner::subscriptions().len();
+        edge_e2e::wait_for(
+            Duration::from_secs(30),
+            "the runner's subscriptions",
+            || async { broker.subacks_sent_to("edge-service-e2e") >= topics },
+        )
+        .await;
         let dir = tempfile::tempdir().unwrap();
         let app = rusqlite::Connection::open(dir.path().join("source.db")).unwrap();
         app.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
