@@ -120,6 +120,19 @@ impl AuthConfig {
         self
     }
 
+    /// The optional `EDGE_JWT_ISSUER` / `EDGE_JWT_AUDIENCE` checks, as both the `api` Lambda
+    /// and `edge-cloud run` configure them (empty or unset: no check).
+    pub fn with_expected_claims_from_env(mut self) -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if let Some(issuer) = var("EDGE_JWT_ISSUER") {
+            self = self.with_issuer(issuer);
+        }
+        if let Some(audience) = var("EDGE_JWT_AUDIENCE") {
+            self = self.with_audience(audience);
+        }
+        self
+    }
+
     pub fn is_configured(&self) -> bool {
         self.hs256_secret.is_some() || self.jwks.is_some() || self.trust_gateway_claims
     }

@@ -74,17 +74,6 @@ async fn auth_from_env(sdk: &mut Option<aws_config::SdkConfig>) -> anyhow::Resul
         auth = auth.with_jwks_json(&j)?;
     }
     // Optional: tokens that bypass the gateway must then carry exactly this `iss` / `aud`.
-    if let Some(issuer) = std::env::var("EDGE_JWT_ISSUER")
-        .ok()
-        .filter(|v| !v.is_empty())
-    {
-        auth = auth.with_issuer(issuer);
-    }
-    if let Some(aud) = std::env::var("EDGE_JWT_AUDIENCE")
-        .ok()
-        .filter(|v| !v.is_empty())
-    {
-        auth = auth.with_audience(aud);
-    }
+    auth = auth.with_expected_claims_from_env();
     Ok(auth)
 }

@@ -446,18 +446,7 @@ async fn serve_api(
         auth = auth.with_jwks_json(&text)?;
     }
     // Optional: tokens must then carry exactly this `iss` / this `aud`.
-    if let Some(issuer) = std::env::var("EDGE_JWT_ISSUER")
-        .ok()
-        .filter(|v| !v.is_empty())
-    {
-        auth = auth.with_issuer(issuer);
-    }
-    if let Some(aud) = std::env::var("EDGE_JWT_AUDIENCE")
-        .ok()
-        .filter(|v| !v.is_empty())
-    {
-        auth = auth.with_audience(aud);
-    }
+    auth = auth.with_expected_claims_from_env();
     if !auth.is_configured() {
         tracing::warn!("no EDGE_JWT_SECRET or JWKS: every API request will be refused (401)");
     }
