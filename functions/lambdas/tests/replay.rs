@@ -135,12 +135,7 @@ async fn approval_during_live_stream_and_killed_worker_converge_exactly() {
     .await;
     let staged_at_approval = approve_with_intent(&e, "device_state").await;
     assert!(staged_at_approval >= 1_000);
-    let mirror: String = e
-        .client
-        .query_one("SELECT mirror_table_name FROM edge_table_lineages", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let mirror: String = e.mirror_table().await;
 
     // Worker 1 stops after two chunks (a Lambda deadline, between chunks).
     let r = drain(
@@ -255,16 +250,59 @@ async fn rows_staged_while_paused_after_a_finished_replay_are_not_stranded() {
     .await;
     assert_eq!(r.resumed, 1);
     assert_eq!(drain(&e.deps, 64, Budget::UNLIMITED).await.drained, 200);
-    let mirror: String = e
-        .client
-        .query_one("SELECT mirror_table_name FROM edge_table_lineages", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let mirror: String = e.mirror_table().await;
     assert_eq!(mirror_state(&e, &mirror).await, expected(&changes));
     assert_eq!(
         e.scalar_i64("SELECT count(*) FROM edge_replay_intents WHERE status = 'done'")
             .await,
         2
     );
+}
+
+/// A 1,000-row chunk is read, planned and written in slices that stream through one pipeline:
+/// an id updated in several slices must end at its newest version, and a misfit in any slice
+/// must stay staged (the range delete excludes it whatever order the statements land in).
+#[tokio::test]
+async fn a_chunk_written_in_pipelined_slices_keeps_the_newest_version_and_every_misfit() {
+    let e = env().await;
+    let epoch = e.id();
+    let s = device_state();
+    let mut changes = history(1200);
+    let poison = [260_i64, 777];
+    for seq in poison {
+        let c = &mut changes[usize::try_from(seq - 1).unwrap()];
+        let id = c.2["id"].clone();
+        c.1 = "update";
+        c.3 = json!({"id": id, "mode": "poison", "setpoint": "not a number"});
+    }
+    for b in changes.chunks(100) {
+        let o = e.rows(&row_batch(e.id(), epoch, &s, true, b)).await;
+        assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
+    }
+    approve_with_intent(&e, "device_state").await;
+    let r = drain(&e.deps, 1000, Budget::UNLIMITED).await;
+    assert_eq!((r.drained, r.failed, r.errors), (1198, 2, 0), "{r:?}");
+    let left = e
+        .client
+        .query(
+            "SELECT source_commit_seq, staging_reason FROM edge_staged_rows \
+             ORDER BY source_commit_seq",
+            &[],
+        )
+        .await
+        .unwrap();
+    let left: Vec<(i64, String)> = left.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        left,
+        poison
+            .iter()
+            .map(|s| (*s, "materialization_failed".to_owned()))
+            .collect::<Vec<_>>()
+    );
+    let mirror: String = e.mirror_table().await;
+    let fitting: Vec<Change> = changes
+        .into_iter()
+        .filter(|c| !poison.contains(&c.0))
+        .collect();
+    assert_eq!(mirror_state(&e, &mirror).await, expected(&fitting));
 }

@@ -201,12 +201,7 @@ async fn replay_across_an_epoch_boundary_leaves_misfits_and_unbound_rows_staged(
     assert_eq!(r.drained, 2 * 90);
     assert_eq!(r.intents_done, 1);
 
-    let mirror: String = e
-        .client
-        .query_one("SELECT mirror_table_name FROM edge_table_lineages", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let mirror: String = e.mirror_table().await;
     let rows = e
         .client
         .query(

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use edge_cloud_core::mirror::{plan_upserts, MirrorTable};
+use edge_cloud_core::mirror::{plan_upserts, MirrorTable, UpsertPlan};
 use edge_cloud_core::staged_json;
 use edge_cloud_core::telemetry::data_point_value;
 use edge_protocol::batch::{Op, RowChange};
@@ -65,8 +65,8 @@ pub async fn approve_all_columns<C: GenericClient>(
         // Every field seen in staged rows becomes a data point named `{table}.{field}`.
         c.execute(
             "WITH fields AS ( \
-                 SELECT DISTINCT jsonb_object_keys(\"row\") AS f FROM edge_staged_rows \
-                 WHERE lineage_id = $1 AND schema_hash = $2 AND jsonb_typeof(\"row\") = 'object'), \
+                 SELECT DISTINCT json_object_keys(\"row\") AS f FROM edge_staged_rows \
+                 WHERE lineage_id = $1 AND schema_hash = $2 AND json_typeof(\"row\") = 'object'), \
              dps AS ( \
                  INSERT INTO device_data_points (id, org_id, project_id, device_id, name) \
                  SELECT gen_random_uuid(), $3, $4, $5, $6 || '.' || f FROM fields \
@@ -236,7 +236,7 @@ pub(crate) async fn replay_group<C: GenericClient>(
 
 /// Writes a group of staged rows of one bound hash and marks its misfits
 /// `materialization_failed`; returns the keys of the rows it drained (written or superseded),
-/// which the caller deletes — the replay worker by key range, in one statement per chunk.
+/// which the caller deletes.
 pub(crate) async fn materialize_group<C: GenericClient>(
     c: &C,
     lineage_id: Uuid,
@@ -244,23 +244,69 @@ pub(crate) async fn materialize_group<C: GenericClient>(
     b: &Bindings,
     group: &[&tokio_postgres::Row],
 ) -> Result<(Vec<StagedKey>, i64), StoreError> {
+    let writes = plan_group(b, group.iter().map(|r| (*r, None)).collect());
+    for w in &writes.writes {
+        w.apply(c, device_id).await?;
+    }
+    mark_failed(c, lineage_id, &writes.failed).await?;
+    Ok((
+        writes.drained,
+        i64::try_from(writes.failed.len()).unwrap_or(i64::MAX),
+    ))
+}
+
+/// The writes a group of staged rows of one bound hash needs, decided on the client before any
+/// statement is sent — so the replay worker can send them (and the chunk's deletes) back to back
+/// in one pipeline instead of a round trip each.
+#[derive(Debug, Default)]
+pub(crate) struct GroupWrites<'t> {
+    pub writes: Vec<GroupWrite<'t>>,
+    /// Rows written or superseded: the caller deletes them.
+    pub drained: Vec<StagedKey>,
+    /// Misfits with their error: staged on as `materialization_failed`.
+    pub failed: Vec<(StagedKey, String)>,
+}
+
+/// One statement of a [`GroupWrites`].
+#[derive(Debug)]
+pub(crate) enum GroupWrite<'t> {
+    Upsert(&'t MirrorTable, UpsertPlan),
+    Telemetry(Uuid, Vec<TelemetryValue>),
+}
+
+impl GroupWrite<'_> {
+    pub async fn apply<C: GenericClient>(&self, c: &C, device_id: Uuid) -> Result<u64, StoreError> {
+        match self {
+            GroupWrite::Upsert(table, plan) => apply_upserts(c, table, device_id, plan).await,
+            GroupWrite::Telemetry(batch_id, values) => {
+                insert_telemetry_values(c, device_id, *batch_id, values).await
+            }
+        }
+    }
+}
+
+/// A staged row and, when the caller already decoded it (the replay worker does while the rows
+/// stream in), its change; `None` = decode here.
+pub(crate) type StagedRow<'r> = (&'r tokio_postgres::Row, Option<Result<RowChange, String>>);
+
+/// Decodes and plans a group of staged rows of one bound hash (no I/O): the mirror upsert (or
+/// the telemetry values of mapped fields), which rows it drains and which are misfits.
+pub(crate) fn plan_group<'t>(b: &'t Bindings, group: Vec<StagedRow<'_>>) -> GroupWrites<'t> {
     let key = |r: &tokio_postgres::Row| -> StagedKey { (r.get(0), r.get(1), r.get(2)) };
-    let mut drained: Vec<StagedKey> = Vec::new();
-    let mut failed: Vec<(StagedKey, String)> = Vec::new();
+    let mut out = GroupWrites::default();
     if let Some(table) = &b.mirror {
         let mut changes = Vec::with_capacity(group.len());
         let mut keys = Vec::with_capacity(group.len());
-        for r in group {
-            match staged_change(r) {
+        for (r, decoded) in group {
+            match decoded.unwrap_or_else(|| staged_change(r)) {
                 Ok(ch) => {
                     changes.push((CommitPosition::new(r.get(0), r.get(1)), ch));
                     keys.push(key(r));
                 }
-                Err(e) => failed.push((key(r), e)),
+                Err(e) => out.failed.push((key(r), e)),
             }
         }
         let plan = plan_upserts(table, changes.iter().map(|(p, ch)| (*p, ch)));
-        apply_upserts(c, table, device_id, &plan).await?;
         let failed_idx: HashMap<usize, &str> = plan
             .failures
             .iter()
@@ -268,15 +314,18 @@ pub(crate) async fn materialize_group<C: GenericClient>(
             .collect();
         for (i, k) in keys.into_iter().enumerate() {
             match failed_idx.get(&i) {
-                Some(e) => failed.push((k, (*e).to_owned())),
-                None => drained.push(k),
+                Some(e) => out.failed.push((k, (*e).to_owned())),
+                None => out.drained.push(k),
             }
+        }
+        if !plan.is_empty() {
+            out.writes.push(GroupWrite::Upsert(table, plan));
         }
     } else {
         // Telemetry (or map-only) rows: values for the mapped fields.
         let mapped: HashMap<&str, Uuid> = b.mapped.iter().map(|(s, d)| (s.as_str(), *d)).collect();
         let mut by_batch: HashMap<Uuid, Vec<TelemetryValue>> = HashMap::new();
-        for r in group {
+        for (r, _) in group {
             let fields = r
                 .get::<_, Option<&str>>(5)
                 .map(|text| match parse_staged(text) {
@@ -307,21 +356,24 @@ pub(crate) async fn materialize_group<C: GenericClient>(
                             row_id: None,
                         });
                     }
-                    drained.push(key(r));
+                    out.drained.push(key(r));
                 }
-                _ => failed.push((key(r), "staged telemetry row is unreadable".to_owned())),
+                _ => out
+                    .failed
+                    .push((key(r), "staged telemetry row is unreadable".to_owned())),
             }
         }
-        for (batch_id, values) in by_batch {
-            insert_telemetry_values(c, device_id, batch_id, &values).await?;
-        }
+        out.writes.extend(
+            by_batch
+                .into_iter()
+                .map(|(batch_id, values)| GroupWrite::Telemetry(batch_id, values)),
+        );
     }
-    mark_failed(c, lineage_id, &failed).await?;
-    Ok((drained, i64::try_from(failed.len()).unwrap_or(i64::MAX)))
+    out
 }
 
 /// A staged row (read with `pk::text, "row"::text` at columns 4 and 5) as a change.
-fn staged_change(r: &tokio_postgres::Row) -> Result<RowChange, String> {
+pub(crate) fn staged_change(r: &tokio_postgres::Row) -> Result<RowChange, String> {
     let op: String = r.get(3);
     let op = Op::from_wire(&op).ok_or_else(|| format!("staged op {op:?}"))?;
     let pk = match r.get::<_, Option<&str>>(4).map(parse_staged).transpose()? {
@@ -395,7 +447,7 @@ async fn delete_staged<C: GenericClient>(
     Ok(row.get(0))
 }
 
-async fn mark_failed<C: GenericClient>(
+pub(crate) async fn mark_failed<C: GenericClient>(
     c: &C,
     lineage_id: Uuid,
     failed: &[(StagedKey, String)],

@@ -320,7 +320,7 @@ const RESET_CHUNK: i64 = 2_000;
 /// counter, retries the failed staged rows through the materializer, and — unless the retry
 /// trips the breaker again — activates the lineage and sends `resume_lineage` if a control had
 /// paused the device. Refused (409) when the lineage is not blocked or a review is open.
-pub async fn reset_materialization<C: GenericClient>(
+pub async fn reset_materialization<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     now: OffsetDateTime,

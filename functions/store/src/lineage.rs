@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use edge_cloud_core::classify::{SchemaClass, SchemaDiff};
 use edge_cloud_core::mirror::{MirrorColumn, MirrorTable, MirrorType};
 use edge_protocol::fingerprint::SchemaColumns;
+use tokio_postgres::types::Type;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
@@ -88,10 +89,11 @@ pub async fn upsert_lineage<C: GenericClient>(
 
 /// A lineage by id, row-locked.
 pub async fn lock_lineage<C: GenericClient>(c: &C, id: Uuid) -> Result<Lineage, StoreError> {
+    // Typed: one round trip. Every ingest and replay transaction starts here.
     let row = c
-        .query_opt(
+        .query_typed_opt(
             &format!("SELECT {LINEAGE_COLUMNS} FROM edge_table_lineages WHERE id = $1 FOR UPDATE"),
-            &[&id],
+            &[(&id, Type::UUID)],
         )
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("lineage {id}")))?;
@@ -350,12 +352,12 @@ pub async fn lineage_bindings<C: GenericClient>(
     lineage_id: Uuid,
 ) -> Result<HashMap<String, Bindings>, StoreError> {
     let rows = c
-        .query(
+        .query_typed(
             "SELECT source_column_name, action, mirror_table_name, mirror_column_name, \
                  mirror_type, pk_ordinal, device_data_point_id, schema_hash \
              FROM edge_column_bindings WHERE lineage_id = $1 \
              ORDER BY schema_hash, source_column_name",
-            &[&lineage_id],
+            &[(&lineage_id, Type::UUID)],
         )
         .await?;
     let mut by_hash: HashMap<String, Vec<&tokio_postgres::Row>> = HashMap::new();

@@ -3,7 +3,7 @@
 
 use edge_cloud_core::mirror::{ColumnValues, MirrorTable, UpsertPlan};
 use time::OffsetDateTime;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
@@ -57,20 +57,22 @@ pub async fn apply_upserts<C: GenericClient>(
     if plan.is_empty() {
         return Ok(0);
     }
-    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(plan.columns.len() + 4);
-    params.push(&device_id);
+    // Typed parameters: one round trip (parse, bind and execute together) instead of a
+    // prepare round trip before every execution.
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(plan.columns.len() + 4);
+    params.push((&device_id, Type::UUID));
     for col in &plan.columns {
         params.push(match col {
-            ColumnValues::Bigint(v) => v,
-            ColumnValues::Double(v) => v,
-            ColumnValues::Text(v) | ColumnValues::Numeric(v) => v,
-            ColumnValues::Bytea(v) => v,
+            ColumnValues::Bigint(v) => (v, Type::INT8_ARRAY),
+            ColumnValues::Double(v) => (v, Type::FLOAT8_ARRAY),
+            ColumnValues::Text(v) | ColumnValues::Numeric(v) => (v, Type::TEXT_ARRAY),
+            ColumnValues::Bytea(v) => (v, Type::BYTEA_ARRAY),
         });
     }
-    params.push(&plan.epochs);
-    params.push(&plan.seqs);
-    params.push(&plan.deleted);
-    Ok(c.execute(&table.upsert_sql(), &params).await?)
+    params.push((&plan.epochs, Type::UUID_ARRAY));
+    params.push((&plan.seqs, Type::INT8_ARRAY));
+    params.push((&plan.deleted, Type::BOOL_ARRAY));
+    Ok(c.execute_typed(&table.upsert_sql(), &params).await?)
 }
 
 /// One row of `telemetry_data_point_value`.
@@ -103,7 +105,8 @@ pub async fn insert_telemetry_values<C: GenericClient>(
     let text: Vec<Option<&str>> = values.iter().map(|v| v.text.as_deref()).collect();
     let json: Vec<Option<&serde_json::Value>> = values.iter().map(|v| v.json.as_ref()).collect();
     let row_ids: Vec<Option<&str>> = values.iter().map(|v| v.row_id.as_deref()).collect();
-    Ok(c.execute(
+    // Typed: one round trip, and the statement goes out when first polled (replay pipelines it).
+    Ok(c.execute_typed(
         "INSERT INTO telemetry_data_point_value (device_id, data_point_id, ts, batch_id, \
                  row_index, value_numeric, value_text, value_json, row_id) \
              SELECT $1, u.dp, u.ts, $2, u.i, u.n, u.t, u.j, u.r \
@@ -112,7 +115,15 @@ pub async fn insert_telemetry_values<C: GenericClient>(
                  AS u(dp, ts, i, n, t, j, r) \
              ON CONFLICT DO NOTHING",
         &[
-            &device_id, &batch_id, &dps, &ts, &idx, &num, &text, &json, &row_ids,
+            (&device_id, Type::UUID),
+            (&batch_id, Type::UUID),
+            (&dps, Type::UUID_ARRAY),
+            (&ts, Type::TIMESTAMPTZ_ARRAY),
+            (&idx, Type::INT4_ARRAY),
+            (&num, Type::FLOAT8_ARRAY),
+            (&text, Type::TEXT_ARRAY),
+            (&json, Type::JSONB_ARRAY),
+            (&row_ids, Type::TEXT_ARRAY),
         ],
     )
     .await?)

@@ -15,16 +15,21 @@
 //! its rows, and whoever re-activates it makes sure an intent is open ([`ensure_intent`]).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 
 use deadpool_postgres::Pool;
 use edge_cloud_core::replay::{after_chunk, after_failure, IntentStatus, Step};
-use tokio_postgres::types::Type;
+use edge_protocol::batch::RowChange;
+use futures_util::future::try_join_all;
+use futures_util::TryStreamExt;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use time::OffsetDateTime;
 
-use crate::approve::{materialize_group, StagedKey};
+use crate::approve::{mark_failed, plan_group, staged_change, StagedKey, StagedRow};
 use crate::backpressure::check_after_intake;
 use crate::lineage::{lineage_bindings, lock_lineage, Bindings};
 use crate::StoreError;
@@ -50,7 +55,7 @@ pub struct Chunk {
 /// Reads and materializes the next `limit` drainable rows after `after`, in the caller's
 /// transaction (which must hold the lineage lock). `cache` holds the lineage's bindings by hash
 /// (filled on first use; keep it for the chunks of one transaction).
-pub async fn drain_chunk<C: GenericClient>(
+pub async fn drain_chunk<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     device_id: Uuid,
@@ -72,17 +77,18 @@ pub async fn drain_chunk<C: GenericClient>(
         .filter(|(_, b)| b.is_some())
         .map(|(h, _)| h.as_str())
         .collect();
+    let bindings: &HashMap<String, Option<Bindings>> = cache;
     // `pk`/`row` as text: parsed straight into protocol values (approve::parse_staged).
-    let rows = c
-        .query_typed(
+    let stream = c
+        .query_typed_raw(
             "SELECT journal_epoch, source_commit_seq, pk_key, op, pk::text, \"row\"::text, \
                  schema_hash, event_ts, batch_id, bytes \
              FROM edge_staged_rows WHERE lineage_id = $1 \
                  AND (journal_epoch, source_commit_seq, pk_key) > ($2, $3, $4) \
                  AND staging_reason <> 'materialization_failed' AND schema_hash = ANY($5) \
              ORDER BY journal_epoch, source_commit_seq, pk_key LIMIT $6",
-            &[
-                (&lineage_id, Type::UUID),
+            [
+                (&lineage_id as &(dyn ToSql + Sync), Type::UUID),
                 (&after.0, Type::UUID),
                 (&after.1, Type::INT8),
                 (&after.2, Type::TEXT),
@@ -91,63 +97,131 @@ pub async fn drain_chunk<C: GenericClient>(
             ],
         )
         .await?;
-    let mut chunk = Chunk {
-        fetched: rows.len(),
-        ..Chunk::default()
-    };
-    let Some(last) = rows.last() else {
-        return Ok(chunk);
-    };
-    chunk.last = Some((last.get(0), last.get(1), last.get(2)));
-    // Group by hash, keeping key order inside each group; across groups the version guard
-    // orders the writes.
-    let mut groups: Vec<(String, Vec<&tokio_postgres::Row>)> = Vec::new();
-    for r in &rows {
-        let hash: &str = r.get(6);
-        match groups.iter_mut().find(|(h, _)| h == hash) {
-            Some((_, g)) => g.push(r),
-            None => groups.push((hash.to_owned(), vec![r])),
-        }
-    }
+    futures_util::pin_mut!(stream);
+    // The chunk is worked in slices as its rows stream in: each slice is decoded and planned
+    // (decode, fitness, newest per key) and its writes are sent at once, without waiting for
+    // an answer. The server runs them as soon as it has sent the last row, so decoding and
+    // planning on this side overlap the server's writes instead of alternating with them.
+    // Writes of one key in two slices are ordered by the version guard, as live batches are.
+    let mut chunk = Chunk::default();
+    let mut sent: Vec<Pending<'_>> = Vec::new();
+    let mut misfits: Vec<(StagedKey, String)> = Vec::new();
     let mut written: Vec<String> = Vec::new();
+    let mut runs: Vec<(StagedKey, StagedKey)> = Vec::new();
     let mut drained_rows = 0usize;
-    for (hash, group) in groups {
-        let Some(Some(b)) = cache.get(&hash) else {
+    let mut slice: Vec<tokio_postgres::Row> = Vec::with_capacity(PIPELINE_SLICE);
+    let mut decoded: Vec<Option<Result<RowChange, String>>> = Vec::with_capacity(PIPELINE_SLICE);
+    loop {
+        let next = stream.try_next().await?;
+        let end = next.is_none();
+        if let Some(r) = next {
+            let mirrored =
+                matches!(bindings.get(r.get::<_, &str>(6)), Some(Some(b)) if b.mirror.is_some());
+            decoded.push(mirrored.then(|| staged_change(&r)));
+            slice.push(r);
+        }
+        if slice.is_empty() || (slice.len() < PIPELINE_SLICE && !end) {
+            if end {
+                break;
+            }
             continue;
-        };
-        let (drained, failed) = materialize_group(c, lineage_id, device_id, b, &group).await?;
-        drained_rows += drained.len();
-        chunk.failed += failed;
-        written.push(hash);
-    }
-    if drained_rows > 0 {
-        for (first, last) in epoch_runs(&rows) {
-            chunk.drained += delete_range(c, lineage_id, &first, &last, &written).await?;
+        }
+        chunk.fetched += slice.len();
+        for r in &slice {
+            let k: StagedKey = (r.get(0), r.get(1), r.get(2));
+            match runs.last_mut() {
+                Some((first, last)) if first.0 == k.0 => *last = k,
+                _ => runs.push((k.clone(), k)),
+            }
+        }
+        // Group by hash, keeping key order inside each group.
+        let mut groups: Vec<(&str, Vec<StagedRow<'_>>)> = Vec::new();
+        for (r, d) in slice.iter().zip(decoded.drain(..)) {
+            let hash: &str = r.get(6);
+            match groups.iter_mut().find(|(h, _)| *h == hash) {
+                Some((_, g)) => g.push((r, d)),
+                None => groups.push((hash, vec![(r, d)])),
+            }
+        }
+        for (hash, group) in groups {
+            let Some(Some(b)) = bindings.get(hash) else {
+                continue;
+            };
+            let planned = plan_group(b, group);
+            drained_rows += planned.drained.len();
+            misfits.extend(planned.failed);
+            if !written.iter().any(|h| h == hash) {
+                written.push(hash.to_owned());
+            }
+            for w in planned.writes {
+                send(
+                    &mut sent,
+                    Box::pin(async move { w.apply(c, device_id).await.map(|_| 0) }),
+                )?;
+            }
+        }
+        slice.clear();
+        if end {
+            break;
         }
     }
+    chunk.last = runs.last().map(|(_, last)| last.clone());
+    if chunk.fetched == 0 {
+        return Ok(chunk);
+    }
+    chunk.failed = i64::try_from(misfits.len()).unwrap_or(i64::MAX);
+    let misfit_epochs: Vec<Uuid> = misfits.iter().map(|(k, _)| k.0).collect();
+    let misfit_seqs: Vec<i64> = misfits.iter().map(|(k, _)| k.1).collect();
+    let misfit_keys: Vec<&str> = misfits.iter().map(|(k, _)| k.2.as_str()).collect();
+    let mut tail: Vec<Pending<'_>> = Vec::new();
+    tail.push(Box::pin(async {
+        mark_failed(c, lineage_id, &misfits).await.map(|()| 0)
+    }));
+    if drained_rows > 0 {
+        for (first, last) in &runs {
+            tail.push(Box::pin(delete_range(
+                c,
+                lineage_id,
+                first,
+                last,
+                &written,
+                (&misfit_epochs, &misfit_seqs, &misfit_keys),
+            )));
+        }
+    }
+    // The deletes' results are the rows drained (the other statements answer 0).
+    try_join_all(sent).await?;
+    chunk.drained = try_join_all(tail).await?.iter().sum();
     Ok(chunk)
 }
 
-/// First and last key of each run of one journal epoch in the (key-ordered) chunk — nearly
-/// always a single run; a chunk crossing an epoch boundary has two.
-fn epoch_runs(rows: &[tokio_postgres::Row]) -> Vec<(StagedKey, StagedKey)> {
-    let key = |r: &tokio_postgres::Row| -> StagedKey { (r.get(0), r.get(1), r.get(2)) };
-    let mut runs: Vec<(StagedKey, StagedKey)> = Vec::new();
-    for r in rows {
-        let k = key(r);
-        match runs.last_mut() {
-            Some((first, last)) if first.0 == k.0 => *last = k,
-            _ => runs.push((k.clone(), k)),
+/// Rows per slice of a chunk's pipeline (see [`drain_chunk`]).
+const PIPELINE_SLICE: usize = 250;
+
+/// Polls a statement once — which hands it to the connection — and keeps it for its answer.
+fn send<'a>(sent: &mut Vec<Pending<'a>>, mut statement: Pending<'a>) -> Result<(), StoreError> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match statement.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(result) => result.map(|_| ()),
+        std::task::Poll::Pending => {
+            sent.push(statement);
+            Ok(())
         }
     }
-    runs
 }
+
+/// A statement sent as part of a chunk's pipeline (result: rows deleted, 0 for the others).
+type Pending<'a> = Pin<Box<dyn Future<Output = Result<i64, StoreError>> + Send + 'a>>;
 
 /// Deletes the drained rows of one epoch run as the key range `[first, last]` instead of a
 /// list of keys: one index range scan rather than a probe per row. Exact because the lineage
 /// lock keeps anything from being staged meanwhile, every drainable row of the range was read
 /// (the chunk is the first rows after the cursor), and this chunk's misfits were already
 /// marked `materialization_failed`, which the filter excludes.
+///
+/// The chunk's misfits are excluded by key as well as by `staging_reason`: the pipeline may
+/// deliver this statement before the one marking them, and must never delete them either way.
 ///
 /// The epoch is an equality and the range a two-column row comparison on purpose: PostgreSQL's
 /// B-tree only stops a scan on the *first* column of a row comparison, so the earlier
@@ -157,12 +231,13 @@ fn epoch_runs(rows: &[tokio_postgres::Row]) -> Vec<(StagedKey, StagedKey)> {
 /// seq is for the planner: it cannot estimate row comparisons, guessed a third of the lineage's
 /// rows and chose a sequential scan (auto_explain: 20–50 ms per chunk); a plain range it reads
 /// from the histogram.
-async fn delete_range<C: GenericClient>(
+async fn delete_range<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     first: &StagedKey,
     last: &StagedKey,
     hashes: &[String],
+    misfits: (&[Uuid], &[i64], &[&str]),
 ) -> Result<i64, StoreError> {
     let row = c
         .query_typed(
@@ -174,6 +249,8 @@ async fn delete_range<C: GenericClient>(
                      AND source_commit_seq BETWEEN $3 AND $5 \
                      AND staging_reason <> 'materialization_failed' \
                      AND schema_hash = ANY($7) \
+                     AND (journal_epoch, source_commit_seq, pk_key) NOT IN ( \
+                         SELECT * FROM unnest($8::uuid[], $9::bigint[], $10::text[])) \
                  RETURNING s.bytes), \
              counted AS (SELECT count(*) AS n, COALESCE(sum(bytes), 0)::bigint AS b FROM del), \
              upd AS ( \
@@ -190,6 +267,9 @@ async fn delete_range<C: GenericClient>(
                 (&last.1, Type::INT8),
                 (&last.2, Type::TEXT),
                 (&hashes, Type::TEXT_ARRAY),
+                (&misfits.0, Type::UUID_ARRAY),
+                (&misfits.1, Type::INT8_ARRAY),
+                (&misfits.2, Type::TEXT_ARRAY),
             ],
         )
         .await?;

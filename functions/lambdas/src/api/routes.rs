@@ -699,7 +699,7 @@ fn validate_policy(p: PolicyPatchBody) -> Result<PolicyPatchBody, ApiError> {
 }
 
 /// Runs a parsed mutation in the caller's transaction.
-pub async fn execute<C: GenericClient>(c: &C, caller: &Caller, input: Input) -> Answer {
+pub async fn execute<C: GenericClient + Sync>(c: &C, caller: &Caller, input: Input) -> Answer {
     let s = caller.scope;
     let actor = caller.claims.sub.as_str();
     match input {
@@ -733,7 +733,7 @@ async fn delete_lineage<C: GenericClient>(c: &C, s: Scope, l: Uuid) -> Answer {
     responses((status = 200, description = "`data`: {lineage_id, resumed, staged_row_count, status}"),
         (status = 404, body = ErrorBody), (status = 409, description = "not blocked, or a review is open", body = ErrorBody)),
     security(("bearer" = [])))]
-async fn reset<C: GenericClient>(c: &C, s: Scope, l: Uuid) -> Answer {
+async fn reset<C: GenericClient + Sync>(c: &C, s: Scope, l: Uuid) -> Answer {
     // Scope first: the store function takes a bare id.
     query::lineage(c, s, l).await?;
     match reset_materialization(c, l, time::OffsetDateTime::now_utc()).await {

@@ -108,6 +108,15 @@ impl Env {
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
         self.client.query_one(sql, &[]).await.unwrap().get(0)
     }
+
+    /// The mirror table of the (only) lineage.
+    pub async fn mirror_table(&self) -> String {
+        self.client
+            .query_one("SELECT mirror_table_name FROM edge_table_lineages", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
 }
 
 pub fn col(name: &str, ty: &str, notnull: i64, pk: i64) -> ColumnFingerprint {
