@@ -45,7 +45,7 @@ fi
 # Replay drain rate: staged rows/s into the mirror through the replay worker (chunk
 # transactions with cursor + deletes) for a backlog, against COPY of the same rows with the same
 # rows per transaction, same run. EDGE_BENCH_REPLAY_ROWS sets the backlog (default 1000000),
-# EDGE_REPLAY_CHUNK the rows per chunk (default 1000).
+# EDGE_REPLAY_CHUNK the rows per chunk (default 2000).
 if [ "$only" = all ] || [ "$only" = replay ]; then
   echo "== replay =="
   cargo bench -p edge-functions --bench replay

@@ -65,8 +65,8 @@ pub async fn approve_all_columns<C: GenericClient>(
         // Every field seen in staged rows becomes a data point named `{table}.{field}`.
         c.execute(
             "WITH fields AS ( \
-                 SELECT DISTINCT json_object_keys(\"row\") AS f FROM edge_staged_rows \
-                 WHERE lineage_id = $1 AND schema_hash = $2 AND json_typeof(\"row\") = 'object'), \
+                 SELECT DISTINCT jsonb_object_keys(\"row\") AS f FROM edge_staged_rows \
+                 WHERE lineage_id = $1 AND schema_hash = $2 AND jsonb_typeof(\"row\") = 'object'), \
              dps AS ( \
                  INSERT INTO device_data_points (id, org_id, project_id, device_id, name) \
                  SELECT gen_random_uuid(), $3, $4, $5, $6 || '.' || f FROM fields \

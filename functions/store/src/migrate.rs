@@ -54,11 +54,6 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dead_letters",
         sql: include_str!("../migrations/0007_dead_letters.sql"),
     },
-    Migration {
-        version: 8,
-        name: "staged_rows_json",
-        sql: include_str!("../migrations/0008_staged_rows_json.sql"),
-    },
 ];
 
 /// Arbitrary constant naming the migration advisory lock.

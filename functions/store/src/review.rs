@@ -364,8 +364,8 @@ async fn telemetry_fields<C: GenericClient>(
 ) -> Result<SchemaColumns, OpError> {
     let rows = c
         .query(
-            "SELECT DISTINCT json_object_keys(\"row\") FROM edge_staged_rows \
-             WHERE lineage_id = $1 AND json_typeof(\"row\") = 'object'",
+            "SELECT DISTINCT jsonb_object_keys(\"row\") FROM edge_staged_rows \
+             WHERE lineage_id = $1 AND jsonb_typeof(\"row\") = 'object'",
             &[&lineage_id],
         )
         .await?;

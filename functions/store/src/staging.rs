@@ -54,8 +54,7 @@ pub async fn stage_rows<C: GenericClient>(
     let keys: Vec<&str> = rows.iter().map(|r| r.pk_key.as_str()).collect();
     let times: Vec<OffsetDateTime> = rows.iter().map(|r| r.stage_time).collect();
     let ops: Vec<&str> = rows.iter().map(|r| r.op).collect();
-    // Strings with U+0000 are stored under an internal marker (staged_json): jsonb refused
-    // them when staged rows were jsonb, and every reader of staged rows decodes the marker.
+    // jsonb refuses U+0000; such strings are stored under an internal marker (staged_json).
     fn storable(v: &Option<serde_json::Value>) -> Option<Cow<'_, serde_json::Value>> {
         v.as_ref().map(|v| {
             if staged_json::needs_encoding(v) {
@@ -83,7 +82,7 @@ pub async fn stage_rows<C: GenericClient>(
                      event_ts, schema_hash, staging_reason, error, bytes) \
                  SELECT $1, u.e, u.s, u.k, u.t, $2, $3, $4, u.op, u.pk, u.r, u.ts, $5, $6, u.err, u.b \
                  FROM unnest($7::uuid[], $8::bigint[], $9::text[], $10::timestamptz[], \
-                     $11::text[], $12::json[], $13::json[], $14::timestamptz[], $15::text[], \
+                     $11::text[], $12::jsonb[], $13::jsonb[], $14::timestamptz[], $15::text[], \
                      $16::integer[]) AS u(e, s, k, t, op, pk, r, ts, err, b) \
                  ON CONFLICT DO NOTHING \
                  RETURNING bytes), \

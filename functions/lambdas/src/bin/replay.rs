@@ -3,7 +3,7 @@
 //! near. Stopping mid-way is harmless: every chunk commits its cursor with its writes.
 //!
 //! Config (env only): `EDGE_DATABASE_SECRET_ARN` (locally `EDGE_DATABASE_URL` /
-//! `DATABASE_URL`), `EDGE_DB_POOL_SIZE` (default 2), `EDGE_REPLAY_CHUNK` (default 1000 rows).
+//! `DATABASE_URL`), `EDGE_DB_POOL_SIZE` (default 2), `EDGE_REPLAY_CHUNK` (default 2000 rows).
 
 use std::sync::Arc;
 
