@@ -14,15 +14,15 @@
 //! `docs/capture.md` for the journal layout and the supported migrations.
 //!
 //! # Layout
-//! - [`config`] — [`config::CaptureConfig`]: table strategies, include_columns, ts_column,
-//!   snapshot_on_first_run, local_retention_bytes (filled from TOML by the binary)
 //! - [`capture`] — discovery ([`capture::schema`]), trigger SQL ([`capture::triggers`], pure),
 //!   identifier quoting ([`capture::ident`]), journal reading / acking ([`capture::journal`]),
 //!   snapshots ([`capture::snapshot`]), retention ([`capture::retention`]), telemetry reader
 //!   ([`capture::telemetry`])
 //! - [`state`] — state.db: epoch, instance id, cursors, schema hashes, snapshot flags, pauses,
 //!   handled controls, telemetry progress, counters, outbox
-//! - [`settings`] — TOML + `OMEGA_*` env → validated [`settings::Settings`] (errors name the key)
+//! - [`settings`] — TOML + `OMEGA_*` env → validated [`settings::Settings`] (errors name the key);
+//!   [`settings::CaptureConfig`]: table strategies, include_columns, ts_column,
+//!   snapshot_on_first_run, local_retention_bytes
 //! - [`batcher`] — journal change groups → row batches under the payload/row limits (pure)
 //! - [`outbox`] — sans-IO publish state machine, pkid ↔ batch mapping across reconnects (pure);
 //!   [`outbox_store`] — the publisher's own state.db tables
@@ -33,7 +33,6 @@
 
 pub mod batcher;
 pub mod capture;
-pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod mqtt;

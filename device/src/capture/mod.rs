@@ -42,7 +42,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::config::CaptureConfig;
+use crate::settings::CaptureConfig;
 use crate::state::{counter, StateDb, StateError};
 
 pub use codec::CodecError;

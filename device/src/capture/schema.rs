@@ -7,7 +7,7 @@
 use edge_protocol::fingerprint::{ColumnFingerprint, SchemaColumns};
 use rusqlite::Connection;
 
-use crate::config::{Strategy, TableConfig};
+use crate::settings::{Strategy, TableConfig};
 
 use super::CaptureError;
 
