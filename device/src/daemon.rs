@@ -15,19 +15,8 @@
 //!    deduplicates by `batch_id`;
 //! 3. after a restart every outbox row is published again before new journal entries.
 //!
-//! Read positions: one global read position (`read_pos`) feeds the steady state; `fixed` holds,
-//! per table, the highest `commit_seq` already fixed into the outbox. A table that was skipped
-//! while the global position moved on — paused, behind a spill, or every table right after a
-//! restart — is read again from `max(acknowledged cursor, fixed)` ("catch-up") up to the global
-//! position before it rejoins the global read, so no entry is passed over and none is fixed
-//! twice.
-//!
-//! Resume rule (protocol §6, "from `server_watermark + 1`"): a resumed table continues after
-//! its own acknowledged cursor (and after what is already fixed in the outbox, which is sent
-//! anyway). Entries at or below the cursor had their PUBACK, so the cloud has them (or has them
-//! queued) and they are deleted locally; entries after the cursor that are `<= server_watermark`
-//! are sent again and deduplicated by the cloud; every entry after `server_watermark` is either
-//! fixed in the outbox or still in the journal and is therefore sent, in commit order.
+//! Which journal entries are read next (read positions, catch-up, the resume rule) is decided
+//! by the sans-IO [`Reader`](crate::reader::Reader); the daemon performs the reads it plans.
 //!
 //! Spill (protocol §7, see `spill`): a change too large for one message is fixed as a spill
 //! entry (id + zstd JSON Lines object) and its table reads nothing further until `finalize` is
@@ -47,21 +36,18 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::batcher::{build_batches, SchemaAnnouncer};
-use crate::capture::journal::{ReadOptions, DELETE_CHUNK_ROWS};
+use crate::capture::journal::DELETE_CHUNK_ROWS;
 use crate::capture::{Capture, CaptureError, SystemIds};
 use crate::control::{decide, ControlAction, ControlDecision, ControlFacts};
 use crate::mqtt::{self, MqttError, MqttEvent};
 use crate::outbox::{Acked, BatchKind, Outbox, Phase, Tracked};
 use crate::outbox_store;
 use crate::rate::{RateLimits, TokenBucket};
+use crate::reader::{cut_at_spill, Reader};
 use crate::settings::Settings;
 use crate::spill::{self, Due, PutError, Spill, SpillError};
 use crate::state::{counter, OutboxEntry, StateDb, StateError};
 
-/// Journal entries examined per read: one full batch's worth of rows (4,096). Decoded entries
-/// are the largest transient allocation of a drain (16,384 of them put peak RSS near 68 MiB);
-/// a continuous drain simply reads more often.
-pub const READ_MAX_ENTRIES: usize = 4_096;
 /// How often drift/snapshots are checked at most (when flush_interval is longer).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How often local retention is enforced (a scan of the journal).
@@ -107,14 +93,7 @@ pub struct Daemon {
     announcer: SchemaAnnouncer,
     bucket: TokenBucket,
     epoch: Uuid,
-    read_pos: i64,
-    backlog: bool,
-    /// Tables to read from their own position up to `read_pos` before they rejoin the global
-    /// read (after a resume, a finished spill, or a restart).
-    catch_up: BTreeSet<String>,
-    /// Per table, the highest commit_seq fixed into the outbox (row batch or spill).
-    fixed: BTreeMap<String, i64>,
-    paused: BTreeSet<String>,
+    reader: Reader,
     /// Spills in progress by batch id; their tables read nothing further until they finish.
     spills: BTreeMap<Uuid, Spill>,
     spill_results: tokio::sync::mpsc::UnboundedSender<(Uuid, Result<(), PutError>)>,
@@ -209,11 +188,7 @@ impl Daemon {
                 "resuming spill uploads fixed before the restart"
             );
         }
-        // The global read restarts at the highest position fixed; every table catches up
-        // from its own position first, so entries of a table that was behind (paused, behind
-        // a spill, catching up) when the agent stopped are not passed over.
-        let read_pos = fixed.values().copied().max().unwrap_or(0);
-        let catch_up = capture.catalog().rows.keys().cloned().collect();
+        let reader = Reader::new(fixed, capture.catalog().rows.keys().cloned(), paused);
         let limits = r.rate_limit.then_some(RateLimits {
             publishes_per_sec: r.max_publishes_per_sec,
             bytes_per_sec: r.max_bytes_per_sec,
@@ -228,11 +203,7 @@ impl Daemon {
             outbox,
             announcer: SchemaAnnouncer::default(),
             epoch,
-            read_pos,
-            backlog: true,
-            catch_up,
-            fixed,
-            paused,
+            reader,
             spills,
             spill_results: spill_tx,
             spill_results_rx: Some(spill_rx),
@@ -291,7 +262,7 @@ impl Daemon {
             if let Some(w) = spill_wake {
                 wake = wake.min(w);
             }
-            if self.backlog && self.has_room() {
+            if self.reader.has_backlog() && self.has_room() {
                 wake = Instant::now();
             }
             tokio::select! {
@@ -318,7 +289,7 @@ impl Daemon {
                 next_poll = now + poll_every;
                 self.poll_capture()?;
                 if self.snapshot_step()? {
-                    self.backlog = true;
+                    self.reader.note_backlog();
                 }
                 if r.low_latency {
                     let v: i64 = self
@@ -341,7 +312,7 @@ impl Daemon {
                 )?;
             }
             let due = now >= next_flush;
-            if (due || self.backlog) && self.has_room() {
+            if (due || self.reader.has_backlog()) && self.has_room() {
                 self.flush(&client)?;
                 if due {
                     next_flush = now + r.flush_interval;
@@ -387,9 +358,7 @@ impl Daemon {
         let report = self.capture.poll(&mut self.state, &mut SystemIds)?;
         if report.new_epoch.is_some() {
             self.epoch = self.state.journal_epoch()?.unwrap_or(self.epoch);
-            self.read_pos = 0;
-            self.fixed.clear();
-            self.catch_up.clear();
+            self.reader.new_epoch();
         }
         Ok(())
     }
@@ -400,23 +369,23 @@ impl Daemon {
         // A schema change lands between poll and read at most a few times in a row (each
         // retry re-fingerprints first); the bound only guards against a pathological loop.
         for _ in 0..3 {
-            let catch_up = self.catch_up.clone();
+            let catch_up = self.reader.catch_up_checkpoint();
             match self.flush_once(client) {
                 Err(DaemonError::Capture(CaptureError::SchemaChanged)) => {
                     // Nothing was fixed: restore what the aborted read had consumed.
-                    self.catch_up = catch_up;
+                    self.reader.restore_catch_up(catch_up);
                     self.poll_capture()?;
                 }
                 other => return other,
             }
         }
-        self.backlog = true;
+        self.reader.note_backlog();
         Ok(())
     }
 
     fn snapshot_step(&mut self) -> Result<bool, DaemonError> {
         let tables = self.capture.tables_needing_snapshot(&self.state)?;
-        let Some(table) = tables.into_iter().find(|t| !self.paused.contains(t)) else {
+        let Some(table) = tables.into_iter().find(|t| !self.reader.is_paused(t)) else {
             return Ok(false);
         };
         let step = self.capture.snapshot_step(
@@ -432,64 +401,20 @@ impl Daemon {
         let max_payload = self.settings.replication.max_payload_bytes;
         let blocked = self.spill_tables();
         let mut reads = Vec::new();
-        let targets: Vec<String> = self
-            .catch_up
-            .iter()
-            .filter(|t| !self.paused.contains(*t) && !blocked.contains(*t))
-            .cloned()
-            .collect();
-        for table in targets {
-            let after = self.position(&table)?;
-            if after >= self.read_pos {
-                // Nothing of this table was passed over: it simply joins the global read.
-                self.catch_up.remove(&table);
+        for table in self.reader.catch_up_tables(&blocked) {
+            let acked = self.state.last_acked(&table)?;
+            let catalog = &self.capture.catalog().rows;
+            let Some(plan) = self.reader.catch_up_read(&table, acked, catalog.keys()) else {
                 continue;
-            }
-            let skip = self
-                .capture
-                .catalog()
-                .rows
-                .keys()
-                .filter(|t| **t != table)
-                .cloned()
-                .collect();
-            let mut read = self.capture.read_pending(
-                &self.state,
-                &ReadOptions {
-                    after_seq: after,
-                    max_entries: READ_MAX_ENTRIES,
-                    skip_tables: skip,
-                },
-            )?;
-            if read.last_seq >= self.read_pos || read.last_seq == after {
-                self.catch_up.remove(&table);
-            }
-            // Entries after the global position belong to the global read.
-            let limit = self.read_pos;
-            for g in &mut read.groups {
-                g.changes.retain(|c| c.commit_seq <= limit);
-            }
-            read.groups
-                .retain(|g| g.table == table && !g.changes.is_empty());
+            };
+            let mut read = self.capture.read_pending(&self.state, &plan.options)?;
+            self.reader.catch_up_done(&plan, &mut read);
             reads.push(read);
         }
-        let skip: BTreeSet<String> = self
-            .paused
-            .iter()
-            .chain(&blocked)
-            .chain(&self.catch_up)
-            .cloned()
-            .collect();
-        let read = self.capture.read_pending(
-            &self.state,
-            &ReadOptions {
-                after_seq: self.read_pos,
-                max_entries: READ_MAX_ENTRIES,
-                skip_tables: skip,
-            },
-        )?;
-        self.backlog = read.last_seq > self.read_pos || !self.catch_up.is_empty();
-        self.read_pos = read.last_seq;
+        let read = self
+            .capture
+            .read_pending(&self.state, &self.reader.global_read(&blocked))?;
+        self.reader.global_done(&read);
         reads.push(read);
         // One state.db transaction for everything fixed by this flush (one fsync, not one per
         // batch); rolled back as a whole on error so nothing half-fixed is left behind.
@@ -523,13 +448,6 @@ impl Daemon {
         self.spills.values().map(|s| s.table.clone()).collect()
     }
 
-    /// Where a table's reading continues: after its acknowledged cursor and after what is
-    /// already fixed in the outbox.
-    fn position(&self, table: &str) -> Result<i64, DaemonError> {
-        let acked = self.state.last_acked(table)?;
-        Ok(acked.max(self.fixed.get(table).copied().unwrap_or(0)))
-    }
-
     fn fix_all(
         &mut self,
         client: &AsyncClient,
@@ -544,10 +462,7 @@ impl Daemon {
                 if blocked.contains(&group.table) {
                     continue;
                 }
-                // After a restart the global read starts below some tables' fixed positions:
-                // what is already in the outbox is not fixed twice.
-                let done = self.fixed.get(&group.table).copied().unwrap_or(0);
-                group.changes.retain(|c| c.commit_seq > done);
+                self.reader.drop_fixed(&mut group);
                 if group.changes.is_empty() {
                     continue;
                 }
@@ -576,15 +491,8 @@ impl Daemon {
                         self.outbox.handed_other();
                     }
                 }
-                // The first oversized change becomes a spill; batches after it are not fixed
-                // now (the table reads on from the spill once its finalize is acknowledged), so
-                // no later PUBACK can move the cursor past a change the cloud does not have.
-                let spilled = built.oversized.iter().min_by_key(|c| c.commit_seq).cloned();
-                let stop_at = spilled.as_ref().map(|c| c.commit_seq);
-                for b in built.batches {
-                    if stop_at.is_some_and(|s| b.last_seq > s) {
-                        continue;
-                    }
+                let (batches, spilled) = cut_at_spill(built);
+                for b in batches {
                     let bytes = b.payload.len();
                     // The payload moves into state.db and is read back when published: no
                     // copy stays in memory.
@@ -598,7 +506,7 @@ impl Daemon {
                         created_at_ms: unix_ms(),
                         epoch: Some(self.epoch),
                     })?;
-                    self.mark_fixed(&b.table, b.last_seq);
+                    self.reader.mark_fixed(&b.table, b.last_seq);
                     new.push(Tracked {
                         batch_id: b.batch_id,
                         epoch: self.epoch,
@@ -629,7 +537,7 @@ impl Daemon {
                     })?;
                     self.state
                         .bump_counter(spill::COUNTER_SPILLS, &group.table, 1)?;
-                    self.mark_fixed(&group.table, change.commit_seq);
+                    self.reader.mark_fixed(&group.table, change.commit_seq);
                     blocked.insert(group.table.clone());
                     new_spills.push(
                         Spill::new(id, group.table.clone(), change.commit_seq, Instant::now())
@@ -640,7 +548,7 @@ impl Daemon {
         }
         let telemetry: Vec<String> = self.capture.catalog().telemetry.keys().cloned().collect();
         for table in telemetry {
-            if self.paused.contains(&table) || self.outbox.has_telemetry_for(&table) {
+            if self.reader.is_paused(&table) || self.outbox.has_telemetry_for(&table) {
                 continue;
             }
             if let Some(t) = self.fix_telemetry(&table, max_payload)? {
@@ -648,11 +556,6 @@ impl Daemon {
             }
         }
         Ok(())
-    }
-
-    fn mark_fixed(&mut self, table: &str, seq: i64) {
-        let pos = self.fixed.entry(table.to_owned()).or_insert(0);
-        *pos = (*pos).max(seq);
     }
 
     fn fix_telemetry(
@@ -739,7 +642,7 @@ impl Daemon {
     fn pump(&mut self, client: &AsyncClient) -> Result<Option<Instant>, DaemonError> {
         let max = self.settings.replication.max_inflight;
         loop {
-            let paused = &self.paused;
+            let paused = self.reader.paused();
             let Some(id) = self.outbox.next_to_send(max, &|t| paused.contains(t)) else {
                 return Ok(None);
             };
@@ -804,8 +707,7 @@ impl Daemon {
                         self.state.outbox_remove(id)?;
                         outbox_store::set_meta(self.state.conn(), "last_ack_at", &now_rfc3339())?;
                         if !self.spills.values().any(|o| o.table == s.table) {
-                            self.catch_up.insert(s.table);
-                            self.backlog = true;
+                            self.reader.unblock(s.table);
                         }
                     }
                 }
@@ -941,7 +843,7 @@ impl Daemon {
                 info!(%table, watermark, "pause_lineage: table paused, journaling continues");
                 self.state
                     .set_paused(table, *watermark, issued_at.as_deref())?;
-                self.paused.insert(table.clone());
+                self.reader.pause(table);
             }
             ControlAction::Resume {
                 table, watermark, ..
@@ -949,10 +851,7 @@ impl Daemon {
                 let acked = self.state.last_acked(table)?;
                 info!(%table, watermark, acked, "resume_lineage: publishing again from the acknowledged cursor");
                 self.state.clear_paused(table)?;
-                self.paused.remove(table);
-                // Behind a spill, the spill's finalize starts the catch-up.
-                self.catch_up.insert(table.clone());
-                self.backlog = true;
+                self.reader.resume(table);
             }
             ControlAction::UrlGrant {
                 table,
@@ -1038,7 +937,7 @@ impl Daemon {
             };
             let due = s.due(now);
             // A paused table asks for nothing new; an upload already granted completes.
-            if due == Some(Due::Request) && self.paused.contains(&s.table) {
+            if due == Some(Due::Request) && self.reader.is_paused(&s.table) {
                 continue;
             }
             let Some(due) = due else {

@@ -23,6 +23,7 @@
 //! - [`settings`] — TOML + `OMEGA_*` env → validated [`settings::Settings`] (errors name the key);
 //!   [`settings::CaptureConfig`]: table strategies, include_columns, ts_column,
 //!   snapshot_on_first_run, local_retention_bytes
+//! - [`reader`] — the read planner: read positions, catch-up, tables blocked by a spill (pure)
 //! - [`batcher`] — journal change groups → row batches under the payload/row limits (pure)
 //! - [`outbox`] — sans-IO publish state machine, pkid ↔ batch mapping across reconnects (pure);
 //!   [`outbox_store`] — the publisher's own state.db tables
@@ -39,6 +40,7 @@ pub mod mqtt;
 pub mod outbox;
 pub mod outbox_store;
 pub mod rate;
+pub mod reader;
 pub mod settings;
 pub mod spill;
 pub mod state;
