@@ -5,8 +5,8 @@
 //! journal read into new outbox batches (every `flush_interval`, shortly after a change in
 //! low-latency mode, or continuously while a backlog drains), and handing waiting batches to the
 //! MQTT client within `max_inflight` and the token bucket. All SQLite work is short and local;
-//! the MQTT client is only ever given work with `try_publish`, so the loop never waits on the
-//! network.
+//! the MQTT client is only ever given work with [`Publisher::publish`], which never waits, so
+//! the loop never waits on the network.
 //!
 //! Durability order (why a crash at any point loses nothing):
 //! 1. a batch's id and bytes go into `state.db`'s outbox before its first publish;
@@ -30,7 +30,6 @@ use edge_protocol::control::{IngestAck, IngestRequest, RequestKind, SegmentKind}
 use edge_protocol::schema::SchemaObservation;
 use edge_protocol::telemetry::{TelemetryBatch, TelemetryRow};
 use edge_protocol::topic::{topic, TopicKind};
-use rumqttc::{AsyncClient, QoS};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -39,7 +38,7 @@ use crate::batcher::{build_batches, SchemaAnnouncer};
 use crate::capture::journal::DELETE_CHUNK_ROWS;
 use crate::capture::{Capture, CaptureError, SystemIds};
 use crate::control::{decide, ControlAction, ControlDecision, ControlFacts};
-use crate::mqtt::{self, MqttError, MqttEvent};
+use crate::mqtt::{self, MqttError, MqttEvent, Publisher};
 use crate::outbox::{Acked, BatchKind, Outbox, Phase, Tracked};
 use crate::outbox_store;
 use crate::rate::{RateLimits, TokenBucket};
@@ -233,7 +232,7 @@ impl Daemon {
             c.reconnect_min,
             c.reconnect_max,
         )?;
-        let client = conn.client.clone();
+        let client = Publisher::new(conn.client.clone(), self.root.clone());
         let r = self.settings.replication.clone();
         let poll_every = if r.low_latency {
             r.low_latency_debounce.min(POLL_INTERVAL)
@@ -335,7 +334,7 @@ impl Daemon {
                 _ => break,
             }
         }
-        let _ = client.try_disconnect();
+        let _ = client.disconnect();
         let _ = tokio::time::timeout(Duration::from_millis(500), async {
             while let Some(ev) = conn.events.recv().await {
                 if matches!(ev, MqttEvent::Disconnected { .. }) {
@@ -365,7 +364,7 @@ impl Daemon {
 
     /// Reads the journal into new fixed batches, first catching up with a schema change that
     /// happened since the last poll (see [`CaptureError::SchemaChanged`]).
-    fn flush(&mut self, client: &AsyncClient) -> Result<(), DaemonError> {
+    fn flush(&mut self, client: &Publisher) -> Result<(), DaemonError> {
         // A schema change lands between poll and read at most a few times in a row (each
         // retry re-fingerprints first); the bound only guards against a pathological loop.
         for _ in 0..3 {
@@ -397,7 +396,7 @@ impl Daemon {
     }
 
     /// Reads the journal (and telemetry tables) into new fixed batches.
-    fn flush_once(&mut self, client: &AsyncClient) -> Result<(), DaemonError> {
+    fn flush_once(&mut self, client: &Publisher) -> Result<(), DaemonError> {
         let max_payload = self.settings.replication.max_payload_bytes;
         let blocked = self.spill_tables();
         let mut reads = Vec::new();
@@ -450,7 +449,7 @@ impl Daemon {
 
     fn fix_all(
         &mut self,
-        client: &AsyncClient,
+        client: &Publisher,
         reads: Vec<crate::capture::journal::PendingRead>,
         max_payload: usize,
         new: &mut Vec<Tracked>,
@@ -479,14 +478,7 @@ impl Daemon {
                     let obs = SchemaObservation::new(group.schema_columns.clone(), now_rfc3339());
                     let payload = serde_json::to_vec(&obs)?;
                     if self.outbox.is_connected()
-                        && client
-                            .try_publish(
-                                topic(&self.root, TopicKind::SchemaObserve),
-                                QoS::AtLeastOnce,
-                                false,
-                                payload,
-                            )
-                            .is_ok()
+                        && client.publish(TopicKind::SchemaObserve, payload).is_ok()
                     {
                         self.outbox.handed_other();
                     }
@@ -639,7 +631,7 @@ impl Daemon {
     }
 
     /// Hands waiting batches to the client; returns when the token bucket allows the next one.
-    fn pump(&mut self, client: &AsyncClient) -> Result<Option<Instant>, DaemonError> {
+    fn pump(&mut self, client: &Publisher) -> Result<Option<Instant>, DaemonError> {
         let max = self.settings.replication.max_inflight;
         loop {
             let paused = self.reader.paused();
@@ -662,7 +654,7 @@ impl Daemon {
                 BatchKind::Rows => TopicKind::RowsBatch,
                 BatchKind::Telemetry => TopicKind::TelemetryBatch,
             };
-            match client.try_publish(topic(&self.root, kind), QoS::AtLeastOnce, false, payload) {
+            match client.publish(kind, payload) {
                 Ok(()) => {
                     if t.attempts > 0 {
                         info!(batch_id = %id, table = %t.table, "re-publishing batch (same id and bytes)");
@@ -674,7 +666,7 @@ impl Daemon {
         }
     }
 
-    fn on_mqtt(&mut self, ev: MqttEvent, client: &AsyncClient) -> Result<(), DaemonError> {
+    fn on_mqtt(&mut self, ev: MqttEvent, client: &Publisher) -> Result<(), DaemonError> {
         match ev {
             MqttEvent::Connected { session_present } => {
                 self.outbox.on_connack(session_present);
@@ -789,7 +781,7 @@ impl Daemon {
         Ok(())
     }
 
-    fn on_control(&mut self, bytes: &[u8], client: &AsyncClient) -> Result<(), DaemonError> {
+    fn on_control(&mut self, bytes: &[u8], client: &Publisher) -> Result<(), DaemonError> {
         let envelope = match edge_protocol::validate::decode_control_envelope(bytes) {
             Ok(e) => e,
             Err(rejection) => {
@@ -924,7 +916,7 @@ impl Daemon {
     }
 
     /// Publishes due spill requests (`url_request`, `finalize`); returns the next wake-up.
-    fn pump_spills(&mut self, client: &AsyncClient) -> Result<Option<Instant>, DaemonError> {
+    fn pump_spills(&mut self, client: &Publisher) -> Result<Option<Instant>, DaemonError> {
         if !self.outbox.is_connected() {
             return Ok(None);
         }
@@ -955,15 +947,7 @@ impl Daemon {
             request.journal_epoch = s.journal_epoch;
             request.schema_hash = s.schema_hash.clone();
             let payload = serde_json::to_vec(&request)?;
-            if client
-                .try_publish(
-                    topic(&self.root, TopicKind::IngestRequest),
-                    QoS::AtLeastOnce,
-                    false,
-                    payload,
-                )
-                .is_err()
-            {
+            if client.publish(TopicKind::IngestRequest, payload).is_err() {
                 // Client queue full: try again shortly.
                 return Ok(Some(now + Duration::from_millis(5)));
             }
@@ -988,14 +972,9 @@ impl Daemon {
         Ok(wake)
     }
 
-    fn ack_control(&mut self, id: Uuid, client: &AsyncClient) -> Result<(), DaemonError> {
+    fn ack_control(&mut self, id: Uuid, client: &Publisher) -> Result<(), DaemonError> {
         let payload = serde_json::to_vec(&IngestAck::new(id))?;
-        match client.try_publish(
-            topic(&self.root, TopicKind::IngestAck),
-            QoS::AtLeastOnce,
-            false,
-            payload,
-        ) {
+        match client.publish(TopicKind::IngestAck, payload) {
             Ok(()) => self.outbox.handed_other(),
             Err(e) => {
                 warn!(control_id = %id, error = %e, "could not queue the control ack; the cloud will re-send")

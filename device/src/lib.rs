@@ -28,7 +28,8 @@
 //! - [`outbox`] — sans-IO publish state machine, pkid ↔ batch mapping across reconnects (pure);
 //!   [`outbox_store`] — the publisher's own state.db tables
 //! - [`control`] — control decisions: signature, duplicate, stale (pure); [`rate`] — token bucket
-//! - [`mqtt`] — rumqttc + rustls mTLS, the MQTT side; [`daemon`] — the select! loop
+//! - [`mqtt`] — rumqttc + rustls mTLS, the MQTT side, and the one [`mqtt::Publisher::publish`];
+//!   [`daemon`] — the select! loop
 //! - [`spill`] — protocol §7 uploads: zstd JSON Lines objects, the per-spill state machine
 //!   (pure) and the blocking HTTP PUT (ureq + rustls) run off the loop
 

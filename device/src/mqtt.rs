@@ -27,6 +27,8 @@ use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
+use edge_protocol::topic::{topic, TopicKind};
+
 use crate::settings::ConnectionSettings;
 
 /// Errors loading TLS material (each names the config key).
@@ -193,6 +195,32 @@ impl Connection {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The one way the daemon publishes: QoS 1, not retained, on `<root>/<kind>` — and never
+/// waiting (`try_publish` on the client's bounded channel; a full channel is an error the
+/// caller answers by trying again later).
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    client: AsyncClient,
+    root: String,
+}
+
+impl Publisher {
+    pub fn new(client: AsyncClient, root: String) -> Publisher {
+        Publisher { client, root }
+    }
+
+    /// Hands `payload` to the client for the topic of `kind`.
+    pub fn publish(&self, kind: TopicKind, payload: Vec<u8>) -> Result<(), rumqttc::ClientError> {
+        self.client
+            .try_publish(topic(&self.root, kind), QoS::AtLeastOnce, false, payload)
+    }
+
+    /// Asks the client to send DISCONNECT (never waits).
+    pub fn disconnect(&self) -> Result<(), rumqttc::ClientError> {
+        self.client.try_disconnect()
     }
 }
 
