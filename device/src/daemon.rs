@@ -39,13 +39,13 @@ use crate::capture::journal::DELETE_CHUNK_ROWS;
 use crate::capture::{Capture, CaptureError, SystemIds};
 use crate::control::{decide, ControlAction, ControlDecision, ControlFacts};
 use crate::mqtt::{self, MqttError, MqttEvent, Publisher};
-use crate::outbox::{Acked, BatchKind, Outbox, Phase, Tracked};
+use crate::outbox::{Acked, BatchKind, Outbox, Tracked};
 use crate::outbox_store;
 use crate::rate::{RateLimits, TokenBucket};
 use crate::reader::{cut_at_spill, Reader};
 use crate::settings::Settings;
 use crate::spill::{self, Due, PutError, Spill, SpillError};
-use crate::state::{counter, OutboxEntry, StateDb, StateError};
+use crate::state::{counter, StateDb, StateError};
 
 /// How often drift/snapshots are checked at most (when flush_interval is longer).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -116,7 +116,7 @@ impl Daemon {
             }
         }
         let mut state = StateDb::open(&r.state_db_path)?;
-        outbox_store::init(state.conn())?;
+        outbox_store::init(&state)?;
         let (capture, report) = Capture::open(
             &r.source_db_path,
             settings.capture_config(),
@@ -127,67 +127,24 @@ impl Daemon {
             info!(%reason, "journal epoch started");
         }
         let epoch = state.journal_epoch()?.unwrap_or_else(Uuid::now_v7);
-        let mut outbox = Outbox::new();
-        let mut fixed: BTreeMap<String, i64> = BTreeMap::new();
-        let mut spills = BTreeMap::new();
-        let now = Instant::now();
-        for e in state.outbox_list()? {
-            if e.kind == spill::OUTBOX_KIND {
-                if e.epoch.unwrap_or(epoch) == epoch {
-                    let pos = fixed.entry(e.table_name.clone()).or_insert(0);
-                    *pos = (*pos).max(e.last_seq);
-                }
-                // The epoch is stored with the outbox row; the schema hash is not, and the
-                // cloud takes the table's current one (right unless the schema changed since).
-                spills.insert(
-                    e.batch_id,
-                    Spill::new(e.batch_id, e.table_name, e.last_seq, now)
-                        .with_header(e.epoch, None),
-                );
-                continue;
-            }
-            let kind = BatchKind::parse(&e.kind).unwrap_or(BatchKind::Rows);
-            // Rows fixed before `outbox.epoch` existed carry their epoch in the payload.
-            let batch_epoch = e.epoch.unwrap_or_else(|| {
-                edge_protocol::validate::decode_row_batch(&e.payload)
-                    .map(|b| b.journal_epoch)
-                    .unwrap_or(epoch)
-            });
-            if kind == BatchKind::Rows && batch_epoch == epoch {
-                let pos = fixed.entry(e.table_name.clone()).or_insert(0);
-                *pos = (*pos).max(e.last_seq);
-            }
-            outbox.add(Tracked {
-                batch_id: e.batch_id,
-                epoch: batch_epoch,
-                kind,
-                table: e.table_name,
-                first_seq: e.first_seq,
-                last_seq: e.last_seq,
-                bytes: e.payload.len(),
-                phase: Phase::Waiting,
-                attempts: 0,
-            });
-        }
-        if !outbox.is_empty() {
+        let restored = outbox_store::restore(&state, epoch, Instant::now())?;
+        if !restored.outbox.is_empty() {
             info!(
-                batches = outbox.len(),
+                batches = restored.outbox.len(),
                 "re-publishing batches fixed before the restart"
             );
         }
-        let paused: BTreeSet<String> = state
-            .tables()?
-            .into_iter()
-            .filter(|t| t.paused)
-            .map(|t| t.table_name)
-            .collect();
-        if !spills.is_empty() {
+        if !restored.spills.is_empty() {
             info!(
-                spills = spills.len(),
+                spills = restored.spills.len(),
                 "resuming spill uploads fixed before the restart"
             );
         }
-        let reader = Reader::new(fixed, capture.catalog().rows.keys().cloned(), paused);
+        let reader = Reader::new(
+            restored.fixed,
+            capture.catalog().rows.keys().cloned(),
+            state.paused_tables()?,
+        );
         let limits = r.rate_limit.then_some(RateLimits {
             publishes_per_sec: r.max_publishes_per_sec,
             bytes_per_sec: r.max_bytes_per_sec,
@@ -199,11 +156,11 @@ impl Daemon {
             settings,
             state,
             capture,
-            outbox,
+            outbox: restored.outbox,
             announcer: SchemaAnnouncer::default(),
             epoch,
             reader,
-            spills,
+            spills: restored.spills,
             spill_results: spill_tx,
             spill_results_rx: Some(spill_rx),
             root,
@@ -348,6 +305,31 @@ impl Daemon {
         Ok(())
     }
 
+    /// Runs `f` in one state.db transaction (`BEGIN IMMEDIATE` … `COMMIT`), rolled back as a
+    /// whole when `f` fails.
+    fn in_state_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Daemon) -> Result<T, DaemonError>,
+    ) -> Result<T, DaemonError> {
+        self.state
+            .conn()
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(StateError::from)?;
+        match f(self) {
+            Ok(value) => {
+                self.state
+                    .conn()
+                    .execute_batch("COMMIT")
+                    .map_err(StateError::from)?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = self.state.conn().execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
     fn has_room(&self) -> bool {
         self.outbox.waiting() < self.settings.replication.max_inflight.max(4)
     }
@@ -417,21 +399,11 @@ impl Daemon {
         reads.push(read);
         // One state.db transaction for everything fixed by this flush (one fsync, not one per
         // batch); rolled back as a whole on error so nothing half-fixed is left behind.
-        self.state
-            .conn()
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(StateError::from)?;
         let mut new = Vec::new();
         let mut new_spills = Vec::new();
-        let fixed = self.fix_all(client, reads, max_payload, &mut new, &mut new_spills);
-        if let Err(e) = fixed {
-            let _ = self.state.conn().execute_batch("ROLLBACK");
-            return Err(e);
-        }
-        self.state
-            .conn()
-            .execute_batch("COMMIT")
-            .map_err(StateError::from)?;
+        self.in_state_transaction(|d| {
+            d.fix_all(client, reads, max_payload, &mut new, &mut new_spills)
+        })?;
         for t in new {
             debug!(table = %t.table, batch_id = %t.batch_id, bytes = t.bytes, "batch fixed");
             self.outbox.add(t);
@@ -485,31 +457,9 @@ impl Daemon {
                 }
                 let (batches, spilled) = cut_at_spill(built);
                 for b in batches {
-                    let bytes = b.payload.len();
-                    // The payload moves into state.db and is read back when published: no
-                    // copy stays in memory.
-                    self.state.outbox_put(&OutboxEntry {
-                        batch_id: b.batch_id,
-                        kind: BatchKind::Rows.as_str().into(),
-                        table_name: b.table.clone(),
-                        first_seq: b.first_seq,
-                        last_seq: b.last_seq,
-                        payload: b.payload,
-                        created_at_ms: unix_ms(),
-                        epoch: Some(self.epoch),
-                    })?;
-                    self.reader.mark_fixed(&b.table, b.last_seq);
-                    new.push(Tracked {
-                        batch_id: b.batch_id,
-                        epoch: self.epoch,
-                        kind: BatchKind::Rows,
-                        table: b.table,
-                        first_seq: b.first_seq,
-                        last_seq: b.last_seq,
-                        bytes,
-                        phase: Phase::Waiting,
-                        attempts: 0,
-                    });
+                    let t = outbox_store::fix_rows(&self.state, self.epoch, b)?;
+                    self.reader.mark_fixed(&t.table, t.last_seq);
+                    new.push(t);
                 }
                 if let Some(change) = spilled {
                     let object = spill::encode_json(std::slice::from_ref(&change.json))?;
@@ -517,18 +467,14 @@ impl Daemon {
                     info!(table = %group.table, commit_seq = change.commit_seq, batch_id = %id,
                         object_bytes = object.len(),
                         "row larger than max_payload_bytes: sending it as a spill upload");
-                    self.state.outbox_put(&OutboxEntry {
-                        batch_id: id,
-                        kind: spill::OUTBOX_KIND.into(),
-                        table_name: group.table.clone(),
-                        first_seq: change.commit_seq,
-                        last_seq: change.commit_seq,
-                        payload: object,
-                        created_at_ms: unix_ms(),
-                        epoch: Some(self.epoch),
-                    })?;
-                    self.state
-                        .bump_counter(spill::COUNTER_SPILLS, &group.table, 1)?;
+                    outbox_store::fix_spill(
+                        &self.state,
+                        self.epoch,
+                        id,
+                        &group.table,
+                        change.commit_seq,
+                        object,
+                    )?;
                     self.reader.mark_fixed(&group.table, change.commit_seq);
                     blocked.insert(group.table.clone());
                     new_spills.push(
@@ -605,28 +551,16 @@ impl Daemon {
             };
             progress.batch_seq = batch_seq;
             progress.cursor = Some(last.cursor.clone());
-            self.state.outbox_put(&OutboxEntry {
-                batch_id: id,
-                kind: BatchKind::Telemetry.as_str().into(),
-                table_name: table.into(),
-                first_seq: batch_seq,
-                last_seq: batch_seq,
-                payload: payload.clone(),
-                created_at_ms: unix_ms(),
-                epoch: Some(self.epoch),
-            })?;
+            let tracked = outbox_store::fix_telemetry(
+                &self.state,
+                self.epoch,
+                id,
+                table,
+                batch_seq,
+                payload,
+            )?;
             self.state.set_telemetry_progress(table, &progress)?;
-            return Ok(Some(Tracked {
-                batch_id: id,
-                epoch: self.epoch,
-                kind: BatchKind::Telemetry,
-                table: table.into(),
-                first_seq: batch_seq,
-                last_seq: batch_seq,
-                bytes: payload.len(),
-                phase: Phase::Waiting,
-                attempts: 0,
-            }));
+            return Ok(Some(tracked));
         }
     }
 
@@ -645,7 +579,7 @@ impl Daemon {
             if let Err(wait) = self.bucket.try_take(now, t.bytes) {
                 return Ok(Some(now + wait));
             }
-            let Some(payload) = outbox_store::payload(self.state.conn(), id)? else {
+            let Some(payload) = outbox_store::payload(&self.state, id)? else {
                 warn!(batch_id = %id, "outbox row vanished; dropping the in-memory entry");
                 self.outbox.unhand_last(id);
                 continue;
@@ -694,10 +628,10 @@ impl Daemon {
                     if let Some(s) = self.spills.remove(&id) {
                         info!(table = %s.table, batch_id = %id, commit_seq = s.commit_seq,
                             "spill finalized: the table reads on");
-                        let epoch = self.state.outbox_epoch(id)?.unwrap_or(self.epoch);
+                        let epoch = outbox_store::epoch(&self.state, id)?.unwrap_or(self.epoch);
                         self.ack_rows(epoch, &s.table, s.commit_seq)?;
-                        self.state.outbox_remove(id)?;
-                        outbox_store::set_meta(self.state.conn(), "last_ack_at", &now_rfc3339())?;
+                        outbox_store::remove(&self.state, id)?;
+                        outbox_store::set_last_ack_at(&self.state, &now_rfc3339())?;
                         if !self.spills.values().any(|o| o.table == s.table) {
                             self.reader.unblock(s.table);
                         }
@@ -723,21 +657,7 @@ impl Daemon {
             return Ok(());
         }
         let acked = std::mem::take(&mut self.acked);
-        self.state
-            .conn()
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(StateError::from)?;
-        let moved = match self.record_acks(&acked) {
-            Ok(moved) => moved,
-            Err(e) => {
-                let _ = self.state.conn().execute_batch("ROLLBACK");
-                return Err(e);
-            }
-        };
-        self.state
-            .conn()
-            .execute_batch("COMMIT")
-            .map_err(StateError::from)?;
+        let moved = self.in_state_transaction(|d| d.record_acks(&acked))?;
         for table in moved {
             self.capture
                 .delete_acked(&self.state, &table, DELETE_CHUNK_ROWS)?;
@@ -761,9 +681,9 @@ impl Daemon {
                         "acknowledged batch of an earlier journal epoch: cursor left alone");
                 }
             }
-            self.state.outbox_remove(t.batch_id)?;
+            outbox_store::remove(&self.state, t.batch_id)?;
         }
-        outbox_store::set_meta(self.state.conn(), "last_ack_at", &now_rfc3339())?;
+        outbox_store::set_last_ack_at(&self.state, &now_rfc3339())?;
         Ok(moved)
     }
 
@@ -793,7 +713,7 @@ impl Daemon {
         let table = envelope.source_table.clone().unwrap_or_default();
         let facts = ControlFacts {
             handled: self.state.is_control_handled(&id.to_string())?,
-            last_applied_issued_at: outbox_store::last_applied(self.state.conn(), &table)?,
+            last_applied_issued_at: outbox_store::last_applied(&self.state, &table)?,
         };
         let key = self
             .settings
@@ -857,7 +777,7 @@ impl Daemon {
             .mark_control_handled(&id.to_string(), unix_ms())?;
         if let Some(issued) = &envelope.issued_at {
             if !table.is_empty() {
-                outbox_store::set_last_applied(self.state.conn(), &table, issued)?;
+                outbox_store::set_last_applied(&self.state, &table, issued)?;
             }
         }
         Ok(())
@@ -886,7 +806,7 @@ impl Daemon {
         if !s.on_grant(expired, Instant::now()) {
             return Ok(());
         }
-        let Some(object) = outbox_store::payload(self.state.conn(), batch_id)? else {
+        let Some(object) = outbox_store::payload(&self.state, batch_id)? else {
             warn!(%batch_id, "spill object vanished from the outbox; dropping the spill");
             self.spills.remove(&batch_id);
             return Ok(());

@@ -19,14 +19,15 @@
 //!   snapshots ([`capture::snapshot`]), retention ([`capture::retention`]), telemetry reader
 //!   ([`capture::telemetry`])
 //! - [`state`] — state.db: epoch, instance id, cursors, schema hashes, snapshot flags, pauses,
-//!   handled controls, telemetry progress, counters, outbox
+//!   handled controls, telemetry progress, counters, the one `meta` table
 //! - [`settings`] — TOML + `OMEGA_*` env → validated [`settings::Settings`] (errors name the key);
 //!   [`settings::CaptureConfig`]: table strategies, include_columns, ts_column,
 //!   snapshot_on_first_run, local_retention_bytes
 //! - [`reader`] — the read planner: read positions, catch-up, tables blocked by a spill (pure)
 //! - [`batcher`] — journal change groups → row batches under the payload/row limits (pure)
 //! - [`outbox`] — sans-IO publish state machine, pkid ↔ batch mapping across reconnects (pure);
-//!   [`outbox_store`] — the publisher's own state.db tables
+//!   [`outbox_store`] — the outbox's state.db tables (fixed batches, applied controls,
+//!   `last_ack_at`) and their in-place migration
 //! - [`control`] — control decisions: signature, duplicate, stale (pure); [`rate`] — token bucket
 //! - [`mqtt`] — rumqttc + rustls mTLS, the MQTT side, and the one [`mqtt::Publisher::publish`];
 //!   [`daemon`] — the select! loop

@@ -284,7 +284,8 @@ fn status(config: &Path, json: bool) -> anyhow::Result<()> {
         bail!("config key `sqlite-replication.state_db_path`: {} does not exist (the agent has not run yet)", r.state_db_path.display());
     }
     let state = StateDb::open(&r.state_db_path)?;
-    let outbox = state.outbox_list()?;
+    outbox_store::init(&state)?;
+    let outbox = outbox_store::list(&state)?;
     let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000;
     let mut journal: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
     if let Ok(source) = open_read_only(&r.source_db_path, "sqlite-replication.source_db_path") {
@@ -311,7 +312,7 @@ fn status(config: &Path, json: bool) -> anyhow::Result<()> {
             }
         }
     }
-    let last_ack = outbox_store::meta(state.conn(), "last_ack_at")?;
+    let last_ack = outbox_store::last_ack_at(&state)?;
     let mut tables = Vec::new();
     for t in state.tables()? {
         let (depth, bytes) = journal.get(&t.table_name).copied().unwrap_or((0, 0));

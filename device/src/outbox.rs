@@ -79,6 +79,30 @@ pub struct Tracked {
     pub attempts: u32,
 }
 
+impl Tracked {
+    /// A batch just fixed (or loaded after a restart), not handed to the client yet.
+    pub fn waiting(
+        batch_id: Uuid,
+        epoch: Uuid,
+        kind: BatchKind,
+        table: String,
+        (first_seq, last_seq): (i64, i64),
+        bytes: usize,
+    ) -> Tracked {
+        Tracked {
+            batch_id,
+            epoch,
+            kind,
+            table,
+            first_seq,
+            last_seq,
+            bytes,
+            phase: Phase::Waiting,
+            attempts: 0,
+        }
+    }
+}
+
 /// What a publish handed to the client was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tag {

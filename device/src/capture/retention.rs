@@ -76,12 +76,7 @@ pub struct RetentionReport {
 
 impl Capture {
     fn usage(&self, state: &StateDb) -> Result<Vec<TableUsage>, CaptureError> {
-        let paused: BTreeSet<String> = state
-            .tables()?
-            .into_iter()
-            .filter(|t| t.paused)
-            .map(|t| t.table_name)
-            .collect();
+        let paused = state.paused_tables()?;
         Ok(self
             .journal_stats()?
             .into_iter()
