@@ -33,6 +33,7 @@
 //!   [`daemon`] — the select! loop
 //! - [`spill`] — protocol §7 uploads: zstd JSON Lines objects, the per-spill state machine
 //!   (pure) and the blocking HTTP PUT (ureq + rustls) run off the loop
+//! - [`status`] — the `status` and `check` commands (read-only)
 
 pub mod batcher;
 pub mod capture;
@@ -46,5 +47,6 @@ pub mod reader;
 pub mod settings;
 pub mod spill;
 pub mod state;
+pub mod status;
 
 pub use edge_protocol as protocol;
