@@ -30,7 +30,7 @@
 //!   `last_ack_at`) and their in-place migration
 //! - [`control`] — control decisions: signature, duplicate, stale (pure); [`rate`] — token bucket
 //! - [`mqtt`] — rumqttc + rustls mTLS, the MQTT side, and the one [`mqtt::Publisher::publish`];
-//!   [`daemon`] — the select! loop
+//!   [`daemon`] — the select! loop and its handlers (drain, controls, uploads)
 //! - [`spill`] — protocol §7 uploads: zstd JSON Lines objects, the per-spill state machine
 //!   (pure) and the blocking HTTP PUT (ureq + rustls) run off the loop
 //! - [`status`] — the `status` and `check` commands (read-only)
