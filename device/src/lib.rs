@@ -14,15 +14,15 @@
 //! `docs/capture.md` for the journal layout and the supported migrations.
 //!
 //! # Layout
+//! - [`settings`] — TOML + `OMEGA_*` env → validated [`settings::Settings`] (errors name the key);
+//!   [`settings::CaptureConfig`]: table strategies, include_columns, ts_column,
+//!   snapshot_on_first_run, local_retention_bytes
 //! - [`capture`] — discovery ([`capture::schema`]), trigger SQL ([`capture::triggers`], pure),
 //!   identifier quoting ([`capture::ident`]), journal reading / acking ([`capture::journal`]),
 //!   snapshots ([`capture::snapshot`]), retention ([`capture::retention`]), telemetry reader
 //!   ([`capture::telemetry`])
 //! - [`state`] — state.db: epoch, instance id, cursors, schema hashes, snapshot flags, pauses,
 //!   handled controls, telemetry progress, counters, the one `meta` table
-//! - [`settings`] — TOML + `OMEGA_*` env → validated [`settings::Settings`] (errors name the key);
-//!   [`settings::CaptureConfig`]: table strategies, include_columns, ts_column,
-//!   snapshot_on_first_run, local_retention_bytes
 //! - [`reader`] — the read planner: read positions, catch-up, tables blocked by a spill (pure)
 //! - [`batcher`] — journal change groups → row batches under the payload/row limits (pure)
 //! - [`outbox`] — sans-IO publish state machine, pkid ↔ batch mapping across reconnects (pure);

@@ -89,26 +89,22 @@ fn pem_err(key: &'static str, path: &Path, message: impl Into<String>) -> MqttEr
 
 /// CA certificates from `connection.ca_cert_path`.
 pub fn load_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, MqttError> {
-    const KEY: &str = "connection.ca_cert_path";
-    let bytes = read(KEY, path)?;
-    let certs = rustls_pemfile::certs(&mut bytes.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err(KEY, path, format!("not PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(pem_err(KEY, path, "contains no PEM certificate"));
-    }
-    Ok(certs)
+    load_certs("connection.ca_cert_path", path)
 }
 
 /// The device certificate chain from `connection.client_cert_path`.
 pub fn load_client_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, MqttError> {
-    const KEY: &str = "connection.client_cert_path";
-    let bytes = read(KEY, path)?;
+    load_certs("connection.client_cert_path", path)
+}
+
+/// The PEM certificates of config key `key` (at least one).
+fn load_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, MqttError> {
+    let bytes = read(key, path)?;
     let certs = rustls_pemfile::certs(&mut bytes.as_slice())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err(KEY, path, format!("not PEM: {e}")))?;
+        .map_err(|e| pem_err(key, path, format!("not PEM: {e}")))?;
     if certs.is_empty() {
-        return Err(pem_err(KEY, path, "contains no PEM certificate"));
+        return Err(pem_err(key, path, "contains no PEM certificate"));
     }
     Ok(certs)
 }
