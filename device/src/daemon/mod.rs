@@ -16,7 +16,7 @@
 //! 3. after a restart every outbox row is published again before new journal entries.
 //!
 //! Which journal entries are read next (read positions, catch-up, the resume rule) is decided
-//! by the sans-IO [`Reader`](crate::reader::Reader); the daemon performs the reads it plans.
+//! by the sans-IO [`Reader`]; the daemon performs the reads it plans.
 //!
 //! Spill (protocol §7, see `spill`): a change too large for one message is fixed as a spill
 //! entry (id + zstd JSON Lines object) and its table reads nothing further until `finalize` is
