@@ -33,7 +33,7 @@
 //!   [`daemon`] — the select! loop and its handlers (drain, controls, uploads)
 //! - [`spill`] — protocol §7 uploads: zstd JSON Lines objects, the per-spill state machine
 //!   (pure) and the blocking HTTP PUT (ureq + rustls) run off the loop
-//! - [`status`] — the `status` and `check` commands (read-only)
+//! - [`status`] — the `status` and `check` commands (the source database read-only)
 
 pub mod batcher;
 pub mod capture;

@@ -1,7 +1,8 @@
 //! `edge-agent status` and `edge-agent check` (agent.md §6): what the agent has done so far, and
-//! whether a config can run. Both only read: the source database is opened read-only (no
+//! whether a config can run. Neither touches the source database: it is opened read-only (no
 //! triggers installed), and journal sizes come from the same query the daemon's retention uses
-//! ([`journal_stats`]).
+//! ([`journal_stats`]). `status` opens `state.db` as the daemon does (bringing an older file's
+//! layout up to date, see [`outbox_store::init`]).
 //!
 //! Output goes to stdout as the commands always printed it (scripts parse `status --json`); an
 //! error ends the command with the binary's one `edge-agent: error: …` line.
