@@ -54,6 +54,7 @@
 //! - `lifeline` (private) — runs a server behind a tiny `sh` supervisor that kills it when the test
 //!   process goes away, because statics are never dropped and a crashed test never runs `Drop`.
 //! - `privilege` (private) — running PostgreSQL as an unprivileged user when tests run as root.
+//! - `program` (private) — finding programs on `PATH`.
 
 pub mod client;
 mod lifeline;
@@ -62,6 +63,7 @@ pub mod pki;
 pub mod port;
 pub mod postgres;
 mod privilege;
+mod program;
 pub mod wait;
 
 use std::time::Duration;
