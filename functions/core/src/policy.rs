@@ -22,10 +22,9 @@ pub const DEFAULT_CIRCUIT_BREAKER_FAILURES: i32 = 5;
 pub struct Policy {
     pub allow_additive_continue: bool,
     pub allow_auto_create_device_data_points: bool,
-    pub max_pending_rows_per_lineage: i64,
-    pub max_pending_bytes_per_lineage: i64,
-    pub resume_threshold_percent: i32,
-    pub circuit_breaker_failures: i32,
+    /// `max_pending_rows_per_lineage`, `max_pending_bytes_per_lineage`,
+    /// `resume_threshold_percent` and `circuit_breaker_failures` (cloud.md §7).
+    pub caps: Caps,
     pub schema_coalescing_mode: CoalescingMode,
 }
 
@@ -34,30 +33,20 @@ impl Default for Policy {
         Policy {
             allow_additive_continue: false,
             allow_auto_create_device_data_points: false,
-            max_pending_rows_per_lineage: DEFAULT_MAX_PENDING_ROWS,
-            max_pending_bytes_per_lineage: DEFAULT_MAX_PENDING_BYTES,
-            resume_threshold_percent: DEFAULT_RESUME_THRESHOLD_PERCENT,
-            circuit_breaker_failures: DEFAULT_CIRCUIT_BREAKER_FAILURES,
+            caps: Caps::default(),
             schema_coalescing_mode: CoalescingMode::None,
-        }
-    }
-}
-
-impl Policy {
-    /// The flow-control caps of this policy (cloud.md §7).
-    pub fn caps(&self) -> Caps {
-        Caps {
-            max_pending_rows: self.max_pending_rows_per_lineage,
-            max_pending_bytes: self.max_pending_bytes_per_lineage,
-            resume_threshold_percent: self.resume_threshold_percent,
-            breaker_failures: self.circuit_breaker_failures,
         }
     }
 }
 
 impl Default for Caps {
     fn default() -> Self {
-        Policy::default().caps()
+        Caps {
+            max_pending_rows: DEFAULT_MAX_PENDING_ROWS,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
+            resume_threshold_percent: DEFAULT_RESUME_THRESHOLD_PERCENT,
+            breaker_failures: DEFAULT_CIRCUIT_BREAKER_FAILURES,
+        }
     }
 }
 
@@ -138,13 +127,13 @@ mod tests {
     #[test]
     fn defaults_are_the_production_defaults() {
         let p = Policy::default();
-        assert_eq!(p.max_pending_rows_per_lineage, 100_000);
-        assert_eq!(p.max_pending_bytes_per_lineage, 1_073_741_824);
-        assert_eq!(p.resume_threshold_percent, 80);
-        assert_eq!(p.circuit_breaker_failures, 5);
+        assert_eq!(p.caps.max_pending_rows, 100_000);
+        assert_eq!(p.caps.max_pending_bytes, 1_073_741_824);
+        assert_eq!(p.caps.resume_threshold_percent, 80);
+        assert_eq!(p.caps.breaker_failures, 5);
         assert_eq!(p.schema_coalescing_mode, CoalescingMode::None);
         assert!(!p.allow_additive_continue && !p.allow_auto_create_device_data_points);
-        assert_eq!(Caps::default(), p.caps());
+        assert_eq!(Caps::default(), p.caps);
     }
 
     #[test]

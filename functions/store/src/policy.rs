@@ -4,6 +4,7 @@
 
 use std::sync::OnceLock;
 
+use edge_cloud_core::backpressure::Caps;
 use edge_cloud_core::coalesce::CoalescingMode;
 use edge_cloud_core::policy::{Policy, PolicyPatch};
 use serde::Serialize;
@@ -26,10 +27,12 @@ fn from_row(r: &tokio_postgres::Row) -> Result<(Policy, OffsetDateTime), StoreEr
         Policy {
             allow_additive_continue: r.get(0),
             allow_auto_create_device_data_points: r.get(1),
-            max_pending_rows_per_lineage: r.get(2),
-            max_pending_bytes_per_lineage: r.get(3),
-            resume_threshold_percent: r.get(4),
-            circuit_breaker_failures: r.get(5),
+            caps: Caps {
+                max_pending_rows: r.get(2),
+                max_pending_bytes: r.get(3),
+                resume_threshold_percent: r.get(4),
+                breaker_failures: r.get(5),
+            },
             schema_coalescing_mode: CoalescingMode::parse(&mode)
                 .ok_or_else(|| StoreError::Corrupt(format!("schema_coalescing_mode {mode:?}")))?,
         },
@@ -108,10 +111,10 @@ impl PolicyView {
         PolicyView {
             allow_additive_continue: p.allow_additive_continue,
             allow_auto_create_device_data_points: p.allow_auto_create_device_data_points,
-            max_pending_rows_per_lineage: p.max_pending_rows_per_lineage,
-            max_pending_bytes_per_lineage: p.max_pending_bytes_per_lineage,
-            resume_threshold_percent: p.resume_threshold_percent,
-            circuit_breaker_failures: p.circuit_breaker_failures,
+            max_pending_rows_per_lineage: p.caps.max_pending_rows,
+            max_pending_bytes_per_lineage: p.caps.max_pending_bytes,
+            resume_threshold_percent: p.caps.resume_threshold_percent,
+            circuit_breaker_failures: p.caps.breaker_failures,
             schema_coalescing_mode: p.schema_coalescing_mode.as_str().to_owned(),
             updated_at: updated_at.map(ts),
         }
@@ -161,10 +164,10 @@ pub async fn patch_policy<C: GenericClient>(
                  RETURNING {POLICY_COLUMNS}",
                 d.allow_additive_continue,
                 d.allow_auto_create_device_data_points,
-                d.max_pending_rows_per_lineage,
-                d.max_pending_bytes_per_lineage,
-                d.resume_threshold_percent,
-                d.circuit_breaker_failures,
+                d.caps.max_pending_rows,
+                d.caps.max_pending_bytes,
+                d.caps.resume_threshold_percent,
+                d.caps.breaker_failures,
                 d.schema_coalescing_mode.as_str(),
             ),
             &[
@@ -209,7 +212,7 @@ pub async fn set_allow_additive_continue<C: GenericClient>(
 pub(crate) fn lineage_load_sql() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     SQL.get_or_init(|| {
-        let d = Policy::default();
+        let d = Caps::default();
         format!(
             "SELECT l.device_id, l.source_table, l.status, l.pause_reason, l.device_pause_reason, \
                  l.staged_row_count, l.staged_bytes, l.materialization_failure_count, \
@@ -220,10 +223,7 @@ pub(crate) fn lineage_load_sql() -> &'static str {
              FROM edge_table_lineages l \
              LEFT JOIN edge_replication_policy p ON p.project_id = l.project_id \
              WHERE l.id = $1",
-            d.max_pending_rows_per_lineage,
-            d.max_pending_bytes_per_lineage,
-            d.resume_threshold_percent,
-            d.circuit_breaker_failures,
+            d.max_pending_rows, d.max_pending_bytes, d.resume_threshold_percent, d.breaker_failures,
         )
     })
 }
