@@ -5,7 +5,7 @@
 //! - every request is authenticated first ([`auth`]); the tenant scope is the token's org and
 //!   the path's project, which must be one of the token's projects — anything else is 404, so
 //!   another tenant's objects are indistinguishable from missing ones;
-//! - reads go straight to [`edge_cloud_store::query`];
+//! - reads go straight to [`edge_cloud_store::read`];
 //! - mutations need `PROJECT_CAN_MANAGE_DEVICES` and an `Idempotency-Key`; they run in one
 //!   transaction that also stores the response under the key, so a retried request gets the
 //!   stored answer (same body) or `422 idempotency_key_reused` (different body);
@@ -29,8 +29,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use edge_cloud_store::query::{OpError, Scope};
-use edge_cloud_store::review::{store_response, stored_response, StoredResponse};
+use edge_cloud_store::error::OpError;
+use edge_cloud_store::idempotency::{store_response, stored_response, StoredResponse};
+use edge_cloud_store::scope::Scope;
 
 use crate::api::auth::{AuthConfig, Claims, MANAGE_DEVICES};
 use crate::replay_trigger::ReplayTrigger;

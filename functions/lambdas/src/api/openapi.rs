@@ -7,7 +7,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::routes;
-use edge_cloud_store::{coalesce, query, review};
+use edge_cloud_store::{coalesce, policy, read as query};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -57,7 +57,7 @@ use edge_cloud_store::{coalesce, query, review};
         query::MaterializedAt,
         query::ReviewView,
         query::EventView,
-        review::PolicyView,
+        policy::PolicyView,
         routes::ErrorBody,
         routes::ErrorDetail,
         routes::ListLineages,
@@ -71,12 +71,12 @@ use edge_cloud_store::{coalesce, query, review};
         routes::PolicyPatchBody,
         routes::CloseBody,
         routes::ConsolidateBody,
-        coalesce::RegistryEntryView,
-        coalesce::RegistryDetail,
-        coalesce::RegistryReviewView,
-        coalesce::CoalescedMirrorView,
-        coalesce::CoalescedMirrorDetail,
-        coalesce::CoalescedLineage,
+        query::RegistryEntryView,
+        query::RegistryDetail,
+        query::RegistryReviewView,
+        query::CoalescedMirrorView,
+        query::CoalescedMirrorDetail,
+        query::CoalescedLineage,
         coalesce::Consolidation,
         coalesce::ConsolidationSource,
     )),

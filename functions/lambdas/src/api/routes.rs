@@ -12,11 +12,17 @@ use uuid::Uuid;
 
 use edge_cloud_core::classify::{classify, ClassifyPolicy, Disposition};
 use edge_cloud_core::review::{ColumnAction, ColumnActionKind, ReviewState};
-use edge_cloud_store::backpressure::{reset_materialization, ResetError};
-use edge_cloud_store::coalesce::{self as coalesce_store, RegistryFilter};
+use edge_cloud_store::backpressure::reset_materialization;
+use edge_cloud_store::coalesce as coalesce_store;
+use edge_cloud_store::core::policy::PolicyPatch;
+use edge_cloud_store::error::ResetError;
+use edge_cloud_store::lineage::delete_lineage as delete_lineage_store;
 use edge_cloud_store::lineage::{bindings, schema_columns};
-use edge_cloud_store::query::{self, LineageFilter, Page, Scope};
-use edge_cloud_store::review::{self as review_store, PolicyPatch};
+use edge_cloud_store::policy as policy_store;
+use edge_cloud_store::read::reviews::{DeviceReview, RegistryReview};
+use edge_cloud_store::read::{self as query, LineageFilter, RegistryFilter};
+use edge_cloud_store::review as review_store;
+use edge_cloud_store::scope::{Page, Scope};
 use edge_protocol::fingerprint::{ColumnFingerprint, SchemaColumns};
 
 use super::{Answer, Api, ApiError, Caller, Success};
@@ -318,11 +324,11 @@ async fn get_review<C: GenericClient>(c: &C, s: Scope, r: Uuid, query: Option<&s
 /// The project policy (production defaults until patched).
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/policy", tag = "policy",
     params(("project_id" = Uuid, Path)),
-    responses((status = 200, body = inline(Envelope<review_store::PolicyView>))),
+    responses((status = 200, body = inline(Envelope<policy_store::PolicyView>))),
     security(("bearer" = [])))]
 async fn get_policy<C: GenericClient>(c: &C, s: Scope, query: Option<&str>) -> Answer {
     params(query, &[])?;
-    Ok(Success::data(review_store::policy(c, s).await?))
+    Ok(Success::data(policy_store::policy_view(c, s).await?))
 }
 
 /// Query of the events feed.
@@ -723,7 +729,7 @@ pub async fn execute<C: GenericClient + Sync>(c: &C, caller: &Caller, input: Inp
     responses((status = 200, description = "`data`: {lineage_id}"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn delete_lineage<C: GenericClient>(c: &C, s: Scope, l: Uuid) -> Answer {
-    review_store::delete_lineage(c, s, l).await?;
+    delete_lineage_store(c, s, l).await?;
     Ok(Success::data(json!({"lineage_id": l})))
 }
 
@@ -759,7 +765,7 @@ async fn reset<C: GenericClient + Sync>(c: &C, s: Scope, l: Uuid) -> Answer {
     security(("bearer" = [])))]
 async fn claim<C: GenericClient>(c: &C, s: Scope, r: Uuid, actor: &str, b: ClaimBody) -> Answer {
     Ok(Success::data(
-        review_store::claim(c, s, r, actor, b.action_version).await?,
+        review_store::claim::<DeviceReview, _>(c, s, r, actor, b.action_version).await?,
     ))
 }
 
@@ -779,8 +785,16 @@ async fn approve<C: GenericClient>(
     b: ApproveBody,
 ) -> Answer {
     let actions = column_actions(b.column_actions);
-    let out =
-        review_store::approve(c, s, r, actor, b.action_version, &actions, Uuid::now_v7).await?;
+    let out = review_store::approve::<DeviceReview, _>(
+        c,
+        s,
+        r,
+        actor,
+        b.action_version,
+        &actions,
+        Uuid::now_v7,
+    )
+    .await?;
     Ok(Success::data(&out.review).with_meta(json!({
         "lineage_status": out.lineage_status,
         "mirror_table_name": out.mirror_table_name,
@@ -849,7 +863,7 @@ async fn schema_classify<C: GenericClient>(c: &C, s: Scope, b: ClassifyBody) -> 
     }
     let new = SchemaColumns::new(b.table_name.clone(), fp(&b.columns));
     let hash = new.schema_hash();
-    let policy = review_store::policy(c, s).await?;
+    let policy = policy_store::policy_view(c, s).await?;
     let mut bound = false;
     let approved = match (b.lineage_id, &b.approved_columns) {
         (Some(_), Some(_)) => {
@@ -897,7 +911,7 @@ async fn schema_classify<C: GenericClient>(c: &C, s: Scope, b: ClassifyBody) -> 
 #[utoipa::path(patch, path = "/core/api/v1/projects/{project_id}/edge/policy", tag = "policy",
     params(("project_id" = Uuid, Path), ("Idempotency-Key" = String, Header)),
     request_body = PolicyPatchBody,
-    responses((status = 200, body = inline(Envelope<review_store::PolicyView>)), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = inline(Envelope<policy_store::PolicyView>)), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn patch_policy<C: GenericClient>(c: &C, s: Scope, b: PolicyPatchBody) -> Answer {
     let patch = PolicyPatch {
@@ -910,7 +924,7 @@ async fn patch_policy<C: GenericClient>(c: &C, s: Scope, b: PolicyPatchBody) -> 
         schema_coalescing_mode: b.schema_coalescing_mode,
     };
     Ok(Success::data(
-        review_store::patch_policy(c, s, &patch).await?,
+        policy_store::patch_policy(c, s, &patch).await?,
     ))
 }
 
@@ -929,7 +943,7 @@ struct RegistryQuery {
 /// Registry entries (one per scope, table and schema hash in coalescing mode), newest first.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry", tag = "registry",
     params(("project_id" = Uuid, Path), RegistryQuery),
-    responses((status = 200, body = inline(Envelope<Vec<coalesce_store::RegistryEntryView>>)), (status = 400, body = ErrorBody)),
+    responses((status = 200, body = inline(Envelope<Vec<query::RegistryEntryView>>)), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn list_registry<C: GenericClient>(c: &C, s: Scope, query: Option<&str>) -> Answer {
     let p = params(query, &["status", "source_table", "page", "limit"])?;
@@ -948,20 +962,18 @@ async fn list_registry<C: GenericClient>(c: &C, s: Scope, query: Option<&str>) -
         status,
         source_table: p.get("source_table").cloned(),
     };
-    let (rows, total) = coalesce_store::list_registry(c, s, &f, pg).await?;
+    let (rows, total) = query::list_registry(c, s, &f, pg).await?;
     Ok(Success::data(rows).with_meta(list_meta(pg, total)))
 }
 
 /// A registry entry with its reviews and the lineages bound through it.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry/{registry_id}", tag = "registry",
     params(("project_id" = Uuid, Path), ("registry_id" = Uuid, Path)),
-    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryDetail>)), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = inline(Envelope<query::RegistryDetail>)), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn get_registry<C: GenericClient>(c: &C, s: Scope, g: Uuid, query: Option<&str>) -> Answer {
     params(query, &[])?;
-    Ok(Success::data(
-        coalesce_store::registry_detail(c, s, g).await?,
-    ))
+    Ok(Success::data(query::registry_detail(c, s, g).await?))
 }
 
 /// Query of the registry review list.
@@ -979,7 +991,7 @@ struct RegistryReviewQuery {
 /// Registry reviews, newest first.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews", tag = "registry",
     params(("project_id" = Uuid, Path), RegistryReviewQuery),
-    responses((status = 200, body = inline(Envelope<Vec<coalesce_store::RegistryReviewView>>)), (status = 400, body = ErrorBody)),
+    responses((status = 200, body = inline(Envelope<Vec<query::RegistryReviewView>>)), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn list_registry_reviews<C: GenericClient>(c: &C, s: Scope, query: Option<&str>) -> Answer {
     let p = params(query, &["status", "registry_id", "page", "limit"])?;
@@ -992,15 +1004,14 @@ async fn list_registry_reviews<C: GenericClient>(c: &C, s: Scope, query: Option<
         ));
     }
     let (rows, total) =
-        coalesce_store::list_registry_reviews(c, s, status, uuid_param(&p, "registry_id")?, pg)
-            .await?;
+        query::list_registry_reviews(c, s, status, uuid_param(&p, "registry_id")?, pg).await?;
     Ok(Success::data(rows).with_meta(list_meta(pg, total)))
 }
 
 /// One registry review.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}", tag = "registry",
     params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path)),
-    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>)), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = inline(Envelope<query::RegistryReviewView>)), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn get_registry_review<C: GenericClient>(
     c: &C,
@@ -1009,9 +1020,7 @@ async fn get_registry_review<C: GenericClient>(
     query: Option<&str>,
 ) -> Answer {
     params(query, &[])?;
-    Ok(Success::data(
-        coalesce_store::registry_review(c, s, r, false).await?,
-    ))
+    Ok(Success::data(query::registry_review(c, s, r, false).await?))
 }
 
 /// Query of the coalesced mirror list.
@@ -1027,33 +1036,31 @@ struct CoalescedQuery {
 /// Shared mirrors of the project.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/coalesced-mirrors", tag = "registry",
     params(("project_id" = Uuid, Path), CoalescedQuery),
-    responses((status = 200, body = inline(Envelope<Vec<coalesce_store::CoalescedMirrorView>>)), (status = 400, body = ErrorBody)),
+    responses((status = 200, body = inline(Envelope<Vec<query::CoalescedMirrorView>>)), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn list_coalesced<C: GenericClient>(c: &C, s: Scope, query: Option<&str>) -> Answer {
     let p = params(query, &["source_table", "page", "limit"])?;
     let pg = page(&p)?;
     let (rows, total) =
-        coalesce_store::list_coalesced(c, s, p.get("source_table").map(String::as_str), pg).await?;
+        query::list_coalesced(c, s, p.get("source_table").map(String::as_str), pg).await?;
     Ok(Success::data(rows).with_meta(list_meta(pg, total)))
 }
 
 /// A shared mirror with its registry entries and lineages.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/coalesced-mirrors/{mirror_id}", tag = "registry",
     params(("project_id" = Uuid, Path), ("mirror_id" = Uuid, Path)),
-    responses((status = 200, body = inline(Envelope<coalesce_store::CoalescedMirrorDetail>)), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = inline(Envelope<query::CoalescedMirrorDetail>)), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn get_coalesced<C: GenericClient>(c: &C, s: Scope, m: Uuid, query: Option<&str>) -> Answer {
     params(query, &[])?;
-    Ok(Success::data(
-        coalesce_store::coalesced_detail(c, s, m).await?,
-    ))
+    Ok(Success::data(query::coalesced_detail(c, s, m).await?))
 }
 
 /// queued → in_review.
 #[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}/claim", tag = "registry",
     params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path), ("Idempotency-Key" = String, Header)),
     request_body(content = ClaimBody, description = "optional"),
-    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>)), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = inline(Envelope<query::RegistryReviewView>)), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn registry_claim<C: GenericClient>(
     c: &C,
@@ -1063,7 +1070,7 @@ async fn registry_claim<C: GenericClient>(
     b: ClaimBody,
 ) -> Answer {
     Ok(Success::data(
-        coalesce_store::claim(c, s, r, actor, b.action_version).await?,
+        review_store::claim::<RegistryReview, _>(c, s, r, actor, b.action_version).await?,
     ))
 }
 
@@ -1073,7 +1080,7 @@ async fn registry_claim<C: GenericClient>(
 #[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}/approve", tag = "registry",
     params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path), ("Idempotency-Key" = String, Header)),
     request_body = ApproveBody,
-    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>)), (status = 400, body = ErrorBody),
+    responses((status = 200, body = inline(Envelope<query::RegistryReviewView>)), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, description = "wrong state or stale action_version", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn registry_approve<C: GenericClient>(
@@ -1084,7 +1091,16 @@ async fn registry_approve<C: GenericClient>(
     b: ApproveBody,
 ) -> Answer {
     let actions = column_actions(b.column_actions);
-    let out = coalesce_store::approve(c, s, r, actor, b.action_version, &actions).await?;
+    let out = review_store::approve::<RegistryReview, _>(
+        c,
+        s,
+        r,
+        actor,
+        b.action_version,
+        &actions,
+        Uuid::now_v7,
+    )
+    .await?;
     Ok(Success::data(&out.review).with_meta(json!({
         "mirror_table_name": out.mirror_table_name,
         "coalesced_mirror_id": out.coalesced_mirror_id,
@@ -1097,7 +1113,7 @@ async fn registry_approve<C: GenericClient>(
 #[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}/reject", tag = "registry",
     params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path), ("Idempotency-Key" = String, Header)),
     request_body = CloseBody,
-    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>)), (status = 400, body = ErrorBody),
+    responses((status = 200, body = inline(Envelope<query::RegistryReviewView>)), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 #[allow(dead_code)]
@@ -1108,7 +1124,7 @@ async fn registry_reject() {}
 #[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}/abandon", tag = "registry",
     params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path), ("Idempotency-Key" = String, Header)),
     request_body = CloseBody,
-    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>)), (status = 400, body = ErrorBody),
+    responses((status = 200, body = inline(Envelope<query::RegistryReviewView>)), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 #[allow(dead_code)]
