@@ -108,7 +108,7 @@ pub async fn handle(deps: &Deps, envelope: IngressEnvelope) -> Result<Outcome, H
 pub async fn intake(deps: &Deps, admitted: Admitted) -> Result<Outcome, HandlerError> {
     if admitted.topic.kind == TopicKind::IngestRequest {
         // Upload requests need the object store and (finalize) their own transactions.
-        return crate::spill::intake_request(deps, &admitted).await;
+        return crate::objects::intake_request(deps, &admitted).await;
     }
     let mut client = deps.pool.get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;

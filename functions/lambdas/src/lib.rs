@@ -10,7 +10,7 @@
 //! - [`aws`] — SDK config (rustls + ring), secrets by ARN, the Lambda pool, IoT publish/provision
 //! - [`lambda`] — what each Lambda does with one event (the bins and the fixture tests call it)
 //! - [`ingest`] — ingress + intake + materialization of one envelope ([`ingest::handle`])
-//! - [`spill`] — spill/snapshot uploads (protocol §7): grants, the object store (S3 or a local
+//! - [`objects`] — spill/snapshot uploads (protocol §7): grants, the object store (S3 or a local
 //!   directory behind the runner's HTTP PUT), finalize through the row intake
 //! - [`sqs`] — an SQS batch of envelopes → partial batch failures (the `ingest` Lambda)
 //! - [`pki`] — the local stack's certificate authority (mosquitto stands in for IoT Core)
@@ -29,11 +29,11 @@ pub mod dead_letter;
 pub mod events;
 pub mod ingest;
 pub mod lambda;
+pub mod objects;
 pub mod pki;
 pub mod replay;
 pub mod replay_trigger;
 pub mod runner;
-pub mod spill;
 pub mod sqs;
 pub mod sweep;
 
@@ -45,7 +45,7 @@ pub struct Deps {
     pub pool: deadpool_postgres::Pool,
     /// Where spill/snapshot objects are uploaded (protocol §7); without one, `url_request`s
     /// get no grant (`spill_not_configured`).
-    pub objects: Option<std::sync::Arc<spill::Objects>>,
+    pub objects: Option<std::sync::Arc<objects::Objects>>,
 }
 
 impl Deps {
@@ -57,7 +57,7 @@ impl Deps {
     }
 
     /// The same, with an object store for spill uploads.
-    pub fn with_objects(mut self, objects: spill::Objects) -> Self {
+    pub fn with_objects(mut self, objects: objects::Objects) -> Self {
         self.objects = Some(std::sync::Arc::new(objects));
         self
     }
@@ -69,7 +69,7 @@ pub enum HandlerError {
     #[error(transparent)]
     Store(#[from] edge_cloud_store::StoreError),
     #[error(transparent)]
-    Object(spill::ObjectError),
+    Object(objects::ObjectError),
 }
 
 impl HandlerError {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use edge_functions::aws::db::ThawGuard;
-use edge_functions::spill::s3::S3Objects;
-use edge_functions::spill::Objects;
+use edge_functions::aws::s3::S3Objects;
+use edge_functions::objects::Objects;
 use edge_functions::{lambda, Deps};
 use lambda_runtime::{service_fn, LambdaEvent};
 

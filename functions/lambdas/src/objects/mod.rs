@@ -15,10 +15,8 @@
 //!
 //! # Layout
 //! - [`local`] — the directory store with HMAC-signed expiring URLs, and its HTTP PUT endpoint
-//! - [`s3`] — presigned S3 PUT URLs and GetObject
 
 pub mod local;
-pub mod s3;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
@@ -81,7 +79,7 @@ impl std::fmt::Debug for ObjectReader {
     }
 }
 
-/// Where upload objects live. One trait, two real backends: [`s3::S3Objects`] and
+/// Where upload objects live. One trait, two real backends: [`crate::aws::s3::S3Objects`] and
 /// [`local::LocalObjects`].
 pub trait ObjectStore: Send + Sync {
     /// A URL the device can HTTP PUT the object `key` to until `expires_at`.
@@ -107,7 +105,7 @@ pub trait ObjectStore: Send + Sync {
 #[derive(Debug)]
 pub enum Objects {
     Local(local::LocalObjects),
-    S3(s3::S3Objects),
+    S3(crate::aws::s3::S3Objects),
 }
 
 impl ObjectStore for Objects {

@@ -13,8 +13,8 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use hyper::body::Bytes;
 use time::OffsetDateTime;
 
-use super::{ObjectError, ObjectReader, ObjectStore, SourceFailure};
-use crate::aws::AwsError;
+use super::AwsError;
+use crate::objects::{ObjectError, ObjectReader, ObjectStore, SourceFailure};
 
 /// Env var naming the bucket of spill/snapshot objects.
 pub const BUCKET_ENV: &str = "EDGE_SPILL_BUCKET";
