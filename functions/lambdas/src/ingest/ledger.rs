@@ -56,13 +56,13 @@ pub(super) fn batch_time(batch_id: Uuid) -> OffsetDateTime {
     time_from_ms(ledger_time_ms(&batch_id))
 }
 
-pub(crate) fn time_from_ms(ms: i64) -> OffsetDateTime {
+pub(super) fn time_from_ms(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 /// Records a rejection in the ledger (once per ledger key) and reports it.
-pub(crate) async fn reject(
+pub(super) async fn reject(
     tx: &Transaction<'_>,
     a: &Admitted,
     device: Option<&Device>,
@@ -104,10 +104,10 @@ fn ledger_kind(kind: TopicKind) -> &'static str {
     }
 }
 
-pub(crate) fn count(n: usize) -> i32 {
+pub(super) fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-pub(crate) fn count64(n: usize) -> i64 {
+pub(super) fn count64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }

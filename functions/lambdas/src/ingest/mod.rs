@@ -12,12 +12,16 @@
 //! - [`schema`] — classification against the lineage's schema, schema observations
 //! - [`rows`] — row batches (and the chunks of a spill object): materialize or stage
 //! - [`telemetry`] — telemetry batches: sequencing, data points or staging
+//! - [`upload`] — `sync/ingest/request`: upload grants and the finalize of a spill object
+//! - `spill_decode` — a spill object's zstd JSON Lines → bounded chunks of rows
 
 mod ledger;
 pub mod outcome;
 mod rows;
 mod schema;
+mod spill_decode;
 mod telemetry;
+pub mod upload;
 
 use edge_cloud_core::ingress::{admit, Admitted, IngressEnvelope};
 use edge_cloud_store::mirror::ack_control;
@@ -29,10 +33,7 @@ use edge_protocol::validate::{decode_device_payload, DevicePayload, Rejection};
 
 pub use self::outcome::Outcome;
 
-// The spill finalize (objects) runs its rows through the same intake.
-pub(crate) use self::ledger::{count, count64, reject, time_from_ms};
-pub(crate) use self::outcome::{accept_processed, Processed};
-pub(crate) use self::rows::rows_into_lineage;
+use self::ledger::reject;
 use crate::{Deps, HandlerError};
 
 /// Ingress then intake: the whole per-envelope pipeline.
@@ -53,7 +54,7 @@ pub async fn handle(deps: &Deps, envelope: IngressEnvelope) -> Result<Outcome, H
 pub async fn intake(deps: &Deps, admitted: Admitted) -> Result<Outcome, HandlerError> {
     if admitted.topic.kind == TopicKind::IngestRequest {
         // Upload requests need the object store and (finalize) their own transactions.
-        return crate::objects::intake_request(deps, &admitted).await;
+        return upload::intake_request(deps, &admitted).await;
     }
     let mut client = deps.pool.get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;

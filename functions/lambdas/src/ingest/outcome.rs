@@ -62,18 +62,18 @@ pub enum Outcome {
 
 /// What the rows of one batch (or one chunk of a spill object) came to.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Processed {
-    pub(crate) lineage_id: Option<Uuid>,
-    pub(crate) class: Option<SchemaClass>,
+pub(super) struct Processed {
+    pub(super) lineage_id: Option<Uuid>,
+    pub(super) class: Option<SchemaClass>,
     /// Some rows were staged (the batch's ledger status is then `staged`).
-    pub(crate) staged_any: bool,
+    pub(super) staged_any: bool,
     /// (materialized, staged, failed) rows.
-    pub(crate) counts: (i64, i64, i64),
+    pub(super) counts: (i64, i64, i64),
 }
 
 impl Processed {
     /// Adds a later chunk of the same spill object.
-    pub(crate) fn merge(&mut self, other: Processed) {
+    pub(super) fn merge(&mut self, other: Processed) {
         self.lineage_id = other.lineage_id.or(self.lineage_id);
         self.class = other.class.or(self.class);
         self.staged_any |= other.staged_any;
@@ -84,7 +84,7 @@ impl Processed {
 }
 
 /// The common end of a processed row batch or spill: [`accept`] with its totals.
-pub(crate) async fn accept_processed(
+pub(super) async fn accept_processed(
     tx: &Transaction<'_>,
     device_id: Uuid,
     batch_id: Uuid,

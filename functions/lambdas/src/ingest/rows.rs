@@ -58,7 +58,7 @@ pub(super) async fn intake_rows(
 /// spill object (protocol §7), which are processed exactly like batches. `row_offset` is the
 /// index of the chunk's first row in the whole object: mapped telemetry values are keyed by
 /// (batch, row index), and every chunk of a spill shares the batch id.
-pub(crate) async fn rows_into_lineage(
+pub(super) async fn rows_into_lineage(
     tx: &Transaction<'_>,
     device: &Device,
     b: &RowBatch,
