@@ -44,10 +44,7 @@ pub enum Outcome {
     /// A `url_request` was answered with a signed `url_grant` control (pending until acked).
     UploadGranted { batch_id: Uuid, control_id: Uuid },
     /// A `url_request` got no grant now (the code says why); the device asks again.
-    UploadNotGranted {
-        batch_id: Uuid,
-        code: SpillCode,
-    },
+    UploadNotGranted { batch_id: Uuid, code: SpillCode },
     /// A `finalize` whose object could not be processed; nothing of it was kept, the outcome
     /// is recorded on the upload, and a new `url_request` for the batch may try again.
     SpillFailed {

@@ -2,11 +2,12 @@
 //! classification, materialization into the mirror (or staging), mapped telemetry values and
 //! the watermark. The chunks of a spill object take the same path ([`rows_into_lineage`]).
 
+use edge_cloud_core::ingress::Admitted;
 use edge_cloud_core::intake::{epoch_time_ms, pk_key, BindingsOf, StagingReason};
 use edge_cloud_core::mirror::plan_upserts;
 use edge_cloud_core::telemetry::data_point_value;
 use edge_cloud_store::coalesce;
-use edge_cloud_store::ledger::{insert_segment, Segment};
+use edge_cloud_store::ledger::insert_segment;
 use edge_cloud_store::lineage::{
     advance_watermark, bindings, emit_event, lock_lineage, upsert_lineage,
 };
@@ -15,14 +16,13 @@ use edge_cloud_store::registry::Device;
 use edge_cloud_store::staging::{stage_rows, StageTarget, StagedRow};
 use edge_cloud_store::tokio_postgres::Transaction;
 use edge_cloud_store::StoreError;
-use edge_cloud_core::ingress::Admitted;
 use edge_protocol::batch::{Op, RowBatch};
 use edge_protocol::ids::CommitPosition;
 use edge_protocol::value::row_to_json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::ledger::{count, count64, segment, time_from_ms};
+use super::ledger::{count, count64, segment, time_from_ms, Carried};
 use super::outcome::{accept_processed, Processed};
 use super::schema::classify_batch;
 use super::Outcome;
@@ -34,15 +34,7 @@ pub(super) async fn intake_rows(
     device: &Device,
     b: RowBatch,
 ) -> Result<Outcome, HandlerError> {
-    let segment = Segment {
-        source_table: Some(b.source_table.clone()),
-        journal_epoch: Some(b.journal_epoch),
-        first_seq: Some(b.first_commit_seq),
-        last_seq: Some(b.last_commit_seq),
-        schema_hash: Some(b.schema_hash.clone()),
-        row_count: count(b.rows.len()),
-        ..segment(a, Some(device), b.batch_id, "rows")
-    };
+    let segment = segment(a, Some(device), Carried::Rows(&b));
     let batch_time = segment.batch_time;
     if !insert_segment(tx, &segment).await? {
         return Ok(Outcome::Duplicate {

@@ -134,4 +134,3 @@ pub(super) async fn observe_schema(
         lineage_id: lineage.id,
     })
 }
-

@@ -5,7 +5,9 @@
 
 use std::io::{BufRead, BufReader, Read};
 
-use edge_cloud_core::spill::{SpillCode, CHUNK_BYTES, CHUNK_ROWS, MAX_LINE_BYTES, MAX_OBJECT_BYTES};
+use edge_cloud_core::spill::{
+    SpillCode, CHUNK_BYTES, CHUNK_ROWS, MAX_LINE_BYTES, MAX_OBJECT_BYTES,
+};
 use edge_protocol::batch::RowChange;
 use edge_protocol::validate::decode_spill_line;
 
@@ -25,7 +27,6 @@ impl Failed {
         }
     }
 }
-
 
 /// One bounded chunk of decoded rows.
 #[derive(Debug)]
@@ -53,7 +54,6 @@ struct Counted<R> {
     inner: R,
     read: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
-
 
 #[derive(Debug, thiserror::Error)]
 #[error("object over the 1 GiB limit")]
@@ -178,4 +178,3 @@ pub(super) fn decode_stream(
     });
     rx
 }
-

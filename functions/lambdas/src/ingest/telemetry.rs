@@ -5,9 +5,7 @@
 use edge_cloud_core::ingress::Admitted;
 use edge_cloud_core::intake::{telemetry_stage_seq, StagingReason};
 use edge_cloud_core::telemetry::data_point_value;
-use edge_cloud_store::ledger::{
-    insert_segment, segment_recorded, telemetry_seq_accepted, Segment,
-};
+use edge_cloud_store::ledger::{insert_segment, segment_recorded, telemetry_seq_accepted};
 use edge_cloud_store::lineage::{advance_batch_seq, bindings, upsert_lineage};
 use edge_cloud_store::mirror::{insert_telemetry_values, TelemetryValue};
 use edge_cloud_store::registry::Device;
@@ -18,7 +16,7 @@ use edge_protocol::validate::check_telemetry_sequence;
 use edge_protocol::value::row_to_json;
 use uuid::Uuid;
 
-use super::ledger::{count, count64, segment};
+use super::ledger::{count, count64, segment, Carried};
 use super::outcome::{accept, Accepted};
 use super::schema::classify_batch;
 use super::Outcome;
@@ -30,14 +28,7 @@ pub(super) async fn intake_telemetry(
     device: &Device,
     b: TelemetryBatch,
 ) -> Result<Outcome, HandlerError> {
-    let mut segment = Segment {
-        source_table: Some(b.source_table.clone()),
-        first_seq: Some(b.batch_seq),
-        last_seq: Some(b.batch_seq),
-        schema_hash: Some(b.schema_hash.clone()),
-        row_count: count(b.rows.len()),
-        ..segment(a, Some(device), b.batch_id, "telemetry")
-    };
+    let mut segment = segment(a, Some(device), Carried::Telemetry(&b));
     let batch_time = segment.batch_time;
     // The ledger's batch_id dedup comes first: a redelivery never reaches sequencing.
     let exists = segment_recorded(tx, device.device_id, b.batch_id, batch_time).await?;

@@ -18,7 +18,7 @@ use edge_cloud_core::spill::{
     check_finalize, object_key, resolve_header, Header, Known, SpillCode, MAX_OBJECT_BYTES,
     URL_TTL_SECONDS,
 };
-use edge_cloud_store::ledger::{insert_segment, Segment};
+use edge_cloud_store::ledger::insert_segment;
 use edge_cloud_store::registry::{device_by_name, Device};
 use edge_cloud_store::spill::{
     issue_url_grant, known_header, lock_upload, record_finalize, record_request,
@@ -31,7 +31,7 @@ use edge_protocol::validate::{decode_ingest_request, Rejection};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::ledger::{count64, reject, segment};
+use super::ledger::{count64, reject, segment, Carried};
 use super::outcome::{accept_processed, Processed};
 use super::rows::rows_into_lineage;
 use super::spill_decode::{decode_stream, DecodeError, Failed};
@@ -42,7 +42,6 @@ use crate::{Deps, HandlerError};
 /// A pending grant is re-sent instead of minting a new URL only while its URL has at least
 /// this long left: enough for the device to receive it and finish the PUT.
 pub const REUSE_MIN_VALIDITY_SECONDS: i64 = 5 * 60;
-
 
 /// An envelope on `sync/ingest/request`: `url_request` or `finalize`.
 pub async fn intake_request(deps: &Deps, a: &Admitted) -> Result<Outcome, HandlerError> {
@@ -285,14 +284,12 @@ async fn process(
             )))
         }
     };
-    let segment = Segment {
-        source_table: Some(req.source_table.clone()),
-        journal_epoch: Some(header.journal_epoch),
-        schema_hash: Some(header.schema_hash.clone()),
-        // Known after the object is read (`note_segment`).
-        bytes: 0,
-        ..segment(a, Some(device), req.batch_id, "spill")
+    let carried = Carried::Spill {
+        batch_id: req.batch_id,
+        source_table: &req.source_table,
+        header: &header,
     };
+    let segment = segment(a, Some(device), carried);
     let batch_time = segment.batch_time;
     if !insert_segment(tx, &segment).await? {
         return Ok(Outcome::Duplicate {
@@ -387,4 +384,3 @@ async fn process(
     .await?;
     Ok(accept_processed(tx, device.device_id, req.batch_id, batch_time, &total).await?)
 }
-
