@@ -12,7 +12,7 @@ use edge_functions::aws::iot::{provision, ProvisionRequest};
 use edge_functions::pki::LocalCa;
 use edge_functions::runner::{run, MqttSettings};
 use edge_functions::objects::local::{self as spill_http, LocalObjects};
-use edge_functions::objects::Objects;
+use edge_functions::env::Objects;
 use edge_functions::store::registry::{create_device, Device};
 use edge_functions::store::{migrate::migrate, pool};
 use edge_functions::Deps;

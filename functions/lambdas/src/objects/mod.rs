@@ -1,7 +1,8 @@
 //! The object store of spill/snapshot uploads (protocol §7): one trait, [`ObjectStore`], with
 //! two backends — S3 in AWS ([`crate::aws::s3::S3Objects`]) and a directory behind the local
-//! runner's HTTP PUT endpoint ([`local::LocalObjects`]). What is done with an object (grants,
-//! finalize) is the ingest handler's ([`crate::ingest::upload`]).
+//! runner's HTTP PUT endpoint ([`local::LocalObjects`]); the configured one is
+//! [`crate::env::Objects`]. What is done with an object (grants, finalize) is the ingest
+//! handler's ([`crate::ingest::upload`]).
 //!
 //! # Layout
 //! - [`local`] — the directory store with HMAC-signed expiring URLs, and its HTTP PUT endpoint
@@ -65,42 +66,6 @@ pub trait ObjectStore: Send + Sync {
         key: &str,
     ) -> impl Future<Output = Result<Option<ObjectReader>, ObjectError>> + Send;
 }
-
-/// The configured backend (an enum rather than a trait object: the trait's methods are
-/// `async`, and there are exactly two).
-#[derive(Debug)]
-pub enum Objects {
-    Local(local::LocalObjects),
-    S3(crate::aws::s3::S3Objects),
-}
-
-impl ObjectStore for Objects {
-    async fn presign_put(
-        &self,
-        key: &str,
-        expires_at: OffsetDateTime,
-    ) -> Result<String, ObjectError> {
-        match self {
-            Objects::Local(o) => o.presign_put(key, expires_at).await,
-            Objects::S3(o) => o.presign_put(key, expires_at).await,
-        }
-    }
-
-    async fn discard(&self, key: &str) -> Result<(), ObjectError> {
-        match self {
-            Objects::Local(o) => o.discard(key).await,
-            Objects::S3(o) => o.discard(key).await,
-        }
-    }
-
-    async fn open(&self, key: &str) -> Result<Option<ObjectReader>, ObjectError> {
-        match self {
-            Objects::Local(o) => o.open(key).await,
-            Objects::S3(o) => o.open(key).await,
-        }
-    }
-}
-
 
 /// Marks an I/O error as coming from the object store, not from the zstd decoder.
 #[derive(Debug, thiserror::Error)]
