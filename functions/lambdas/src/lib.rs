@@ -25,11 +25,13 @@
 //! - [`events`] — the event forwarder hook (cloud.md §11): trait, log forwarder, cursor loop
 //! - [`control_publisher`] — the [`control_publisher::ControlPublisher`] trait, MQTT implementation
 //! - [`runner`] — the local runner's MQTT loop (mosquitto in place of IoT Core + SQS)
+//! - [`commands`] — the `edge-cloud` subcommands (flags and what each does)
 //! - [`HandlerError`] — the one place that decides retryable vs permanent
 //! - `src/bin/*` — glue: tracing, settings → [`Deps`] (or the parsed flags), call the library
 
 pub mod api;
 pub mod aws;
+pub mod commands;
 pub mod control_publisher;
 pub mod dead_letter;
 pub mod env;
