@@ -13,7 +13,7 @@ use edge_cloud_store::lineage::{
 };
 use edge_cloud_store::mirror::{apply_upserts, insert_telemetry_values, TelemetryValue};
 use edge_cloud_store::registry::Device;
-use edge_cloud_store::staging::{stage_rows, StageTarget, StagedRow};
+use edge_cloud_store::staging::{stage_rows, StagedRow};
 use edge_cloud_store::tokio_postgres::Transaction;
 use edge_cloud_store::StoreError;
 use edge_protocol::batch::{Op, RowBatch};
@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::ledger::{count, count64, segment, time_from_ms, Carried};
 use super::outcome::{accept_processed, Processed};
-use super::schema::classify_batch;
+use super::schema::{classify_batch, stage_target};
 use super::Outcome;
 use crate::HandlerError;
 
@@ -90,14 +90,7 @@ pub(super) async fn rows_into_lineage(
     .await?;
     let lineage = &c.lineage;
     let (mut materialized, mut staged, mut failed) = (0i64, 0i64, 0i64);
-    let target = |reason| StageTarget {
-        lineage_id: lineage.id,
-        device_id: device.device_id,
-        source_table: &b.source_table,
-        batch_id: b.batch_id,
-        schema_hash: &b.schema_hash,
-        reason,
-    };
+    let target = |reason| stage_target(lineage.id, device, b, reason);
     let status = match c.route {
         Ok(which) => {
             let binds = match (which, &lineage.approved_schema_hash) {

@@ -11,8 +11,11 @@ use edge_cloud_store::lineage::{
     upsert_lineage, Lineage,
 };
 use edge_cloud_store::registry::Device;
+use edge_cloud_store::staging::StageTarget;
 use edge_cloud_store::tokio_postgres::Transaction;
+use edge_protocol::batch::RowBatch;
 use edge_protocol::schema::SchemaObservation;
+use edge_protocol::telemetry::TelemetryBatch;
 use uuid::Uuid;
 
 use super::Outcome;
@@ -23,6 +26,49 @@ pub(super) struct Classified {
     pub(super) lineage: Lineage,
     pub(super) class: SchemaClass,
     pub(super) route: Result<BindingsOf, StagingReason>,
+}
+
+/// What staging keys a batch's rows by: row and telemetry batches alike.
+pub(super) trait StagedBatch {
+    fn source_table(&self) -> &str;
+    fn batch_id(&self) -> Uuid;
+    fn schema_hash(&self) -> &str;
+}
+
+/// Both batch types name these fields alike.
+macro_rules! staged_batch {
+    ($batch:ty) => {
+        impl StagedBatch for $batch {
+            fn source_table(&self) -> &str {
+                &self.source_table
+            }
+            fn batch_id(&self) -> Uuid {
+                self.batch_id
+            }
+            fn schema_hash(&self) -> &str {
+                &self.schema_hash
+            }
+        }
+    };
+}
+staged_batch!(RowBatch);
+staged_batch!(TelemetryBatch);
+
+/// Where the rows of batch `b` on a lineage are staged, and why (the route's answer).
+pub(super) fn stage_target<'a>(
+    lineage_id: Uuid,
+    device: &Device,
+    b: &'a impl StagedBatch,
+    reason: StagingReason,
+) -> StageTarget<'a> {
+    StageTarget {
+        lineage_id,
+        device_id: device.device_id,
+        source_table: b.source_table(),
+        batch_id: b.batch_id(),
+        schema_hash: b.schema_hash(),
+        reason,
+    }
 }
 
 /// Classifies a batch of `schema_hash` (columns `carried`, else as recorded) on `lineage`;

@@ -9,7 +9,7 @@ use edge_cloud_store::ledger::{insert_segment, segment_recorded, telemetry_seq_a
 use edge_cloud_store::lineage::{advance_batch_seq, bindings, upsert_lineage};
 use edge_cloud_store::mirror::{insert_telemetry_values, TelemetryValue};
 use edge_cloud_store::registry::Device;
-use edge_cloud_store::staging::{stage_rows, StageTarget, StagedRow};
+use edge_cloud_store::staging::{stage_rows, StagedRow};
 use edge_cloud_store::tokio_postgres::Transaction;
 use edge_protocol::telemetry::TelemetryBatch;
 use edge_protocol::validate::check_telemetry_sequence;
@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::ledger::{count, count64, segment, Carried};
 use super::outcome::{accept, Accepted};
-use super::schema::classify_batch;
+use super::schema::{classify_batch, stage_target};
 use super::Outcome;
 use crate::HandlerError;
 
@@ -139,14 +139,7 @@ pub(super) async fn intake_telemetry(
                     }
                 })
                 .collect();
-            let target = StageTarget {
-                lineage_id: lineage.id,
-                device_id: device.device_id,
-                source_table: &b.source_table,
-                batch_id: b.batch_id,
-                schema_hash: &b.schema_hash,
-                reason,
-            };
+            let target = stage_target(lineage.id, device, &b, reason);
             let (n, _) = stage_rows(tx, target, &rows).await?;
             ("staged", 0, n)
         }
