@@ -1,8 +1,9 @@
 //! Event forwarding (cloud.md §11): the sweep hands governance events on to a
 //! [`EventForwarder`] — EventBridge in AWS (the deployment's implementation), a log line
-//! locally ([`LogForwarder`]); [`ConfiguredForwarder`] is whichever the environment chose. The cursor lives in PostgreSQL
-//! ([`edge_cloud_store::forwarding`]), so every event is forwarded at least once whichever
-//! sweep instance runs, and a forwarder failure only delays the feed.
+//! locally ([`LogForwarder`]); [`crate::env::ConfiguredForwarder`] is whichever the environment
+//! chose. The cursor lives in PostgreSQL ([`edge_cloud_store::forwarding`]), so every event is
+//! forwarded at least once whichever sweep instance runs, and a forwarder failure only delays
+//! the feed.
 
 use std::future::Future;
 
@@ -50,30 +51,6 @@ impl EventForwarder for LogForwarder {
             );
         }
         Ok(())
-    }
-}
-
-/// The forwarder a process was configured with (the trait is not object-safe, so the choice
-/// made from the environment at cold start is this enum).
-#[derive(Debug, Clone)]
-pub enum ConfiguredForwarder {
-    Log(LogForwarder),
-    EventBridge(crate::aws::eventbridge::EventBridgeForwarder),
-}
-
-impl EventForwarder for ConfiguredForwarder {
-    fn name(&self) -> &str {
-        match self {
-            ConfiguredForwarder::Log(f) => f.name(),
-            ConfiguredForwarder::EventBridge(f) => f.name(),
-        }
-    }
-
-    async fn forward(&self, events: &[ForwardEvent]) -> Result<(), ForwardError> {
-        match self {
-            ConfiguredForwarder::Log(f) => f.forward(events).await,
-            ConfiguredForwarder::EventBridge(f) => f.forward(events).await,
-        }
     }
 }
 

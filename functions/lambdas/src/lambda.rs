@@ -1,20 +1,17 @@
 //! What each Lambda does with one event, outside `main`: the binaries in `src/bin/` only build
-//! clients once and loop over this, and the fixture tests (tests/lambda_events.rs) feed the
-//! files in `events/` through exactly the same functions.
+//! their [`Deps`] once ([`crate::env`]) and loop over this, and the fixture tests
+//! (tests/lambda_events.rs) feed the files in `events/` through exactly the same functions.
 //!
 //! Every entry point first lets the [`ThawGuard`] drop idle database connections that a long
 //! freeze may have left dead (see [`crate::aws::db`]).
 
 use std::time::{Duration, Instant};
 
-use aws_config::SdkConfig;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use deadpool_postgres::Pool;
 use lambda_http::{Body, Request, Response};
 
 use crate::api::Api;
-use crate::aws::db::{lambda_pool, ThawGuard};
-use crate::aws::{secrets, AwsError};
+use crate::aws::db::ThawGuard;
 use crate::control_publisher::ControlPublisher;
 use crate::events::EventForwarder;
 use crate::replay::{drain, Budget};
@@ -24,24 +21,6 @@ use crate::Deps;
 
 /// Left for the last replay chunk's commit and the response before the Lambda is killed.
 pub const REPLAY_DEADLINE_MARGIN: Duration = Duration::from_secs(15);
-
-/// The cold-start part every database-backed Lambda shares: the database URL from
-/// `EDGE_DATABASE_SECRET_ARN` (Secrets Manager or SSM) or the local fallbacks, and the pool
-/// (`EDGE_DB_POOL_SIZE`, else `default_size`). Connections open lazily on first use.
-pub async fn pool_from_env(
-    sdk: &mut Option<SdkConfig>,
-    default_size: usize,
-) -> Result<Pool, AwsError> {
-    let url = secrets::database_url(sdk).await?;
-    let size = match std::env::var("EDGE_DB_POOL_SIZE") {
-        Ok(s) if !s.trim().is_empty() => s
-            .trim()
-            .parse()
-            .map_err(|e| AwsError::Config(format!("EDGE_DB_POOL_SIZE: {e}")))?,
-        _ => default_size,
-    };
-    lambda_pool(url.expose(), size)
-}
 
 /// `ingest`: an SQS batch of ingress envelopes; retryable failures come back as
 /// `batchItemFailures` so only those messages are redelivered.

@@ -1,63 +1,86 @@
 //! `edge-functions` — the cloud handlers and the binaries that host them.
 //!
 //! A handler is `async fn handle(&Deps, Event) -> Result<Outcome, HandlerError>`: decode, call
-//! [`edge_cloud_core`], call [`edge_cloud_store`]. The same handlers run in AWS Lambda (`ingest`
-//! binary, later `api`, `replay`, `sweep`) and in the local runner `edge-cloud`, which plays IoT
-//! Core's rule engine against mosquitto.
+//! [`edge_cloud_core`], call [`edge_cloud_store`]. The same handlers run in AWS Lambda (the
+//! `ingest`, `api`, `replay` and `sweep` binaries) and in the local runner `edge-cloud`, which
+//! plays IoT Core's rule engine against mosquitto. Every binary builds its [`Deps`] once, in
+//! [`env`].
 //!
 //! # Layout
+//! - [`env`] — the composition root: settings read once, the one [`Deps`], tracing set-up
 //! - [`api`] — the HTTP API router (cloud.md §10), the `api` Lambda and the runner's listener
-//! - [`aws`] — SDK config (rustls + ring), secrets by ARN, the Lambda pool, IoT publish/provision
+//! - [`aws`] — everything on the AWS SDK: config (rustls + ring), secrets by ARN, the Lambda
+//!   pool, IoT publish/provision, S3 objects, EventBridge, the replay queue
 //! - [`lambda`] — what each Lambda does with one event (the bins and the fixture tests call it)
-//! - [`ingest`] — ingress + intake + materialization of one envelope ([`ingest::handle`])
-//! - [`spill`] — spill/snapshot uploads (protocol §7): grants, the object store (S3 or a local
-//!   directory behind the runner's HTTP PUT), finalize through the row intake
+//! - [`ingest`] — ingress + intake + materialization of one envelope ([`ingest::handle`]),
+//!   spill/snapshot upload grants and finalize ([`ingest::upload`], protocol §7)
+//! - [`objects`] — the object store of uploads (S3, or a local directory behind the runner's
+//!   HTTP PUT)
 //! - [`sqs`] — an SQS batch of envelopes → partial batch failures (the `ingest` Lambda)
+//! - [`dead_letter`] — parking permanently failed ingress messages, and retrying them
 //! - [`pki`] — the local stack's certificate authority (mosquitto stands in for IoT Core)
 //! - [`replay`] — the replay worker: drains open replay intents chunk by chunk (cloud.md §8)
+//! - [`replay_trigger`] — nudging the replay worker after work that opened replay intents
 //! - [`sweep`] — resume sweep + control (re-)publication (cloud.md §7) + event forwarding
 //! - [`events`] — the event forwarder hook (cloud.md §11): trait, log forwarder, cursor loop
 //! - [`control_publisher`] — the [`control_publisher::ControlPublisher`] trait, MQTT implementation
 //! - [`runner`] — the local runner's MQTT loop (mosquitto in place of IoT Core + SQS)
+//! - [`commands`] — the `edge-cloud` subcommands (flags and what each does)
 //! - [`HandlerError`] — the one place that decides retryable vs permanent
-//! - `src/bin/*` — thin binaries: parse config, build clients once, call the library
+//! - `src/bin/*` — glue: tracing, settings → [`Deps`] (or the parsed flags), call the library
 
 pub mod api;
 pub mod aws;
+pub mod commands;
 pub mod control_publisher;
 pub mod dead_letter;
+pub mod env;
 pub mod events;
 pub mod ingest;
 pub mod lambda;
+pub mod objects;
 pub mod pki;
 pub mod replay;
 pub mod replay_trigger;
 pub mod runner;
-pub mod spill;
 pub mod sqs;
 pub mod sweep;
 
 pub use edge_cloud_store as store;
 
-/// What every handler needs, built once per process.
+/// What every handler needs, built once per process by [`env`] (the composition root).
 #[derive(Debug, Clone)]
 pub struct Deps {
     pub pool: deadpool_postgres::Pool,
     /// Where spill/snapshot objects are uploaded (protocol §7); without one, `url_request`s
     /// get no grant (`spill_not_configured`).
-    pub objects: Option<std::sync::Arc<spill::Objects>>,
+    pub objects: Option<std::sync::Arc<env::Objects>>,
+    /// How the sweep publishes controls (the runner publishes through its own connection).
+    pub publisher: env::ConfiguredPublisher,
+    /// Where the sweep forwards governance events.
+    pub forwarder: env::ConfiguredForwarder,
+    /// How replay intents opened by this process get a worker.
+    pub replay: replay_trigger::ReplayTrigger,
+    /// How the API verifies tokens.
+    pub auth: api::auth::AuthConfig,
 }
 
 impl Deps {
+    /// Over `pool` alone: no object store, no control transport, events to the log, replay
+    /// by polling, an API that refuses every token.
     pub fn new(pool: deadpool_postgres::Pool) -> Self {
         Deps {
             pool,
             objects: None,
+            publisher: env::ConfiguredPublisher::None(control_publisher::NoPublisher),
+            forwarder: env::ConfiguredForwarder::Log(events::LogForwarder),
+            replay: replay_trigger::ReplayTrigger::Polling,
+            auth: api::auth::AuthConfig::default(),
         }
     }
 
     /// The same, with an object store for spill uploads.
-    pub fn with_objects(mut self, objects: spill::Objects) -> Self {
+    pub fn with_objects(mut self, objects: env::Objects) -> Self {
         self.objects = Some(std::sync::Arc::new(objects));
         self
     }
@@ -69,7 +92,7 @@ pub enum HandlerError {
     #[error(transparent)]
     Store(#[from] edge_cloud_store::StoreError),
     #[error(transparent)]
-    Object(spill::ObjectError),
+    Object(objects::ObjectError),
 }
 
 impl HandlerError {

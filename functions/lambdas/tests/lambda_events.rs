@@ -272,7 +272,7 @@ async fn spill_fixture_grants_an_upload_and_finalizes_the_object() {
     let mut s = stack().await;
     ingest_fixture(&s).await;
     let dir = tempfile::tempdir().unwrap();
-    let objects = edge_functions::spill::local::LocalObjects::new(
+    let objects = edge_functions::objects::local::LocalObjects::new(
         dir.path(),
         "http://127.0.0.1:9",
         b"fixture".to_vec(),
@@ -280,7 +280,7 @@ async fn spill_fixture_grants_an_upload_and_finalizes_the_object() {
     s.deps = s
         .deps
         .clone()
-        .with_objects(edge_functions::spill::Objects::Local(objects));
+        .with_objects(edge_functions::env::Objects::Local(objects));
     // The object the device would have PUT, where the grant's URL points.
     let batch = Uuid::parse_str("01939b4e-8c3a-7d2e-9f10-2b3c4d5e6f7a").unwrap();
     let path = dir.path().join(edge_cloud_core::spill::object_key(

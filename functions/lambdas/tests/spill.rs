@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use common::*;
 use edge_cloud_core::spill::{object_key, SpillCode};
+use edge_functions::env::Objects;
 use edge_functions::ingest::Outcome;
-use edge_functions::spill::local::{serve, LocalObjects};
-use edge_functions::spill::Objects;
+use edge_functions::objects::local::{serve, LocalObjects};
 use edge_protocol::control::{verify, ControlEnvelope};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

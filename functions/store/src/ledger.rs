@@ -129,3 +129,21 @@ pub async fn telemetry_seq_accepted<C: GenericClient>(
         .await?;
     Ok(row.get(0))
 }
+
+/// Whether (device, batch) is already in the ledger, whatever its status: the telemetry
+/// intake's dedup, which must come before sequencing (a redelivery never reaches it).
+pub async fn segment_recorded<C: GenericClient>(
+    c: &C,
+    device_id: Uuid,
+    batch_id: Uuid,
+    batch_time: OffsetDateTime,
+) -> Result<bool, StoreError> {
+    let row = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM edge_export_segments \
+             WHERE device_id = $1 AND batch_id = $2 AND batch_time = $3)",
+            &[&device_id, &batch_id, &batch_time],
+        )
+        .await?;
+    Ok(row.get(0))
+}

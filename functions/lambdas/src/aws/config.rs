@@ -21,3 +21,18 @@ pub async fn load() -> SdkConfig {
         .load()
         .await
 }
+
+/// The SDK configuration of a process, loaded on first use: a Lambda whose settings need no
+/// AWS call (a local `cargo lambda watch`) never loads it.
+#[derive(Debug, Default)]
+pub struct LazySdk(Option<SdkConfig>);
+
+impl LazySdk {
+    pub async fn get(&mut self) -> &SdkConfig {
+        let sdk = match self.0.take() {
+            Some(sdk) => sdk,
+            None => load().await,
+        };
+        self.0.insert(sdk)
+    }
+}

@@ -69,16 +69,13 @@ pub fn pack(source: &str, events: &[ForwardEvent]) -> Vec<Vec<Entry>> {
             detail: detail(e).to_string(),
         };
         if entry.size(source) > MAX_BYTES_PER_CALL {
-            entry.detail = json!({
-                "id": e.id,
-                "event_type": e.event_type,
-                "org_id": e.org_id,
-                "project_id": e.project_id,
-                "subject_id": e.subject_id,
-                "created_at": e.created_at,
-                "truncated": true,
-            })
-            .to_string();
+            // The stub: the same fields without the payload.
+            let mut stub = detail(e);
+            if let Some(fields) = stub.as_object_mut() {
+                fields.remove("payload");
+                fields.insert("truncated".into(), Value::Bool(true));
+            }
+            entry.detail = stub.to_string();
         }
         let size = entry.size(source);
         let full = calls

@@ -10,6 +10,7 @@
 //! - [`db`] — the Lambda pool: verified recycling, stale connections dropped after a thaw
 //! - [`iot`] — [`iot::IotDataPublisher`] (QoS 1 `Publish`) and [`iot::provision`]
 //! - [`eventbridge`] — [`eventbridge::EventBridgeForwarder`], the sweep's event forwarder
+//! - [`s3`] — [`s3::S3Objects`]: presigned S3 PUT URLs and GetObject (the spill object store)
 //! - [`replay_queue`] — [`replay_queue::SqsReplayQueue`], the nudge after an approval
 
 pub mod config;
@@ -17,6 +18,7 @@ pub mod db;
 pub mod eventbridge;
 pub mod iot;
 pub mod replay_queue;
+pub mod s3;
 pub mod secrets;
 
 /// An AWS call (or its configuration) failed.

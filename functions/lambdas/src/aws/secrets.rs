@@ -4,12 +4,13 @@
 //!
 //! Lambdas read `EDGE_DATABASE_SECRET_ARN` (and optionally `EDGE_JWT_SECRET_ARN`); a local
 //! `cargo lambda watch` has no AWS account, so a plain `EDGE_DATABASE_URL` / `DATABASE_URL`
-//! (and `EDGE_JWT_SECRET`) is used when no ARN is set.
+//! (and `EDGE_JWT_SECRET`) is used when no ARN is set ([`crate::env`] reads which).
 
 use std::fmt;
 
 use aws_config::SdkConfig;
 
+use super::config::LazySdk;
 use super::AwsError;
 
 /// A secret value; never printed.
@@ -140,47 +141,23 @@ pub fn database_url_from_secret(value: &Secret) -> Result<Secret, AwsError> {
     )))
 }
 
-/// Reads `arn_var` (fetching through the SDK, loaded on first use into `sdk`) or else the
-/// first set variable of `fallback_vars`. `Ok(None)` when none is set.
-pub async fn from_env(
-    sdk: &mut Option<SdkConfig>,
-    arn_var: &str,
-    fallback_vars: &[&str],
-) -> Result<Option<Secret>, AwsError> {
-    if let Some(arn) = non_empty_var(arn_var) {
-        if sdk.is_none() {
-            *sdk = Some(super::config::load().await);
+/// Where a secret's value comes from: an ARN to fetch through the SDK (Lambdas), or the value
+/// itself (a local run has no AWS account). Which one is decided when the configuration is read
+/// ([`crate::env`]); the fetch happens when the dependencies are built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Arn(String),
+    Value(Secret),
+}
+
+impl SecretSource {
+    /// The secret's value (fetched through the SDK, loaded on first use, for an ARN).
+    pub async fn resolve(&self, sdk: &mut LazySdk) -> Result<Secret, AwsError> {
+        match self {
+            SecretSource::Arn(arn) => fetch(sdk.get().await, arn).await,
+            SecretSource::Value(v) => Ok(v.clone()),
         }
-        let cfg = sdk
-            .as_ref()
-            .ok_or_else(|| AwsError::Config("SDK configuration".into()))?;
-        return fetch(cfg, &arn).await.map(Some);
     }
-    Ok(fallback_vars
-        .iter()
-        .find_map(|v| non_empty_var(v))
-        .map(Secret::new))
-}
-
-/// The database URL for a Lambda: `EDGE_DATABASE_SECRET_ARN`, else `EDGE_DATABASE_URL`, else
-/// `DATABASE_URL`.
-pub async fn database_url(sdk: &mut Option<SdkConfig>) -> Result<Secret, AwsError> {
-    let raw = from_env(
-        sdk,
-        "EDGE_DATABASE_SECRET_ARN",
-        &["EDGE_DATABASE_URL", "DATABASE_URL"],
-    )
-    .await?
-    .ok_or_else(|| {
-        AwsError::Config(
-            "set EDGE_DATABASE_SECRET_ARN (or EDGE_DATABASE_URL / DATABASE_URL locally)".into(),
-        )
-    })?;
-    database_url_from_secret(&raw)
-}
-
-fn non_empty_var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
 #[cfg(test)]

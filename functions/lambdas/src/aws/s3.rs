@@ -13,11 +13,8 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use hyper::body::Bytes;
 use time::OffsetDateTime;
 
-use super::{ObjectError, ObjectReader, ObjectStore, SourceFailure};
-use crate::aws::AwsError;
-
-/// Env var naming the bucket of spill/snapshot objects.
-pub const BUCKET_ENV: &str = "EDGE_SPILL_BUCKET";
+use super::AwsError;
+use crate::objects::{ObjectError, ObjectReader, ObjectStore, SourceFailure};
 
 /// Objects in one S3 bucket.
 #[derive(Debug, Clone)]
@@ -40,17 +37,6 @@ impl S3Objects {
             client,
             bucket: bucket.into(),
         }
-    }
-
-    /// The store named by `EDGE_SPILL_BUCKET`, if set (the SDK config is loaded on first use).
-    pub async fn from_env(sdk: &mut Option<SdkConfig>) -> Option<S3Objects> {
-        let bucket = std::env::var(BUCKET_ENV)
-            .ok()
-            .filter(|b| !b.trim().is_empty())?;
-        if sdk.is_none() {
-            *sdk = Some(crate::aws::config::load().await);
-        }
-        sdk.as_ref().map(|c| S3Objects::new(c, bucket.trim()))
     }
 }
 

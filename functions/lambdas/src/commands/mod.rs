@@ -1,0 +1,220 @@
+//! The subcommands of `edge-cloud`, the local runner (cloud.md §12): `migrate`, `devices`,
+//! `pki`, `run`, `dead-letters`, `token`. The binary parses [`Cli`] and calls [`execute`];
+//! each flag is also read from the environment (clap), so what a command gets is its whole
+//! configuration.
+//!
+//! # Layout
+//! - this file — the flags ([`Cli`]) and the dispatch
+//! - [`devices`] — register a device (with a local certificate), or provision it in AWS IoT
+//! - [`pki`] — the local certificate authority of the broker and the service identity
+//! - [`run`] — the local stack: MQTT runner, sweep and replay loops, the HTTP listener
+//! - [`dead_letters`] — list and retry parked ingress messages
+//! - [`token`] — signed development tokens for the HTTP API
+
+pub mod dead_letters;
+pub mod devices;
+pub mod pki;
+pub mod run;
+pub mod token;
+
+use clap::{Parser, Subcommand};
+use edge_cloud_store::{migrate::migrate, pool, StoreError};
+use uuid::Uuid;
+
+use self::dead_letters::DeadLettersCommand;
+use self::devices::DevicesCommand;
+use self::pki::PkiCommand;
+use crate::api::auth::AuthError;
+use crate::aws::AwsError;
+use crate::env::{EnvError, RunnerSettings, Secret};
+use crate::pki::PkiError;
+use crate::runner::{MqttSettings, RunnerError};
+
+/// A command failed; the binary prints it with its causes and exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("connecting to the database")]
+    Connect(#[source] deadpool_postgres::PoolError),
+    #[error(transparent)]
+    Topic(#[from] edge_protocol::topic::TopicError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("clock before 1970")]
+    Clock(#[source] std::time::SystemTimeError),
+    #[error("ttl {ttl:?}: expected e.g. 1h")]
+    TtlNumber {
+        ttl: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    /// The command refused its input or its outcome (the message says why).
+    #[error("{0}")]
+    Refused(String),
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "edge-cloud", about = "edge-sync cloud side on one machine")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Apply the database migrations (idempotent).
+    Migrate {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Device registry.
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
+    /// The local stack's certificate authority (mosquitto stands in for IoT Core).
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Subscribe as the service identity, ingest, publish controls.
+    Run {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[arg(long, env = "EDGE_MQTT_URL")]
+        mqtt_url: String,
+        #[arg(long, env = "EDGE_MQTT_CA")]
+        ca: std::path::PathBuf,
+        #[arg(long, env = "EDGE_MQTT_CERT")]
+        cert: std::path::PathBuf,
+        #[arg(long, env = "EDGE_MQTT_KEY")]
+        key: std::path::PathBuf,
+        /// MQTT client id; unique per runner process (the share group splits the load).
+        #[arg(long, env = "EDGE_MQTT_CLIENT_ID", default_value = "edge-service")]
+        client_id: String,
+        #[arg(long, env = "EDGE_DB_POOL_SIZE", default_value_t = 8)]
+        pool_size: usize,
+        /// Where the HTTP API listens.
+        #[arg(
+            long = "http",
+            env = "EDGE_HTTP_LISTEN",
+            default_value = "127.0.0.1:8080"
+        )]
+        http: std::net::SocketAddr,
+        /// HS256 secret the API verifies Bearer tokens with.
+        #[arg(long, env = "EDGE_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: Option<String>,
+        /// RS256 JWKS (JSON file) the API verifies Bearer tokens with.
+        #[arg(long, env = "EDGE_JWT_JWKS_FILE")]
+        jwt_jwks_file: Option<std::path::PathBuf>,
+        /// Directory of uploaded spill/snapshot objects (protocol §7).
+        #[arg(long, env = "EDGE_SPILL_DIR", default_value = "edge-spill")]
+        spill_dir: std::path::PathBuf,
+        /// Base URL devices reach the HTTP listener at, for upload URLs (default
+        /// `http://<--http>`).
+        #[arg(long, env = "EDGE_SPILL_URL")]
+        spill_url: Option<String>,
+        /// Key of the upload URL signatures; random per start when unset (URLs granted before
+        /// a restart then get 403 and the device asks again). Set it when several runners
+        /// share the directory.
+        #[arg(long, env = "EDGE_SPILL_SECRET", hide_env_values = true)]
+        spill_secret: Option<String>,
+    },
+    /// Ingress messages whose handling failed permanently, parked instead of dropped.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
+    /// Print a signed development token for the HTTP API (HS256 with EDGE_JWT_SECRET).
+    Token {
+        #[arg(long)]
+        org: Uuid,
+        #[arg(long)]
+        project: Vec<Uuid>,
+        /// e.g. PROJECT_CAN_MANAGE_DEVICES; repeatable.
+        #[arg(long)]
+        permission: Vec<String>,
+        /// Lifetime: 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[arg(long, default_value = "dev")]
+        subject: String,
+        #[arg(long, env = "EDGE_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: String,
+    },
+}
+
+/// Runs one parsed command line.
+pub async fn execute(cli: Cli) -> Result<(), CommandError> {
+    match cli.command {
+        Command::Migrate { database_url } => {
+            let p = pool::connect(&database_url, 1)?;
+            let mut c = p.get().await.map_err(CommandError::Connect)?;
+            let applied = migrate(&mut c).await?;
+            tracing::info!(?applied, "migrations applied");
+        }
+        Command::Devices { command } => devices::execute(command).await?,
+        Command::Pki { command } => pki::execute(command)?,
+        Command::Run {
+            database_url,
+            mqtt_url,
+            ca,
+            cert,
+            key,
+            client_id,
+            pool_size,
+            http,
+            jwt_secret,
+            jwt_jwks_file,
+            spill_dir,
+            spill_url,
+            spill_secret,
+        } => {
+            let settings = RunnerSettings {
+                database_url: Secret::new(database_url),
+                pool_size,
+                mqtt: MqttSettings {
+                    url: mqtt_url,
+                    ca,
+                    cert,
+                    key,
+                    client_id,
+                },
+                http,
+                jwt_secret: jwt_secret.map(Secret::new),
+                jwt_jwks_file,
+                spill_dir,
+                spill_url,
+                spill_secret: spill_secret.map(Secret::new),
+            };
+            run::execute(settings).await?;
+        }
+        Command::DeadLetters { command } => dead_letters::execute(command).await?,
+        Command::Token {
+            org,
+            project,
+            permission,
+            ttl,
+            subject,
+            jwt_secret,
+        } => token::print(org, project, permission, &ttl, subject, &jwt_secret)?,
+    }
+    Ok(())
+}

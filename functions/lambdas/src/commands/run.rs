@@ -1,0 +1,71 @@
+//! `edge-cloud run`: the local stack on one machine — the MQTT runner (ingest), the sweep and
+//! replay loops beside it, and one HTTP listener with the governance API and the spill upload
+//! endpoint (`PUT /spill/...`, protocol §7).
+
+use std::sync::Arc;
+
+use edge_cloud_store::{migrate::migrate, pool};
+
+use super::devices::new_control_key;
+use super::CommandError;
+use crate::env::{self, RunnerSettings};
+use crate::objects::local::{self as spill_http, LocalObjects};
+use crate::runner::run;
+use crate::Deps;
+
+/// Migrates, then runs until Ctrl-C.
+pub async fn execute(settings: RunnerSettings) -> Result<(), CommandError> {
+    let p = pool::connect(settings.database_url.expose(), settings.pool_size)?;
+    {
+        let mut c = p.get().await.map_err(CommandError::Connect)?;
+        migrate(&mut c).await?;
+    }
+    let spill_dir = &settings.spill_dir;
+    std::fs::create_dir_all(spill_dir).map_err(|source| CommandError::Io {
+        what: format!("creating the spill directory {}", spill_dir.display()),
+        source,
+    })?;
+    let secret = match &settings.spill_secret {
+        Some(s) if !s.expose().is_empty() => s.expose().as_bytes().to_vec(),
+        _ => new_control_key(),
+    };
+    let base_url = match &settings.spill_url {
+        Some(url) => url.clone(),
+        None => format!("http://{}", settings.http),
+    };
+    let objects = LocalObjects::new(spill_dir, &base_url, secret);
+    let deps = settings.deps(p, objects.clone())?;
+    let api_task = serve_api(&deps, objects, settings.http).await?;
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    };
+    let result = run(deps, settings.mqtt.clone(), shutdown).await;
+    api_task.abort();
+    Ok(result?)
+}
+
+/// Starts the HTTP API on `addr` (cloud.md §12: the runner serves it on localhost), with the
+/// spill upload endpoint (`PUT /spill/...`, protocol §7) on the same listener.
+async fn serve_api(
+    deps: &Deps,
+    objects: LocalObjects,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::task::JoinHandle<()>, CommandError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| CommandError::Io {
+            what: format!("binding the HTTP API to {addr}"),
+            source,
+        })?;
+    tracing::info!(%addr, "HTTP API listening");
+    let api = Arc::new(env::api(deps));
+    Ok(tokio::spawn(async move {
+        let objects = Arc::new(objects);
+        if let Err(e) =
+            spill_http::serve(objects, Some(api), listener, std::future::pending()).await
+        {
+            tracing::error!(error = %e, "HTTP API stopped");
+        }
+    }))
+}

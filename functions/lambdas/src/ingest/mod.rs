@@ -1,0 +1,105 @@
+//! The ingest handler (cloud.md §1–§4, §6): one envelope in, one [`Outcome`] out.
+//!
+//! Every batch is one transaction: ledger insert (the dedup), lineage upsert (a row lock that
+//! serializes the lineage), classification, then materialization or staging, the watermark and
+//! the ledger outcome. A crash or a retry anywhere leaves either all of it or none of it, and
+//! the redelivery then finds the ledger row and succeeds as a no-op.
+//!
+//! # Layout
+//! - this file — the dispatch: ingress, the device, the payload kind → its intake
+//! - [`outcome`] — [`Outcome`], and the common end of an accepted batch (flow control, ledger)
+//! - [`ledger`] — the one constructor of a batch's ledger row, and rejections
+//! - [`schema`] — classification against the lineage's schema, schema observations
+//! - [`rows`] — row batches (and the chunks of a spill object): materialize or stage
+//! - [`telemetry`] — telemetry batches: sequencing, data points or staging
+//! - [`upload`] — `sync/ingest/request`: upload grants and the finalize of a spill object
+//! - `spill_decode` — a spill object's zstd JSON Lines → bounded chunks of rows
+
+mod ledger;
+pub mod outcome;
+mod rows;
+mod schema;
+mod spill_decode;
+mod telemetry;
+pub mod upload;
+
+use edge_cloud_core::ingress::{admit, Admitted, IngressEnvelope};
+use edge_cloud_store::mirror::ack_control;
+use edge_cloud_store::registry::device_by_name;
+use edge_cloud_store::tokio_postgres::Transaction;
+use edge_cloud_store::StoreError;
+use edge_protocol::topic::TopicKind;
+use edge_protocol::validate::{decode_device_payload, DevicePayload, Rejection};
+
+pub use self::outcome::Outcome;
+
+use self::ledger::reject;
+use crate::{Deps, HandlerError};
+
+/// Ingress then intake: the whole per-envelope pipeline.
+pub async fn handle(deps: &Deps, envelope: IngressEnvelope) -> Result<Outcome, HandlerError> {
+    match admit(&envelope) {
+        Ok(admitted) => intake(deps, admitted).await,
+        Err(e) => {
+            tracing::warn!(topic = %envelope.topic, client_id = %envelope.client_id, error = %e,
+                "envelope dropped at ingress");
+            Ok(Outcome::Dropped {
+                reason: e.to_string(),
+            })
+        }
+    }
+}
+
+/// The worker: an admitted payload, in one transaction.
+pub async fn intake(deps: &Deps, admitted: Admitted) -> Result<Outcome, HandlerError> {
+    if admitted.topic.kind == TopicKind::IngestRequest {
+        // Upload requests need the object store and (finalize) their own transactions.
+        return upload::intake_request(deps, &admitted).await;
+    }
+    let mut client = deps.pool.get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let outcome = intake_in(&tx, &admitted).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    log_outcome(&admitted, &outcome);
+    Ok(outcome)
+}
+
+fn log_outcome(admitted: &Admitted, outcome: &Outcome) {
+    let device = admitted.device_name();
+    let topic = admitted.topic.kind.suffix();
+    match outcome {
+        Outcome::Rejected { code, message } => {
+            tracing::warn!(device, topic, code = %code, message, "batch rejected");
+        }
+        other => tracing::info!(device, topic, outcome = ?other, "envelope handled"),
+    }
+}
+
+async fn intake_in(tx: &Transaction<'_>, a: &Admitted) -> Result<Outcome, HandlerError> {
+    let Some(device) = device_by_name(tx, a.device_name()).await? else {
+        return reject(tx, a, None, Rejection::unknown_device(a.device_name())).await;
+    };
+    match decode_device_payload(a.topic.kind, &a.payload) {
+        Err(rejection) => reject(tx, a, Some(&device), rejection).await,
+        Ok(DevicePayload::Rows(batch)) => rows::intake_rows(tx, a, &device, batch).await,
+        Ok(DevicePayload::Telemetry(batch)) => {
+            telemetry::intake_telemetry(tx, a, &device, batch).await
+        }
+        Ok(DevicePayload::Schema(obs)) => schema::observe_schema(tx, &device, obs).await,
+        Ok(DevicePayload::Ack(ack)) => {
+            let known = ack_control(tx, device.device_id, ack.control_id).await?;
+            Ok(Outcome::ControlAcked {
+                control_id: ack.control_id,
+                known,
+            })
+        }
+        // `intake` hands these to `upload::intake_request` before opening this transaction.
+        Ok(DevicePayload::Request(req)) => Ok(Outcome::Ignored {
+            reason: format!(
+                "{} for {:?} outside the upload handler",
+                req.request_kind.as_str(),
+                req.source_table
+            ),
+        }),
+    }
+}
