@@ -18,6 +18,7 @@
 //! - [`sweep`] — resume sweep + control (re-)publication (cloud.md §7) + event forwarding
 //! - [`events`] — the event forwarder hook (cloud.md §11): trait, log forwarder, cursor loop
 //! - [`control_publisher`] — the [`control_publisher::ControlPublisher`] trait, MQTT implementation
+//! - [`http`] — the one HTTP accept loop (the runner's API and object-store PUT endpoint)
 //! - [`runner`] — the local runner's MQTT loop (mosquitto in place of IoT Core + SQS)
 //! - [`HandlerError`] — the one place that decides retryable vs permanent
 //! - `src/bin/*` — thin binaries: parse config, build clients once, call the library
@@ -27,6 +28,7 @@ pub mod aws;
 pub mod control_publisher;
 pub mod dead_letter;
 pub mod events;
+pub mod http;
 pub mod ingest;
 pub mod lambda;
 pub mod pki;

@@ -19,6 +19,7 @@ use edge_functions::aws::secrets;
 use edge_functions::lambda;
 use edge_functions::replay_trigger::ReplayTrigger;
 use lambda_http::{service_fn, Request};
+use tower::ServiceExt as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -42,13 +43,15 @@ async fn main() -> anyhow::Result<()> {
         };
         api = api.with_replay_trigger(ReplayTrigger::Sqs(SqsReplayQueue::new(&sdk, url)));
     }
-    let state = Arc::new((api, ThawGuard::default()));
+    // The router itself is the Lambda's service; the thaw guard looks at the pool first.
+    let pool = api.pool.clone();
+    let thaw = ThawGuard::default();
+    let router = edge_functions::api::service::<lambda_http::Body>(edge_functions::api::router(
+        Arc::new(api),
+    ));
     lambda_http::run(service_fn(move |req: Request| {
-        let state = Arc::clone(&state);
-        async move {
-            let (api, thaw) = &*state;
-            Ok::<_, lambda_http::Error>(lambda::api(api, thaw, req).await)
-        }
+        thaw.before_request(&pool);
+        router.clone().oneshot(req)
     }))
     .await
     .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))

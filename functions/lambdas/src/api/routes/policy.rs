@@ -1,0 +1,55 @@
+//! The project's replication policy: read and patch.
+
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+
+use edge_cloud_store::review::{self as review_store, PolicyPatch};
+
+use crate::api::answer::{Answer, Success};
+use crate::api::body::PolicyPatchBody;
+use crate::api::docs::Envelope;
+use crate::api::extract::{params, Caller};
+use crate::api::mutation::Mutation;
+use crate::api::Api;
+
+/// The project policy (production defaults until patched).
+#[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/policy", tag = "policy",
+    params(("project_id" = Uuid, Path)),
+    responses((status = 200, body = inline(Envelope<review_store::PolicyView>))))]
+pub async fn get_policy(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Answer {
+    let c = api.pool.get().await?;
+    params(query.as_deref(), &[])?;
+    Ok(Success::data(
+        review_store::policy(&**c, caller.scope).await?,
+    ))
+}
+
+/// Changes the project policy.
+#[utoipa::path(patch, path = "/core/api/v1/projects/{project_id}/edge/policy", tag = "policy",
+    params(("project_id" = Uuid, Path)),
+    request_body = PolicyPatchBody,
+    responses((status = 200, body = inline(Envelope<review_store::PolicyView>))))]
+pub async fn patch_policy(State(api): State<Arc<Api>>, m: Mutation<PolicyPatchBody>) -> Answer {
+    m.commit(&api, None, |tx, s, _, b| {
+        Box::pin(async move {
+            let patch = PolicyPatch {
+                allow_additive_continue: b.allow_additive_continue,
+                allow_auto_create_device_data_points: b.allow_auto_create_device_data_points,
+                max_pending_rows_per_lineage: b.max_pending_rows_per_lineage,
+                max_pending_bytes_per_lineage: b.max_pending_bytes_per_lineage,
+                resume_threshold_percent: b.resume_threshold_percent,
+                circuit_breaker_failures: b.circuit_breaker_failures,
+                schema_coalescing_mode: b.schema_coalescing_mode,
+            };
+            Ok(Success::data(
+                review_store::patch_policy(tx, s, &patch).await?,
+            ))
+        })
+    })
+    .await
+}

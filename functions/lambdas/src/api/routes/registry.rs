@@ -1,0 +1,313 @@
+//! Schema coalescing: registry entries, registry reviews (claim → approve | reject | abandon)
+//! and the shared (coalesced) mirrors with their consolidation.
+
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use edge_cloud_core::coalesce::RegistryStatus;
+use edge_cloud_core::review::ReviewState;
+use edge_cloud_store::coalesce::{self as coalesce_store, RegistryFilter};
+
+use crate::api::answer::{Answer, ApiError, Success};
+use crate::api::body::{
+    column_actions, ApproveBody, ClaimBody, CloseBody, ConsolidateBody, RejectCloseBody,
+};
+use crate::api::docs::{Envelope, ErrorBody};
+use crate::api::extract::{
+    list_meta, page, params, uuid_param, Caller, CoalescedMirror, Id, ObjectSegment, RegistryEntry,
+    RegistryReview,
+};
+use crate::api::mutation::Mutation;
+use crate::api::Api;
+
+/// Query of the registry list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct RegistryQuery {
+    /// pending | approved | rejected | abandoned
+    status: Option<String>,
+    source_table: Option<String>,
+    page: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Registry entries (one per scope, table and schema hash in coalescing mode), newest first.
+#[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry", tag = "registry",
+    params(("project_id" = Uuid, Path), RegistryQuery),
+    responses((status = 200, body = inline(Envelope<Vec<coalesce_store::RegistryEntryView>>))))]
+pub async fn list_registry(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Answer {
+    let c = api.pool.get().await?;
+    let p = params(
+        query.as_deref(),
+        &["status", "source_table", "page", "limit"],
+    )?;
+    let pg = page(&p)?;
+    let status = p.get("status").cloned();
+    if status
+        .as_deref()
+        .is_some_and(|st| RegistryStatus::parse(st).is_none())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "status must be pending, approved, rejected or abandoned",
+        ));
+    }
+    let f = RegistryFilter {
+        status,
+        source_table: p.get("source_table").cloned(),
+    };
+    let (rows, total) = coalesce_store::list_registry(&**c, caller.scope, &f, pg).await?;
+    Ok(Success::data(rows).with_meta(list_meta(pg, total)))
+}
+
+/// A registry entry with its reviews and the lineages bound through it.
+#[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry/{registry_id}", tag = "registry",
+    params(("project_id" = Uuid, Path), ("registry_id" = Uuid, Path)),
+    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryDetail>))))]
+pub async fn get_registry(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Id(g, _): Id<RegistryEntry>,
+    RawQuery(query): RawQuery,
+) -> Answer {
+    let c = api.pool.get().await?;
+    params(query.as_deref(), &[])?;
+    Ok(Success::data(
+        coalesce_store::registry_detail(&**c, caller.scope, g).await?,
+    ))
+}
+
+/// Query of the registry review list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct RegistryReviewQuery {
+    /// queued | in_review | approved | rejected | abandoned
+    status: Option<String>,
+    registry_id: Option<Uuid>,
+    page: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Registry reviews, newest first.
+#[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews", tag = "registry",
+    params(("project_id" = Uuid, Path), RegistryReviewQuery),
+    responses((status = 200, body = inline(Envelope<Vec<coalesce_store::RegistryReviewView>>))))]
+pub async fn list_registry_reviews(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Answer {
+    let c = api.pool.get().await?;
+    let p = params(
+        query.as_deref(),
+        &["status", "registry_id", "page", "limit"],
+    )?;
+    let pg = page(&p)?;
+    let status = p.get("status").map(String::as_str);
+    if status.is_some_and(|st| ReviewState::parse(st).is_none()) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "status must be queued, in_review, approved, rejected or abandoned",
+        ));
+    }
+    let registry = uuid_param(&p, "registry_id")?;
+    let (rows, total) =
+        coalesce_store::list_registry_reviews(&**c, caller.scope, status, registry, pg).await?;
+    Ok(Success::data(rows).with_meta(list_meta(pg, total)))
+}
+
+/// One registry review.
+#[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}", tag = "registry",
+    params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path)),
+    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>))))]
+pub async fn get_registry_review(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Id(r, _): Id<RegistryReview>,
+    RawQuery(query): RawQuery,
+) -> Answer {
+    let c = api.pool.get().await?;
+    params(query.as_deref(), &[])?;
+    Ok(Success::data(
+        coalesce_store::registry_review(&**c, caller.scope, r, false).await?,
+    ))
+}
+
+/// Query of the coalesced mirror list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct CoalescedQuery {
+    source_table: Option<String>,
+    page: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Shared mirrors of the project.
+#[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/coalesced-mirrors", tag = "registry",
+    params(("project_id" = Uuid, Path), CoalescedQuery),
+    responses((status = 200, body = inline(Envelope<Vec<coalesce_store::CoalescedMirrorView>>))))]
+pub async fn list_coalesced(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Answer {
+    let c = api.pool.get().await?;
+    let p = params(query.as_deref(), &["source_table", "page", "limit"])?;
+    let pg = page(&p)?;
+    let table = p.get("source_table").map(String::as_str);
+    let (rows, total) = coalesce_store::list_coalesced(&**c, caller.scope, table, pg).await?;
+    Ok(Success::data(rows).with_meta(list_meta(pg, total)))
+}
+
+/// A shared mirror with its registry entries and lineages.
+#[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/coalesced-mirrors/{mirror_id}", tag = "registry",
+    params(("project_id" = Uuid, Path), ("mirror_id" = Uuid, Path)),
+    responses((status = 200, body = inline(Envelope<coalesce_store::CoalescedMirrorDetail>))))]
+pub async fn get_coalesced(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Id(m, _): Id<CoalescedMirror>,
+    RawQuery(query): RawQuery,
+) -> Answer {
+    let c = api.pool.get().await?;
+    params(query.as_deref(), &[])?;
+    Ok(Success::data(
+        coalesce_store::coalesced_detail(&**c, caller.scope, m).await?,
+    ))
+}
+
+/// queued → in_review.
+#[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}/claim", tag = "registry",
+    params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path)),
+    request_body(content = ClaimBody, description = "optional"),
+    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>))))]
+pub async fn registry_claim(
+    State(api): State<Arc<Api>>,
+    Id(r, _): Id<RegistryReview>,
+    m: Mutation<ClaimBody>,
+) -> Answer {
+    m.commit(&api, None, move |tx, s, actor, b| {
+        Box::pin(async move {
+            Ok(Success::data(
+                coalesce_store::claim(tx, s, r, actor, b.action_version).await?,
+            ))
+        })
+    })
+    .await
+}
+
+/// in_review → approved at registry scope: the shared mirror, the entry's bindings and every
+/// waiting lineage of the scope bound to it, in one transaction. Only `mirror`, `ignore` and
+/// `defer` actions (data points belong to one device). `meta`: mirror, adopted lineages.
+#[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}/approve", tag = "registry",
+    params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path)),
+    request_body = ApproveBody,
+    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>)), (status = 409, description = "wrong state or stale action_version", body = ErrorBody)))]
+pub async fn registry_approve(
+    State(api): State<Arc<Api>>,
+    Id(r, _): Id<RegistryReview>,
+    m: Mutation<ApproveBody>,
+) -> Answer {
+    m.commit(
+        &api,
+        Some("registry review approved"),
+        move |tx, s, actor, b| {
+            Box::pin(async move {
+                let actions = column_actions(b.column_actions);
+                let out =
+                    coalesce_store::approve(tx, s, r, actor, b.action_version, &actions).await?;
+                Ok(Success::data(&out.review).with_meta(json!({
+                    "mirror_table_name": out.mirror_table_name,
+                    "coalesced_mirror_id": out.coalesced_mirror_id,
+                    "adopted_lineage_ids": out.adopted_lineage_ids,
+                    "blocking_deferred": out.blocking_deferred,
+                })))
+            })
+        },
+    )
+    .await
+}
+
+/// queued | in_review → rejected (devices sending the hash keep staging).
+#[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}/reject", tag = "registry",
+    params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path)),
+    request_body = CloseBody,
+    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>))))]
+pub async fn registry_reject(
+    State(api): State<Arc<Api>>,
+    Id(r, _): Id<RegistryReview>,
+    m: Mutation<RejectCloseBody>,
+) -> Answer {
+    m.commit(&api, None, move |tx, s, actor, b| {
+        Box::pin(close(tx, s, r, actor, b.0, false))
+    })
+    .await
+}
+
+/// queued | in_review → abandoned: the hash goes back to per-device reviews (one is opened for
+/// every lineage waiting on it).
+#[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}/abandon", tag = "registry",
+    params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path)),
+    request_body = CloseBody,
+    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>))))]
+pub async fn registry_abandon(
+    State(api): State<Arc<Api>>,
+    Id(r, _): Id<RegistryReview>,
+    m: Mutation<CloseBody>,
+) -> Answer {
+    m.commit(&api, None, move |tx, s, actor, b| {
+        Box::pin(close(tx, s, r, actor, b, true))
+    })
+    .await
+}
+
+async fn close<C: edge_cloud_store::tokio_postgres::GenericClient>(
+    c: &C,
+    s: edge_cloud_store::query::Scope,
+    r: Uuid,
+    actor: &str,
+    b: CloseBody,
+    abandon: bool,
+) -> Answer {
+    let reason = b.reason.as_deref();
+    Ok(Success::data(
+        coalesce_store::close(c, s, r, actor, b.action_version, reason, abandon).await?,
+    ))
+}
+
+/// Copies per-device mirror rows of the table into its shared mirror(s) and rebinds lineages
+/// whose approved hash the registry approved; `dry_run` only counts. `data`: one report per
+/// shared mirror.
+#[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/coalesced-mirrors/{source_table}/consolidate", tag = "registry",
+    params(("project_id" = Uuid, Path), ("source_table" = String, Path)),
+    request_body(content = ConsolidateBody, description = "optional"),
+    responses((status = 200, body = inline(Envelope<Vec<coalesce_store::Consolidation>>)), (status = 404, description = "no shared mirror for the table", body = ErrorBody)))]
+pub async fn consolidate(
+    State(api): State<Arc<Api>>,
+    ObjectSegment(table): ObjectSegment,
+    m: Mutation<ConsolidateBody>,
+) -> Answer {
+    m.commit(
+        &api,
+        Some("coalesced mirror consolidated"),
+        move |tx, s, _, b| {
+            Box::pin(async move {
+                let out = coalesce_store::consolidate(tx, s, &table, b.fleet_id, b.dry_run).await?;
+                Ok(Success::data(out))
+            })
+        },
+    )
+    .await
+}
