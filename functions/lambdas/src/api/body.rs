@@ -3,6 +3,7 @@
 //! checks serde cannot state (a non-blank reason, the policy patch's ranges).
 
 use serde::Deserialize;
+use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -97,6 +98,8 @@ pub struct ApproveBody {
 #[serde(deny_unknown_fields)]
 pub struct RejectBody {
     pub action_version: i32,
+    /// Not blank.
+    #[schema(pattern = r"\S")]
     pub reason: String,
 }
 
@@ -121,6 +124,7 @@ pub struct ClassifyColumn {
 #[serde(deny_unknown_fields)]
 pub struct ClassifyBody {
     pub table_name: String,
+    #[schema(min_items = 1)]
     pub columns: Vec<ClassifyColumn>,
     #[serde(default)]
     pub lineage_id: Option<Uuid>,
@@ -138,14 +142,19 @@ pub struct PolicyPatchBody {
     pub allow_additive_continue: Option<bool>,
     pub allow_auto_create_device_data_points: Option<bool>,
     /// ≥ 1
+    #[schema(minimum = 1)]
     pub max_pending_rows_per_lineage: Option<i64>,
     /// ≥ 1
+    #[schema(minimum = 1)]
     pub max_pending_bytes_per_lineage: Option<i64>,
     /// 1..=100
+    #[schema(minimum = 1, maximum = 100)]
     pub resume_threshold_percent: Option<i32>,
     /// ≥ 1
+    #[schema(minimum = 1)]
     pub circuit_breaker_failures: Option<i32>,
     /// none | project | fleet
+    #[schema(pattern = "^(none|project|fleet)$")]
     pub schema_coalescing_mode: Option<String>,
 }
 
@@ -206,6 +215,16 @@ impl RequestBody for CloseBody {
     fn parse(body: &[u8]) -> Result<Self, ApiError> {
         json_body(body, false)
     }
+}
+
+/// The registry reject body as documented: a [`CloseBody`] whose reason is required.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct RegistryRejectBody {
+    pub action_version: i32,
+    /// Not blank.
+    #[schema(pattern = r"\S")]
+    pub reason: String,
 }
 
 /// The registry reject body: a [`CloseBody`] whose reason is required.
@@ -278,4 +297,53 @@ pub fn column_actions(body: Vec<ColumnActionBody>) -> Vec<ColumnAction> {
             device_data_point_id: a.device_data_point_id,
         })
         .collect()
+}
+
+/// The bodies that take no field but their own (`deny_unknown_fields`).
+const CLOSED: [&str; 10] = [
+    "ClaimBody",
+    "ApproveBody",
+    "ColumnActionBody",
+    "RejectBody",
+    "ClassifyBody",
+    "ClassifyColumn",
+    "PolicyPatchBody",
+    "CloseBody",
+    "RegistryRejectBody",
+    "ConsolidateBody",
+];
+
+/// The rules of the bodies utoipa cannot state, added to their generated schemas: no unknown
+/// field, a policy patch sets at least one field (null is unset), a classification gives
+/// `lineage_id` or `approved_columns`, not both.
+pub(crate) fn refine(schemas: &mut Map<String, Value>) {
+    for name in CLOSED {
+        if let Some(Value::Object(schema)) = schemas.get_mut(name) {
+            schema.insert("additionalProperties".into(), Value::Bool(false));
+        }
+    }
+    if let Some(Value::Object(patch)) = schemas.get_mut("PolicyPatchBody") {
+        let fields: Vec<String> = patch
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        let any: Vec<Value> = fields
+            .iter()
+            .map(|f| json!({"required": [f], "properties": {f: {"not": {"type": "null"}}}}))
+            .collect();
+        patch.insert("anyOf".into(), Value::Array(any));
+    }
+    if let Some(Value::Object(classify)) = schemas.get_mut("ClassifyBody") {
+        classify.insert(
+            "not".into(),
+            json!({
+                "required": ["lineage_id", "approved_columns"],
+                "properties": {
+                    "lineage_id": {"not": {"type": "null"}},
+                    "approved_columns": {"not": {"type": "null"}},
+                },
+            }),
+        );
+    }
 }

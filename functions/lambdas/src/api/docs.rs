@@ -44,6 +44,7 @@ use super::body;
         body::ClassifyColumn,
         body::PolicyPatchBody,
         body::CloseBody,
+        body::RegistryRejectBody,
         body::ConsolidateBody,
         coalesce::RegistryEntryView,
         coalesce::RegistryDetail,
@@ -181,4 +182,45 @@ pub struct ErrorDetail {
     /// unknown_column, stale_action_version, invalid_review_state, idempotency_key_reused, …
     code: String,
     message: String,
+}
+
+/// Two query parameters of `method path` that exclude each other: its query parameters become
+/// one exploded object parameter (serialized as before: `?page=1&limit=2`) whose schema says
+/// so, as OpenAPI has no rule across parameters.
+pub(crate) fn exclusive_query(doc: &mut Value, path: &str, method: &str, one: &str, other: &str) {
+    let Some(Value::Array(params)) = doc
+        .get_mut("paths")
+        .and_then(|p| p.get_mut(path))
+        .and_then(|p| p.get_mut(method))
+        .and_then(|o| o.get_mut("parameters"))
+    else {
+        return;
+    };
+    let mut properties = serde_json::Map::new();
+    params.retain(|p| {
+        if p["in"] != "query" {
+            return true;
+        }
+        let mut schema = p["schema"].clone();
+        if let Some(d) = p.get("description") {
+            schema["description"] = d.clone();
+        }
+        if let Some(name) = p["name"].as_str() {
+            properties.insert(name.to_owned(), schema);
+        }
+        false
+    });
+    params.push(json!({
+        "name": "query",
+        "in": "query",
+        "required": false,
+        "style": "form",
+        "explode": true,
+        "schema": {
+            "type": "object",
+            "properties": properties,
+            "additionalProperties": false,
+            "not": {"required": [one, other]},
+        },
+    }));
 }

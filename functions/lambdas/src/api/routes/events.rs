@@ -20,8 +20,10 @@ use crate::api::Api;
 #[allow(dead_code)]
 pub struct EventsQuery {
     /// The last cursor seen (`meta.next_cursor`); 0 or absent = from the start.
+    #[param(value_type = Option<i64>, minimum = 0)]
     after: Option<String>,
     /// 1..=500, default 100
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 

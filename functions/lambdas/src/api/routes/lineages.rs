@@ -30,11 +30,14 @@ pub struct LineageQuery {
     device_id: Option<Uuid>,
     fleet_id: Option<Uuid>,
     /// `active` | `paused`
+    #[param(pattern = "^(active|paused)$")]
     status: Option<String>,
     source_table: Option<String>,
     /// 1-based, default 1
+    #[param(minimum = 1, maximum = 1000000)]
     page: Option<i64>,
     /// 1..=500, default 50
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -44,8 +47,10 @@ pub struct LineageQuery {
 #[allow(dead_code)]
 pub struct PageQuery {
     /// 1-based, default 1
+    #[param(minimum = 1, maximum = 1000000)]
     page: Option<i64>,
     /// 1..=500, default 50
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -55,9 +60,12 @@ pub struct PageQuery {
 #[allow(dead_code)]
 pub struct MirrorQuery {
     /// Comma-separated business columns (default: all); an unknown name is a 400.
+    #[param(pattern = "[^,\\s]")]
     columns: Option<String>,
     /// 1-based (OFFSET paging; prefer `after` for deep pages)
+    #[param(minimum = 1, maximum = 1000000)]
     page: Option<i64>,
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// `meta.next_cursor` of the previous page: keyset paging (not with `page`; `meta.page` is
     /// then null)

@@ -36,7 +36,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::answer::{json_response, ApiError};
-use super::docs::{complete, ApiDoc};
+use super::body;
+use super::docs::{complete, exclusive_query, ApiDoc};
 use super::extract::Caller;
 use super::{Api, BASE};
 
@@ -72,6 +73,16 @@ fn built() -> &'static (Router<Arc<Api>>, Value) {
             .split_for_parts();
         let mut doc = serde_json::to_value(doc).unwrap_or(Value::Null);
         complete(&mut doc);
+        exclusive_query(
+            &mut doc,
+            "/core/api/v1/projects/{project_id}/edge/lineages/{lineage_id}/mirror-rows",
+            "get",
+            "page",
+            "after",
+        );
+        if let Some(Value::Object(schemas)) = doc.pointer_mut("/components/schemas") {
+            body::refine(schemas);
+        }
         let router = router
             .method_not_allowed_fallback(method_not_allowed)
             .route("/openapi.json", any(openapi_json))

@@ -15,7 +15,8 @@ use edge_cloud_store::coalesce::{self as coalesce_store, RegistryFilter};
 
 use crate::api::answer::{Answer, ApiError, Success};
 use crate::api::body::{
-    column_actions, ApproveBody, ClaimBody, CloseBody, ConsolidateBody, RejectCloseBody,
+    column_actions, ApproveBody, ClaimBody, CloseBody, ConsolidateBody, RegistryRejectBody,
+    RejectCloseBody,
 };
 use crate::api::docs::{Envelope, ErrorBody};
 use crate::api::extract::{
@@ -31,9 +32,12 @@ use crate::api::Api;
 #[allow(dead_code)]
 pub struct RegistryQuery {
     /// pending | approved | rejected | abandoned
+    #[param(pattern = "^(pending|approved|rejected|abandoned)$")]
     status: Option<String>,
     source_table: Option<String>,
+    #[param(minimum = 1, maximum = 1000000)]
     page: Option<i64>,
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -93,9 +97,12 @@ pub async fn get_registry(
 #[allow(dead_code)]
 pub struct RegistryReviewQuery {
     /// queued | in_review | approved | rejected | abandoned
+    #[param(pattern = "^(queued|in_review|approved|rejected|abandoned)$")]
     status: Option<String>,
     registry_id: Option<Uuid>,
+    #[param(minimum = 1, maximum = 1000000)]
     page: Option<i64>,
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -150,7 +157,9 @@ pub async fn get_registry_review(
 #[allow(dead_code)]
 pub struct CoalescedQuery {
     source_table: Option<String>,
+    #[param(minimum = 1, maximum = 1000000)]
     page: Option<i64>,
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -243,7 +252,7 @@ pub async fn registry_approve(
 /// queued | in_review → rejected (devices sending the hash keep staging).
 #[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}/reject", tag = "registry",
     params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path)),
-    request_body = CloseBody,
+    request_body = RegistryRejectBody,
     responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>))))]
 pub async fn registry_reject(
     State(api): State<Arc<Api>>,

@@ -31,9 +31,12 @@ use crate::api::Api;
 #[allow(dead_code)]
 pub struct ReviewQuery {
     /// queued | in_review | approved | rejected | abandoned
+    #[param(pattern = "^(queued|in_review|approved|rejected|abandoned)$")]
     status: Option<String>,
     lineage_id: Option<Uuid>,
+    #[param(minimum = 1, maximum = 1000000)]
     page: Option<i64>,
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
