@@ -11,7 +11,9 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
+use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use edge_cloud_store::query::{Page, Scope};
@@ -174,6 +176,62 @@ impl FromRequestParts<Arc<Api>> for ObjectSegment {
     }
 }
 
+/// The page parameters of a list (documentation; [`page`] reads them).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct PageQuery {
+    /// 1-based, default 1
+    #[param(minimum = 1, maximum = 1000000)]
+    page: Option<i64>,
+    /// 1..=500, default 50
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<i64>,
+}
+
+/// A read: the caller and a pooled connection (taken before the path's ids are read, as it
+/// always was) and the query string, read with [`Read::params`].
+pub struct Read {
+    pub scope: Scope,
+    client: deadpool_postgres::Object,
+    query: Option<String>,
+}
+
+impl std::fmt::Debug for Read {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Read")
+            .field("scope", &self.scope)
+            .field("query", &self.query)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Read {
+    /// The connection.
+    pub fn db(&self) -> &edge_cloud_store::tokio_postgres::Client {
+        &self.client
+    }
+
+    /// The query string's parameters; one outside `allowed` is a 400.
+    pub fn params(&self, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+        params(self.query.as_deref(), allowed)
+    }
+}
+
+impl FromRequestParts<Arc<Api>> for Read {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, api).await?;
+        let client = api.pool.get().await?;
+        Ok(Read {
+            scope: caller.scope,
+            client,
+            query: parts.uri.query().map(str::to_owned),
+        })
+    }
+}
+
 /// Default and maximum page sizes.
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 500;
@@ -181,10 +239,7 @@ pub const MAX_LIMIT: i64 = 500;
 pub const MAX_PAGE: i64 = 1_000_000;
 
 /// The query string's parameters; one outside `allowed` is a 400.
-pub(crate) fn params(
-    query: Option<&str>,
-    allowed: &[&str],
-) -> Result<HashMap<String, String>, ApiError> {
+fn params(query: Option<&str>, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
     let mut out = HashMap::new();

@@ -1,8 +1,5 @@
 //! The governance events feed.
 
-use std::sync::Arc;
-
-use axum::extract::{RawQuery, State};
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::IntoParams;
@@ -11,8 +8,7 @@ use edge_cloud_store::query;
 
 use crate::api::answer::{Answer, ApiError, Success};
 use crate::api::docs::Envelope;
-use crate::api::extract::{params, Caller, MAX_LIMIT};
-use crate::api::Api;
+use crate::api::extract::{Read, MAX_LIMIT};
 
 /// Query of the events feed.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -31,13 +27,8 @@ pub struct EventsQuery {
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/events", tag = "events",
     params(("project_id" = Uuid, Path), EventsQuery),
     responses((status = 200, description = "`meta.next_cursor` continues the feed", body = inline(Envelope<Vec<query::EventView>>))))]
-pub async fn events(
-    State(api): State<Arc<Api>>,
-    caller: Caller,
-    RawQuery(query): RawQuery,
-) -> Answer {
-    let c = api.pool.get().await?;
-    let p = params(query.as_deref(), &["after", "limit"])?;
+pub async fn events(read: Read) -> Answer {
+    let p = read.params(&["after", "limit"])?;
     let after = match p.get("after") {
         None => 0,
         Some(v) => v.parse::<i64>().ok().filter(|a| *a >= 0).ok_or_else(|| {
@@ -57,7 +48,7 @@ pub async fn events(
                 )
             })?,
     };
-    let rows = query::events(&**c, caller.scope, after, limit).await?;
+    let rows = query::events(read.db(), read.scope, after, limit).await?;
     let next = rows.last().map_or(after.to_string(), |e| e.id.clone());
     Ok(Success::data(rows).with_meta(json!({"next_cursor": next, "limit": limit})))
 }

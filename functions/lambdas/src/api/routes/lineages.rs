@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -18,7 +18,7 @@ use edge_cloud_store::review as review_store;
 use crate::api::answer::{Answer, ApiError, Success};
 use crate::api::body::NoBody;
 use crate::api::docs::{Envelope, ErrorBody, ListLineages};
-use crate::api::extract::{list_meta, page, params, uuid_param, Caller, Id, Lineage};
+use crate::api::extract::{list_meta, page, uuid_param, Id, Lineage, PageQuery, Read};
 use crate::api::mutation::Mutation;
 use crate::api::Api;
 
@@ -33,25 +33,6 @@ pub struct LineageQuery {
     #[param(pattern = "^(active|paused)$")]
     status: Option<String>,
     source_table: Option<String>,
-    /// 1-based, default 1
-    #[param(minimum = 1, maximum = 1000000)]
-    page: Option<i64>,
-    /// 1..=500, default 50
-    #[param(minimum = 1, maximum = 500)]
-    limit: Option<i64>,
-}
-
-/// Page parameters.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub struct PageQuery {
-    /// 1-based, default 1
-    #[param(minimum = 1, maximum = 1000000)]
-    page: Option<i64>,
-    /// 1..=500, default 50
-    #[param(minimum = 1, maximum = 500)]
-    limit: Option<i64>,
 }
 
 /// Query of the mirror rows.
@@ -62,11 +43,6 @@ pub struct MirrorQuery {
     /// Comma-separated business columns (default: all); an unknown name is a 400.
     #[param(pattern = "[^,\\s]")]
     columns: Option<String>,
-    /// 1-based (OFFSET paging; prefer `after` for deep pages)
-    #[param(minimum = 1, maximum = 1000000)]
-    page: Option<i64>,
-    #[param(minimum = 1, maximum = 500)]
-    limit: Option<i64>,
     /// `meta.next_cursor` of the previous page: keyset paging (not with `page`; `meta.page` is
     /// then null)
     after: Option<String>,
@@ -74,25 +50,17 @@ pub struct MirrorQuery {
 
 /// Lists lineages.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/lineages", tag = "lineages",
-    params(("project_id" = Uuid, Path), LineageQuery),
+    params(("project_id" = Uuid, Path), LineageQuery, PageQuery),
     responses((status = 200, description = "`data`: lineages; `meta`: page, limit, total", body = ListLineages)))]
-pub async fn list_lineages(
-    State(api): State<Arc<Api>>,
-    caller: Caller,
-    RawQuery(query): RawQuery,
-) -> Answer {
-    let c = api.pool.get().await?;
-    let p = params(
-        query.as_deref(),
-        &[
-            "device_id",
-            "fleet_id",
-            "status",
-            "source_table",
-            "page",
-            "limit",
-        ],
-    )?;
+pub async fn list_lineages(read: Read) -> Answer {
+    let p = read.params(&[
+        "device_id",
+        "fleet_id",
+        "status",
+        "source_table",
+        "page",
+        "limit",
+    ])?;
     let pg = page(&p)?;
     let status = p.get("status").cloned();
     if let Some(st) = &status {
@@ -109,7 +77,7 @@ pub async fn list_lineages(
         status,
         source_table: p.get("source_table").cloned(),
     };
-    let (rows, total) = query::list_lineages(&**c, caller.scope, &f, pg).await?;
+    let (rows, total) = query::list_lineages(read.db(), read.scope, &f, pg).await?;
     Ok(Success::data(rows).with_meta(list_meta(pg, total)))
 }
 
@@ -117,16 +85,10 @@ pub async fn list_lineages(
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/lineages/{lineage_id}", tag = "lineages",
     params(("project_id" = Uuid, Path), ("lineage_id" = Uuid, Path)),
     responses((status = 200, body = inline(Envelope<query::LineageDetail>))))]
-pub async fn get_lineage(
-    State(api): State<Arc<Api>>,
-    caller: Caller,
-    Id(l, _): Id<Lineage>,
-    RawQuery(query): RawQuery,
-) -> Answer {
-    let c = api.pool.get().await?;
-    params(query.as_deref(), &[])?;
+pub async fn get_lineage(read: Read, Id(l, _): Id<Lineage>) -> Answer {
+    read.params(&[])?;
     Ok(Success::data(
-        query::lineage_detail(&**c, caller.scope, l).await?,
+        query::lineage_detail(read.db(), read.scope, l).await?,
     ))
 }
 
@@ -134,32 +96,21 @@ pub async fn get_lineage(
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/lineages/{lineage_id}/staged-rows", tag = "lineages",
     params(("project_id" = Uuid, Path), ("lineage_id" = Uuid, Path), PageQuery),
     responses((status = 200, body = inline(Envelope<Vec<query::StagedRowView>>))))]
-pub async fn staged_rows(
-    State(api): State<Arc<Api>>,
-    caller: Caller,
-    Id(l, _): Id<Lineage>,
-    RawQuery(query): RawQuery,
-) -> Answer {
-    let c = api.pool.get().await?;
-    let p = params(query.as_deref(), &["page", "limit"])?;
+pub async fn staged_rows(read: Read, Id(l, _): Id<Lineage>) -> Answer {
+    let p = read.params(&["page", "limit"])?;
     let pg = page(&p)?;
-    let (rows, total) = query::staged_rows(&**c, caller.scope, l, pg).await?;
+    let (rows, total) = query::staged_rows(read.db(), read.scope, l, pg).await?;
     Ok(Success::data(rows).with_meta(list_meta(pg, total)))
 }
 
 /// Live mirror rows of a lineage in primary-key order. `meta`: page, limit, total (the
 /// device's live rows, cached for up to 5 s), next_cursor (null on the last page).
+/// `page` is OFFSET paging: prefer `after` for deep pages.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/lineages/{lineage_id}/mirror-rows", tag = "lineages",
-    params(("project_id" = Uuid, Path), ("lineage_id" = Uuid, Path), MirrorQuery),
+    params(("project_id" = Uuid, Path), ("lineage_id" = Uuid, Path), MirrorQuery, PageQuery),
     responses((status = 200, body = inline(Envelope<query::MirrorRows>))))]
-pub async fn mirror_rows(
-    State(api): State<Arc<Api>>,
-    caller: Caller,
-    Id(l, _): Id<Lineage>,
-    RawQuery(query): RawQuery,
-) -> Answer {
-    let c = api.pool.get().await?;
-    let p = params(query.as_deref(), &["columns", "page", "limit", "after"])?;
+pub async fn mirror_rows(read: Read, Id(l, _): Id<Lineage>) -> Answer {
+    let p = read.params(&["columns", "page", "limit", "after"])?;
     if p.contains_key("after") && p.contains_key("page") {
         return Err(ApiError::bad_request(
             "invalid_pagination",
@@ -182,7 +133,7 @@ pub async fn mirror_rows(
     }
     let after = p.get("after").map(String::as_str);
     let (rows, total, next) =
-        query::mirror_rows(&**c, caller.scope, l, cols.as_deref(), pg, after).await?;
+        query::mirror_rows(read.db(), read.scope, l, cols.as_deref(), pg, after).await?;
     let mut meta = list_meta(pg, total);
     meta["next_cursor"] = json!(next);
     if after.is_some() {

@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 
 use edge_cloud_store::review::{self as review_store, PolicyPatch};
 
 use crate::api::answer::{Answer, Success};
 use crate::api::body::PolicyPatchBody;
 use crate::api::docs::Envelope;
-use crate::api::extract::{params, Caller};
+use crate::api::extract::Read;
 use crate::api::mutation::Mutation;
 use crate::api::Api;
 
@@ -17,15 +17,10 @@ use crate::api::Api;
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/policy", tag = "policy",
     params(("project_id" = Uuid, Path)),
     responses((status = 200, body = inline(Envelope<review_store::PolicyView>))))]
-pub async fn get_policy(
-    State(api): State<Arc<Api>>,
-    caller: Caller,
-    RawQuery(query): RawQuery,
-) -> Answer {
-    let c = api.pool.get().await?;
-    params(query.as_deref(), &[])?;
+pub async fn get_policy(read: Read) -> Answer {
+    read.params(&[])?;
     Ok(Success::data(
-        review_store::policy(&**c, caller.scope).await?,
+        review_store::policy(read.db(), read.scope).await?,
     ))
 }
 

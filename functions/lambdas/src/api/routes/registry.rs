@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::IntoParams;
@@ -20,8 +20,8 @@ use crate::api::body::{
 };
 use crate::api::docs::{Envelope, ErrorBody};
 use crate::api::extract::{
-    list_meta, page, params, uuid_param, Caller, CoalescedMirror, Id, ObjectSegment, RegistryEntry,
-    RegistryReview,
+    list_meta, page, uuid_param, CoalescedMirror, Id, ObjectSegment, PageQuery, Read,
+    RegistryEntry, RegistryReview,
 };
 use crate::api::mutation::Mutation;
 use crate::api::Api;
@@ -35,26 +35,14 @@ pub struct RegistryQuery {
     #[param(pattern = "^(pending|approved|rejected|abandoned)$")]
     status: Option<String>,
     source_table: Option<String>,
-    #[param(minimum = 1, maximum = 1000000)]
-    page: Option<i64>,
-    #[param(minimum = 1, maximum = 500)]
-    limit: Option<i64>,
 }
 
 /// Registry entries (one per scope, table and schema hash in coalescing mode), newest first.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry", tag = "registry",
-    params(("project_id" = Uuid, Path), RegistryQuery),
+    params(("project_id" = Uuid, Path), RegistryQuery, PageQuery),
     responses((status = 200, body = inline(Envelope<Vec<coalesce_store::RegistryEntryView>>))))]
-pub async fn list_registry(
-    State(api): State<Arc<Api>>,
-    caller: Caller,
-    RawQuery(query): RawQuery,
-) -> Answer {
-    let c = api.pool.get().await?;
-    let p = params(
-        query.as_deref(),
-        &["status", "source_table", "page", "limit"],
-    )?;
+pub async fn list_registry(read: Read) -> Answer {
+    let p = read.params(&["status", "source_table", "page", "limit"])?;
     let pg = page(&p)?;
     let status = p.get("status").cloned();
     if status
@@ -70,7 +58,7 @@ pub async fn list_registry(
         status,
         source_table: p.get("source_table").cloned(),
     };
-    let (rows, total) = coalesce_store::list_registry(&**c, caller.scope, &f, pg).await?;
+    let (rows, total) = coalesce_store::list_registry(read.db(), read.scope, &f, pg).await?;
     Ok(Success::data(rows).with_meta(list_meta(pg, total)))
 }
 
@@ -78,16 +66,10 @@ pub async fn list_registry(
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry/{registry_id}", tag = "registry",
     params(("project_id" = Uuid, Path), ("registry_id" = Uuid, Path)),
     responses((status = 200, body = inline(Envelope<coalesce_store::RegistryDetail>))))]
-pub async fn get_registry(
-    State(api): State<Arc<Api>>,
-    caller: Caller,
-    Id(g, _): Id<RegistryEntry>,
-    RawQuery(query): RawQuery,
-) -> Answer {
-    let c = api.pool.get().await?;
-    params(query.as_deref(), &[])?;
+pub async fn get_registry(read: Read, Id(g, _): Id<RegistryEntry>) -> Answer {
+    read.params(&[])?;
     Ok(Success::data(
-        coalesce_store::registry_detail(&**c, caller.scope, g).await?,
+        coalesce_store::registry_detail(read.db(), read.scope, g).await?,
     ))
 }
 
@@ -100,26 +82,14 @@ pub struct RegistryReviewQuery {
     #[param(pattern = "^(queued|in_review|approved|rejected|abandoned)$")]
     status: Option<String>,
     registry_id: Option<Uuid>,
-    #[param(minimum = 1, maximum = 1000000)]
-    page: Option<i64>,
-    #[param(minimum = 1, maximum = 500)]
-    limit: Option<i64>,
 }
 
 /// Registry reviews, newest first.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews", tag = "registry",
-    params(("project_id" = Uuid, Path), RegistryReviewQuery),
+    params(("project_id" = Uuid, Path), RegistryReviewQuery, PageQuery),
     responses((status = 200, body = inline(Envelope<Vec<coalesce_store::RegistryReviewView>>))))]
-pub async fn list_registry_reviews(
-    State(api): State<Arc<Api>>,
-    caller: Caller,
-    RawQuery(query): RawQuery,
-) -> Answer {
-    let c = api.pool.get().await?;
-    let p = params(
-        query.as_deref(),
-        &["status", "registry_id", "page", "limit"],
-    )?;
+pub async fn list_registry_reviews(read: Read) -> Answer {
+    let p = read.params(&["status", "registry_id", "page", "limit"])?;
     let pg = page(&p)?;
     let status = p.get("status").map(String::as_str);
     if status.is_some_and(|st| ReviewState::parse(st).is_none()) {
@@ -130,7 +100,7 @@ pub async fn list_registry_reviews(
     }
     let registry = uuid_param(&p, "registry_id")?;
     let (rows, total) =
-        coalesce_store::list_registry_reviews(&**c, caller.scope, status, registry, pg).await?;
+        coalesce_store::list_registry_reviews(read.db(), read.scope, status, registry, pg).await?;
     Ok(Success::data(rows).with_meta(list_meta(pg, total)))
 }
 
@@ -138,16 +108,10 @@ pub async fn list_registry_reviews(
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}", tag = "registry",
     params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path)),
     responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>))))]
-pub async fn get_registry_review(
-    State(api): State<Arc<Api>>,
-    caller: Caller,
-    Id(r, _): Id<RegistryReview>,
-    RawQuery(query): RawQuery,
-) -> Answer {
-    let c = api.pool.get().await?;
-    params(query.as_deref(), &[])?;
+pub async fn get_registry_review(read: Read, Id(r, _): Id<RegistryReview>) -> Answer {
+    read.params(&[])?;
     Ok(Success::data(
-        coalesce_store::registry_review(&**c, caller.scope, r, false).await?,
+        coalesce_store::registry_review(read.db(), read.scope, r, false).await?,
     ))
 }
 
@@ -157,26 +121,17 @@ pub async fn get_registry_review(
 #[allow(dead_code)]
 pub struct CoalescedQuery {
     source_table: Option<String>,
-    #[param(minimum = 1, maximum = 1000000)]
-    page: Option<i64>,
-    #[param(minimum = 1, maximum = 500)]
-    limit: Option<i64>,
 }
 
 /// Shared mirrors of the project.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/coalesced-mirrors", tag = "registry",
-    params(("project_id" = Uuid, Path), CoalescedQuery),
+    params(("project_id" = Uuid, Path), CoalescedQuery, PageQuery),
     responses((status = 200, body = inline(Envelope<Vec<coalesce_store::CoalescedMirrorView>>))))]
-pub async fn list_coalesced(
-    State(api): State<Arc<Api>>,
-    caller: Caller,
-    RawQuery(query): RawQuery,
-) -> Answer {
-    let c = api.pool.get().await?;
-    let p = params(query.as_deref(), &["source_table", "page", "limit"])?;
+pub async fn list_coalesced(read: Read) -> Answer {
+    let p = read.params(&["source_table", "page", "limit"])?;
     let pg = page(&p)?;
     let table = p.get("source_table").map(String::as_str);
-    let (rows, total) = coalesce_store::list_coalesced(&**c, caller.scope, table, pg).await?;
+    let (rows, total) = coalesce_store::list_coalesced(read.db(), read.scope, table, pg).await?;
     Ok(Success::data(rows).with_meta(list_meta(pg, total)))
 }
 
@@ -184,16 +139,10 @@ pub async fn list_coalesced(
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/coalesced-mirrors/{mirror_id}", tag = "registry",
     params(("project_id" = Uuid, Path), ("mirror_id" = Uuid, Path)),
     responses((status = 200, body = inline(Envelope<coalesce_store::CoalescedMirrorDetail>))))]
-pub async fn get_coalesced(
-    State(api): State<Arc<Api>>,
-    caller: Caller,
-    Id(m, _): Id<CoalescedMirror>,
-    RawQuery(query): RawQuery,
-) -> Answer {
-    let c = api.pool.get().await?;
-    params(query.as_deref(), &[])?;
+pub async fn get_coalesced(read: Read, Id(m, _): Id<CoalescedMirror>) -> Answer {
+    read.params(&[])?;
     Ok(Success::data(
-        coalesce_store::coalesced_detail(&**c, caller.scope, m).await?,
+        coalesce_store::coalesced_detail(read.db(), read.scope, m).await?,
     ))
 }
 

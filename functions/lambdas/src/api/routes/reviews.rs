@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::IntoParams;
@@ -21,7 +21,7 @@ use crate::api::body::{
     column_actions, ApproveBody, ClaimBody, ClassifyBody, ClassifyColumn, RejectBody,
 };
 use crate::api::docs::{Envelope, ErrorBody};
-use crate::api::extract::{list_meta, page, params, uuid_param, Caller, Id, SchemaReview};
+use crate::api::extract::{list_meta, page, uuid_param, Id, PageQuery, Read, SchemaReview};
 use crate::api::mutation::Mutation;
 use crate::api::Api;
 
@@ -34,23 +34,14 @@ pub struct ReviewQuery {
     #[param(pattern = "^(queued|in_review|approved|rejected|abandoned)$")]
     status: Option<String>,
     lineage_id: Option<Uuid>,
-    #[param(minimum = 1, maximum = 1000000)]
-    page: Option<i64>,
-    #[param(minimum = 1, maximum = 500)]
-    limit: Option<i64>,
 }
 
 /// Lists schema reviews, newest first.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/schema-reviews", tag = "reviews",
-    params(("project_id" = Uuid, Path), ReviewQuery),
+    params(("project_id" = Uuid, Path), ReviewQuery, PageQuery),
     responses((status = 200, body = inline(Envelope<Vec<query::ReviewView>>))))]
-pub async fn list_reviews(
-    State(api): State<Arc<Api>>,
-    caller: Caller,
-    RawQuery(query): RawQuery,
-) -> Answer {
-    let c = api.pool.get().await?;
-    let p = params(query.as_deref(), &["status", "lineage_id", "page", "limit"])?;
+pub async fn list_reviews(read: Read) -> Answer {
+    let p = read.params(&["status", "lineage_id", "page", "limit"])?;
     let pg = page(&p)?;
     let status = p.get("status").map(String::as_str);
     if let Some(st) = status {
@@ -62,7 +53,7 @@ pub async fn list_reviews(
         }
     }
     let lineage = uuid_param(&p, "lineage_id")?;
-    let (rows, total) = query::list_reviews(&**c, caller.scope, status, lineage, pg).await?;
+    let (rows, total) = query::list_reviews(read.db(), read.scope, status, lineage, pg).await?;
     Ok(Success::data(rows).with_meta(list_meta(pg, total)))
 }
 
@@ -70,16 +61,10 @@ pub async fn list_reviews(
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/schema-reviews/{review_id}", tag = "reviews",
     params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path)),
     responses((status = 200, body = inline(Envelope<query::ReviewView>))))]
-pub async fn get_review(
-    State(api): State<Arc<Api>>,
-    caller: Caller,
-    Id(r, _): Id<SchemaReview>,
-    RawQuery(query): RawQuery,
-) -> Answer {
-    let c = api.pool.get().await?;
-    params(query.as_deref(), &[])?;
+pub async fn get_review(read: Read, Id(r, _): Id<SchemaReview>) -> Answer {
+    read.params(&[])?;
     Ok(Success::data(
-        query::review(&**c, caller.scope, r, false).await?,
+        query::review(read.db(), read.scope, r, false).await?,
     ))
 }
 
