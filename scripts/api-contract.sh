@@ -135,11 +135,13 @@ PY
 EXAMPLES=${EDGE_CONTRACT_EXAMPLES:-20}
 log "st run: every check, $EXAMPLES cases per operation, project $PROJECT"
 set +e
-EDGE_CONTRACT_PROJECT=$PROJECT SCHEMATHESIS_HOOKS=hooks PYTHONPATH="$ROOT/scripts/api-contract" \
-  st --no-color --config-file scripts/api-contract/schemathesis.toml run docs/openapi.json --url "$API" \
+# Run from the scratch directory: schemathesis keeps a cache folder where it runs.
+(cd "$WORK" && EDGE_CONTRACT_PROJECT=$PROJECT SCHEMATHESIS_HOOKS=hooks PYTHONPATH="$ROOT/scripts/api-contract" \
+  st --no-color --config-file "$ROOT/scripts/api-contract/schemathesis.toml" \
+  run "$ROOT/docs/openapi.json" --url "$API" \
   --checks all --mode all --max-examples "$EXAMPLES" --seed 12 --workers 2 \
   --generation-allow-x00 false --generation-database none \
-  --header "Authorization: Bearer $TOKEN" --header "ORG-ID: $ORG" \
+  --header "Authorization: Bearer $TOKEN" --header "ORG-ID: $ORG") \
   2>&1 | tee "$WORK/logs/st.log"
 st_status=${PIPESTATUS[0]}
 set -e
