@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use edge_agent::capture::{Capture, SystemIds};
-use edge_agent::config::CaptureConfig;
+use edge_agent::settings::CaptureConfig;
 use edge_agent::state::StateDb;
 use rusqlite::{params, Connection};
 

@@ -140,26 +140,11 @@ pub fn build_batches(
     let mut schema_pending = with_schema;
     for pc in changes {
         let add = pc.bytes() + 1;
-        if overhead + add > ctx.max_bytes {
-            // Too big for any batch of this table: spill it. Emit what came before first so
-            // commit order is kept within the batches.
-            if !current.is_empty() {
-                emit(
-                    &ctx,
-                    std::mem::take(&mut current),
-                    schema_pending,
-                    new_id,
-                    &mut out,
-                )?;
-                schema_pending = false;
-                current_bytes = overhead;
-            }
-            out.oversized.push(pc);
-            continue;
-        }
-        if !current.is_empty()
-            && (current.len() >= MAX_ROWS_PER_BATCH || current_bytes + add > ctx.max_bytes)
-        {
+        // Too big for any batch of this table: spill it. What came before is emitted first so
+        // commit order is kept within the batches.
+        let oversized = overhead + add > ctx.max_bytes;
+        let full = current.len() >= MAX_ROWS_PER_BATCH || current_bytes + add > ctx.max_bytes;
+        if !current.is_empty() && (oversized || full) {
             emit(
                 &ctx,
                 std::mem::take(&mut current),
@@ -169,6 +154,10 @@ pub fn build_batches(
             )?;
             schema_pending = false;
             current_bytes = overhead;
+        }
+        if oversized {
+            out.oversized.push(pc);
+            continue;
         }
         current_bytes += add;
         current.push(pc);

@@ -14,34 +14,39 @@
 //! `docs/capture.md` for the journal layout and the supported migrations.
 //!
 //! # Layout
-//! - [`config`] — [`config::CaptureConfig`]: table strategies, include_columns, ts_column,
-//!   snapshot_on_first_run, local_retention_bytes (filled from TOML by the binary)
+//! - [`settings`] — TOML + `OMEGA_*` env → validated [`settings::Settings`] (errors name the key);
+//!   [`settings::CaptureConfig`]: table strategies, include_columns, ts_column,
+//!   snapshot_on_first_run, local_retention_bytes
 //! - [`capture`] — discovery ([`capture::schema`]), trigger SQL ([`capture::triggers`], pure),
 //!   identifier quoting ([`capture::ident`]), journal reading / acking ([`capture::journal`]),
 //!   snapshots ([`capture::snapshot`]), retention ([`capture::retention`]), telemetry reader
 //!   ([`capture::telemetry`])
 //! - [`state`] — state.db: epoch, instance id, cursors, schema hashes, snapshot flags, pauses,
-//!   handled controls, telemetry progress, counters, outbox
-//! - [`settings`] — TOML + `OMEGA_*` env → validated [`settings::Settings`] (errors name the key)
+//!   handled controls, telemetry progress, counters, the one `meta` table
+//! - [`reader`] — the read planner: read positions, catch-up, tables blocked by a spill (pure)
 //! - [`batcher`] — journal change groups → row batches under the payload/row limits (pure)
 //! - [`outbox`] — sans-IO publish state machine, pkid ↔ batch mapping across reconnects (pure);
-//!   [`outbox_store`] — the publisher's own state.db tables
+//!   [`outbox_store`] — the outbox's state.db tables (fixed batches, applied controls,
+//!   `last_ack_at`) and their in-place migration
 //! - [`control`] — control decisions: signature, duplicate, stale (pure); [`rate`] — token bucket
-//! - [`mqtt`] — rumqttc + rustls mTLS, the MQTT side; [`daemon`] — the select! loop
+//! - [`mqtt`] — rumqttc + rustls mTLS, the MQTT side, and the one [`mqtt::Publisher::publish`];
+//!   [`daemon`] — the select! loop and its handlers (drain, controls, uploads)
 //! - [`spill`] — protocol §7 uploads: zstd JSON Lines objects, the per-spill state machine
 //!   (pure) and the blocking HTTP PUT (ureq + rustls) run off the loop
+//! - [`status`] — the `status` and `check` commands (the source database read-only)
 
 pub mod batcher;
 pub mod capture;
-pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod mqtt;
 pub mod outbox;
 pub mod outbox_store;
 pub mod rate;
+pub mod reader;
 pub mod settings;
 pub mod spill;
 pub mod state;
+pub mod status;
 
 pub use edge_protocol as protocol;

@@ -27,6 +27,8 @@ use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
+use edge_protocol::topic::{topic, TopicKind};
+
 use crate::settings::ConnectionSettings;
 
 /// Errors loading TLS material (each names the config key).
@@ -87,26 +89,22 @@ fn pem_err(key: &'static str, path: &Path, message: impl Into<String>) -> MqttEr
 
 /// CA certificates from `connection.ca_cert_path`.
 pub fn load_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, MqttError> {
-    const KEY: &str = "connection.ca_cert_path";
-    let bytes = read(KEY, path)?;
-    let certs = rustls_pemfile::certs(&mut bytes.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err(KEY, path, format!("not PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(pem_err(KEY, path, "contains no PEM certificate"));
-    }
-    Ok(certs)
+    load_certs("connection.ca_cert_path", path)
 }
 
 /// The device certificate chain from `connection.client_cert_path`.
 pub fn load_client_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, MqttError> {
-    const KEY: &str = "connection.client_cert_path";
-    let bytes = read(KEY, path)?;
+    load_certs("connection.client_cert_path", path)
+}
+
+/// The PEM certificates of config key `key` (at least one).
+fn load_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, MqttError> {
+    let bytes = read(key, path)?;
     let certs = rustls_pemfile::certs(&mut bytes.as_slice())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err(KEY, path, format!("not PEM: {e}")))?;
+        .map_err(|e| pem_err(key, path, format!("not PEM: {e}")))?;
     if certs.is_empty() {
-        return Err(pem_err(KEY, path, "contains no PEM certificate"));
+        return Err(pem_err(key, path, "contains no PEM certificate"));
     }
     Ok(certs)
 }
@@ -193,6 +191,32 @@ impl Connection {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The one way the daemon publishes: QoS 1, not retained, on `<root>/<kind>` — and never
+/// waiting (`try_publish` on the client's bounded channel; a full channel is an error the
+/// caller answers by trying again later).
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    client: AsyncClient,
+    root: String,
+}
+
+impl Publisher {
+    pub fn new(client: AsyncClient, root: String) -> Publisher {
+        Publisher { client, root }
+    }
+
+    /// Hands `payload` to the client for the topic of `kind`.
+    pub fn publish(&self, kind: TopicKind, payload: Vec<u8>) -> Result<(), rumqttc::ClientError> {
+        self.client
+            .try_publish(topic(&self.root, kind), QoS::AtLeastOnce, false, payload)
+    }
+
+    /// Asks the client to send DISCONNECT (never waits).
+    pub fn disconnect(&self) -> Result<(), rumqttc::ClientError> {
+        self.client.try_disconnect()
     }
 }
 

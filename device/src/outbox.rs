@@ -79,6 +79,30 @@ pub struct Tracked {
     pub attempts: u32,
 }
 
+impl Tracked {
+    /// A batch just fixed (or loaded after a restart), not handed to the client yet.
+    pub fn waiting(
+        batch_id: Uuid,
+        epoch: Uuid,
+        kind: BatchKind,
+        table: String,
+        (first_seq, last_seq): (i64, i64),
+        bytes: usize,
+    ) -> Tracked {
+        Tracked {
+            batch_id,
+            epoch,
+            kind,
+            table,
+            first_seq,
+            last_seq,
+            bytes,
+            phase: Phase::Waiting,
+            attempts: 0,
+        }
+    }
+}
+
 /// What a publish handed to the client was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tag {
@@ -390,13 +414,8 @@ mod tests {
 
     #[test]
     fn resumed_session_retransmits_keep_their_mapping() {
-        let mut o = Outbox::new();
-        o.on_connack(false);
-        o.add(tracked(1, BatchKind::Rows, "t"));
-        o.add(tracked(2, BatchKind::Rows, "t"));
-        let a = send_next(&mut o);
-        o.on_outgoing_publish(1);
-        let b = send_next(&mut o); // handed but not yet sent when the link drops
+        // b: handed but not yet sent when the link drops.
+        let (mut o, a, b) = first_sent_then_handed(2);
         o.on_disconnect(1);
         o.on_connack(true);
         o.on_outgoing_publish(1); // retransmission of a
@@ -408,14 +427,8 @@ mod tests {
 
     #[test]
     fn lost_session_requeues_with_the_same_ids() {
-        let mut o = Outbox::new();
-        o.on_connack(false);
-        for n in 1..=3 {
-            o.add(tracked(n, BatchKind::Rows, "t"));
-        }
-        let a = send_next(&mut o);
-        o.on_outgoing_publish(1);
-        let b = send_next(&mut o); // in rumqttc pending at the disconnect
+        // b: in rumqttc pending at the disconnect.
+        let (mut o, a, b) = first_sent_then_handed(3);
         o.on_disconnect(1);
         let c = send_next_when_connected(&mut o); // handed after the disconnect: still in channel
         o.on_connack(false);
@@ -435,6 +448,20 @@ mod tests {
         assert_eq!(o.on_puback(3).unwrap().batch_id(), a);
     }
 
+    /// A connected outbox with `batches` row batches of `t`: the first sent with pkid 1, the
+    /// second handed to the client after it.
+    fn first_sent_then_handed(batches: u8) -> (Outbox, Uuid, Uuid) {
+        let mut o = Outbox::new();
+        o.on_connack(false);
+        for n in 1..=batches {
+            o.add(tracked(n, BatchKind::Rows, "t"));
+        }
+        let a = send_next(&mut o);
+        o.on_outgoing_publish(1);
+        let b = send_next(&mut o);
+        (o, a, b)
+    }
+
     fn send_next_when_connected(o: &mut Outbox) -> Uuid {
         // The daemon may hand one more publish before it sees the disconnect event.
         o.connected = true;
@@ -445,13 +472,7 @@ mod tests {
 
     #[test]
     fn collisions_map_when_the_held_publish_goes_out() {
-        let mut o = Outbox::new();
-        o.on_connack(false);
-        o.add(tracked(1, BatchKind::Rows, "t"));
-        o.add(tracked(2, BatchKind::Rows, "t"));
-        let a = send_next(&mut o);
-        o.on_outgoing_publish(1);
-        let b = send_next(&mut o);
+        let (mut o, a, b) = first_sent_then_handed(2);
         o.on_await_ack(1);
         assert_eq!(o.on_puback(1).unwrap().batch_id(), a);
         o.on_outgoing_publish(1);

@@ -5,10 +5,11 @@
 //! Holds: the journal epoch, the source database's instance id and the journal's high-water mark
 //! (to detect a swapped/restored source.db or a recreated journal), per table the enrolment and
 //! schema hash, last acknowledged `commit_seq`, `needs_snapshot` + snapshot cursor, pause
-//! watermark; telemetry `batch_seq` + cursor; handled control ids; counters shown by `status`; and
-//! an outbox where the publisher fixes a batch's id and bytes before its first publish.
+//! watermark; telemetry `batch_seq` + cursor; handled control ids; counters shown by `status`.
+//! The outbox's tables in the same file (and its `last_ack_at` fact in `meta`) are
+//! `outbox_store`'s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use edge_protocol::value::SqlValue;
@@ -54,17 +55,6 @@ CREATE TABLE IF NOT EXISTS handled_controls (control_id TEXT PRIMARY KEY, handle
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT NOT NULL, table_name TEXT NOT NULL, value INTEGER NOT NULL,
     PRIMARY KEY (name, table_name)
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    batch_id TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,
-    table_name TEXT NOT NULL,
-    first_seq INTEGER NOT NULL,
-    last_seq INTEGER NOT NULL,
-    payload BLOB NOT NULL,
-    created_at_ms INTEGER NOT NULL,
-    epoch TEXT
 );
 ";
 
@@ -115,22 +105,6 @@ pub struct TelemetryProgress {
     pub cursor: Option<TelemetryCursor>,
 }
 
-/// A batch fixed before its first publish (issue 4 fills and drains this).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxEntry {
-    pub batch_id: Uuid,
-    /// `rows` | `telemetry` | anything the publisher needs.
-    pub kind: String,
-    pub table_name: String,
-    pub first_seq: i64,
-    pub last_seq: i64,
-    pub payload: Vec<u8>,
-    pub created_at_ms: i64,
-    /// Journal epoch the batch's `first_seq..=last_seq` belong to. `None` only for rows fixed
-    /// by an agent older than the column (the daemon then reads it from the payload).
-    pub epoch: Option<Uuid>,
-}
-
 /// The state store.
 #[derive(Debug)]
 pub struct StateDb {
@@ -176,40 +150,32 @@ impl StateDb {
         conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
         conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
         conn.execute_batch(SCHEMA)?;
-        // `outbox.epoch` came after the first release: add it to older state files in place.
-        let has_epoch: bool = conn
-            .query_row(
-                "SELECT 1 FROM pragma_table_info('outbox') WHERE name = 'epoch'",
-                [],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        if !has_epoch {
-            conn.execute_batch("ALTER TABLE outbox ADD COLUMN epoch TEXT")?;
-        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(StateDb { conn })
     }
 
-    /// The underlying connection, for the publisher's own tables.
+    /// The underlying connection, for the outbox's tables (`outbox_store`).
     pub fn conn(&self) -> &Connection {
         &self.conn
     }
 
-    fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
+    /// A fact of the one `meta` table (`journal_epoch`, `db_instance_id`, `journal_high_water`,
+    /// the outbox's `last_ack_at`).
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
         Ok(self
             .conn
             .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()?)
     }
 
-    fn set_meta(&self, key: &str, value: &str) -> Result<(), StateError> {
-        self.conn.execute(
-            "INSERT INTO meta(key, value) VALUES(?1, ?2) \
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            params![key, value],
-        )?;
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StateError> {
+        // Cached: `last_ack_at` is written once per loop turn that saw a PUBACK.
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta(key, value) VALUES(?1, ?2) \
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![key, value])?;
         Ok(())
     }
 
@@ -288,6 +254,16 @@ impl StateDb {
         ))?;
         let rows = stmt.query_map([], table_state)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The tables paused by `pause_lineage`.
+    pub fn paused_tables(&self) -> Result<BTreeSet<String>, StateError> {
+        Ok(self
+            .tables()?
+            .into_iter()
+            .filter(|t| t.paused)
+            .map(|t| t.table_name)
+            .collect())
     }
 
     /// Records the enrolment decision for a table (inserting it on first sight).
@@ -528,91 +504,12 @@ impl StateDb {
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
-
-    /// Fixes a batch before its first publish; the same id + bytes are re-sent after a restart.
-    pub fn outbox_put(&self, entry: &OutboxEntry) -> Result<(), StateError> {
-        self.conn.execute(
-            "INSERT INTO outbox(batch_id, kind, table_name, first_seq, last_seq, payload, \
-             created_at_ms, epoch) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                entry.batch_id.to_string(),
-                entry.kind,
-                entry.table_name,
-                entry.first_seq,
-                entry.last_seq,
-                entry.payload,
-                entry.created_at_ms,
-                entry.epoch.map(|e| e.to_string())
-            ],
-        )?;
-        Ok(())
-    }
-
-    /// Outbox entries in the order they were fixed.
-    pub fn outbox_list(&self) -> Result<Vec<OutboxEntry>, StateError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT batch_id, kind, table_name, first_seq, last_seq, payload, created_at_ms, \
-             epoch FROM outbox ORDER BY seq",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<String>>(7)?,
-                OutboxEntry {
-                    batch_id: Uuid::nil(),
-                    kind: r.get(1)?,
-                    table_name: r.get(2)?,
-                    first_seq: r.get(3)?,
-                    last_seq: r.get(4)?,
-                    payload: r.get(5)?,
-                    created_at_ms: r.get(6)?,
-                    epoch: None,
-                },
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, epoch, mut entry) = row?;
-            entry.batch_id = Uuid::parse_str(&id).map_err(|_| StateError::Corrupt {
-                what: "outbox batch_id",
-                value: id.clone(),
-            })?;
-            entry.epoch = match epoch {
-                None => None,
-                Some(text) => Some(Uuid::parse_str(&text).map_err(|_| StateError::Corrupt {
-                    what: "outbox epoch",
-                    value: text,
-                })?),
-            };
-            out.push(entry);
-        }
-        Ok(out)
-    }
-
-    /// The journal epoch recorded with one outbox row (`None`: no such row, or a legacy row).
-    pub fn outbox_epoch(&self, batch_id: Uuid) -> Result<Option<Uuid>, StateError> {
-        let text: Option<Option<String>> = self
-            .conn
-            .query_row(
-                "SELECT epoch FROM outbox WHERE batch_id = ?1",
-                [batch_id.to_string()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(text.flatten().and_then(|t| Uuid::parse_str(&t).ok()))
-    }
-
-    pub fn outbox_remove(&self, batch_id: Uuid) -> Result<(), StateError> {
-        self.conn
-            .prepare_cached("DELETE FROM outbox WHERE batch_id = ?1")?
-            .execute([batch_id.to_string()])?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox_store::{self, OutboxEntry};
 
     #[test]
     fn cursors_only_move_forward_and_reset_on_new_epoch() {
@@ -652,6 +549,7 @@ mod tests {
         let id = edge_protocol::ids::new_uuid_v7(1_700_000_000_000, [2; 10]);
         {
             let s = StateDb::open(&path).unwrap();
+            outbox_store::init(&s).unwrap();
             s.set_paused("t", 42, Some("2026-01-01T00:00:00Z")).unwrap();
             s.mark_control_handled("c1", 1).unwrap();
             s.set_telemetry_progress(
@@ -665,16 +563,19 @@ mod tests {
                 },
             )
             .unwrap();
-            s.outbox_put(&OutboxEntry {
-                batch_id: id,
-                kind: "rows".into(),
-                table_name: "t".into(),
-                first_seq: 1,
-                last_seq: 2,
-                payload: b"{}".to_vec(),
-                created_at_ms: 5,
-                epoch: Some(id),
-            })
+            outbox_store::put(
+                &s,
+                &OutboxEntry {
+                    batch_id: id,
+                    kind: "rows".into(),
+                    table_name: "t".into(),
+                    first_seq: 1,
+                    last_seq: 2,
+                    payload: b"{}".to_vec(),
+                    created_at_ms: 5,
+                    epoch: Some(id),
+                },
+            )
             .unwrap();
         }
         let s = StateDb::open(&path).unwrap();
@@ -686,12 +587,12 @@ mod tests {
         let p = s.telemetry_progress("temps").unwrap();
         assert_eq!(p.batch_seq, 7);
         assert_eq!(p.cursor.unwrap().rowid, 3);
-        let out = s.outbox_list().unwrap();
+        let out = outbox_store::list(&s).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].batch_id, id);
         assert_eq!(out[0].epoch, Some(id));
-        assert_eq!(s.outbox_epoch(id).unwrap(), Some(id));
-        s.outbox_remove(id).unwrap();
-        assert!(s.outbox_list().unwrap().is_empty());
+        assert_eq!(outbox_store::epoch(&s, id).unwrap(), Some(id));
+        outbox_store::remove(&s, id).unwrap();
+        assert!(outbox_store::list(&s).unwrap().is_empty());
     }
 }

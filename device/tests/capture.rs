@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use edge_agent::capture::journal::ReadOptions;
-use edge_agent::config::{CaptureConfig, Strategy, TableConfig};
+use edge_agent::settings::{CaptureConfig, Strategy, TableConfig};
 use edge_agent::state::counter;
 use edge_protocol::batch::Op;
 use edge_protocol::value::SqlValue;

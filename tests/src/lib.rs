@@ -51,17 +51,21 @@
 //!   broker's acknowledgement, and "nothing arrived before the marker" helpers.
 //! - [`wait`] — condition polling with deadlines.
 //! - [`port`] — free TCP ports.
+//! - [`governance`] — [`approve_all_columns`], the dev approval path standing in for a reviewer.
 //! - `lifeline` (private) — runs a server behind a tiny `sh` supervisor that kills it when the test
 //!   process goes away, because statics are never dropped and a crashed test never runs `Drop`.
 //! - `privilege` (private) — running PostgreSQL as an unprivileged user when tests run as root.
+//! - `program` (private) — finding programs on `PATH`.
 
 pub mod client;
+pub mod governance;
 mod lifeline;
 pub mod mosquitto;
 pub mod pki;
 pub mod port;
 pub mod postgres;
 mod privilege;
+mod program;
 pub mod wait;
 
 use std::time::Duration;
@@ -72,6 +76,7 @@ pub use rumqttc;
 pub use tokio_postgres;
 
 pub use client::{Message, TestClient};
+pub use governance::{approve_all_columns, ApproveReport};
 pub use mosquitto::{Broker, AUDITOR_USER, SERVICE_USER};
 pub use pki::{CertificateAuthority, ClientIdentity, Pki};
 pub use port::free_port;

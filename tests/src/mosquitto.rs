@@ -18,16 +18,12 @@ use tempfile::TempDir;
 
 use crate::lifeline::{read_log_tail, Lifeline, LifelineSpec};
 use crate::pki::{ClientIdentity, Pki};
-use crate::postgres::find_program;
+use crate::program::find_program;
 use crate::{free_port, HarnessError};
 
-/// MQTT username (certificate CN) of the cloud side: the local runner / ingest service.
-pub const SERVICE_USER: &str = "edge-service";
-
-/// MQTT username of a test-only observer that may read every topic (`#`). It exists so that
-/// negative tests can prove a forbidden publish reached *no one*, not just not the service; it
-/// can publish nothing. There is no such identity in the IoT Core policy.
-pub const AUDITOR_USER: &str = "edge-audit";
+// The identities are named where their certificates are issued; the ACL below is written in
+// terms of them.
+pub use crate::pki::{AUDITOR_USER, SERVICE_USER};
 
 /// Topics under a device's `root_topic` that the device may publish to.
 pub const DEVICE_PUBLISH_TOPICS: [&str; 5] = [

@@ -23,8 +23,15 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tempfile::TempDir;
 
-use crate::mosquitto::{AUDITOR_USER, SERVICE_USER};
 use crate::HarnessError;
+
+/// MQTT username (certificate CN) of the cloud side: the local runner / ingest service.
+pub const SERVICE_USER: &str = "edge-service";
+
+/// MQTT username of a test-only observer that may read every topic (`#`). It exists so that
+/// negative tests can prove a forbidden publish reached *no one*, not just not the service; it
+/// can publish nothing. There is no such identity in the IoT Core policy.
+pub const AUDITOR_USER: &str = "edge-audit";
 
 /// A certificate authority that can issue server and client certificates.
 ///

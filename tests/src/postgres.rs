@@ -28,6 +28,7 @@ use tokio_postgres::{Client, Config, NoTls};
 
 use crate::lifeline::{read_log_tail, Lifeline, LifelineSpec};
 use crate::privilege::{chown_recursive, unprivileged_runner, RunAs};
+use crate::program::find_program;
 use crate::{free_port, HarnessError};
 
 /// Environment variable naming an existing server to use instead of a private cluster.
@@ -117,14 +118,6 @@ fn server() -> Result<Server, HarnessError> {
             "the private PostgreSQL cluster could not be started: {message}"
         ))),
     }
-}
-
-/// `name` on `PATH`, if present.
-pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
 }
 
 /// The directory holding `initdb` and `postgres`: `$EDGE_E2E_PG_BIN`, else the highest version

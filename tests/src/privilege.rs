@@ -8,6 +8,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
 
+use crate::program::find_program;
 use crate::HarnessError;
 
 /// Who runs the PostgreSQL processes.
@@ -53,7 +54,7 @@ pub(crate) fn unprivileged_runner() -> Result<Option<RunAs>, HarnessError> {
         })?;
     let uid = id(user, "-u")?;
     let gid = id(user, "-g")?;
-    let prefix: Vec<OsString> = if super::postgres::find_program("setpriv").is_some() {
+    let prefix: Vec<OsString> = if find_program("setpriv").is_some() {
         vec![
             "setpriv".into(),
             format!("--reuid={uid}").into(),
@@ -61,7 +62,7 @@ pub(crate) fn unprivileged_runner() -> Result<Option<RunAs>, HarnessError> {
             "--init-groups".into(),
             "--".into(),
         ]
-    } else if super::postgres::find_program("runuser").is_some() {
+    } else if find_program("runuser").is_some() {
         vec!["runuser".into(), "-u".into(), user.into(), "--".into()]
     } else {
         return Err(HarnessError::MissingProgram(

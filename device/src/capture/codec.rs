@@ -7,6 +7,7 @@
 //! unescaped by `serde_json`, which handles every JSON escape correctly.
 
 use edge_protocol::value::SqlValue;
+use rusqlite::types::Value;
 use thiserror::Error;
 
 use super::triggers::HEX_MARKER;
@@ -17,6 +18,28 @@ use super::triggers::HEX_MARKER;
 pub struct CodecError {
     pub offset: usize,
     pub what: String,
+}
+
+/// Converts a decoded SQLite value to a bindable one.
+pub(crate) fn to_sql(v: &SqlValue) -> Value {
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) => Value::Integer(*i),
+        SqlValue::Real(f) => Value::Real(*f),
+        SqlValue::Text(s) => Value::Text(s.clone()),
+        SqlValue::Blob(b) => Value::Blob(b.clone()),
+    }
+}
+
+/// Converts a value read from SQLite.
+pub(crate) fn from_sql(v: Value) -> SqlValue {
+    match v {
+        Value::Null => SqlValue::Null,
+        Value::Integer(i) => SqlValue::Integer(i),
+        Value::Real(f) => SqlValue::Real(f),
+        Value::Text(s) => SqlValue::Text(s),
+        Value::Blob(b) => SqlValue::Blob(b),
+    }
 }
 
 struct Parser<'a> {

@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tracing::warn;
 
-use super::journal::ENTRY_OVERHEAD_BYTES;
+use edge_protocol::value::Row;
+
+use super::journal::{decode_entry, RawEntry, ENTRY_OVERHEAD_BYTES};
 use super::{Capture, CaptureError};
 use crate::state::{counter, StateDb};
 
@@ -74,12 +76,7 @@ pub struct RetentionReport {
 
 impl Capture {
     fn usage(&self, state: &StateDb) -> Result<Vec<TableUsage>, CaptureError> {
-        let paused: BTreeSet<String> = state
-            .tables()?
-            .into_iter()
-            .filter(|t| t.paused)
-            .map(|t| t.table_name)
-            .collect();
+        let paused = state.paused_tables()?;
         Ok(self
             .journal_stats()?
             .into_iter()
@@ -188,6 +185,50 @@ impl Capture {
             }
         }
         Ok(report)
+    }
+}
+
+/// Used by retention: every pending entry of one table as (commit_seq, key text).
+pub(crate) fn key_text(pk: &Row) -> String {
+    edge_protocol::value::row_to_json(pk).to_string()
+}
+
+impl Capture {
+    /// Pending (unacknowledged) entries of `table` decoded to (commit_seq, key text).
+    pub(crate) fn pending_keys(
+        &mut self,
+        state: &StateDb,
+        table: &str,
+    ) -> Result<Vec<(i64, String)>, CaptureError> {
+        let acked = state.last_acked(table)?;
+        let ids = self.schema_ids_of(table);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+        let sql = format!(
+            "SELECT commit_seq, schema_id, op, pk, row FROM \"__omega_journal\" \
+             WHERE commit_seq > ?1 AND schema_id IN ({}) ORDER BY commit_seq",
+            list.join(",")
+        );
+        let raws: Vec<RawEntry> = {
+            let mut stmt = self.conn.prepare(&sql)?;
+            let rows = stmt.query_map([acked], RawEntry::from_row)?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        let mut out = Vec::with_capacity(raws.len());
+        for raw in raws {
+            let schema =
+                self.stored_schema(raw.schema_id)?
+                    .cloned()
+                    .ok_or(CaptureError::UnknownSchema {
+                        commit_seq: raw.commit_seq,
+                        schema_id: raw.schema_id,
+                    })?;
+            let d = decode_entry(&raw, &schema)?;
+            out.push((d.commit_seq, key_text(&d.pk)));
+        }
+        Ok(out)
     }
 }
 

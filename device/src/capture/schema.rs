@@ -7,7 +7,7 @@
 use edge_protocol::fingerprint::{ColumnFingerprint, SchemaColumns};
 use rusqlite::Connection;
 
-use crate::config::{Strategy, TableConfig};
+use crate::settings::{Strategy, TableConfig};
 
 use super::CaptureError;
 
@@ -155,12 +155,17 @@ pub fn fingerprint(table: &str, columns: &[ColumnInfo]) -> SchemaColumns {
     )
 }
 
-fn unknown_columns<'a>(info: &TableInfo, names: &'a [String]) -> Vec<&'a str> {
-    names
+/// `NotEnrolled` when `include_columns` names a column the table does not have.
+fn refuse_unknown_columns(info: &TableInfo, cfg: &TableConfig) -> Option<Enrolment> {
+    let include = cfg.include_columns.as_ref()?;
+    let unknown: Vec<&str> = include
         .iter()
         .filter(|n| info.column(n).is_none())
         .map(String::as_str)
-        .collect()
+        .collect();
+    (!unknown.is_empty()).then(|| Enrolment::NotEnrolled {
+        reason: format!("include_columns names unknown column(s): {unknown:?}"),
+    })
 }
 
 /// Decides how `info` is captured under `cfg`. Pure.
@@ -181,21 +186,17 @@ fn enrol_rows(info: &TableInfo, cfg: &TableConfig) -> Enrolment {
                 .into(),
         };
     }
+    if let Some(refused) = refuse_unknown_columns(info, cfg) {
+        return refused;
+    }
     let captured: Vec<ColumnInfo> = match &cfg.include_columns {
         None => info.columns.clone(),
-        Some(include) => {
-            let unknown = unknown_columns(info, include);
-            if !unknown.is_empty() {
-                return Enrolment::NotEnrolled {
-                    reason: format!("include_columns names unknown column(s): {unknown:?}"),
-                };
-            }
-            info.columns
-                .iter()
-                .filter(|c| c.pk_ordinal > 0 || include.contains(&c.name))
-                .cloned()
-                .collect()
-        }
+        Some(include) => info
+            .columns
+            .iter()
+            .filter(|c| c.pk_ordinal > 0 || include.contains(&c.name))
+            .cloned()
+            .collect(),
     };
     let schema = fingerprint(&info.name, &captured);
     let schema_hash = schema.schema_hash();
@@ -226,6 +227,9 @@ fn enrol_telemetry(info: &TableInfo, cfg: &TableConfig) -> Enrolment {
             reason: format!("ts_column {ts_column:?} is not a column of the table"),
         };
     };
+    if let Some(refused) = refuse_unknown_columns(info, cfg) {
+        return refused;
+    }
     let fields: Vec<String> = match &cfg.include_columns {
         None => info
             .columns
@@ -233,19 +237,12 @@ fn enrol_telemetry(info: &TableInfo, cfg: &TableConfig) -> Enrolment {
             .filter(|c| c.name != ts_column)
             .map(|c| c.name.clone())
             .collect(),
-        Some(include) => {
-            let unknown = unknown_columns(info, include);
-            if !unknown.is_empty() {
-                return Enrolment::NotEnrolled {
-                    reason: format!("include_columns names unknown column(s): {unknown:?}"),
-                };
-            }
-            info.columns
-                .iter()
-                .filter(|c| include.contains(&c.name) && c.name != ts_column)
-                .map(|c| c.name.clone())
-                .collect()
-        }
+        Some(include) => info
+            .columns
+            .iter()
+            .filter(|c| include.contains(&c.name) && c.name != ts_column)
+            .map(|c| c.name.clone())
+            .collect(),
     };
     let mut cols = vec![ts_info.clone()];
     cols.extend(

@@ -15,8 +15,8 @@ use rusqlite::types::Value;
 use rusqlite::{params_from_iter, OptionalExtension, TransactionBehavior};
 use tracing::info;
 
+use super::codec::{from_sql, to_sql};
 use super::ident::quote_ident;
-use super::journal::{from_sql, to_sql};
 use super::triggers::{row_image_expr, OP_INSERT};
 use super::{Capture, CaptureError};
 use crate::state::{counter, StateDb};

@@ -19,8 +19,8 @@ use rusqlite::types::Value;
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
 
+use super::codec::{from_sql, to_sql};
 use super::ident::quote_ident;
-use super::journal::{from_sql, to_sql};
 use super::{Capture, CaptureError};
 use crate::state::TelemetryCursor;
 

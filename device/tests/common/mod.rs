@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use edge_agent::capture::journal::{PendingRead, ReadOptions};
 use edge_agent::capture::{Capture, IdSource};
-use edge_agent::config::CaptureConfig;
+use edge_agent::settings::CaptureConfig;
 use edge_agent::state::StateDb;
 use edge_protocol::batch::{Op, RowChange};
 use edge_protocol::ids::new_uuid_v7;

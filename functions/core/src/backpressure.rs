@@ -42,7 +42,8 @@ impl PauseReason {
     }
 }
 
-/// The project policy's caps (cloud.md §7).
+/// The project policy's caps (cloud.md §7); `Caps::default()` is the default policy's
+/// ([`crate::policy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caps {
     pub max_pending_rows: i64,
@@ -50,17 +51,6 @@ pub struct Caps {
     pub resume_threshold_percent: i32,
     /// Permanent failures in a row that trip the breaker.
     pub breaker_failures: i32,
-}
-
-impl Default for Caps {
-    fn default() -> Self {
-        Caps {
-            max_pending_rows: 100_000,
-            max_pending_bytes: 1 << 30,
-            resume_threshold_percent: 80,
-            breaker_failures: 5,
-        }
-    }
 }
 
 /// What the decisions look at for one lineage.

@@ -23,6 +23,14 @@ pub enum CoalescingMode {
 }
 
 impl CoalescingMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CoalescingMode::None => "none",
+            CoalescingMode::Project => "project",
+            CoalescingMode::Fleet => "fleet",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<CoalescingMode> {
         match s {
             "none" => Some(CoalescingMode::None),

@@ -18,6 +18,7 @@
 //! - [`replay`] — how a replay intent advances chunk by chunk (cloud.md §8)
 //! - [`staged_json`] — the internal encoding of staged values PostgreSQL cannot store (NUL)
 //! - [`coalesce`] — registry scope, shared mirror names, consolidation SQL (cloud.md §9)
+//! - [`policy`] — the project policy: fields, production defaults, patch rules
 //! - [`spill`] — spill/snapshot uploads: batch header, finalize checks, upload tokens,
 //!   chunk bounds, named outcomes (protocol §7)
 //!
@@ -31,6 +32,7 @@ pub mod ingress;
 pub mod intake;
 pub mod mirror;
 pub mod naming;
+pub mod policy;
 pub mod replay;
 pub mod review;
 pub mod spill;

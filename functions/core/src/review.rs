@@ -441,7 +441,8 @@ mod tests {
     use super::*;
     use edge_protocol::fingerprint::ColumnFingerprint;
 
-    fn schema() -> SchemaColumns {
+    /// `device_state` with a NOT NULL `mode`, so deferring `mode` blocks activation.
+    fn schema_with_required_mode() -> SchemaColumns {
         SchemaColumns::new(
             "device_state",
             vec![
@@ -472,6 +473,22 @@ mod tests {
     }
 
     use ColumnActionKind::*;
+
+    /// Approves every column of [`schema_with_required_mode`] as mirrored, under the default
+    /// policy.
+    fn mirror_all(target: ApprovalTarget<'_>) -> ApprovalPlan {
+        plan_approval(
+            target,
+            &schema_with_required_mode(),
+            &[
+                act("id", Mirror),
+                act("mode", Mirror),
+                act("setpoint", Mirror),
+            ],
+            ApprovalPolicy::default(),
+        )
+        .unwrap()
+    }
 
     #[test]
     fn transitions_follow_the_state_machine() {
@@ -504,21 +521,11 @@ mod tests {
 
     #[test]
     fn mirror_all_builds_the_dev_path_table() {
-        let plan = plan_approval(
-            target(),
-            &schema(),
-            &[
-                act("id", Mirror),
-                act("mode", Mirror),
-                act("setpoint", Mirror),
-            ],
-            ApprovalPolicy::default(),
-        )
-        .unwrap();
+        let plan = mirror_all(target());
         assert!(plan.activates());
         assert_eq!(
             plan.mirror.unwrap(),
-            MirrorTable::for_schema(&Uuid::nil(), &schema())
+            MirrorTable::for_schema(&Uuid::nil(), &schema_with_required_mode())
         );
     }
 
@@ -528,7 +535,7 @@ mod tests {
         sp.mirror_column_name = Some("target_temp".into());
         let plan = plan_approval(
             target(),
-            &schema(),
+            &schema_with_required_mode(),
             &[act("id", Mirror), act("mode", Defer), sp],
             ApprovalPolicy::default(),
         )
@@ -540,7 +547,7 @@ mod tests {
 
         let plan = plan_approval(
             target(),
-            &schema(),
+            &schema_with_required_mode(),
             &[
                 act("id", Mirror),
                 act("mode", Ignore),
@@ -556,7 +563,9 @@ mod tests {
     #[test]
     fn refusals_are_named() {
         let p = ApprovalPolicy::default();
-        let err = |actions: &[ColumnAction]| plan_approval(target(), &schema(), actions, p);
+        let err = |actions: &[ColumnAction]| {
+            plan_approval(target(), &schema_with_required_mode(), actions, p)
+        };
         assert_eq!(
             err(&[
                 act("id", Ignore),
@@ -606,7 +615,7 @@ mod tests {
     fn auto_create_with_policy_maps() {
         let plan = plan_approval(
             target(),
-            &schema(),
+            &schema_with_required_mode(),
             &[
                 act("id", Mirror),
                 act("mode", Ignore),
@@ -627,17 +636,7 @@ mod tests {
             existing_mirror: Some("edge_mirror_x"),
             ..target()
         };
-        let plan = plan_approval(
-            t,
-            &schema(),
-            &[
-                act("id", Mirror),
-                act("mode", Mirror),
-                act("setpoint", Mirror),
-            ],
-            ApprovalPolicy::default(),
-        )
-        .unwrap();
+        let plan = mirror_all(t);
         assert_eq!(plan.mirror.unwrap().name, "edge_mirror_x");
     }
 }

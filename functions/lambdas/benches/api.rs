@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_cloud_core::ingress::envelope;
+use edge_e2e::governance::approve_all_columns;
 use edge_e2e::TestDatabase;
 use edge_functions::api::auth::{mint, AuthConfig, Claims, MANAGE_DEVICES};
 use edge_functions::api::{handle, Api};
 use edge_functions::ingest::handle as ingest;
-use edge_functions::store::approve::approve_all_columns;
 use edge_functions::store::registry::{create_device, Device};
 use edge_functions::store::{migrate::migrate, pool};
 use edge_functions::Deps;

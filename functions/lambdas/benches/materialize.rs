@@ -16,9 +16,9 @@ use std::time::Instant;
 
 use edge_cloud_core::ingress::envelope;
 use edge_cloud_core::mirror::{plan_upserts, MirrorTable};
+use edge_e2e::governance::approve_all_columns;
 use edge_e2e::TestDatabase;
 use edge_functions::ingest::{handle, Outcome};
-use edge_functions::store::approve::approve_all_columns;
 use edge_functions::store::mirror::apply_upserts;
 use edge_functions::store::registry::{create_device, Device};
 use edge_functions::store::{migrate::migrate, pool};

@@ -21,11 +21,12 @@ use edge_cloud_store::ledger::{
 };
 use edge_cloud_store::lineage::{
     advance_batch_seq, advance_watermark, bindings, emit_event, lock_lineage, open_review,
-    pause_lineage, policy, record_schema_version, schema_columns, upsert_lineage, Lineage,
+    pause_lineage, record_schema_version, schema_columns, upsert_lineage, Lineage,
 };
 use edge_cloud_store::mirror::{
     ack_control, apply_upserts, insert_telemetry_values, TelemetryValue,
 };
+use edge_cloud_store::policy::policy;
 use edge_cloud_store::registry::{device_by_name, Device};
 use edge_cloud_store::staging::{stage_rows, StageTarget, StagedRow};
 use edge_cloud_store::tokio_postgres::Transaction;

@@ -565,7 +565,7 @@ async fn review_claim_approve_replay_and_mirror_rows() {
     // Drain the backlog (the replay worker's job) and read the mirror.
     {
         let c = t.env.deps.pool.get().await.unwrap();
-        edge_functions::store::approve::replay_staged(&**c, lineage, t.env.device.device_id, 100)
+        edge_functions::store::drain::replay_staged(&**c, lineage, t.env.device.device_id, 100)
             .await
             .unwrap();
     }

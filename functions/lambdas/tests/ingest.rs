@@ -328,7 +328,7 @@ async fn every_class_is_reached_with_its_diff() {
 
     // With allow_additive_continue the bound columns keep materializing (new e2e lineage).
     let e2 = env().await;
-    edge_functions::store::lineage::set_allow_additive_continue(
+    edge_functions::store::policy::set_allow_additive_continue(
         &e2.client,
         e2.device.org_id,
         e2.device.project_id,

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use edge_cloud_core::backpressure::{
-    may_reset, pause_after_intake, resume_after_reset, sweep, Caps, Load, PauseReason, ResetRefusal,
+    may_reset, pause_after_intake, resume_after_reset, sweep, Caps, Load, PauseReason,
 };
 use edge_protocol::control::ControlKind;
 use time::OffsetDateTime;
@@ -18,9 +18,11 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::controls::{current_watermark, issue_lineage_control};
+use crate::drain::{drain_chunk, ensure_intent, has_drainable};
+use crate::error::ResetError;
 use crate::lineage::{emit_event, lock_lineage};
+use crate::policy::lineage_load_sql;
 use crate::registry::{device_by_id, Device};
-use crate::replay::{drain_chunk, ensure_intent, has_drainable};
 use crate::StoreError;
 
 /// A lineage's counters, pause state and its project's caps.
@@ -35,24 +37,13 @@ pub struct LineageLoad {
     pub caps: Caps,
 }
 
-/// Reads counters and caps in one statement (the policy row is optional: column defaults).
+/// Reads counters and caps in one statement (the policy row is optional: the default caps).
 pub async fn lineage_load<C: GenericClient>(
     c: &C,
     lineage_id: Uuid,
 ) -> Result<LineageLoad, StoreError> {
     let r = c
-        .query_opt(
-            "SELECT l.device_id, l.source_table, l.status, l.pause_reason, l.device_pause_reason, \
-                 l.staged_row_count, l.staged_bytes, l.materialization_failure_count, \
-                 COALESCE(p.max_pending_rows_per_lineage, 100000), \
-                 COALESCE(p.max_pending_bytes_per_lineage, 1073741824), \
-                 COALESCE(p.resume_threshold_percent, 80), \
-                 COALESCE(p.circuit_breaker_failures, 5) \
-             FROM edge_table_lineages l \
-             LEFT JOIN edge_replication_policy p ON p.project_id = l.project_id \
-             WHERE l.id = $1",
-            &[&lineage_id],
-        )
+        .query_opt(lineage_load_sql(), &[&lineage_id])
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("lineage {lineage_id}")))?;
     let pause_reason: Option<String> = r.get(3);
@@ -300,16 +291,6 @@ pub struct ResetReport {
     pub staged_row_count: i64,
     /// The lineage's status afterwards.
     pub status: String,
-}
-
-/// Why reset-materialization did not run.
-#[derive(Debug, thiserror::Error)]
-pub enum ResetError {
-    /// HTTP 409.
-    #[error(transparent)]
-    Refused(#[from] ResetRefusal),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// Failed rows retried synchronously by a reset; anything beyond goes to the replay worker.

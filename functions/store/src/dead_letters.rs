@@ -6,7 +6,7 @@
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
-use crate::query::ts;
+use crate::scope::ts;
 use crate::StoreError;
 
 /// What is parked: how it came, and what failed.

@@ -1,5 +1,7 @@
-//! The store's error type and the transient/permanent split of database errors.
+//! The store's error types: [`StoreError`] (with the transient/permanent split of database
+//! errors), [`OpError`] of the API's operations and [`ResetError`] of reset-materialization.
 
+use edge_cloud_core::backpressure::ResetRefusal;
 use tokio_postgres::error::SqlState;
 
 /// Everything that can go wrong in the store.
@@ -52,4 +54,33 @@ pub fn db_error_is_transient(e: &tokio_postgres::Error) -> bool {
                 || *code == SqlState::LOCK_NOT_AVAILABLE
         }
     }
+}
+
+/// Why an API operation did not happen (the API maps each variant to a status code).
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<tokio_postgres::Error> for OpError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        OpError::Store(StoreError::Db(e))
+    }
+}
+
+/// Why reset-materialization did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ResetError {
+    /// HTTP 409.
+    #[error(transparent)]
+    Refused(#[from] ResetRefusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::query::ts;
+use crate::scope::ts;
 use crate::StoreError;
 
 /// One event to forward.

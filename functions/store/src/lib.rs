@@ -6,47 +6,58 @@
 //!
 //! # Layout
 //! - [`migrate`] — embedded, versioned migrations (`migrations/*.sql`), `schema_migrations`
+//! - [`pool`] — the deadpool-postgres pool
+//! - [`error`] — [`StoreError`] with the transient/permanent split by SQLSTATE, [`OpError`] of
+//!   the API's operations, [`ResetError`] of reset-materialization
+//! - [`scope`] — the tenant [`scope::Scope`], [`scope::Page`] and timestamp text
 //! - [`registry`] — devices: session identity → tenant ids, topic slug, control key
 //! - [`ledger`] — the segment ledger `edge_export_segments` (dedup on device + batch)
-//! - [`lineage`] — lineages, schema versions, reviews, bindings, policy, watermarks, events
+//! - [`lineage`] — lineages, schema versions, intake's reviews, bindings, watermarks, events,
+//!   lineage deletion
+//! - [`policy`] — the one reader and writer of the project policy (`edge_replication_policy`)
 //! - [`staging`] — staged rows with their lineage counters
 //! - [`mirror`] — mirror DDL execution, version-guarded upserts, telemetry values, control acks
-//! - [`approve`] — the dev approval path and the staged-row replay
+//! - [`drain`] — staged-row materialization: chunked drains, misfits, replay intents to open
+//! - [`replay`] — the replay worker's resumable, one-chunk-per-transaction intents (cloud.md §8)
 //! - [`controls`] — signed pause/resume controls, pending until acked, due for (re-)publication
 //! - [`backpressure`] — caps, circuit breaker, resume and reset-materialization (cloud.md §7)
-//! - [`replay`] — the replay worker's chunked, resumable drain of staged rows (cloud.md §8)
 //! - [`sweep`] — the scheduled resume sweep
 //! - [`spill`] — spill/snapshot uploads (`edge_spill_uploads`) and their `url_grant` controls
 //! - [`forwarding`] — the event forwarding cursor (cloud.md §11)
-//! - [`coalesce`] — registry coalescing: registry reviews, shared mirrors, consolidation (§9)
-//! - [`query`] — the HTTP API's scoped reads (lineages, staged/mirror rows, reviews, events)
-//! - [`review`] — review claim/approve/reject, lineage deletion, policy, idempotency keys
-//! - [`pool`] — the deadpool-postgres pool
-//! - [`error`] — [`StoreError`] and the transient/permanent split by SQLSTATE
+//! - [`dead_letters`] — messages no handler could take, kept for the operator
+//! - [`review`] — review transitions of both kinds (claim, reject, approve); per-device approval
+//! - [`approval`] — the steps of applying an approval plan, shared by both kinds of review
+//! - [`coalesce`] — registry coalescing: intake and adoption, registry reviews, consolidation
+//! - [`read`] — the HTTP API's scoped reads (lineages, rows, reviews, registry, events)
+//! - [`idempotency`] — stored responses of the API's idempotency keys
 //!
 //! Every function takes a [`tokio_postgres::GenericClient`], so the handler decides the
 //! transaction boundaries.
 
-pub mod approve;
+pub mod approval;
 pub mod backpressure;
 pub mod coalesce;
 pub mod controls;
 pub mod dead_letters;
+pub mod drain;
 pub mod error;
 pub mod forwarding;
+pub mod idempotency;
 pub mod ledger;
 pub mod lineage;
 pub mod migrate;
 pub mod mirror;
+pub mod policy;
 pub mod pool;
-pub mod query;
+pub mod read;
 pub mod registry;
 pub mod replay;
 pub mod review;
+pub mod scope;
 pub mod spill;
 pub mod staging;
 pub mod sweep;
 
 pub use edge_cloud_core as core;
-pub use error::StoreError;
+pub use error::{OpError, ResetError, StoreError};
 pub use tokio_postgres;

@@ -1,4 +1,5 @@
-//! Lineages, schema versions, reviews, bindings, policy and watermarks.
+//! Lineages, schema versions, reviews opened by intake, bindings, watermarks and the
+//! governance events (cloud.md §11).
 
 use std::collections::HashMap;
 
@@ -9,7 +10,9 @@ use tokio_postgres::types::Type;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
+use crate::error::OpError;
 use crate::registry::Device;
+use crate::scope::Scope;
 use crate::StoreError;
 
 /// A lineage row as intake needs it (locked for the rest of the transaction).
@@ -116,63 +119,6 @@ pub async fn find_lineage<C: GenericClient>(
         )
         .await?;
     Ok(row.as_ref().map(lineage_from_row))
-}
-
-/// The project's policy (column defaults when the project has no row).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
-    pub allow_additive_continue: bool,
-    pub max_pending_rows_per_lineage: i64,
-    pub max_pending_bytes_per_lineage: i64,
-    pub resume_threshold_percent: i32,
-    pub circuit_breaker_failures: i32,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            allow_additive_continue: false,
-            max_pending_rows_per_lineage: 100_000,
-            max_pending_bytes_per_lineage: 1 << 30,
-            resume_threshold_percent: 80,
-            circuit_breaker_failures: 5,
-        }
-    }
-}
-
-pub async fn policy<C: GenericClient>(c: &C, project_id: Uuid) -> Result<Policy, StoreError> {
-    let row = c
-        .query_opt(
-            "SELECT allow_additive_continue, max_pending_rows_per_lineage, \
-                 max_pending_bytes_per_lineage, resume_threshold_percent, circuit_breaker_failures \
-             FROM edge_replication_policy WHERE project_id = $1",
-            &[&project_id],
-        )
-        .await?;
-    Ok(row.map_or_else(Policy::default, |r| Policy {
-        allow_additive_continue: r.get(0),
-        max_pending_rows_per_lineage: r.get(1),
-        max_pending_bytes_per_lineage: r.get(2),
-        resume_threshold_percent: r.get(3),
-        circuit_breaker_failures: r.get(4),
-    }))
-}
-
-/// Sets a project's `allow_additive_continue` (tests and the policy API).
-pub async fn set_allow_additive_continue<C: GenericClient>(
-    c: &C,
-    org_id: Uuid,
-    project_id: Uuid,
-    allow: bool,
-) -> Result<(), StoreError> {
-    c.execute(
-        "INSERT INTO edge_replication_policy (project_id, org_id, allow_additive_continue) \
-         VALUES ($1, $2, $3) ON CONFLICT (project_id) DO UPDATE \
-             SET allow_additive_continue = EXCLUDED.allow_additive_continue, updated_at = now()",
-        &[&project_id, &org_id, &allow],
-    )
-    .await?;
-    Ok(())
 }
 
 /// The columns recorded for (lineage, hash), if the hash was seen with its columns.
@@ -410,7 +356,8 @@ fn bindings_from_rows<'a>(
     Ok(Bindings { mirror, mapped })
 }
 
-/// Writes a governance event in the caller's transaction (cloud.md §11).
+/// Writes a governance event of a device in the caller's transaction (cloud.md §11); the
+/// payload gets the device's id.
 pub async fn emit_event<C: GenericClient>(
     c: &C,
     event_type: &str,
@@ -422,17 +369,53 @@ pub async fn emit_event<C: GenericClient>(
     if let serde_json::Value::Object(map) = &mut payload {
         map.insert("device_id".into(), device.device_id.to_string().into());
     }
+    let scope = Scope {
+        org_id: device.org_id,
+        project_id: device.project_id,
+    };
+    emit_scope_event(c, event_type, scope, subject_id, payload).await
+}
+
+/// Writes a governance event of the scope (no device: registry reviews, shared mirrors) in the
+/// caller's transaction.
+pub async fn emit_scope_event<C: GenericClient>(
+    c: &C,
+    event_type: &str,
+    scope: Scope,
+    subject_id: Option<Uuid>,
+    payload: serde_json::Value,
+) -> Result<(), StoreError> {
     c.execute(
         "INSERT INTO edge_events (event_type, org_id, project_id, subject_id, payload) \
          VALUES ($1, $2, $3, $4, $5)",
         &[
             &event_type,
-            &device.org_id,
-            &device.project_id,
+            &scope.org_id,
+            &scope.project_id,
             &subject_id,
             &payload,
         ],
     )
     .await?;
+    Ok(())
+}
+
+/// Deletes a lineage with everything that cascades from it (versions, reviews, bindings,
+/// staged rows, replay intents, pending controls). The mirror table stays: its rows are the
+/// customer's data and other lineages may share it.
+pub async fn delete_lineage<C: GenericClient>(
+    c: &C,
+    scope: Scope,
+    id: Uuid,
+) -> Result<(), OpError> {
+    let n = c
+        .execute(
+            "DELETE FROM edge_table_lineages WHERE id = $1 AND org_id = $2 AND project_id = $3",
+            &[&id, &scope.org_id, &scope.project_id],
+        )
+        .await?;
+    if n == 0 {
+        return Err(OpError::NotFound("lineage"));
+    }
     Ok(())
 }

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use edge_agent::daemon::Daemon;
 use edge_agent::settings::Settings;
+use edge_e2e::governance::approve_all_columns;
 use edge_e2e::{Broker, Pki, TestDatabase};
 use edge_functions::runner::{run, MqttSettings};
 use edge_functions::spill::local::{self as spill_http, LocalObjects};
 use edge_functions::spill::Objects;
 use edge_functions::store::registry::{create_device, Device};
-use edge_functions::store::{approve::approve_all_columns, migrate::migrate, pool};
+use edge_functions::store::{migrate::migrate, pool};
 use edge_functions::Deps;
 use serde_json::Value;
 use tempfile::TempDir;

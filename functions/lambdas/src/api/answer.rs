@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use edge_cloud_store::query::OpError;
+use edge_cloud_store::error::OpError;
 
 /// An error answer: status, machine-readable code, human message.
 #[derive(Debug, Clone, PartialEq, Eq)]

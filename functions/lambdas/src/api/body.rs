@@ -1,12 +1,13 @@
 //! The request bodies of the mutations: their types (documented for OpenAPI), how each is
 //! parsed from the request ([`RequestBody`]: 400 `invalid_body` with serde's message) and the
-//! checks serde cannot state (a non-blank reason, the policy patch's ranges).
+//! checks serde cannot state (a non-blank reason; the policy patch's rules are core's).
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use edge_cloud_core::policy::{validate_patch, PolicyPatch};
 use edge_cloud_core::review::{ColumnAction, ColumnActionKind};
 
 use super::answer::ApiError;
@@ -207,7 +208,24 @@ impl RequestBody for ClassifyBody {
 
 impl RequestBody for PolicyPatchBody {
     fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        validate_policy(json_body(body, false)?)
+        let b: PolicyPatchBody = json_body(body, false)?;
+        validate_patch(&b.patch()).map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+        Ok(b)
+    }
+}
+
+impl PolicyPatchBody {
+    /// The patch as the policy rules (core) and the store take it.
+    pub fn patch(&self) -> PolicyPatch {
+        PolicyPatch {
+            allow_additive_continue: self.allow_additive_continue,
+            allow_auto_create_device_data_points: self.allow_auto_create_device_data_points,
+            max_pending_rows_per_lineage: self.max_pending_rows_per_lineage,
+            max_pending_bytes_per_lineage: self.max_pending_bytes_per_lineage,
+            resume_threshold_percent: self.resume_threshold_percent,
+            circuit_breaker_failures: self.circuit_breaker_failures,
+            schema_coalescing_mode: self.schema_coalescing_mode.clone(),
+        }
     }
 }
 
@@ -243,41 +261,6 @@ impl RequestBody for ConsolidateBody {
     fn parse(body: &[u8]) -> Result<Self, ApiError> {
         json_body(body, true)
     }
-}
-
-/// The patch's ranges (the lead moves these rules into core: one owner of the policy).
-pub fn validate_policy(p: PolicyPatchBody) -> Result<PolicyPatchBody, ApiError> {
-    let bad = |m: &str| Err(ApiError::bad_request("invalid_policy", m.to_owned()));
-    if p.allow_additive_continue.is_none()
-        && p.allow_auto_create_device_data_points.is_none()
-        && p.max_pending_rows_per_lineage.is_none()
-        && p.max_pending_bytes_per_lineage.is_none()
-        && p.resume_threshold_percent.is_none()
-        && p.circuit_breaker_failures.is_none()
-        && p.schema_coalescing_mode.is_none()
-    {
-        return bad("the patch sets no field");
-    }
-    if p.max_pending_rows_per_lineage.is_some_and(|v| v < 1) {
-        return bad("max_pending_rows_per_lineage must be at least 1");
-    }
-    if p.max_pending_bytes_per_lineage.is_some_and(|v| v < 1) {
-        return bad("max_pending_bytes_per_lineage must be at least 1");
-    }
-    if p.resume_threshold_percent
-        .is_some_and(|v| !(1..=100).contains(&v))
-    {
-        return bad("resume_threshold_percent must be between 1 and 100");
-    }
-    if p.circuit_breaker_failures.is_some_and(|v| v < 1) {
-        return bad("circuit_breaker_failures must be at least 1");
-    }
-    if let Some(m) = &p.schema_coalescing_mode {
-        if !["none", "project", "fleet"].contains(&m.as_str()) {
-            return bad("schema_coalescing_mode must be none, project or fleet");
-        }
-    }
-    Ok(p)
 }
 
 /// The column actions of an approval, as the store takes them.

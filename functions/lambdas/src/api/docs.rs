@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use edge_cloud_store::{coalesce, query, review};
+use edge_cloud_store::{coalesce, policy, read as query};
 
 use super::body;
 
@@ -31,7 +31,7 @@ use super::body;
         query::MaterializedAt,
         query::ReviewView,
         query::EventView,
-        review::PolicyView,
+        policy::PolicyView,
         ErrorBody,
         ErrorDetail,
         ListLineages,
@@ -46,12 +46,12 @@ use super::body;
         body::CloseBody,
         body::RegistryRejectBody,
         body::ConsolidateBody,
-        coalesce::RegistryEntryView,
-        coalesce::RegistryDetail,
-        coalesce::RegistryReviewView,
-        coalesce::CoalescedMirrorView,
-        coalesce::CoalescedMirrorDetail,
-        coalesce::CoalescedLineage,
+        query::RegistryEntryView,
+        query::RegistryDetail,
+        query::RegistryReviewView,
+        query::CoalescedMirrorView,
+        query::CoalescedMirrorDetail,
+        query::CoalescedLineage,
         coalesce::Consolidation,
         coalesce::ConsolidationSource,
     )),

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use edge_cloud_store::query::{Page, Scope};
+use edge_cloud_store::scope::{Page, Scope};
 
 use super::answer::ApiError;
 use super::auth::{self, Claims};

@@ -4,7 +4,7 @@
 //! - every project request is authenticated first ([`extract::Caller`]); the tenant scope is
 //!   the token's org and the path's project, which must be one of the token's projects —
 //!   anything else is 404, so another tenant's objects are indistinguishable from missing ones;
-//! - reads go straight to [`edge_cloud_store::query`];
+//! - reads go straight to [`edge_cloud_store::read`];
 //! - mutations need `PROJECT_CAN_MANAGE_DEVICES` and an `Idempotency-Key`; they run in one
 //!   transaction that also stores the response under the key, so a retried request gets the
 //!   stored answer (same body) or `422 idempotency_key_reused` (different body)

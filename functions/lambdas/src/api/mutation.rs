@@ -18,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use edge_cloud_store::query::Scope;
-use edge_cloud_store::review::{store_response, stored_response, StoredResponse};
+use edge_cloud_store::idempotency::{store_response, stored_response, StoredResponse};
+use edge_cloud_store::scope::Scope;
 use edge_cloud_store::tokio_postgres::Transaction;
 
 use super::answer::{internal, Answer, ApiError, Success};

@@ -93,14 +93,13 @@ impl Env {
             .get(0)
     }
 
-    pub async fn approve(&self, table: &str) -> edge_functions::store::approve::ApproveReport {
+    pub async fn approve(&self, table: &str) -> edge_e2e::governance::ApproveReport {
         let lineage = self.lineage_id(table).await;
         let mut c = self.deps.pool.get().await.unwrap();
         let tx = c.transaction().await.unwrap();
-        let report =
-            edge_functions::store::approve::approve_all_columns(&*tx, lineage, Uuid::now_v7)
-                .await
-                .unwrap();
+        let report = edge_e2e::governance::approve_all_columns(&*tx, lineage, Uuid::now_v7)
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         report
     }

@@ -4,7 +4,7 @@ use serde::Deserialize;
 use serde_json::json;
 use utoipa::IntoParams;
 
-use edge_cloud_store::query;
+use edge_cloud_store::read as query;
 
 use crate::api::answer::{Answer, ApiError, Success};
 use crate::api::docs::Envelope;

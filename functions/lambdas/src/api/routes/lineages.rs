@@ -11,9 +11,10 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use edge_cloud_core::backpressure::ResetRefusal;
-use edge_cloud_store::backpressure::{reset_materialization, ResetError};
-use edge_cloud_store::query::{self, LineageFilter};
-use edge_cloud_store::review as review_store;
+use edge_cloud_store::backpressure::reset_materialization;
+use edge_cloud_store::error::ResetError;
+use edge_cloud_store::lineage::delete_lineage as delete_lineage_store;
+use edge_cloud_store::read::{self as query, LineageFilter};
 
 use crate::api::answer::{Answer, ApiError, Success};
 use crate::api::body::NoBody;
@@ -154,7 +155,7 @@ pub async fn delete_lineage(
 ) -> Answer {
     m.commit(&api, None, move |tx, s, _, _| {
         Box::pin(async move {
-            review_store::delete_lineage(tx, s, l).await?;
+            delete_lineage_store(tx, s, l).await?;
             Ok(Success::data(json!({"lineage_id": l})))
         })
     })

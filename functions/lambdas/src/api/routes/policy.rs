@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 
-use edge_cloud_store::review::{self as review_store, PolicyPatch};
+use edge_cloud_store::policy as policy_store;
 
 use crate::api::answer::{Answer, Success};
 use crate::api::body::PolicyPatchBody;
@@ -16,11 +16,11 @@ use crate::api::Api;
 /// The project policy (production defaults until patched).
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/policy", tag = "policy",
     params(("project_id" = Uuid, Path)),
-    responses((status = 200, body = inline(Envelope<review_store::PolicyView>))))]
+    responses((status = 200, body = inline(Envelope<policy_store::PolicyView>))))]
 pub async fn get_policy(read: Read) -> Answer {
     read.params(&[])?;
     Ok(Success::data(
-        review_store::policy(read.db(), read.scope).await?,
+        policy_store::policy_view(read.db(), read.scope).await?,
     ))
 }
 
@@ -28,21 +28,13 @@ pub async fn get_policy(read: Read) -> Answer {
 #[utoipa::path(patch, path = "/core/api/v1/projects/{project_id}/edge/policy", tag = "policy",
     params(("project_id" = Uuid, Path)),
     request_body = PolicyPatchBody,
-    responses((status = 200, body = inline(Envelope<review_store::PolicyView>))))]
+    responses((status = 200, body = inline(Envelope<policy_store::PolicyView>))))]
 pub async fn patch_policy(State(api): State<Arc<Api>>, m: Mutation<PolicyPatchBody>) -> Answer {
     m.commit(&api, None, |tx, s, _, b| {
         Box::pin(async move {
-            let patch = PolicyPatch {
-                allow_additive_continue: b.allow_additive_continue,
-                allow_auto_create_device_data_points: b.allow_auto_create_device_data_points,
-                max_pending_rows_per_lineage: b.max_pending_rows_per_lineage,
-                max_pending_bytes_per_lineage: b.max_pending_bytes_per_lineage,
-                resume_threshold_percent: b.resume_threshold_percent,
-                circuit_breaker_failures: b.circuit_breaker_failures,
-                schema_coalescing_mode: b.schema_coalescing_mode,
-            };
+            let patch = b.patch();
             Ok(Success::data(
-                review_store::patch_policy(tx, s, &patch).await?,
+                policy_store::patch_policy(tx, s, &patch).await?,
             ))
         })
     })

@@ -11,7 +11,10 @@ use uuid::Uuid;
 
 use edge_cloud_core::coalesce::RegistryStatus;
 use edge_cloud_core::review::ReviewState;
-use edge_cloud_store::coalesce::{self as coalesce_store, RegistryFilter};
+use edge_cloud_store::coalesce as coalesce_store;
+use edge_cloud_store::read::reviews::RegistryReview as RegistryReviewKind;
+use edge_cloud_store::read::{self as query, RegistryFilter};
+use edge_cloud_store::review as review_store;
 
 use crate::api::answer::{Answer, ApiError, Success};
 use crate::api::body::{
@@ -40,7 +43,7 @@ pub struct RegistryQuery {
 /// Registry entries (one per scope, table and schema hash in coalescing mode), newest first.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry", tag = "registry",
     params(("project_id" = Uuid, Path), RegistryQuery, PageQuery),
-    responses((status = 200, body = inline(Envelope<Vec<coalesce_store::RegistryEntryView>>))))]
+    responses((status = 200, body = inline(Envelope<Vec<query::RegistryEntryView>>))))]
 pub async fn list_registry(read: Read) -> Answer {
     let p = read.params(&["status", "source_table", "page", "limit"])?;
     let pg = page(&p)?;
@@ -58,18 +61,18 @@ pub async fn list_registry(read: Read) -> Answer {
         status,
         source_table: p.get("source_table").cloned(),
     };
-    let (rows, total) = coalesce_store::list_registry(read.db(), read.scope, &f, pg).await?;
+    let (rows, total) = query::list_registry(read.db(), read.scope, &f, pg).await?;
     Ok(Success::data(rows).with_meta(list_meta(pg, total)))
 }
 
 /// A registry entry with its reviews and the lineages bound through it.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry/{registry_id}", tag = "registry",
     params(("project_id" = Uuid, Path), ("registry_id" = Uuid, Path)),
-    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryDetail>))))]
+    responses((status = 200, body = inline(Envelope<query::RegistryDetail>))))]
 pub async fn get_registry(read: Read, Id(g, _): Id<RegistryEntry>) -> Answer {
     read.params(&[])?;
     Ok(Success::data(
-        coalesce_store::registry_detail(read.db(), read.scope, g).await?,
+        query::registry_detail(read.db(), read.scope, g).await?,
     ))
 }
 
@@ -87,7 +90,7 @@ pub struct RegistryReviewQuery {
 /// Registry reviews, newest first.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews", tag = "registry",
     params(("project_id" = Uuid, Path), RegistryReviewQuery, PageQuery),
-    responses((status = 200, body = inline(Envelope<Vec<coalesce_store::RegistryReviewView>>))))]
+    responses((status = 200, body = inline(Envelope<Vec<query::RegistryReviewView>>))))]
 pub async fn list_registry_reviews(read: Read) -> Answer {
     let p = read.params(&["status", "registry_id", "page", "limit"])?;
     let pg = page(&p)?;
@@ -100,18 +103,18 @@ pub async fn list_registry_reviews(read: Read) -> Answer {
     }
     let registry = uuid_param(&p, "registry_id")?;
     let (rows, total) =
-        coalesce_store::list_registry_reviews(read.db(), read.scope, status, registry, pg).await?;
+        query::list_registry_reviews(read.db(), read.scope, status, registry, pg).await?;
     Ok(Success::data(rows).with_meta(list_meta(pg, total)))
 }
 
 /// One registry review.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}", tag = "registry",
     params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path)),
-    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>))))]
+    responses((status = 200, body = inline(Envelope<query::RegistryReviewView>))))]
 pub async fn get_registry_review(read: Read, Id(r, _): Id<RegistryReview>) -> Answer {
     read.params(&[])?;
     Ok(Success::data(
-        coalesce_store::registry_review(read.db(), read.scope, r, false).await?,
+        query::registry_review(read.db(), read.scope, r, false).await?,
     ))
 }
 
@@ -126,23 +129,23 @@ pub struct CoalescedQuery {
 /// Shared mirrors of the project.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/coalesced-mirrors", tag = "registry",
     params(("project_id" = Uuid, Path), CoalescedQuery, PageQuery),
-    responses((status = 200, body = inline(Envelope<Vec<coalesce_store::CoalescedMirrorView>>))))]
+    responses((status = 200, body = inline(Envelope<Vec<query::CoalescedMirrorView>>))))]
 pub async fn list_coalesced(read: Read) -> Answer {
     let p = read.params(&["source_table", "page", "limit"])?;
     let pg = page(&p)?;
     let table = p.get("source_table").map(String::as_str);
-    let (rows, total) = coalesce_store::list_coalesced(read.db(), read.scope, table, pg).await?;
+    let (rows, total) = query::list_coalesced(read.db(), read.scope, table, pg).await?;
     Ok(Success::data(rows).with_meta(list_meta(pg, total)))
 }
 
 /// A shared mirror with its registry entries and lineages.
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/coalesced-mirrors/{mirror_id}", tag = "registry",
     params(("project_id" = Uuid, Path), ("mirror_id" = Uuid, Path)),
-    responses((status = 200, body = inline(Envelope<coalesce_store::CoalescedMirrorDetail>))))]
+    responses((status = 200, body = inline(Envelope<query::CoalescedMirrorDetail>))))]
 pub async fn get_coalesced(read: Read, Id(m, _): Id<CoalescedMirror>) -> Answer {
     read.params(&[])?;
     Ok(Success::data(
-        coalesce_store::coalesced_detail(read.db(), read.scope, m).await?,
+        query::coalesced_detail(read.db(), read.scope, m).await?,
     ))
 }
 
@@ -150,7 +153,7 @@ pub async fn get_coalesced(read: Read, Id(m, _): Id<CoalescedMirror>) -> Answer 
 #[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}/claim", tag = "registry",
     params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path)),
     request_body(content = ClaimBody, description = "optional"),
-    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>))))]
+    responses((status = 200, body = inline(Envelope<query::RegistryReviewView>))))]
 pub async fn registry_claim(
     State(api): State<Arc<Api>>,
     Id(r, _): Id<RegistryReview>,
@@ -159,7 +162,8 @@ pub async fn registry_claim(
     m.commit(&api, None, move |tx, s, actor, b| {
         Box::pin(async move {
             Ok(Success::data(
-                coalesce_store::claim(tx, s, r, actor, b.action_version).await?,
+                review_store::claim::<RegistryReviewKind, _>(tx, s, r, actor, b.action_version)
+                    .await?,
             ))
         })
     })
@@ -172,7 +176,7 @@ pub async fn registry_claim(
 #[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}/approve", tag = "registry",
     params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path)),
     request_body = ApproveBody,
-    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>)), (status = 409, description = "wrong state or stale action_version", body = ErrorBody)))]
+    responses((status = 200, body = inline(Envelope<query::RegistryReviewView>)), (status = 409, description = "wrong state or stale action_version", body = ErrorBody)))]
 pub async fn registry_approve(
     State(api): State<Arc<Api>>,
     Id(r, _): Id<RegistryReview>,
@@ -184,8 +188,16 @@ pub async fn registry_approve(
         move |tx, s, actor, b| {
             Box::pin(async move {
                 let actions = column_actions(b.column_actions);
-                let out =
-                    coalesce_store::approve(tx, s, r, actor, b.action_version, &actions).await?;
+                let out = review_store::approve::<RegistryReviewKind, _>(
+                    tx,
+                    s,
+                    r,
+                    actor,
+                    b.action_version,
+                    &actions,
+                    Uuid::now_v7,
+                )
+                .await?;
                 Ok(Success::data(&out.review).with_meta(json!({
                     "mirror_table_name": out.mirror_table_name,
                     "coalesced_mirror_id": out.coalesced_mirror_id,
@@ -202,7 +214,7 @@ pub async fn registry_approve(
 #[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}/reject", tag = "registry",
     params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path)),
     request_body = RegistryRejectBody,
-    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>))))]
+    responses((status = 200, body = inline(Envelope<query::RegistryReviewView>))))]
 pub async fn registry_reject(
     State(api): State<Arc<Api>>,
     Id(r, _): Id<RegistryReview>,
@@ -219,7 +231,7 @@ pub async fn registry_reject(
 #[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/registry-reviews/{review_id}/abandon", tag = "registry",
     params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path)),
     request_body = CloseBody,
-    responses((status = 200, body = inline(Envelope<coalesce_store::RegistryReviewView>))))]
+    responses((status = 200, body = inline(Envelope<query::RegistryReviewView>))))]
 pub async fn registry_abandon(
     State(api): State<Arc<Api>>,
     Id(r, _): Id<RegistryReview>,
@@ -233,7 +245,7 @@ pub async fn registry_abandon(
 
 async fn close<C: edge_cloud_store::tokio_postgres::GenericClient>(
     c: &C,
-    s: edge_cloud_store::query::Scope,
+    s: edge_cloud_store::scope::Scope,
     r: Uuid,
     actor: &str,
     b: CloseBody,

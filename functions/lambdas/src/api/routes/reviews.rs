@@ -11,8 +11,10 @@ use uuid::Uuid;
 use edge_cloud_core::classify::{classify, ClassifyPolicy, Disposition};
 use edge_cloud_core::review::ReviewState;
 use edge_cloud_store::lineage::{bindings, schema_columns};
-use edge_cloud_store::query::{self, Scope};
+use edge_cloud_store::read as query;
+use edge_cloud_store::read::reviews::DeviceReview;
 use edge_cloud_store::review as review_store;
+use edge_cloud_store::scope::Scope;
 use edge_cloud_store::tokio_postgres::GenericClient;
 use edge_protocol::fingerprint::{ColumnFingerprint, SchemaColumns};
 
@@ -81,7 +83,7 @@ pub async fn claim(
     m.commit(&api, None, move |tx, s, actor, b| {
         Box::pin(async move {
             Ok(Success::data(
-                review_store::claim(tx, s, r, actor, b.action_version).await?,
+                review_store::claim::<DeviceReview, _>(tx, s, r, actor, b.action_version).await?,
             ))
         })
     })
@@ -105,7 +107,7 @@ pub async fn approve(
         move |tx, s, actor, b| {
             Box::pin(async move {
                 let actions = column_actions(b.column_actions);
-                let out = review_store::approve(
+                let out = review_store::approve::<DeviceReview, _>(
                     tx,
                     s,
                     r,
@@ -181,7 +183,7 @@ async fn dry_run_classify<C: GenericClient>(c: &C, s: Scope, b: ClassifyBody) ->
     }
     let new = SchemaColumns::new(b.table_name.clone(), fp(&b.columns));
     let hash = new.schema_hash();
-    let policy = review_store::policy(c, s).await?;
+    let policy = edge_cloud_store::policy::policy_view(c, s).await?;
     let mut bound = false;
     let approved = match (b.lineage_id, &b.approved_columns) {
         (Some(_), Some(_)) => {

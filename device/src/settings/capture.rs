@@ -1,5 +1,5 @@
-//! What the capture layer needs to know about each table, filled by the agent's TOML config
-//! (issue 4) or directly by tests. Validation of *names* against the live schema happens at
+//! What the capture layer needs to know about each table, filled from the TOML config by
+//! [`read`](super::read) or directly by tests. Validation of *names* against the live schema happens at
 //! enrolment (a table or column named in config may not exist yet), so this type only holds data.
 
 use std::collections::BTreeMap;

@@ -1,0 +1,156 @@
+//! The control channel's documents: acks and upload requests from the device (spec §6, §7) and
+//! control envelopes from the cloud (spec §6).
+
+use serde_json::Value;
+
+use super::envelope::{check_batch_id, check_format_version, parse_object, source_table, Origin};
+use super::rejection::{malformed, Rejection};
+use super::schema::check_schema_hash;
+use crate::control::{
+    ControlEnvelope, ControlKind, IngestAck, IngestRequest, RequestKind, SegmentKind,
+};
+use crate::ids::{parse_uuid_hyphenated, parse_uuid_v7};
+use crate::timestamp;
+
+/// Decodes an ack of a control (spec §6).
+pub fn decode_ingest_ack(bytes: &[u8]) -> Result<IngestAck, Rejection> {
+    let map = parse_object(bytes, Origin::Device)?;
+    let format_version = check_format_version(&map)?;
+    let control_id = map
+        .get("control_id")
+        .and_then(Value::as_str)
+        .and_then(parse_uuid_hyphenated)
+        .ok_or_else(|| malformed("control_id is missing or not a hyphenated UUID"))?;
+    Ok(IngestAck {
+        format_version,
+        control_id,
+    })
+}
+
+/// Decodes a `url_request` / `finalize` (spec §7).
+pub fn decode_ingest_request(bytes: &[u8]) -> Result<IngestRequest, Rejection> {
+    let map = parse_object(bytes, Origin::Device)?;
+    let format_version = check_format_version(&map)?;
+    let batch_id = check_batch_id(&map)?;
+    let request_kind = map
+        .get("request_kind")
+        .and_then(Value::as_str)
+        .and_then(RequestKind::from_wire)
+        .ok_or_else(|| malformed("request_kind is not url_request or finalize"))?;
+    let source_table = source_table(&map)?;
+    let segment_kind = segment_kind(map.get("segment_kind"))?
+        .ok_or_else(|| malformed("segment_kind is missing"))?;
+    let journal_epoch = match map.get("journal_epoch") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_str()
+                .and_then(parse_uuid_v7)
+                .ok_or_else(|| malformed("journal_epoch is not a hyphenated UUIDv7"))?,
+        ),
+    };
+    let schema_hash = match map.get("schema_hash") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(check_schema_hash(&map)?),
+    };
+    Ok(IngestRequest {
+        format_version,
+        request_kind,
+        source_table,
+        segment_kind,
+        batch_id,
+        journal_epoch,
+        schema_hash,
+    })
+}
+
+fn segment_kind(v: Option<&Value>) -> Result<Option<SegmentKind>, Rejection> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_str()
+            .and_then(SegmentKind::from_wire)
+            .map(Some)
+            .ok_or_else(|| malformed("segment_kind is not payload_spill or bootstrap_snapshot")),
+    }
+}
+
+/// Decodes a control envelope received by the device (spec §6). Does not verify the signature.
+pub fn decode_control_envelope(bytes: &[u8]) -> Result<ControlEnvelope, Rejection> {
+    let map = parse_object(bytes, Origin::Cloud)?;
+    let control_id = map
+        .get("control_id")
+        .and_then(Value::as_str)
+        .and_then(parse_uuid_hyphenated)
+        .ok_or_else(|| malformed("control_id is missing or not a hyphenated UUID"))?;
+    let control_kind = map
+        .get("control_kind")
+        .and_then(Value::as_str)
+        .and_then(ControlKind::from_wire)
+        .ok_or_else(|| malformed("control_kind is not a known control"))?;
+
+    let opt_string = |key: &str| -> Result<Option<String>, Rejection> {
+        match map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(malformed(format!("{key} is not a string"))),
+        }
+    };
+    let opt_time = |key: &str| -> Result<Option<String>, Rejection> {
+        let value = opt_string(key)?;
+        if let Some(text) = &value {
+            timestamp::parse(text).map_err(|e| malformed(format!("{key}: {e}")))?;
+        }
+        Ok(value)
+    };
+    let source_table = opt_string("source_table")?;
+    let server_watermark = match map.get("server_watermark") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_i64()
+                .ok_or_else(|| malformed("server_watermark is not an integer"))?,
+        ),
+    };
+    let reason = opt_string("reason")?;
+    let issued_at = opt_time("issued_at")?;
+    let presigned_url = opt_string("presigned_url")?;
+    let presigned_url_expires_at = opt_time("presigned_url_expires_at")?;
+    let batch_id = match map.get("batch_id") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(check_batch_id(&map)?),
+    };
+    let segment_kind = segment_kind(map.get("segment_kind"))?;
+    let signature = opt_string("signature")?;
+
+    let missing = |what: &str| malformed(format!("{} needs {what}", control_kind.as_str()));
+    match control_kind {
+        ControlKind::PauseLineage | ControlKind::ResumeLineage => {
+            if source_table.as_deref().is_none_or(str::is_empty) {
+                return Err(missing("source_table"));
+            }
+            if server_watermark.is_none() {
+                return Err(missing("server_watermark"));
+            }
+        }
+        ControlKind::UrlGrant => {
+            if presigned_url.is_none() {
+                return Err(missing("presigned_url"));
+            }
+            if presigned_url_expires_at.is_none() {
+                return Err(missing("presigned_url_expires_at"));
+            }
+        }
+    }
+    Ok(ControlEnvelope {
+        control_id,
+        control_kind,
+        source_table,
+        server_watermark,
+        reason,
+        issued_at,
+        presigned_url,
+        presigned_url_expires_at,
+        batch_id,
+        segment_kind,
+        signature,
+    })
+}
