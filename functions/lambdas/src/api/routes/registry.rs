@@ -18,8 +18,7 @@ use edge_cloud_store::review as review_store;
 
 use crate::api::answer::{Answer, ApiError, Success};
 use crate::api::body::{
-    column_actions, ApproveBody, ClaimBody, CloseBody, ConsolidateBody, RegistryRejectBody,
-    RejectCloseBody,
+    ApproveBody, ClaimBody, CloseBody, ConsolidateBody, RegistryRejectBody, RejectCloseBody,
 };
 use crate::api::docs::{Envelope, ErrorBody};
 use crate::api::extract::{
@@ -27,6 +26,7 @@ use crate::api::extract::{
     RegistryEntry, RegistryReview,
 };
 use crate::api::mutation::Mutation;
+use crate::api::routes::reviews::approve_kind;
 use crate::api::Api;
 
 /// Query of the registry list.
@@ -187,17 +187,7 @@ pub async fn registry_approve(
         Some("registry review approved"),
         move |tx, s, actor, b| {
             Box::pin(async move {
-                let actions = column_actions(b.column_actions);
-                let out = review_store::approve::<RegistryReviewKind, _>(
-                    tx,
-                    s,
-                    r,
-                    actor,
-                    b.action_version,
-                    &actions,
-                    Uuid::now_v7,
-                )
-                .await?;
+                let out = approve_kind::<RegistryReviewKind, _>(tx, s, r, actor, b).await?;
                 Ok(Success::data(&out.review).with_meta(json!({
                     "mirror_table_name": out.mirror_table_name,
                     "coalesced_mirror_id": out.coalesced_mirror_id,

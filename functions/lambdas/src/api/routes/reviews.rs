@@ -13,7 +13,7 @@ use edge_cloud_core::review::ReviewState;
 use edge_cloud_store::lineage::{bindings, schema_columns};
 use edge_cloud_store::read as query;
 use edge_cloud_store::read::reviews::DeviceReview;
-use edge_cloud_store::review as review_store;
+use edge_cloud_store::review::{self as review_store, Approve};
 use edge_cloud_store::scope::Scope;
 use edge_cloud_store::tokio_postgres::GenericClient;
 use edge_protocol::fingerprint::{ColumnFingerprint, SchemaColumns};
@@ -106,17 +106,7 @@ pub async fn approve(
         Some("schema review approved"),
         move |tx, s, actor, b| {
             Box::pin(async move {
-                let actions = column_actions(b.column_actions);
-                let out = review_store::approve::<DeviceReview, _>(
-                    tx,
-                    s,
-                    r,
-                    actor,
-                    b.action_version,
-                    &actions,
-                    Uuid::now_v7,
-                )
-                .await?;
+                let out = approve_kind::<DeviceReview, _>(tx, s, r, actor, b).await?;
                 Ok(Success::data(&out.review).with_meta(json!({
                     "lineage_status": out.lineage_status,
                     "mirror_table_name": out.mirror_table_name,
@@ -225,4 +215,19 @@ async fn dry_run_classify<C: GenericClient>(c: &C, s: Scope, b: ClassifyBody) ->
         "diff": result.diff,
         "summary": result.diff.summary(),
     })))
+}
+
+/// An approval of either review kind: the body's column actions, new ids from UUIDv7.
+pub(super) async fn approve_kind<K: Approve, C: GenericClient>(
+    c: &C,
+    s: Scope,
+    r: Uuid,
+    actor: &str,
+    b: ApproveBody,
+) -> Result<K::Outcome, ApiError> {
+    let actions = column_actions(b.column_actions);
+    let out =
+        review_store::approve::<K, _>(c, s, r, actor, b.action_version, &actions, Uuid::now_v7)
+            .await?;
+    Ok(out)
 }
