@@ -39,6 +39,10 @@ run_tests() {
 }
 run_step "cargo test (workspace)" run_tests
 
+# The API against docs/openapi.json: schemathesis on a running `edge-cloud run` (PostgreSQL +
+# mosquitto), every check, 0 failures.
+run_step "api contract (schemathesis)" scripts/api-contract.sh
+
 if [ -x scripts/build-device.sh ] && [ "${EDGE_TEST_SKIP_CROSS:-0}" != "1" ]; then
   run_step "device cross-build + qemu smoke test" scripts/build-device.sh --smoke
 fi

@@ -24,6 +24,7 @@
 //! - [`sweep`] — resume sweep + control (re-)publication (cloud.md §7) + event forwarding
 //! - [`events`] — the event forwarder hook (cloud.md §11): trait, log forwarder, cursor loop
 //! - [`control_publisher`] — the [`control_publisher::ControlPublisher`] trait, MQTT implementation
+//! - [`http`] — the one HTTP accept loop (the runner's API and object-store PUT endpoint)
 //! - [`runner`] — the local runner's MQTT loop (mosquitto in place of IoT Core + SQS)
 //! - [`commands`] — the `edge-cloud` subcommands (flags and what each does)
 //! - [`HandlerError`] — the one place that decides retryable vs permanent
@@ -36,6 +37,7 @@ pub mod control_publisher;
 pub mod dead_letter;
 pub mod env;
 pub mod events;
+pub mod http;
 pub mod ingest;
 pub mod lambda;
 pub mod objects;

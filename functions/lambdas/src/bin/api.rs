@@ -12,20 +12,22 @@ use std::sync::Arc;
 
 use edge_functions::aws::db::ThawGuard;
 use edge_functions::env::{self, init_tracing, Lambda, LambdaSettings, LogOutput};
-use edge_functions::lambda;
 use lambda_http::{service_fn, Request};
+use tower::ServiceExt as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing(LogOutput::Lambda);
     let deps = LambdaSettings::from_env(Lambda::Api)?.deps().await?;
-    let state = Arc::new((env::api(&deps), ThawGuard::default()));
+    // The router itself is the Lambda's service; the thaw guard looks at the pool first.
+    let pool = deps.pool.clone();
+    let thaw = ThawGuard::default();
+    let router = edge_functions::api::service::<lambda_http::Body>(edge_functions::api::router(
+        Arc::new(env::api(&deps)),
+    ));
     lambda_http::run(service_fn(move |req: Request| {
-        let state = Arc::clone(&state);
-        async move {
-            let (api, thaw) = &*state;
-            Ok::<_, lambda_http::Error>(lambda::api(api, thaw, req).await)
-        }
+        thaw.before_request(&pool);
+        router.clone().oneshot(req)
     }))
     .await
     .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))

@@ -11,13 +11,14 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::Response;
+use axum::routing::any;
+use axum::Router;
 use edge_cloud_core::spill::{is_object_key, sign_upload, verify_upload, MAX_OBJECT_BYTES};
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, StatusCode};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt as _;
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
@@ -118,23 +119,14 @@ impl ObjectStore for LocalObjects {
     }
 }
 
-fn reply(status: StatusCode, message: &str) -> hyper::Response<Full<Bytes>> {
-    let mut r = hyper::Response::new(Full::new(Bytes::from(format!("{message}\n"))));
+fn reply(status: StatusCode, message: &str) -> Response {
+    let mut r = Response::new(Body::from(format!("{message}\n")));
     *r.status_mut() = status;
     r
 }
 
-/// Whether a request is for the upload endpoint (everything under `/spill/`).
-pub fn is_upload_path(path: &str) -> bool {
-    path.starts_with("/spill/")
-}
-
 /// Answers one request under `/spill/`: a PUT with a valid token stores the object.
-pub async fn serve_upload(
-    objects: &LocalObjects,
-    req: hyper::Request<Incoming>,
-    now_unix: i64,
-) -> hyper::Response<Full<Bytes>> {
+pub async fn serve_upload(objects: &LocalObjects, req: Request, now_unix: i64) -> Response {
     if req.method() != Method::PUT {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "upload URLs take PUT only");
     }
@@ -162,7 +154,7 @@ pub async fn serve_upload(
     }
     let declared = req
         .headers()
-        .get(hyper::header::CONTENT_LENGTH)
+        .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > objects.max_bytes) {
@@ -194,7 +186,7 @@ enum StoreFailure {
 }
 
 /// Streams `body` to a temporary file beside the object, then renames it into place.
-async fn store(objects: &LocalObjects, key: &str, mut body: Incoming) -> Result<u64, StoreFailure> {
+async fn store(objects: &LocalObjects, key: &str, mut body: Body) -> Result<u64, StoreFailure> {
     let path = objects.path_of(key);
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent)
@@ -240,48 +232,30 @@ fn now_unix() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// The upload endpoint as a router: everything under `/spill/` (the handler answers every
+/// method itself: 405 for anything but PUT).
+pub fn upload_router(objects: Arc<LocalObjects>) -> Router {
+    async fn upload(State(objects): State<Arc<LocalObjects>>, req: Request) -> Response {
+        serve_upload(&objects, req, now_unix()).await
+    }
+    Router::new()
+        .route("/spill/", any(upload))
+        .route("/spill/{*key}", any(upload))
+        .with_state(objects)
+}
+
 /// Serves the upload endpoint, and the HTTP API beside it when `api` is given (the runner's
-/// one listener), until `shutdown` resolves. Each connection is served on its own task.
+/// one listener), until `shutdown` resolves.
 pub async fn serve(
     objects: Arc<LocalObjects>,
     api: Option<Arc<Api>>,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "http accept failed");
-                        continue;
-                    }
-                };
-                let (objects, api) = (objects.clone(), api.clone());
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                        let (objects, api) = (objects.clone(), api.clone());
-                        async move {
-                            if is_upload_path(req.uri().path()) {
-                                return Ok(serve_upload(&objects, req, now_unix()).await);
-                            }
-                            match api {
-                                Some(api) => crate::api::local::serve_one(&api, req).await,
-                                None => Ok(reply(StatusCode::NOT_FOUND, "not found")),
-                            }
-                        }
-                    });
-                    if let Err(e) = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await
-                    {
-                        tracing::debug!(error = %e, "http connection ended");
-                    }
-                });
-            }
-        }
-    }
+    let uploads = upload_router(objects);
+    let router = match api {
+        Some(api) => uploads.merge(crate::api::local::router(api)),
+        None => uploads.fallback(|| async { reply(StatusCode::NOT_FOUND, "not found") }),
+    };
+    crate::http::serve(crate::api::service(router), listener, shutdown).await
 }
