@@ -21,9 +21,6 @@
 //! - [`policy`] — the project policy: fields, production defaults, patch rules
 //! - [`spill`] — spill/snapshot uploads: batch header, finalize checks, upload tokens,
 //!   chunk bounds, named outcomes (protocol §7)
-//!
-//! Review transitions (§5), backpressure (§7) and replay planning (§8) arrive with the
-//! governance issue.
 
 pub mod backpressure;
 pub mod classify;
