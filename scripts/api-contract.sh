@@ -43,8 +43,8 @@ cleanup() {
   trap - EXIT INT TERM
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ -n "${PG_BIN:-}" ] && [ -f "$WORK/pg/postmaster.pid" ]; then
-    as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -m fast stop >/dev/null 2>&1 || true
+  if [ -n "${PG_BIN:-}" ] && [ -f "$WORK/pg/data/postmaster.pid" ]; then
+    as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -m fast stop >/dev/null 2>&1 || true
   fi
   if [ "${status:-1}" -ne 0 ] && [ -d "$WORK/logs" ]; then
     for f in "$WORK"/logs/*.log; do echo "--- $f"; tail -n 20 "$f"; done >&2
@@ -54,34 +54,11 @@ cleanup() {
 trap 'status=$?; cleanup' EXIT
 trap 'exit 130' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_until() { # seconds, description, command...
-  local deadline=$(( $(date +%s) + $1 )); local what=$2; shift 2
-  until "$@" >/dev/null 2>&1; do
-    [ "$(date +%s)" -lt "$deadline" ] || die "timed out waiting for $what"
-    sleep 0.2
-  done
-}
+# shellcheck source=scripts/stack.sh
+. scripts/stack.sh
 
-# --- PostgreSQL ------------------------------------------------------------------------------
-PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-[ -n "$PG_BIN" ] || PG_BIN=$(dirname "$(command -v initdb)")
-if [ "$(id -u)" -eq 0 ]; then
-  PG_USER=$(id -u postgres >/dev/null 2>&1 && echo postgres || echo nobody)
-  mkdir -p "$WORK/pg" && chown "$PG_USER" "$WORK/pg"
-  as_pg() { setpriv --reuid="$PG_USER" --regid="$(id -g "$PG_USER")" --init-groups -- "$@"; }
-else
-  as_pg() { "$@"; }
-fi
-PG_PORT=$(free_port)
-as_pg "$PG_BIN/initdb" -D "$WORK/pg" -A trust -U postgres --no-sync >"$WORK/logs/initdb.log" 2>&1
-as_pg "$PG_BIN/postgres" -D "$WORK/pg" -p "$PG_PORT" -k "$WORK/pg" \
-  -c listen_addresses=127.0.0.1 -c fsync=off >"$WORK/logs/postgres.log" 2>&1 &
-pids+=($!)
-wait_until 30 "PostgreSQL" "$PG_BIN/pg_isready" -h 127.0.0.1 -p "$PG_PORT"
-"$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres edge
-export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/edge"
-"$CLOUD" migrate >"$WORK/logs/migrate.log" 2>&1
+mkdir -p "$WORK/pg"
+stack_postgres "$WORK/pg" "$WORK/logs"
 
 # --- a registered project, mosquitto, the runner ---------------------------------------------
 "$CLOUD" pki init --ca-dir "$WORK/pki" >/dev/null
@@ -89,39 +66,13 @@ DEVICE_JSON=$("$CLOUD" devices create --name contract-gw --slug contract --ca-di
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$DEVICE_JSON" "$1"; }
 ORG=$(field org_id); PROJECT=$(field project_id)
 
-MQTT_PORT=$(free_port)
 cat >"$WORK/mqtt/acl" <<'ACL'
 user edge-service
 topic read +/+/sync/#
 topic write +/+/sync/ingest/control
 ACL
-cat >"$WORK/mqtt/mosquitto.conf" <<CONF
-per_listener_settings false
-allow_anonymous false
-acl_file $WORK/mqtt/acl
-user $(id -un)
-log_dest stderr
-listener $MQTT_PORT 127.0.0.1
-cafile $WORK/pki/ca.crt
-certfile $WORK/pki/server.crt
-keyfile $WORK/pki/server.key
-require_certificate true
-use_identity_as_username true
-CONF
-MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-"$MOSQUITTO" -c "$WORK/mqtt/mosquitto.conf" >"$WORK/logs/mosquitto.log" 2>&1 &
-pids+=($!)
-wait_until 10 "mosquitto" python3 -c "import socket; socket.create_connection(('127.0.0.1', $MQTT_PORT), 1)"
-
-HTTP_PORT=$(free_port)
-export EDGE_JWT_SECRET
-EDGE_JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
-"$CLOUD" run --mqtt-url "mqtts://127.0.0.1:$MQTT_PORT" \
-  --ca "$WORK/pki/ca.crt" --cert "$WORK/pki/edge-service.crt" --key "$WORK/pki/edge-service.key" \
-  --http "127.0.0.1:$HTTP_PORT" --spill-dir "$WORK/spill" >"$WORK/logs/edge-cloud.log" 2>&1 &
-pids+=($!)
-API="http://127.0.0.1:$HTTP_PORT"
-wait_until 30 "the HTTP API" python3 -c "import urllib.request; urllib.request.urlopen('$API/openapi.json', timeout=1)"
+stack_mosquitto "$WORK/mqtt" "$WORK/pki" "$WORK/logs"
+stack_runner "$WORK/pki" "$WORK/logs" "$WORK/spill"
 TOKEN=$("$CLOUD" token --org "$ORG" --project "$PROJECT" --permission PROJECT_CAN_MANAGE_DEVICES --ttl 2h)
 
 # --- the contract ----------------------------------------------------------------------------

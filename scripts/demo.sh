@@ -49,36 +49,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_until() { # seconds, description, command...
-  local deadline=$(( $(date +%s) + $1 )); local what=$2; shift 2
-  until "$@" >/dev/null 2>&1; do
-    [ "$(date +%s)" -lt "$deadline" ] || die "timed out waiting for $what"
-    sleep 0.2
-  done
-}
+# shellcheck source=scripts/stack.sh
+. scripts/stack.sh
 
 # --- PostgreSQL ------------------------------------------------------------------------------
-PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-[ -n "$PG_BIN" ] || PG_BIN=$(dirname "$(command -v initdb)")
-if [ "$(id -u)" -eq 0 ]; then
-  PG_USER=$(id -u postgres >/dev/null 2>&1 && echo postgres || echo nobody)
-  chown "$PG_USER" "$PG_DIR"
-  as_pg() { setpriv --reuid="$PG_USER" --regid="$(id -g "$PG_USER")" --init-groups -- "$@"; }
-else
-  as_pg() { "$@"; }
-fi
-PG_PORT=$(free_port)
-log "PostgreSQL on 127.0.0.1:$PG_PORT"
-as_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres --no-sync >"$DEMO/logs/initdb.log" 2>&1
-as_pg "$PG_BIN/postgres" -D "$PG_DIR/data" -p "$PG_PORT" -k "$PG_DIR" \
-  -c listen_addresses=127.0.0.1 -c fsync=off >"$DEMO/logs/postgres.log" 2>&1 &
-pids+=($!)
-wait_until 30 "PostgreSQL" "$PG_BIN/pg_isready" -h 127.0.0.1 -p "$PG_PORT"
-"$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres edge
-export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/edge"
-"$CLOUD" migrate >"$DEMO/logs/migrate.log" 2>&1
+stack_postgres "$PG_DIR" "$DEMO/logs"
 
 # --- certificates and the device registry ---------------------------------------------------
 log "local CA, broker and service certificates in .demo/pki"
@@ -89,7 +64,6 @@ ORG=$(field org_id); PROJECT=$(field project_id); CONTROL_KEY=$(field control_ke
 log "registered device demo-gw (org $ORG, project $PROJECT)"
 
 # --- mosquitto standing in for AWS IoT Core ---------------------------------------------------
-MQTT_PORT=$(free_port)
 cat >"$DEMO/mqtt/acl" <<'EOF'
 # Username = client certificate CN. Devices publish only their own device->cloud topics and
 # receive only their own control topic; `+` also matches a slugless root's empty level.
@@ -104,37 +78,11 @@ user edge-service
 topic read +/+/sync/#
 topic write +/+/sync/ingest/control
 EOF
-cat >"$DEMO/mqtt/mosquitto.conf" <<EOF
-per_listener_settings false
-allow_anonymous false
-acl_file $DEMO/mqtt/acl
-persistence true
-persistence_location $DEMO/mqtt/
-user $(id -un)
-log_dest stderr
-listener $MQTT_PORT 127.0.0.1
-cafile $DEMO/pki/ca.crt
-certfile $DEMO/pki/server.crt
-keyfile $DEMO/pki/server.key
-require_certificate true
-use_identity_as_username true
-EOF
-MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-log "mosquitto (mTLS + ACL) on 127.0.0.1:$MQTT_PORT"
-"$MOSQUITTO" -c "$DEMO/mqtt/mosquitto.conf" >"$DEMO/logs/mosquitto.log" 2>&1 &
-pids+=($!)
-wait_until 10 "mosquitto" python3 -c "import socket; socket.create_connection(('127.0.0.1', $MQTT_PORT), 1)"
+stack_mosquitto "$DEMO/mqtt" "$DEMO/pki" "$DEMO/logs" "persistence true
+persistence_location $DEMO/mqtt/"
 
 # --- the cloud runner: ingest, replay, sweep, HTTP API ----------------------------------------
-HTTP_PORT=$(free_port)
-export EDGE_JWT_SECRET
-EDGE_JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
-log "edge-cloud run (API on http://127.0.0.1:$HTTP_PORT)"
-"$CLOUD" run --mqtt-url "mqtts://127.0.0.1:$MQTT_PORT" \
-  --ca "$DEMO/pki/ca.crt" --cert "$DEMO/pki/edge-service.crt" --key "$DEMO/pki/edge-service.key" \
-  --http "127.0.0.1:$HTTP_PORT" --spill-dir "$DEMO/spill" >"$DEMO/logs/edge-cloud.log" 2>&1 &
-pids+=($!)
-wait_until 30 "the HTTP API" python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$HTTP_PORT/openapi.json', timeout=1)"
+stack_runner "$DEMO/pki" "$DEMO/logs" "$DEMO/spill"
 
 # --- the gateway: an application writing source.db, and the agent --------------------------
 log "sample application writing .demo/device/source.db"
