@@ -1,16 +1,23 @@
 //! Decoding of the journal's row images (the text SQLite's `json_array` produced in a trigger).
 //!
-//! A general JSON parser is the wrong tool here: SQLite renders ±infinity as `9.0e+999` /
-//! `-9.0e+999`, which `serde_json` refuses as out of range, and an integer must come back as an
-//! exact `i64` while `1.0` must stay a REAL. The grammar SQLite emits for `json_array` of scalars
-//! (plus our `{"$hex":"…"}` blob marker) is tiny, so it is parsed here by hand; strings are
-//! unescaped by `serde_json`, which handles every JSON escape correctly.
+//! A general JSON parser is the wrong tool here: the row image is written by the *application's*
+//! SQLite, whatever its version (reliability.md §6), an integer must come back as an exact `i64`
+//! while `1.0` must stay a REAL, and a REAL must come back bit for bit. The grammar is tiny, so
+//! it is parsed here by hand; strings are unescaped by `serde_json`, which handles every JSON
+//! escape correctly. Every form a supported version (3.38+) writes is read:
+//! - a REAL as the triggers write it today (`triggers` module docs): `printf('%!.17e', x)`'s 18
+//!   significant digits, parsed with Rust's correctly rounded parser, or `{"$real":"inf"}` /
+//!   `{"$real":"-inf"}`;
+//! - what older triggers (plain `json_array`) left in the journal before an upgrade re-created
+//!   them: `Inf` / `-Inf` (3.40 and older: not JSON, but what is there), `9.0e+999` /
+//!   `-9.0e+999` (3.54), and 15-digit REALs (read as written: the digits lost are lost);
+//! - `{"$hex":"…"}` for a BLOB.
 
 use edge_protocol::value::SqlValue;
 use rusqlite::types::Value;
 use thiserror::Error;
 
-use super::triggers::HEX_MARKER;
+use super::triggers::{HEX_MARKER, REAL_MARKER};
 
 /// A row image that is not what the triggers write (a corrupted or foreign journal row).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -123,25 +130,40 @@ impl<'a> Parser<'a> {
 
     fn value(&mut self) -> Result<SqlValue, CodecError> {
         self.skip_ws();
+        let rest = self.text.get(self.pos..).unwrap_or_default();
         match self.peek() {
-            Some(b'n') if self.text[self.pos..].starts_with("null") => {
+            Some(b'n') if rest.starts_with("null") => {
                 self.pos += 4;
                 Ok(SqlValue::Null)
+            }
+            // SQLite ≤ 3.40's `json_array` spelling of ±infinity (older triggers' rows).
+            Some(b'I') if rest.starts_with("Inf") => {
+                self.pos += 3;
+                Ok(SqlValue::Real(f64::INFINITY))
+            }
+            Some(b'-') if rest.starts_with("-Inf") => {
+                self.pos += 4;
+                Ok(SqlValue::Real(f64::NEG_INFINITY))
             }
             Some(b'"') => self.string().map(SqlValue::Text),
             Some(b'-' | b'0'..=b'9') => self.number(),
             Some(b'{') => {
                 self.pos += 1;
                 let key = self.string()?;
-                if key != HEX_MARKER {
-                    return self.err(format!("unknown marker {key:?}"));
-                }
                 self.expect(b':')?;
-                let hex_text = self.string()?;
+                let inner = self.string()?;
                 self.expect(b'}')?;
-                hex::decode(&hex_text)
-                    .map(SqlValue::Blob)
-                    .or_else(|e| self.err(format!("bad hex: {e}")))
+                match key.as_str() {
+                    HEX_MARKER => hex::decode(&inner)
+                        .map(SqlValue::Blob)
+                        .or_else(|e| self.err(format!("bad hex: {e}"))),
+                    REAL_MARKER => match inner.as_str() {
+                        "inf" => Ok(SqlValue::Real(f64::INFINITY)),
+                        "-inf" => Ok(SqlValue::Real(f64::NEG_INFINITY)),
+                        other => self.err(format!("bad {REAL_MARKER} marker {other:?}")),
+                    },
+                    other => self.err(format!("unknown marker {other:?}")),
+                }
             }
             _ => self.err("expected a value"),
         }
@@ -197,6 +219,40 @@ mod tests {
         assert_eq!(v[7], SqlValue::Text("a\"b\\c\u{0}é".into()));
         assert_eq!(v[8], SqlValue::Blob(vec![0, 255]));
         assert_eq!(parse_values("[]").unwrap(), vec![]);
+    }
+
+    /// Every spelling of a REAL the supported SQLite versions leave in a journal row.
+    #[test]
+    fn reads_every_real_spelling_of_supported_versions() {
+        let v = parse_values(
+            r#"[Inf, -Inf,{"$real":"inf"}, {"$real":"-inf"},3.33333333333333314829e-01,0.333333333333333,1.15292150460684697597e+18,-0.0,4.94065645841247e-324,1.0e+308,5.84475195528291398662e+05]"#,
+        )
+        .unwrap();
+        let want = [
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1.0 / 3.0,
+            0.333333333333333,
+            2f64.powi(60),
+            -0.0,
+            5e-324,
+            1e308,
+            584475.1955282914,
+        ];
+        assert_eq!(v.len(), want.len());
+        for (got, want) in v.iter().zip(want) {
+            assert_eq!(got, &SqlValue::Real(want));
+        }
+        for bad in [
+            r#"[{"$real":"nan"}]"#,
+            "[In]",
+            "[-Infx]",
+            r#"[{"$real":1}]"#,
+        ] {
+            assert!(parse_values(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

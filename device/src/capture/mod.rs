@@ -147,6 +147,7 @@ impl RowsEntry {
                 .map(|c| PlannedColumn {
                     name: c.name.clone(),
                     may_hold_blob: may_hold_blob(strict, &c.decl_type),
+                    may_hold_real: may_hold_real(strict, &c.decl_type),
                 })
                 .collect(),
             pk: self.table.pk.clone(),
@@ -163,6 +164,19 @@ pub fn may_hold_blob(strict: bool, decl_type: &str) -> bool {
     matches!(
         decl_type.trim().to_ascii_uppercase().as_str(),
         "ANY" | "BLOB"
+    )
+}
+
+/// Only STRICT columns of a non-REAL, non-ANY type are guaranteed REAL-free (a STRICT INTEGER
+/// column converts a lossless REAL to an integer and refuses others); any column of an ordinary
+/// table can hold a REAL whatever its declared type.
+pub fn may_hold_real(strict: bool, decl_type: &str) -> bool {
+    if !strict {
+        return true;
+    }
+    matches!(
+        decl_type.trim().to_ascii_uppercase().as_str(),
+        "ANY" | "REAL"
     )
 }
 
@@ -455,5 +469,10 @@ mod tests {
         assert!(may_hold_blob(true, "blob"));
         assert!(!may_hold_blob(true, "INTEGER"));
         assert!(!may_hold_blob(true, "TEXT"));
+        assert!(may_hold_real(false, "INTEGER"));
+        assert!(may_hold_real(true, "real"));
+        assert!(may_hold_real(true, "ANY"));
+        assert!(!may_hold_real(true, "INT"));
+        assert!(!may_hold_real(true, "TEXT"));
     }
 }

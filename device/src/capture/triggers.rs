@@ -12,6 +12,29 @@
 //! `json_array` raises "JSON cannot hold BLOB values" for a blob argument, which would fail the
 //! application's write; every column that can hold a blob is therefore wrapped so a blob becomes
 //! `{"$hex":"…"}`, which the reader turns into the wire's `{"$base64":…}` marker.
+//!
+//! ## REALs: exact whatever the application's SQLite (reliability.md §6)
+//! The triggers run in the *application's* library, not ours, and `json_array`'s rendering of a
+//! REAL depends on its version: 3.40 (Debian 12, Raspberry Pi OS) keeps only 15 significant
+//! digits (`0.3333333333333333` → `0.333333333333333`, 2^60 → `1.15292150460685e+18`) and writes
+//! ±infinity as `Inf`/`-Inf` (not JSON); 3.54 writes `9.0e+999`. Neither `printf('%.17g')`
+//! (`0.30000000000000004` → `0.3` on 3.40) nor `quote(x)` is exact on 3.40: `quote` prints 15
+//! digits whenever 3.40's own (imprecise) text-to-double conversion reads them back as `x`, which
+//! it wrongly does for about 1 value in 100,000 (`6.4619946647724404` → `6.46199466477244`;
+//! measured on 500,000 values). `printf('%!.17e', x)` — 18 significant digits, always with an
+//! exponent so the reader tells it from an INTEGER — read back with a correctly rounded parser
+//! gave every value back bit for bit on 3.40 and 3.54 (750,000 values, random bit patterns,
+//! subnormals and ±1e308 included). So a column that may hold a REAL is written as
+//! `json(printf('%!.17e', x))` (a raw JSON number inside the array), and ±infinity as the wire's
+//! own marker `{"$real":"inf"}` / `{"$real":"-inf"}` (`abs(x) < 9e999` is false only for them;
+//! SQLite stores NaN as NULL). The one thing no SQL function of any version reveals is the sign
+//! of a zero: `-0.0`, which SQLite keeps only in a column without REAL/INTEGER/NUMERIC/TEXT
+//! affinity (a REAL column stores it as integer 0), is captured as `0.0`.
+//!
+//! Functions used, all built in since 3.38 (JSON1 before): `json_array`, `json_object`, `json`,
+//! `printf`, `hex`, `typeof`, `abs`. Changing this text re-creates every installed trigger at the
+//! next schema sync (installed and desired SQL are compared text for text), and the reader keeps
+//! decoding the forms older triggers wrote (`codec`).
 
 use super::ident::{quote_ident, quote_literal};
 
@@ -35,6 +58,9 @@ pub struct PlannedColumn {
     /// False only where SQLite guarantees no blob can be stored (typed STRICT columns), so the
     /// `typeof` guard is skipped there.
     pub may_hold_blob: bool,
+    /// False only where SQLite guarantees no REAL can be stored (STRICT INTEGER/TEXT/BLOB
+    /// columns); elsewhere a REAL is written exactly (module docs).
+    pub may_hold_real: bool,
 }
 
 /// Everything trigger generation needs about one enrolled `rows` table.
@@ -64,16 +90,39 @@ pub fn trigger_name(table_id: i64, kind: &str) -> String {
     format!("{TRIGGER_PREFIX}{table_id}_{kind}")
 }
 
+/// Marker key of a non-finite REAL in the row image (the wire's own, protocol §2).
+pub const REAL_MARKER: &str = "$real";
+
+/// The exact JSON of a REAL `col` (module docs): 18 significant digits for finite values, the
+/// `$real` marker for ±infinity.
+fn real_expr(col: &str) -> String {
+    let marker = |sign: &str| quote_literal(&format!("{{\"{REAL_MARKER}\":\"{sign}inf\"}}"));
+    format!(
+        "json(CASE WHEN abs({col}) < 9e999 THEN printf('%!.17e', {col}) WHEN {col} > 0 THEN {} ELSE {} END)",
+        marker(""),
+        marker("-")
+    )
+}
+
 /// One value of the row image; `source` is `NEW`, `OLD` or a quoted table alias.
 fn value_expr(source: &str, column: &PlannedColumn) -> String {
     let col = format!("{source}.{}", quote_ident(&column.name));
-    if column.may_hold_blob {
-        format!(
-            "CASE WHEN typeof({col})='blob' THEN json_object({}, hex({col})) ELSE {col} END",
-            quote_literal(HEX_MARKER)
-        )
-    } else {
-        col
+    let blob = || format!("json_object({}, hex({col}))", quote_literal(HEX_MARKER));
+    match (column.may_hold_real, column.may_hold_blob) {
+        (true, true) => format!(
+            "CASE typeof({col}) WHEN 'real' THEN {} WHEN 'blob' THEN {} ELSE {col} END",
+            real_expr(&col),
+            blob()
+        ),
+        (true, false) => format!(
+            "CASE WHEN typeof({col})='real' THEN {} ELSE {col} END",
+            real_expr(&col)
+        ),
+        (false, true) => format!(
+            "CASE WHEN typeof({col})='blob' THEN {} ELSE {col} END",
+            blob()
+        ),
+        (false, false) => col,
     }
 }
 
@@ -89,16 +138,13 @@ pub fn pk_expr(plan: &CapturePlan, source: &str) -> String {
         .pk
         .iter()
         .map(|name| {
-            let may_hold_blob = plan
-                .columns
-                .iter()
-                .find(|c| &c.name == name)
-                .is_none_or(|c| c.may_hold_blob);
+            let planned = plan.columns.iter().find(|c| &c.name == name);
             value_expr(
                 source,
                 &PlannedColumn {
                     name: name.clone(),
-                    may_hold_blob,
+                    may_hold_blob: planned.is_none_or(|c| c.may_hold_blob),
+                    may_hold_real: planned.is_none_or(|c| c.may_hold_real),
                 },
             )
         })
@@ -191,10 +237,17 @@ mod tests {
                 PlannedColumn {
                     name: "id".into(),
                     may_hold_blob: false,
+                    may_hold_real: false,
                 },
                 PlannedColumn {
                     name: "select".into(),
                     may_hold_blob: true,
+                    may_hold_real: false,
+                },
+                PlannedColumn {
+                    name: "r".into(),
+                    may_hold_blob: true,
+                    may_hold_real: true,
                 },
             ],
             pk: vec!["id".into()],
@@ -223,8 +276,14 @@ mod tests {
         assert!(ins.starts_with(
             "CREATE TRIGGER \"__omega_trg_7_ins\" AFTER INSERT ON \"we\"\"ird table\""
         ));
-        assert!(ins.contains("json_array(NEW.\"id\", CASE WHEN typeof(NEW.\"select\")='blob' THEN json_object('$hex', hex(NEW.\"select\")) ELSE NEW.\"select\" END)"));
+        assert!(ins.contains("json_array(NEW.\"id\", CASE WHEN typeof(NEW.\"select\")='blob' THEN json_object('$hex', hex(NEW.\"select\")) ELSE NEW.\"select\" END, "));
         assert!(ins.contains("VALUES (3, 1, NULL,"));
+        assert!(ins.contains(
+            "CASE typeof(NEW.\"r\") WHEN 'real' THEN json(CASE WHEN abs(NEW.\"r\") < 9e999 \
+             THEN printf('%!.17e', NEW.\"r\") WHEN NEW.\"r\" > 0 THEN '{\"$real\":\"inf\"}' \
+             ELSE '{\"$real\":\"-inf\"}' END) WHEN 'blob' THEN json_object('$hex', hex(NEW.\"r\")) \
+             ELSE NEW.\"r\" END"
+        ));
         let del = &set[3].sql;
         assert!(del.contains("VALUES (3, 3, json_array(OLD.\"id\"), NULL)"));
     }
