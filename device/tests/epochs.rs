@@ -37,8 +37,10 @@ const DAY_MS: u64 = 86_400_000;
 fn defect_7_new_epoch_with_clock_set_back_sorts_after_the_previous_one() {
     let env = Env::new();
     let app = env.app();
-    app.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
-        .unwrap();
+    app.execute_batch(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');",
+    )
+    .unwrap();
     let mut state = env.state();
     let mut clock = Clock {
         ms: 1_800_000_000_000,
@@ -54,7 +56,8 @@ fn defect_7_new_epoch_with_clock_set_back_sorts_after_the_previous_one() {
     // Power cut; the gateway boots with its clock a day behind and the journal was reset
     // (restored from a backup): the poll starts a new epoch.
     clock.ms -= DAY_MS;
-    app.execute_batch("DELETE FROM \"__omega_journal\";").unwrap();
+    app.execute_batch("DELETE FROM \"__omega_journal\";")
+        .unwrap();
     let report = cap.poll(&mut state, &mut clock).unwrap();
     assert!(report.new_epoch.is_some(), "{report:?}");
     let second = state.journal_epoch().unwrap().unwrap();
@@ -108,7 +111,11 @@ state_db_path = "{d}/state.db"
 }
 
 fn epoch_in(state: &Path) -> Uuid {
-    StateDb::open(state).unwrap().journal_epoch().unwrap().unwrap()
+    StateDb::open(state)
+        .unwrap()
+        .journal_epoch()
+        .unwrap()
+        .unwrap()
 }
 
 /// The same with the real binary and the real clock set back by `faketime` (installed by

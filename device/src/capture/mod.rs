@@ -49,7 +49,7 @@ use crate::state::{StateDb, StateError};
 
 pub use codec::CodecError;
 use identity::file_identity;
-pub use identity::{decide_identity, IdentityDecision, IdentityFacts};
+pub use identity::{decide_identity, next_epoch, IdentityDecision, IdentityFacts};
 use schema::{RowsTable, TelemetryTable};
 use triggers::{CapturePlan, PlannedColumn};
 
@@ -337,7 +337,7 @@ impl Capture {
         let max = self.journal_max_seq()?;
         let high = state.journal_high_water()?;
         if max < high {
-            let epoch = ids.new_v7();
+            let epoch = next_epoch(state.journal_epoch()?, ids.new_v7());
             let reason =
                 format!("journal went backwards (max commit_seq {max} < high-water {high})");
             warn!(%epoch, %reason, "starting a new journal epoch");
@@ -407,7 +407,7 @@ impl Capture {
             reason,
         } = decision
         {
-            let epoch = ids.new_v7();
+            let epoch = next_epoch(state.journal_epoch()?, ids.new_v7());
             warn!(%epoch, %reason, "starting a new journal epoch");
             state.start_new_epoch(epoch)?;
             first_run = !facts.state_has_epoch;
