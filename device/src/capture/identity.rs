@@ -11,8 +11,8 @@ use uuid::Uuid;
 use super::CaptureError;
 
 /// The id of a new journal epoch: `candidate` (a fresh UUIDv7 from the device's clock) if it
-/// sorts after `previous` (the epoch state.db knows), else a UUIDv7 at `previous`'s millisecond
-/// + 1 with `candidate`'s random bits — max(now, previous + 1 ms) (reliability.md §5). A gateway
+/// sorts after `previous` (the epoch state.db knows), else a UUIDv7 one millisecond after
+/// `previous`'s with `candidate`'s random bits: max(now, previous plus 1 ms), reliability.md §5. A gateway
 /// without an RTC that starts before NTP has a clock behind real time; an epoch taken from it
 /// would sort below the old one, and the cloud's version guard would then ignore every later
 /// change. Pure: the time comes in with `candidate`.
