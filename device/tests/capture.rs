@@ -782,3 +782,140 @@ fn telemetry_reader_follows_ts_rowid_cursor_with_include_columns() {
     assert!(none.records.is_empty() && none.skipped.is_empty());
     assert!(cap.read_telemetry("missing", None, 1).is_err());
 }
+
+/// Telemetry progress saved with the cursor a read returned (what the publisher does).
+fn save_cursor(
+    state: &edge_agent::state::StateDb,
+    table: &str,
+    read: &edge_agent::capture::telemetry::TelemetryRead,
+) {
+    let mut p = state.telemetry_progress(table).unwrap();
+    p.batch_seq += 1;
+    p.cursor = read.next_cursor.clone();
+    state.set_telemetry_progress(table, &p).unwrap();
+}
+
+fn telemetry_env(
+    ddl: &str,
+) -> (
+    Env,
+    rusqlite::Connection,
+    edge_agent::state::StateDb,
+    edge_agent::capture::Capture,
+) {
+    let mut env = Env::new();
+    let app = env.app();
+    app.execute_batch(ddl).unwrap();
+    let mut cfg = no_snapshot();
+    cfg.tables.insert(
+        "m".into(),
+        TableConfig {
+            strategy: Strategy::Telemetry,
+            ts_column: Some("ts".into()),
+            include_columns: None,
+        },
+    );
+    let mut state = env.state();
+    let cap = env.capture(&mut state, cfg);
+    (env, app, state, cap)
+}
+
+fn read_values(
+    cap: &edge_agent::capture::Capture,
+    state: &edge_agent::state::StateDb,
+) -> (Vec<f64>, edge_agent::capture::telemetry::TelemetryRead) {
+    let cursor = state.telemetry_progress("m").unwrap().cursor;
+    let read = cap.read_telemetry("m", cursor.as_ref(), 1000).unwrap();
+    let values = read
+        .records
+        .iter()
+        .map(|r| match r.fields.get("v") {
+            Some(SqlValue::Real(f)) => *f,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    save_cursor(state, "m", &read);
+    (values, read)
+}
+
+/// Defect 9 (issue 13, reliability §5): the timestamp is payload, not cursor — a late or
+/// backfilled reading (older timestamp, inserted after the cursor moved) is still sent.
+#[test]
+fn defect_9_telemetry_rows_with_older_timestamp_after_the_cursor_are_sent() {
+    let (_env, app, state, cap) = telemetry_env(
+        "CREATE TABLE m (ts TEXT, v REAL);
+         INSERT INTO m VALUES ('2026-04-28T10:00:00Z', 1.0), ('2026-04-28T10:01:00Z', 2.0);",
+    );
+    assert_eq!(read_values(&cap, &state).0, [1.0, 2.0]);
+    // Backfilled from a buffer / clock corrected: older timestamps, appended now.
+    app.execute_batch(
+        "INSERT INTO m VALUES ('2026-04-28T09:00:00Z', 3.0), ('2026-04-28T10:01:00Z', 4.0);",
+    )
+    .unwrap();
+    assert_eq!(
+        read_values(&cap, &state).0,
+        [3.0, 4.0],
+        "late rows never read"
+    );
+    assert!(read_values(&cap, &state).0.is_empty());
+}
+
+/// Defect 9: `DELETE FROM t` restarts rowids; the reader sees `max(rowid) < mark` or a changed
+/// row at its mark and re-reads from the start (new rows sharing the last timestamp included).
+#[test]
+fn defect_9_telemetry_delete_all_then_new_rows_are_sent() {
+    let (_env, app, state, cap) = telemetry_env(
+        "CREATE TABLE m (ts TEXT, v REAL);
+         INSERT INTO m VALUES ('2026-04-28T10:00:00Z', 1.0), ('2026-04-28T10:00:00Z', 2.0),
+                              ('2026-04-28T10:00:00Z', 3.0);",
+    );
+    assert_eq!(read_values(&cap, &state).0, [1.0, 2.0, 3.0]);
+    app.execute_batch(
+        "DELETE FROM m;
+         INSERT INTO m VALUES ('2026-04-28T10:00:00Z', 4.0), ('2026-04-28T10:00:00Z', 5.0);",
+    )
+    .unwrap();
+    assert_eq!(
+        read_values(&cap, &state).0,
+        [4.0, 5.0],
+        "rows after DELETE FROM lost"
+    );
+    // More rows than before the delete: the row at the old mark changed → reset too.
+    app.execute_batch(
+        "DELETE FROM m;
+         INSERT INTO m VALUES ('2026-04-28T10:00:00Z', 6.0), ('2026-04-28T10:00:00Z', 7.0),
+           ('2026-04-28T10:00:00Z', 8.0), ('2026-04-28T10:00:00Z', 9.0);",
+    )
+    .unwrap();
+    assert_eq!(read_values(&cap, &state).0, [6.0, 7.0, 8.0, 9.0]);
+    assert!(read_values(&cap, &state).0.is_empty());
+}
+
+/// Defect 9: VACUUM renumbers implicit rowids (after the application's retention deleted old
+/// rows); rows appended after it are still sent (earlier ones may be sent again: the cloud
+/// dedups, nothing is lost).
+#[test]
+fn defect_9_telemetry_vacuum_renumbering_loses_nothing() {
+    let (_env, app, state, cap) = telemetry_env(
+        "CREATE TABLE m (ts TEXT, v REAL);
+         INSERT INTO m VALUES ('2026-04-28T10:00:00Z', 1.0), ('2026-04-28T10:00:00Z', 2.0),
+           ('2026-04-28T10:00:00Z', 3.0), ('2026-04-28T10:00:00Z', 4.0),
+           ('2026-04-28T10:00:00Z', 5.0), ('2026-04-28T10:00:00Z', 6.0);",
+    );
+    assert_eq!(read_values(&cap, &state).0.len(), 6);
+    app.execute_batch("DELETE FROM m WHERE v < 4.0;").unwrap();
+    app.execute_batch("VACUUM;").unwrap();
+    let max: i64 = app
+        .query_row("SELECT max(rowid) FROM m", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(max, 3, "VACUUM did not renumber");
+    app.execute_batch(
+        "INSERT INTO m VALUES ('2026-04-28T10:00:00Z', 7.0), ('2026-04-28T10:00:00Z', 8.0);",
+    )
+    .unwrap();
+    let got = read_values(&cap, &state).0;
+    assert!(
+        got.contains(&7.0) && got.contains(&8.0),
+        "rows appended after VACUUM lost: {got:?}"
+    );
+}
