@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS telemetry (
     table_name TEXT PRIMARY KEY,
     batch_seq INTEGER NOT NULL DEFAULT 0,
     cursor_ts TEXT,
-    cursor_rowid INTEGER
+    cursor_rowid INTEGER,
+    cursor_check TEXT
 );
 CREATE TABLE IF NOT EXISTS handled_controls (control_id TEXT PRIMARY KEY, handled_at_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (
@@ -89,12 +90,34 @@ pub struct TableState {
     pub pause_issued_at: Option<String>,
 }
 
-/// Where the telemetry reader continues: after `(ts, rowid)` in SQLite's ordering.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the telemetry reader continues (reliability.md §5): a rowid high-water mark — every row
+/// with a rowid up to `rowid` was read; the timestamp is payload, not cursor.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TelemetryCursor {
-    /// The raw `ts_column` value of the last published row.
-    pub ts: SqlValue,
+    /// The high-water mark.
     pub rowid: i64,
+    /// The row at the mark when it was read, and the table's first row then: one of them
+    /// changed (or `max(rowid) < rowid`) means the rowids were reused — `DELETE FROM t`, VACUUM
+    /// renumbering — and the reader starts again from the first row.
+    pub check: Option<RowCheck>,
+    pub first: Option<RowCheck>,
+    /// A cursor saved before issue 13 (`(ts, rowid)` order): the reader converts it at its next
+    /// read to the largest mark below which every row had been read in that order.
+    pub legacy_ts: Option<SqlValue>,
+}
+
+/// One row as the telemetry reader saw it: its rowid and a digest of its read columns.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RowCheck {
+    pub rowid: i64,
+    pub digest: String,
+}
+
+/// What `telemetry.cursor_check` holds (JSON).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct CursorChecks {
+    check: Option<RowCheck>,
+    first: Option<RowCheck>,
 }
 
 /// Telemetry progress of one table.
@@ -150,6 +173,15 @@ impl StateDb {
         conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
         conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
         conn.execute_batch(SCHEMA)?;
+        // Issue 13 (telemetry rowid cursor): `cursor_check` on a state.db made before it.
+        let has_check: bool = conn.query_row(
+            "SELECT count(*) FROM pragma_table_info('telemetry') WHERE name = 'cursor_check'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_check {
+            conn.execute_batch("ALTER TABLE telemetry ADD COLUMN cursor_check TEXT;")?;
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(StateDb { conn })
     }
@@ -421,26 +453,48 @@ impl StateDb {
     }
 
     pub fn telemetry_progress(&self, table: &str) -> Result<TelemetryProgress, StateError> {
-        let row: Option<(i64, Option<String>, Option<i64>)> = self
+        type Saved = (i64, Option<String>, Option<i64>, Option<String>);
+        let row: Option<Saved> = self
             .conn
             .query_row(
-                "SELECT batch_seq, cursor_ts, cursor_rowid FROM telemetry WHERE table_name = ?1",
+                "SELECT batch_seq, cursor_ts, cursor_rowid, cursor_check FROM telemetry \
+                 WHERE table_name = ?1",
                 [table],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        let Some((batch_seq, ts, rowid)) = row else {
+        let Some((batch_seq, ts, rowid, checks)) = row else {
             return Ok(TelemetryProgress::default());
         };
-        let cursor = match (ts, rowid) {
-            (Some(ts), Some(rowid)) => {
-                let ts: SqlValue = serde_json::from_str(&ts).map_err(|_| StateError::Corrupt {
-                    what: "telemetry cursor",
-                    value: ts.clone(),
-                })?;
-                Some(TelemetryCursor { ts, rowid })
+        let corrupt = |value: &str| StateError::Corrupt {
+            what: "telemetry cursor",
+            value: value.to_owned(),
+        };
+        let cursor = match (rowid, checks, ts) {
+            (None, _, _) => None,
+            (Some(rowid), Some(checks), _) => {
+                let c: CursorChecks =
+                    serde_json::from_str(&checks).map_err(|_| corrupt(&checks))?;
+                Some(TelemetryCursor {
+                    rowid,
+                    check: c.check,
+                    first: c.first,
+                    legacy_ts: None,
+                })
             }
-            _ => None,
+            // Saved by an agent before issue 13: `(ts, rowid)`.
+            (Some(rowid), None, Some(ts)) => {
+                let ts: SqlValue = serde_json::from_str(&ts).map_err(|_| corrupt(&ts))?;
+                Some(TelemetryCursor {
+                    rowid,
+                    legacy_ts: Some(ts),
+                    ..TelemetryCursor::default()
+                })
+            }
+            (Some(rowid), None, None) => Some(TelemetryCursor {
+                rowid,
+                ..TelemetryCursor::default()
+            }),
         };
         Ok(TelemetryProgress { batch_seq, cursor })
     }
@@ -452,24 +506,38 @@ impl StateDb {
         table: &str,
         progress: &TelemetryProgress,
     ) -> Result<(), StateError> {
-        let (ts, rowid) = match &progress.cursor {
-            Some(c) => (
-                Some(
-                    serde_json::to_string(&c.ts).map_err(|_| StateError::Corrupt {
-                        what: "telemetry cursor",
-                        value: c.ts.to_string(),
-                    })?,
-                ),
-                Some(c.rowid),
-            ),
-            None => (None, None),
+        let (ts, rowid, checks) = match &progress.cursor {
+            Some(c) => {
+                let corrupt = |value: String| StateError::Corrupt {
+                    what: "telemetry cursor",
+                    value,
+                };
+                let ts = match &c.legacy_ts {
+                    Some(ts) => {
+                        Some(serde_json::to_string(ts).map_err(|_| corrupt(ts.to_string()))?)
+                    }
+                    None => None,
+                };
+                let checks = match c.legacy_ts {
+                    Some(_) => None,
+                    None => Some(
+                        serde_json::to_string(&CursorChecks {
+                            check: c.check.clone(),
+                            first: c.first.clone(),
+                        })
+                        .map_err(|e| corrupt(e.to_string()))?,
+                    ),
+                };
+                (ts, Some(c.rowid), checks)
+            }
+            None => (None, None, None),
         };
         self.conn.execute(
-            "INSERT INTO telemetry(table_name, batch_seq, cursor_ts, cursor_rowid) \
-             VALUES(?1, ?2, ?3, ?4) ON CONFLICT(table_name) DO UPDATE SET \
+            "INSERT INTO telemetry(table_name, batch_seq, cursor_ts, cursor_rowid, cursor_check) \
+             VALUES(?1, ?2, ?3, ?4, ?5) ON CONFLICT(table_name) DO UPDATE SET \
              batch_seq = excluded.batch_seq, cursor_ts = excluded.cursor_ts, \
-             cursor_rowid = excluded.cursor_rowid",
-            params![table, progress.batch_seq, ts, rowid],
+             cursor_rowid = excluded.cursor_rowid, cursor_check = excluded.cursor_check",
+            params![table, progress.batch_seq, ts, rowid, checks],
         )?;
         Ok(())
     }
@@ -557,8 +625,13 @@ mod tests {
                 &TelemetryProgress {
                     batch_seq: 7,
                     cursor: Some(TelemetryCursor {
-                        ts: SqlValue::Text("2026-01-01T00:00:00Z".into()),
                         rowid: 3,
+                        check: Some(RowCheck {
+                            rowid: 3,
+                            digest: "ab".into(),
+                        }),
+                        first: None,
+                        legacy_ts: None,
                     }),
                 },
             )
@@ -586,7 +659,10 @@ mod tests {
         assert!(!s.is_control_handled("c2").unwrap());
         let p = s.telemetry_progress("temps").unwrap();
         assert_eq!(p.batch_seq, 7);
-        assert_eq!(p.cursor.unwrap().rowid, 3);
+        let c = p.cursor.unwrap();
+        assert_eq!(c.rowid, 3);
+        assert_eq!(c.check.unwrap().digest, "ab");
+        assert!(c.legacy_ts.is_none());
         let out = outbox_store::list(&s).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].batch_id, id);

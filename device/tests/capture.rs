@@ -726,7 +726,7 @@ fn paused_tables_are_skipped_by_the_reader() {
 }
 
 #[test]
-fn telemetry_reader_follows_ts_rowid_cursor_with_include_columns() {
+fn telemetry_reader_follows_rowid_mark_with_include_columns() {
     let mut env = Env::new();
     let app = env.app();
     app.execute_batch(
@@ -748,11 +748,11 @@ fn telemetry_reader_follows_ts_rowid_cursor_with_include_columns() {
     );
     let mut state = env.state();
     let cap = env.capture(&mut state, cfg);
-    // Ordered by (ts, rowid): the two rows sharing a timestamp come in rowid order.
+    // In append (rowid) order: the timestamp is payload, not cursor (reliability §5).
     let first = cap.read_telemetry("temps", None, 2).unwrap();
     let ts: Vec<&str> = first.records.iter().map(|r| r.ts.as_str()).collect();
-    assert_eq!(ts, ["2026-04-28T09:00:01Z", "2026-04-28T09:00:02Z"]);
-    assert_eq!(first.records[1].rowid, 1);
+    assert_eq!(ts, ["2026-04-28T09:00:02Z", "2026-04-28T09:00:01Z"]);
+    assert_eq!(first.records[1].rowid, 2);
     let fields: Vec<&String> = first.records[0].fields.keys().collect();
     assert_eq!(fields, ["unit", "value"]);
     let cursor = first.next_cursor.unwrap();
@@ -918,4 +918,39 @@ fn defect_9_telemetry_vacuum_renumbering_loses_nothing() {
         got.contains(&7.0) && got.contains(&8.0),
         "rows appended after VACUUM lost: {got:?}"
     );
+}
+
+/// Defect 9: a cursor saved by an earlier agent (`(ts, rowid)` order) is converted without
+/// losing a row: the mark becomes the last rowid below which that order had read everything.
+#[test]
+fn defect_9_telemetry_legacy_ts_rowid_cursor_migrates_without_loss() {
+    let (_env, _app, state, cap) = telemetry_env(
+        "CREATE TABLE m (ts TEXT, v REAL);
+         INSERT INTO m VALUES ('2026-04-28T10:00:00Z', 1.0), ('2026-04-28T10:05:00Z', 2.0),
+                              ('2026-04-28T10:01:00Z', 3.0);",
+    );
+    // The old reader had sent rows 1 and 3 ((ts, rowid) order) and saved (10:01, 3).
+    state
+        .conn()
+        .execute(
+            "INSERT INTO telemetry(table_name, batch_seq, cursor_ts, cursor_rowid) \
+             VALUES('m', 2, '\"2026-04-28T10:01:00Z\"', 3)",
+            [],
+        )
+        .unwrap();
+    let (values, _) = read_values(&cap, &state);
+    assert!(values.contains(&2.0), "row 2 (10:05) lost: {values:?}");
+    assert_eq!(state.telemetry_progress("m").unwrap().batch_seq, 3);
+    assert!(read_values(&cap, &state).0.is_empty());
+}
+
+/// A table without a usable rowid is refused for telemetry with a clear reason.
+#[test]
+fn defect_9_telemetry_without_rowid_table_is_refused_clearly() {
+    let (_env, _app, state, cap) =
+        telemetry_env("CREATE TABLE m (ts TEXT PRIMARY KEY, v REAL) WITHOUT ROWID;");
+    assert!(!cap.catalog().telemetry.contains_key("m"));
+    let reason = cap.catalog().not_enrolled.get("m").cloned().unwrap();
+    assert!(reason.contains("WITHOUT ROWID"), "{reason}");
+    assert!(state.telemetry_progress("m").unwrap().cursor.is_none());
 }

@@ -212,8 +212,9 @@ fn enrol_rows(info: &TableInfo, cfg: &TableConfig) -> Enrolment {
 fn enrol_telemetry(info: &TableInfo, cfg: &TableConfig) -> Enrolment {
     if info.without_rowid {
         return Enrolment::NotEnrolled {
-            reason: "telemetry needs a rowid for its (ts_column, rowid) cursor; this table is \
-                     WITHOUT ROWID"
+            reason: "telemetry is read in append order by rowid (a high-water mark); this \
+                     table is WITHOUT ROWID and has none — use an ordinary table, ideally with \
+                     an INTEGER PRIMARY KEY AUTOINCREMENT"
                 .into(),
         };
     }
