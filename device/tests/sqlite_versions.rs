@@ -318,3 +318,70 @@ fn defect_12_real_two_pow_60_is_a_double_in_trigger_and_snapshot_images() {
     run(Writer::Python, &vals);
     run(Writer::Bundled, &vals);
 }
+
+/// Sets the "last writer" SQLite version in a database file's header (bytes 96..100).
+fn set_header_writer_version(path: &std::path::Path, version: u32) {
+    use std::io::{Seek as _, SeekFrom, Write as _};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(96)).unwrap();
+    f.write_all(&version.to_be_bytes()).unwrap();
+}
+
+/// §6: an application SQLite older than 3.38 (JSON1 not guaranteed) is refused at enrolment with
+/// a clear message — before any trigger that could fail the application's writes is installed —
+/// unless the operator confirms JSON1; 3.40 (Python's module here) is accepted.
+#[test]
+fn defect_11_app_sqlite_older_than_3_38_is_refused_at_enrolment() {
+    let mut env = Env::new();
+    {
+        let app = Connection::open(env.source_path()).unwrap();
+        app.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v REAL);")
+            .unwrap();
+    }
+    set_header_writer_version(&env.source_path(), 3_037_002);
+    let mut state = env.state();
+    let err = edge_agent::capture::Capture::open(
+        &env.source_path(),
+        no_snapshot(),
+        &mut state,
+        &mut env.ids,
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        err.contains("3.37.2") && err.contains("app_sqlite_has_json1"),
+        "not refused clearly: {err:?}"
+    );
+    let app = Connection::open(env.source_path()).unwrap();
+    let ours: i64 = app
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE '__omega%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(ours, 0, "objects installed despite the refusal");
+    drop(app);
+    // The operator confirms JSON1: enrolled.
+    let mut cfg = no_snapshot();
+    cfg.app_sqlite_has_json1 = true;
+    let (cap, _) =
+        edge_agent::capture::Capture::open(&env.source_path(), cfg, &mut state, &mut env.ids)
+            .unwrap();
+    assert!(cap.catalog().rows.contains_key("t"));
+
+    // A database created by the system library (3.40 here) is accepted as it is.
+    let env2 = Env::new();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('CREATE TABLE t (id INTEGER PRIMARY KEY, v REAL)'); c.commit()")
+        .arg(path_str(&env2.source_path()))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut state2 = env2.state();
+    let mut ids = TestIds::default();
+    edge_agent::capture::Capture::open(&env2.source_path(), no_snapshot(), &mut state2, &mut ids)
+        .unwrap();
+}

@@ -25,6 +25,7 @@
 //! with the old table: a gap in capture, so the table is re-snapshotted).
 
 mod codec;
+pub mod compat;
 pub mod ident;
 mod identity;
 pub mod journal;
@@ -86,6 +87,9 @@ pub enum CaptureError {
     /// again; nothing was consumed.
     #[error("source schema changed since the last poll; poll before reading the journal")]
     SchemaChanged,
+    /// The application's SQLite cannot run the triggers (reliability.md §6, [`compat`]).
+    #[error("{0}")]
+    UnsupportedSqlite(String),
     #[error("cannot inspect source database file {path}: {source}")]
     File {
         path: PathBuf,
@@ -260,6 +264,17 @@ pub struct Capture {
     catalog: Catalog,
     schemas: BTreeMap<i64, StoredSchema>,
     schema_version: Option<i64>,
+    /// The file header's last-writer SQLite version, read before our connection opened it
+    /// ([`compat`]).
+    header_version: Option<u32>,
+}
+
+/// [`compat::header_writer_version`] of `path`, as a capture error.
+fn header_version_of(path: &Path) -> Result<Option<u32>, CaptureError> {
+    compat::header_writer_version(path).map_err(|source| CaptureError::File {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 impl Capture {
@@ -271,6 +286,8 @@ impl Capture {
         state: &mut StateDb,
         ids: &mut dyn IdSource,
     ) -> Result<(Capture, PollReport), CaptureError> {
+        // Before our connection writes anything (`journal_mode=WAL` may rewrite page 1).
+        let header_version = header_version_of(path)?;
         let conn = open_source(path)?;
         let mut capture = Capture {
             conn,
@@ -280,6 +297,7 @@ impl Capture {
             catalog: Catalog::default(),
             schemas: BTreeMap::new(),
             schema_version: None,
+            header_version,
         };
         let mut report = PollReport::default();
         capture.attach(state, ids, &mut report)?;
@@ -320,6 +338,7 @@ impl Capture {
                 true,
             )?;
             drop(old);
+            self.header_version = header_version_of(&self.path)?;
             self.conn = open_source(&self.path)?;
             self.file_id = now_id;
             self.schema_version = None;
@@ -373,6 +392,13 @@ impl Capture {
         report: &mut PollReport,
     ) -> Result<(), CaptureError> {
         let journal_existed = self.table_exists("__omega_journal")?;
+        if !journal_existed {
+            let why =
+                compat::refuse_app_sqlite(self.header_version, self.config.app_sqlite_has_json1);
+            if let Some(why) = why {
+                return Err(CaptureError::UnsupportedSqlite(why));
+            }
+        }
         self.with_immediate(|tx| tx.execute_batch(BOOKKEEPING))?;
         let instance = match self
             .conn

@@ -61,6 +61,9 @@ pub struct CaptureConfig {
     pub snapshot_on_first_run: bool,
     /// Bound on the journal's pending bytes before retention coalesces/drops (agent.md §4).
     pub local_retention_bytes: u64,
+    /// The operator confirms the application's SQLite, older than 3.38, has JSON1 compiled in
+    /// (`sqlite-replication.app_sqlite_has_json1`; reliability.md §6, `capture::compat`).
+    pub app_sqlite_has_json1: bool,
 }
 
 impl Default for CaptureConfig {
@@ -68,6 +71,7 @@ impl Default for CaptureConfig {
         CaptureConfig {
             tables: BTreeMap::new(),
             snapshot_on_first_run: true,
+            app_sqlite_has_json1: false,
             local_retention_bytes: DEFAULT_LOCAL_RETENTION_BYTES,
         }
     }

@@ -34,6 +34,7 @@ const REPLICATION_KEYS: &[&str] = &[
     "max_payload_bytes",
     "local_retention_bytes",
     "snapshot_on_first_run",
+    "app_sqlite_has_json1",
     "max_inflight",
     "low_latency",
     "low_latency_debounce",
@@ -432,6 +433,7 @@ fn read_replication(r: &Reader<'_>) -> Result<ReplicationSettings, SettingsError
     let capture = CaptureConfig {
         tables,
         snapshot_on_first_run: r.bool(S, "snapshot_on_first_run")?.unwrap_or(true),
+        app_sqlite_has_json1: r.bool(S, "app_sqlite_has_json1")?.unwrap_or(false),
         local_retention_bytes: r
             .uint(S, "local_retention_bytes", 1024 * 1024)?
             .unwrap_or(DEFAULT_LOCAL_RETENTION_BYTES),
