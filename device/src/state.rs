@@ -111,6 +111,10 @@ pub struct TelemetryCursor {
 pub struct RowCheck {
     pub rowid: i64,
     pub digest: String,
+    /// The table's telemetry schema hash (ts column + fields) the digest was taken under: after
+    /// a schema or `include_columns` change the digests are not comparable and are not compared.
+    #[serde(default)]
+    pub schema_hash: Option<String>,
 }
 
 /// What `telemetry.cursor_check` holds (JSON).
@@ -629,6 +633,7 @@ mod tests {
                         check: Some(RowCheck {
                             rowid: 3,
                             digest: "ab".into(),
+                            schema_hash: None,
                         }),
                         first: None,
                         legacy_ts: None,

@@ -954,3 +954,22 @@ fn defect_9_telemetry_without_rowid_table_is_refused_clearly() {
     assert!(reason.contains("WITHOUT ROWID"), "{reason}");
     assert!(state.telemetry_progress("m").unwrap().cursor.is_none());
 }
+
+/// A schema change of a telemetry table (ADD COLUMN: new fields, new digests) is not a reset:
+/// only the new row is read.
+#[test]
+fn defect_9_telemetry_add_column_is_not_a_reset() {
+    let (mut env, app, mut state, mut cap) = telemetry_env(
+        "CREATE TABLE m (ts TEXT, v REAL);
+         INSERT INTO m VALUES ('2026-04-28T10:00:00Z', 1.0), ('2026-04-28T10:00:00Z', 2.0);",
+    );
+    assert_eq!(read_values(&cap, &state).0, [1.0, 2.0]);
+    app.execute_batch("ALTER TABLE m ADD COLUMN unit TEXT DEFAULT 'C';")
+        .unwrap();
+    cap.poll(&mut state, &mut env.ids).unwrap();
+    app.execute_batch("INSERT INTO m VALUES ('2026-04-28T10:00:00Z', 3.0, 'K');")
+        .unwrap();
+    let (values, read) = read_values(&cap, &state);
+    assert_eq!(values, [3.0]);
+    assert!(!read.reset);
+}

@@ -207,11 +207,16 @@ impl Capture {
                 .map(|(rowid, v)| RowCheck {
                     rowid,
                     digest: digest(&v),
+                    schema_hash: Some(t.schema_hash.clone()),
                 }))
         };
         let changed = |c: &Option<RowCheck>| -> Result<bool, CaptureError> {
             Ok(match c {
-                Some(c) => check_at(c.rowid)?.is_some_and(|now| now.digest != c.digest),
+                // Digests taken under other columns are not comparable.
+                Some(c) if c.schema_hash.as_deref() == Some(t.schema_hash.as_str()) => {
+                    check_at(c.rowid)?.is_some_and(|now| now.digest != c.digest)
+                }
+                Some(_) => false,
                 None => false,
             })
         };
@@ -261,6 +266,7 @@ impl Capture {
                 .map(|(rowid, v)| RowCheck {
                     rowid,
                     digest: digest(&v),
+                    schema_hash: Some(t.schema_hash.clone()),
                 })
         };
         let mut stmt = self.conn.prepare_cached(&sql)?;
@@ -272,6 +278,7 @@ impl Capture {
                 check: Some(RowCheck {
                     rowid,
                     digest: digest(&values),
+                    schema_hash: Some(t.schema_hash.clone()),
                 }),
                 first: first.clone(),
                 legacy_ts: None,
