@@ -134,7 +134,10 @@ fn parse_args() -> Res<Args> {
         agent_dir: None,
     };
     while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| err(format!("{flag} needs a value")));
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| err(format!("{flag} needs a value")))
+        };
         match flag.as_str() {
             "--seed" => a.seed = value()?.parse()?,
             "--soak" => a.soak = Some(Duration::from_secs(value()?.parse()?)),
@@ -147,7 +150,11 @@ fn parse_args() -> Res<Args> {
             other => return Err(err(format!("unknown argument {other}"))),
         }
     }
-    for (name, path) in [("--agent", &a.agent), ("--cloud", &a.cloud), ("--writer", &a.writer)] {
+    for (name, path) in [
+        ("--agent", &a.agent),
+        ("--cloud", &a.cloud),
+        ("--writer", &a.writer),
+    ] {
         if !path.is_file() {
             return Err(err(format!("{name} {} is not a file", path.display())));
         }
@@ -173,7 +180,9 @@ fn wait_until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) -> Re
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(err(format!("timed out after {deadline:?} waiting for {what}")))
+    Err(err(format!(
+        "timed out after {deadline:?} waiting for {what}"
+    )))
 }
 
 fn log_file(path: &Path) -> Res<File> {
@@ -219,9 +228,14 @@ impl Proc {
     fn spawn(&mut self, mut cmd: Command, log: &Path) -> Res<()> {
         use std::os::unix::process::CommandExt;
         let out = log_file(log)?;
-        cmd.stdout(out.try_clone()?).stderr(out).stdin(Stdio::null());
+        cmd.stdout(out.try_clone()?)
+            .stderr(out)
+            .stdin(Stdio::null());
         cmd.process_group(0);
-        self.child = Some(cmd.spawn().map_err(|e| err(format!("spawning {}: {e}", self.name)))?);
+        self.child = Some(
+            cmd.spawn()
+                .map_err(|e| err(format!("spawning {}: {e}", self.name)))?,
+        );
         Ok(())
     }
     fn running(&mut self) -> bool {
@@ -234,8 +248,16 @@ impl Proc {
     fn check_exit(&mut self) -> bool {
         if let Some(c) = self.child.as_mut() {
             if let Ok(Some(status)) = c.try_wait() {
-                say!("!! {} exited by itself ({status})", self.name);
                 self.unexpected_exits += 1;
+                if self.unexpected_exits <= 3 || self.unexpected_exits % 50 == 0 {
+                    say!(
+                        "!! {} exited by itself ({status}), {} times so far",
+                        self.name,
+                        self.unexpected_exits
+                    );
+                }
+                // systemd's RestartSec: do not spin.
+                std::thread::sleep(Duration::from_millis(500));
                 self.child = None;
                 return true;
             }
@@ -324,7 +346,15 @@ impl Postgres {
         }
         pg.start()?;
         let out = Command::new(pg.bin.join("createdb"))
-            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "edge"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "postgres",
+                "edge",
+            ])
             .output()?;
         if !out.status.success() {
             return Err(err(format!(
@@ -427,7 +457,9 @@ const DEVICE: &str = "chaos-gw";
 const TABLES: [&str; 2] = ["odd \"name\" table", "select from"];
 
 fn random_hex(rng: &mut Rng, bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", rng.next() as u8)).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.next() as u8))
+        .collect()
 }
 
 impl Stack {
@@ -488,7 +520,10 @@ impl Stack {
         };
         let out = stack.cloud().arg("migrate").output()?;
         if !out.status.success() {
-            return Err(err(format!("migrate: {}", String::from_utf8_lossy(&out.stderr))));
+            return Err(err(format!(
+                "migrate: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
         }
         let out = stack
             .cloud()
@@ -496,11 +531,16 @@ impl Stack {
             .arg(&stack.pki)
             .output()?;
         if !out.status.success() {
-            return Err(err(format!("pki init: {}", String::from_utf8_lossy(&out.stderr))));
+            return Err(err(format!(
+                "pki init: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
         }
         let out = stack
             .cloud()
-            .args(["devices", "create", "--name", DEVICE, "--slug", "chaos", "--ca-dir"])
+            .args([
+                "devices", "create", "--name", DEVICE, "--slug", "chaos", "--ca-dir",
+            ])
             .arg(&stack.pki)
             .output()?;
         if !out.status.success() {
@@ -521,7 +561,10 @@ impl Stack {
             .output()?;
         stack.token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if stack.token.is_empty() {
-            return Err(err(format!("token: {}", String::from_utf8_lossy(&out.stderr))));
+            return Err(err(format!(
+                "token: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
         }
 
         fs::write(mqtt.join("acl"), edge_e2e::mosquitto::acl_file_contents())?;
@@ -655,7 +698,8 @@ impl Stack {
             let log = self.logs.join("edge-cloud-2.log");
             self.runner2.spawn(cmd, &log)
         } else {
-            cmd.arg("--http").arg(format!("127.0.0.1:{}", self.http_port));
+            cmd.arg("--http")
+                .arg(format!("127.0.0.1:{}", self.http_port));
             let log = self.logs.join("edge-cloud.log");
             self.runner.spawn(cmd, &log)
         }
@@ -963,7 +1007,8 @@ fn compare(source: &Path, mirrors: &Mirrors) -> Res<Comparison> {
         };
         let by_source: HashMap<&str, &Binding> =
             bindings.iter().map(|b| (b.source.as_str(), b)).collect();
-        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{}\"", table.replace('"', "\"\"")))?;
+        let mut stmt =
+            conn.prepare(&format!("SELECT * FROM \"{}\"", table.replace('"', "\"\"")))?;
         let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
         for n in &names {
             if !by_source.contains_key(n.as_str()) {
@@ -979,7 +1024,10 @@ fn compare(source: &Path, mirrors: &Mirrors) -> Res<Comparison> {
             let mut values = BTreeMap::new();
             for (i, n) in names.iter().enumerate() {
                 let v: rusqlite::types::Value = row.get(i)?;
-                let ty = by_source.get(n.as_str()).map(|b| b.ty.as_str()).unwrap_or("?");
+                let ty = by_source
+                    .get(n.as_str())
+                    .map(|b| b.ty.as_str())
+                    .unwrap_or("?");
                 values.insert(n.clone(), source_token(&v, ty));
             }
             let key: Vec<String> = pk_cols
@@ -1010,7 +1058,10 @@ fn compare(source: &Path, mirrors: &Mirrors) -> Res<Comparison> {
         for (key, m) in mirror_rows {
             if !m.deleted && !seen.contains(key) {
                 cmp.ghost += 1;
-                cmp.example(format!("{table} key {key:?}: in mirror (seq {}), not in source", m.seq));
+                cmp.example(format!(
+                    "{table} key {key:?}: in mirror (seq {}), not in source",
+                    m.seq
+                ));
             }
         }
     }
@@ -1225,7 +1276,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("chaos: tokio runtime: {e}");
@@ -1267,8 +1321,12 @@ fn drive(run: &mut Run) -> Res<bool> {
         // A few more of the cheap ones, then shuffle (Fisher-Yates on the seed).
         for _ in 0..3 {
             kinds.push(
-                [Fault::AgentKill, Fault::RunnerKill, Fault::BrokerRestart, Fault::PostgresKill]
-                    [run.rng.range(0, 3) as usize],
+                [
+                    Fault::AgentKill,
+                    Fault::RunnerKill,
+                    Fault::BrokerRestart,
+                    Fault::PostgresKill,
+                ][run.rng.range(0, 3) as usize],
             );
         }
         for i in (1..kinds.len()).rev() {
@@ -1400,10 +1458,14 @@ fn drive(run: &mut Run) -> Res<bool> {
     // ---- report -------------------------------------------------------------------------
     let mut failures = Vec::new();
     println!();
-    println!("=== chaos report (seed={}, mode={}) ===", run.stack.args.seed, match soak {
-        Some(d) => format!("soak {}s", d.as_secs()),
-        None => "ci".into(),
-    });
+    println!(
+        "=== chaos report (seed={}, mode={}) ===",
+        run.stack.args.seed,
+        match soak {
+            Some(d) => format!("soak {}s", d.as_secs()),
+            None => "ci".into(),
+        }
+    );
     println!("faults injected by kind:");
     let mut kinds: Vec<Fault> = Fault::CI.to_vec();
     if soak.is_some() {
@@ -1417,7 +1479,10 @@ fn drive(run: &mut Run) -> Res<bool> {
         }
     }
     println!("writer transactions:      {}", run.history.transactions);
-    println!("reviews approved (API):   {}", run.approved.lock().map(|a| *a).unwrap_or(0));
+    println!(
+        "reviews approved (API):   {}",
+        run.approved.lock().map(|a| *a).unwrap_or(0)
+    );
     println!("rows checked:             {}", cmp.rows_checked);
     println!("rows missing in mirror:   {}", cmp.missing);
     println!("ghost rows in mirror:     {}", cmp.ghost);
@@ -1437,7 +1502,12 @@ fn drive(run: &mut Run) -> Res<bool> {
     for e in &acked.examples {
         println!("  e.g. {e}");
     }
-    let dup_acks = run.history.acked_batch_ids.values().filter(|n| **n > 1).count();
+    let dup_acks = run
+        .history
+        .acked_batch_ids
+        .values()
+        .filter(|n| **n > 1)
+        .count();
     println!("duplicates: batches acked twice by the device: {dup_acks}; {segments}");
     let mut sorted = run.converge.clone();
     sorted.sort();
@@ -1450,10 +1520,19 @@ fn drive(run: &mut Run) -> Res<bool> {
         cap.as_secs()
     );
     match converged_after {
-        Some(d) => println!("time to converge after the last fault: {:.1}s", d.as_secs_f64()),
+        Some(d) => println!(
+            "time to converge after the last fault: {:.1}s",
+            d.as_secs_f64()
+        ),
         None => {
-            println!("time to converge after the last fault: never (deadline {}s)", deadline.as_secs());
-            failures.push(format!("the mirror did not converge to the source within {}s", deadline.as_secs()));
+            println!(
+                "time to converge after the last fault: never (deadline {}s)",
+                deadline.as_secs()
+            );
+            failures.push(format!(
+                "the mirror did not converge to the source within {}s",
+                deadline.as_secs()
+            ));
         }
     }
     if !cmp.equal() && converged_after.is_none() {
@@ -1467,17 +1546,30 @@ fn drive(run: &mut Run) -> Res<bool> {
         ));
     }
     if acked.lost > 0 {
-        failures.push(format!("{} acknowledged keys are not in the mirror", acked.lost));
+        failures.push(format!(
+            "{} acknowledged keys are not in the mirror",
+            acked.lost
+        ));
     }
     for p in [&run.stack.agent, &run.stack.runner] {
         if p.unexpected_exits > 0 {
-            failures.push(format!("{} exited by itself {} times", p.name, p.unexpected_exits));
+            failures.push(format!(
+                "{} exited by itself {} times",
+                p.name, p.unexpected_exits
+            ));
         }
     }
-    let agent_errors = count_lines(&run.stack.logs.join("edge-agent.jsonl"), "\"level\":\"ERROR\"");
+    let agent_errors = count_lines(
+        &run.stack.logs.join("edge-agent.jsonl"),
+        "\"level\":\"ERROR\"",
+    );
     let runner_errors = count_lines(&run.stack.logs.join("edge-cloud.log"), "ERROR");
     println!("log lines at ERROR: agent {agent_errors}, runner {runner_errors}");
-    println!("fault phase: {:.0}s; total: {:.0}s", last_fault_end.duration_since(fault_start).as_secs_f64(), started().elapsed().as_secs_f64());
+    println!(
+        "fault phase: {:.0}s; total: {:.0}s",
+        last_fault_end.duration_since(fault_start).as_secs_f64(),
+        started().elapsed().as_secs_f64()
+    );
     if failures.is_empty() {
         println!("VERDICT: PASS");
         Ok(true)
@@ -1563,16 +1655,28 @@ impl ApiHandle {
             let id = review["id"].as_str().unwrap_or_default();
             let lineage = review["lineage_id"].as_str().unwrap_or_default();
             let hash = review["schema_hash"].as_str().unwrap_or_default();
-            let claimed = self.api("POST", &format!("/schema-reviews/{id}/claim"), Some(&json!({})))?;
+            let claimed = self.api(
+                "POST",
+                &format!("/schema-reviews/{id}/claim"),
+                Some(&json!({})),
+            )?;
             let Some(version) = claimed["data"]["action_version"].as_i64() else {
                 continue;
             };
             let detail = self.api("GET", &format!("/lineages/{lineage}"), None)?;
             let mut columns = Vec::new();
-            for v in detail["data"]["schema_versions"].as_array().cloned().unwrap_or_default() {
+            for v in detail["data"]["schema_versions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
                 if v["schema_hash"].as_str() == Some(hash) {
                     let cols = &v["columns"];
-                    let list = if cols.is_object() { &cols["columns"] } else { cols };
+                    let list = if cols.is_object() {
+                        &cols["columns"]
+                    } else {
+                        cols
+                    };
                     for c in list.as_array().cloned().unwrap_or_default() {
                         if let Some(name) = c["name"].as_str() {
                             columns.push(json!({"source_column_name": name, "action": "mirror"}));
