@@ -1606,7 +1606,7 @@ async fn segment_report(url: &str) -> Res<String> {
         .query_one(
             "SELECT count(*) FROM edge_export_segments a JOIN edge_export_segments b \
                ON a.lineage_id = b.lineage_id AND a.journal_epoch = b.journal_epoch \
-              AND a.batch_id < b.batch_id AND a.status = 'accepted' AND b.status = 'accepted' \
+              AND a.batch_id < b.batch_id AND a.status <> 'rejected' AND b.status <> 'rejected' \
               AND a.first_seq <= b.last_seq AND b.first_seq <= a.last_seq",
             &[],
         )
