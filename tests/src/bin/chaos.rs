@@ -1068,6 +1068,9 @@ fn compare(source: &Path, mirrors: &Mirrors) -> Res<Comparison> {
     Ok(cmp)
 }
 
+/// The journal's `op` of a delete (device/src/capture/triggers.rs).
+const OP_DELETE: i64 = 3;
+
 #[derive(Default, Debug)]
 struct AckCheck {
     acked_entries: u64,
@@ -1081,13 +1084,18 @@ fn check_acked(history: &History, mirrors: &Mirrors) -> AckCheck {
         let Some(&acked_up_to) = history.acked.get(table) else {
             continue;
         };
-        let Some(&(newest_acked, _)) = versions.iter().filter(|(s, _)| *s <= acked_up_to).max()
+        let Some(&(newest_acked, op)) = versions.iter().filter(|(s, _)| *s <= acked_up_to).max()
         else {
             continue;
         };
         check.acked_entries += versions.iter().filter(|(s, _)| *s <= acked_up_to).count() as u64;
         let row = mirrors.get(table).and_then(|(_, rows)| rows.get(key));
-        let ok = row.is_some_and(|r| r.seq >= newest_acked);
+        // A delete may leave no row at all (nothing to tombstone); anything else must be
+        // there at that version or newer.
+        let ok = match row {
+            Some(r) => r.seq >= newest_acked || (op == OP_DELETE && r.deleted),
+            None => op == OP_DELETE,
+        };
         if !ok {
             check.lost += 1;
             if check.examples.len() < 12 {

@@ -101,37 +101,47 @@ def one_change():
             conn.execute(
                 f"INSERT OR REPLACE INTO {Q(ROWID)} (id, {Q('value')}, {Q('na me')}, {Q('from')}, "
                 f"qty, {Q('ünï')}{extra}) VALUES (?, ?, ?, ?, ?, ?{extra_v})", vals)
+            return [vals[0]]
         elif kind < 0.75:
+            key = rng.choice(ids)
             conn.execute(
                 f"UPDATE {Q(ROWID)} SET {Q('value')} = ?, {Q('na me')} = ?, qty = ? WHERE id = ?",
-                [real(), text(), integer(), rng.choice(ids)])
+                [real(), text(), integer(), key])
+            return [key]
         elif kind < 0.85:
             # a primary-key change
+            new = rng.randint(1, 10 ** 9)
             conn.execute(f"UPDATE OR REPLACE {Q(ROWID)} SET id = ? WHERE id = ?",
-                         [rng.randint(1, 10 ** 9), rng.choice(ids)])
+                         [new, rng.choice(ids)])
+            return [new]
         else:
             conn.execute(f"DELETE FROM {Q(ROWID)} WHERE id = ?", [rng.choice(ids)])
+            return None
     else:
         ks = keys(COMPOSITE, "site, n")
         if kind < 0.5 or len(ks) < 5:
+            key = [rng.choice(["α-site", "b'site", "c site"]), rng.randint(0, 10 ** 6)]
             conn.execute(
                 f"INSERT OR REPLACE INTO {Q(COMPOSITE)} (site, n, {Q('group')}, payload) "
-                f"VALUES (?, ?, ?, ?)",
-                [rng.choice(["α-site", "b'site", "c site"]), rng.randint(0, 10 ** 6), real(),
-                 blob()])
+                f"VALUES (?, ?, ?, ?)", key + [real(), blob()])
+            return key
         elif kind < 0.75:
             site, n = rng.choice(ks)
             conn.execute(
                 f"UPDATE {Q(COMPOSITE)} SET {Q('group')} = ?, payload = ? WHERE site = ? AND n = ?",
                 [real(), blob(), site, n])
+            return [site, n]
         elif kind < 0.85:
             site, n = rng.choice(ks)
+            new = rng.randint(0, 10 ** 6)
             conn.execute(
                 f"UPDATE OR REPLACE {Q(COMPOSITE)} SET n = ? WHERE site = ? AND n = ?",
-                [rng.randint(0, 10 ** 6), site, n])
+                [new, site, n])
+            return [site, new]
         else:
             site, n = rng.choice(ks)
             conn.execute(f"DELETE FROM {Q(COMPOSITE)} WHERE site = ? AND n = ?", [site, n])
+            return None
 
 
 tx = 0
@@ -146,20 +156,25 @@ while not os.path.exists(stop_file):
             time.sleep(0.05)
     try:
         has_journal = journal_exists()
-        before = conn.execute(
-            "SELECT coalesce(max(commit_seq), 0) FROM __omega_journal").fetchone()[0] \
-            if has_journal else 0
         if tx >= alter_after and not altered:
             conn.execute(f"ALTER TABLE {Q(ROWID)} ADD COLUMN {Q('added col')} TEXT")
             altered = True
-        for _ in range(rng.randint(1, 4)):
-            one_change()
         entries = []
-        if has_journal:
-            entries = conn.execute(
-                "SELECT j.commit_seq, s.table_name, j.op, j.pk FROM __omega_journal j "
-                "JOIN __omega_schemas s USING (schema_id) WHERE j.commit_seq > ? "
-                "ORDER BY j.commit_seq", [before]).fetchall()
+        for _ in range(rng.randint(1, 4)):
+            before = conn.execute(
+                "SELECT coalesce(max(commit_seq), 0) FROM __omega_journal").fetchone()[0] \
+                if has_journal else 0
+            key = one_change()
+            if has_journal:
+                # Inserts and updates journal the key inside the row image only (pk NULL):
+                # each statement touches one key, the one it returned.
+                for seq, table, op, pk in conn.execute(
+                        "SELECT j.commit_seq, s.table_name, j.op, j.pk FROM __omega_journal j "
+                        "JOIN __omega_schemas s USING (schema_id) WHERE j.commit_seq > ? "
+                        "ORDER BY j.commit_seq", [before]).fetchall():
+                    if pk is None and key is not None:
+                        pk = json.dumps(key)
+                    entries.append([seq, table, op, pk])
         conn.execute("COMMIT")
     except sqlite3.OperationalError as e:
         conn.execute("ROLLBACK")
