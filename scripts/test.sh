@@ -43,6 +43,11 @@ run_step "cargo test (workspace)" run_tests
 # mosquitto), every check, 0 failures.
 run_step "api contract (schemathesis)" scripts/api-contract.sh
 
+# The whole-stack fault suite, CI mode (fixed seed, ~5 min): real agent, runner, broker and
+# PostgreSQL under kill -9, restarts, a 60 s database outage and a clock set back; the mirror
+# must equal the source and hold every acknowledged change (docs/reliability.md).
+run_step "fault suite (scripts/chaos.sh, CI mode)" scripts/chaos.sh
+
 if [ -x scripts/build-device.sh ] && [ "${EDGE_TEST_SKIP_CROSS:-0}" != "1" ]; then
   run_step "device cross-build + qemu smoke test" scripts/build-device.sh --smoke
 fi

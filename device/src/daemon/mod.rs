@@ -389,6 +389,10 @@ impl Daemon {
                     if let Some(s) = self.spills.remove(&id) {
                         info!(table = %s.table, batch_id = %id, commit_seq = s.commit_seq,
                             "spill finalized: the table reads on");
+                        // The acknowledged history (scripts/chaos.sh): the spilled rows are
+                        // deleted from the journal below.
+                        info!(table = %s.table, batch_id = %id, last_seq = s.commit_seq,
+                            "batch acknowledged");
                         let epoch = outbox_store::epoch(&self.state, id)?.unwrap_or(self.epoch);
                         self.ack_rows(epoch, &s.table, s.commit_seq)?;
                         outbox_store::remove(&self.state, id)?;
@@ -431,6 +435,9 @@ impl Daemon {
         let mut moved = BTreeSet::new();
         for t in acked {
             if t.kind == BatchKind::Rows {
+                // The acknowledged history (scripts/chaos.sh checks every change up to here).
+                info!(table = %t.table, epoch = %t.epoch, batch_id = %t.batch_id,
+                    first_seq = t.first_seq, last_seq = t.last_seq, "batch acknowledged");
                 // See `ack_rows`: a batch of an earlier epoch leaves the cursor alone.
                 if self
                     .state
