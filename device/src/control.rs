@@ -126,6 +126,9 @@ pub fn decide(
                 )
             }
         },
+        ControlKind::UploadResult => {
+            return ControlDecision::AckOnly("upload_result is not handled by this agent".into())
+        }
     };
     ControlDecision::Execute(action)
 }

@@ -387,6 +387,16 @@ fn small_documents_reject_with_named_codes() {
             |b| validate::decode_control_envelope(b).map(drop),
             RejectionCode::InvalidBatchId,
         ),
+        (
+            br#"{"control_id":"01939b4f-1000-7000-8000-0000000000c1","control_kind":"upload_result","source_table":"t","batch_id":"01939b4e-a000-7000-8000-0000000000b1","outcome":"failed"}"#,
+            |b| validate::decode_control_envelope(b).map(drop),
+            RejectionCode::MalformedJson,
+        ),
+        (
+            br#"{"control_id":"01939b4f-1000-7000-8000-0000000000c1","control_kind":"upload_result","source_table":"t","batch_id":"01939b4e-a000-7000-8000-0000000000b1","outcome":"lost"}"#,
+            |b| validate::decode_control_envelope(b).map(drop),
+            RejectionCode::MalformedJson,
+        ),
     ];
     for (bytes, decode, code) in cases {
         let err = decode(bytes).unwrap_err();
