@@ -385,12 +385,14 @@ impl Daemon {
                 // Applied at the end of the turn, together with the turn's other PUBACKs.
                 Some(Acked::Batch(t)) => self.acked.push(t),
                 Some(Acked::Finalize(id)) => {
+                    fail::fail_point!("agent-finalize-acked");
                     // A duplicate finalize (re-sent after a lost session) finds nothing left.
                     if let Some(s) = self.spills.remove(&id) {
                         info!(table = %s.table, batch_id = %id, commit_seq = s.commit_seq,
                             "spill finalized: the table reads on");
                         let epoch = outbox_store::epoch(&self.state, id)?.unwrap_or(self.epoch);
                         self.ack_rows(epoch, &s.table, s.commit_seq)?;
+                        fail::fail_point!("agent-spill-acked-before-outbox-remove");
                         outbox_store::remove(&self.state, id)?;
                         outbox_store::set_last_ack_at(&self.state, &now_rfc3339())?;
                         if !self.spills.values().any(|o| o.table == s.table) {
