@@ -346,7 +346,7 @@ type Decoder = fn(&[u8]) -> Result<(), Rejection>;
 
 #[test]
 fn small_documents_reject_with_named_codes() {
-    let cases: [(&[u8], Decoder, RejectionCode); 8] = [
+    let cases: [(&[u8], Decoder, RejectionCode); 10] = [
         (
             br#"{"format_version":1,"control_id":"nope"}"#,
             |b| validate::decode_ingest_ack(b).map(drop),
