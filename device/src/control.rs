@@ -9,7 +9,9 @@
 //!    applied, because controls may be reordered and an old pause must not undo a newer resume;
 //! 4. otherwise ack first, then execute.
 
-use edge_protocol::control::{verify, ControlEnvelope, ControlKind, SegmentKind, SignatureError};
+use edge_protocol::control::{
+    verify, ControlEnvelope, ControlKind, SegmentKind, SignatureError, UploadOutcome,
+};
 use uuid::Uuid;
 
 /// What to do with a control.
@@ -42,6 +44,13 @@ pub enum ControlAction {
         segment_kind: SegmentKind,
         url: String,
         expires_at: Option<String>,
+    },
+    /// How the cloud processed a finalized upload (reliability §2).
+    UploadResult {
+        table: String,
+        batch_id: Uuid,
+        /// `None` = committed; `Some((code, retryable))` = failed.
+        failure: Option<(String, bool)>,
     },
 }
 
@@ -125,6 +134,22 @@ pub fn decide(
                     "url_grant without batch_id/segment_kind/presigned_url".into(),
                 )
             }
+        },
+        ControlKind::UploadResult => match (envelope.batch_id, envelope.outcome) {
+            (Some(batch_id), Some(UploadOutcome::Committed)) => ControlAction::UploadResult {
+                table,
+                batch_id,
+                failure: None,
+            },
+            (Some(batch_id), Some(UploadOutcome::Failed)) => ControlAction::UploadResult {
+                table,
+                batch_id,
+                failure: Some((
+                    envelope.code.clone().unwrap_or_default(),
+                    envelope.retryable.unwrap_or(false),
+                )),
+            },
+            _ => return ControlDecision::AckOnly("upload_result without batch_id/outcome".into()),
         },
     };
     ControlDecision::Execute(action)

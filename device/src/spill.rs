@@ -5,7 +5,10 @@
 //!               ▲  ▲                       │ no grant in time          │ PUT failed      │
 //!               │  └───────────────────────┘                           │ (backoff)       │ finalize
 //!               └──────────── url expired / PUT failed ────────────────┘                 ▼
-//!                                                              done ◄──PUBACK── Finalizing
+//!               ▲                                                                   Finalizing
+//!               │ upload_result failed, retryable                                       │ PUBACK
+//!               └────────────────────────────────────────────────────────────── AwaitingResult
+//!                      done ◄── upload_result committed ──┘   └── failed, not retryable ──► Blocked
 //! ```
 //!
 //! Why it is shaped like this:
@@ -15,9 +18,18 @@
 //! - Only that id and bytes are durable. The phase is kept in memory: after a restart a spill
 //!   starts again at Waiting, which costs one more `url_request` and maybe one more PUT of the
 //!   same object — both idempotent in the cloud.
-//! - The table's cursor passes the spilled change only on the PUBACK of `finalize`; until then
-//!   the table publishes nothing after it (the daemon reads on only once the spill is done), so
-//!   acknowledging later rows can never delete a change that has not reached the cloud.
+//! - The table's cursor passes the spilled change only on the signed `upload_result`
+//!   `committed` (reliability §2) — not on the PUBACK of `finalize`, which only says the broker
+//!   has the request: the cloud may still fail to process the object (another runner's spill
+//!   directory, a line over its limit). Until then the table publishes nothing after it (the
+//!   daemon reads on only once the spill is done), so acknowledging later rows can never delete
+//!   a change that has not reached the cloud. `failed` + retryable uploads the same object again
+//!   (same `batch_id`, new `url_request`); `failed` + not retryable blocks the table, the rows
+//!   stay in the journal. No result within [`REQUEST_RETRY`] re-sends `finalize` (the cloud
+//!   answers a finalize or request for a finalized batch with its result again).
+//! - A row whose line is over [`edge_protocol::limits::SPILL_MAX_LINE_BYTES`] (the cloud's
+//!   per-line limit) is never uploaded: [`check_line`] refuses it (`spill_row_too_large`) and
+//!   the table is blocked.
 //! - The PUT is blocking I/O (`ureq`, rustls with ring, no native TLS) and runs on tokio's
 //!   blocking pool; the daemon's loop only sees its result on a channel.
 
@@ -45,6 +57,14 @@ pub const COUNTER_SPILLS: &str = "spill_uploads";
 /// Outbox `kind` of a spill entry.
 pub const OUTBOX_KIND: &str = "spill";
 
+/// Whether one spilled row (its JSON line) is within the cloud's per-line limit.
+pub fn check_line(line: &[u8]) -> Result<(), SpillError> {
+    if line.len() > edge_protocol::limits::SPILL_MAX_LINE_BYTES {
+        return Err(SpillError::RowTooLarge(line.len()));
+    }
+    Ok(())
+}
+
 /// Building or uploading a spill object failed.
 #[derive(Debug, Error)]
 pub enum SpillError {
@@ -54,6 +74,8 @@ pub enum SpillError {
     Compress(#[from] std::io::Error),
     #[error("spill object of {0} bytes exceeds the 1 GiB limit")]
     TooLarge(usize),
+    #[error("spilled row of {0} bytes exceeds the cloud's per-line limit (spill_row_too_large)")]
+    RowTooLarge(usize),
 }
 
 /// Why a PUT did not succeed. Every case leads to a new `url_request` (a fresh URL); the
@@ -135,8 +157,13 @@ pub enum Phase {
     Uploading,
     /// PUT done; `finalize` to be published.
     Uploaded,
-    /// `finalize` handed to the client; its PUBACK completes the spill.
+    /// `finalize` handed to the client; its PUBACK means the broker has it.
     Finalizing,
+    /// `finalize` PUBACKed at the instant: waiting for the cloud's `upload_result`.
+    AwaitingResult { since: Instant },
+    /// `upload_result` failed and not retryable: nothing more is sent; the table is blocked
+    /// and its rows stay in the journal until an operator decides.
+    Blocked,
 }
 
 /// One spilled change.
@@ -181,6 +208,7 @@ impl Spill {
             Phase::Waiting { not_before } if not_before <= now => Some(Due::Request),
             Phase::Requested { at } if at + REQUEST_RETRY <= now => Some(Due::Request),
             Phase::Uploaded => Some(Due::Finalize),
+            Phase::AwaitingResult { since } if since + REQUEST_RETRY <= now => Some(Due::Finalize),
             _ => None,
         }
     }
@@ -190,7 +218,30 @@ impl Spill {
         match self.phase {
             Phase::Waiting { not_before } => Some(not_before),
             Phase::Requested { at } => Some(at + REQUEST_RETRY),
+            Phase::AwaitingResult { since } => Some(since + REQUEST_RETRY),
             _ => None,
+        }
+    }
+
+    /// The PUBACK of `finalize`: the result is the cloud's to send now.
+    pub fn on_finalize_acked(&mut self, now: Instant) {
+        if self.phase == Phase::Finalizing {
+            self.phase = Phase::AwaitingResult { since: now };
+        }
+    }
+
+    /// `upload_result` `failed`: upload again after a backoff (retryable), or block.
+    pub fn on_result_failed(&mut self, retryable: bool, now: Instant) {
+        if self.phase == Phase::Blocked {
+            return;
+        }
+        if retryable {
+            self.failures += 1;
+            self.phase = Phase::Waiting {
+                not_before: now + backoff(self.failures),
+            };
+        } else {
+            self.phase = Phase::Blocked;
         }
     }
 
@@ -307,5 +358,27 @@ mod tests {
         s.on_session_lost(t0);
         assert_eq!(s.due(t0), Some(Due::Finalize));
         assert_eq!(backoff(30), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn only_the_upload_result_ends_a_spill() {
+        let t0 = Instant::now();
+        let mut s = Spill::new(Uuid::nil(), "t".into(), 5, t0);
+        s.phase = Phase::Finalizing;
+        s.on_finalize_acked(t0);
+        assert_eq!(s.phase, Phase::AwaitingResult { since: t0 });
+        assert_eq!(s.due(t0), None, "waits for the result");
+        assert_eq!(s.due(t0 + REQUEST_RETRY), Some(Due::Finalize), "asks again");
+        s.on_result_failed(true, t0);
+        assert_eq!(s.due(t0 + backoff(1)), Some(Due::Request), "uploads again");
+        s.phase = Phase::AwaitingResult { since: t0 };
+        s.on_result_failed(false, t0);
+        assert_eq!(s.phase, Phase::Blocked);
+        assert_eq!(
+            s.due(t0 + MAX_BACKOFF * 10),
+            None,
+            "a blocked spill sends nothing"
+        );
+        assert!(check_line(&[b'x'; 10]).is_ok());
     }
 }

@@ -187,6 +187,7 @@ impl StateDb {
             conn.execute_batch("ALTER TABLE telemetry ADD COLUMN cursor_check TEXT;")?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        crate::blocks::init(&conn)?;
         Ok(StateDb { conn })
     }
 

@@ -779,6 +779,15 @@ async fn oversized_row_goes_through_the_spill_flow_across_a_restart() {
     let fin = next_request(&mut svc, &mut seen, RequestKind::Finalize, &mut order).await;
     assert_eq!(fin.batch_id, first.batch_id);
     assert_eq!(fin.source_table, "a");
+    // Only the cloud's upload_result lets the rows go (reliability §2).
+    let mut result = ControlEnvelope::upload_result(
+        uuid::Uuid::now_v7(),
+        fin.source_table.clone(),
+        fin.batch_id,
+        None,
+        now(),
+    );
+    svc.publish(&control_topic, control(&mut result)).await;
     drain_until(
         &mut svc,
         &mut seen,

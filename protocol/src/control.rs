@@ -26,6 +26,8 @@ pub enum ControlKind {
     PauseLineage,
     ResumeLineage,
     UrlGrant,
+    /// How the cloud processed a finalized upload (reliability §2).
+    UploadResult,
 }
 
 impl ControlKind {
@@ -34,6 +36,7 @@ impl ControlKind {
             ControlKind::PauseLineage => "pause_lineage",
             ControlKind::ResumeLineage => "resume_lineage",
             ControlKind::UrlGrant => "url_grant",
+            ControlKind::UploadResult => "upload_result",
         }
     }
 
@@ -42,6 +45,7 @@ impl ControlKind {
             "pause_lineage" => Some(ControlKind::PauseLineage),
             "resume_lineage" => Some(ControlKind::ResumeLineage),
             "url_grant" => Some(ControlKind::UrlGrant),
+            "upload_result" => Some(ControlKind::UploadResult),
             _ => None,
         }
     }
@@ -67,6 +71,33 @@ impl SegmentKind {
         match s {
             "payload_spill" => Some(SegmentKind::PayloadSpill),
             "bootstrap_snapshot" => Some(SegmentKind::BootstrapSnapshot),
+            _ => None,
+        }
+    }
+}
+
+/// How an upload ended in the cloud (`upload_result`'s `outcome`, reliability §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadOutcome {
+    /// The object's rows are committed: the device may delete them and move its cursor.
+    Committed,
+    /// Not processed; `code` says why and `retryable` whether uploading again can help.
+    Failed,
+}
+
+impl UploadOutcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UploadOutcome::Committed => "committed",
+            UploadOutcome::Failed => "failed",
+        }
+    }
+
+    pub fn from_wire(s: &str) -> Option<UploadOutcome> {
+        match s {
+            "committed" => Some(UploadOutcome::Committed),
+            "failed" => Some(UploadOutcome::Failed),
             _ => None,
         }
     }
@@ -119,6 +150,15 @@ pub struct ControlEnvelope {
     pub batch_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment_kind: Option<SegmentKind>,
+    /// `upload_result` only: `committed` or `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<UploadOutcome>,
+    /// `upload_result` `failed` only: the named code (e.g. `spill_object_missing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// `upload_result` `failed` only: whether uploading again (same `batch_id`) can succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
 }
@@ -136,6 +176,9 @@ impl ControlEnvelope {
             presigned_url_expires_at: None,
             batch_id: None,
             segment_kind: None,
+            outcome: None,
+            code: None,
+            retryable: None,
             signature: None,
         }
     }
@@ -194,6 +237,34 @@ impl ControlEnvelope {
         }
     }
 
+    /// `upload_result` for a finalized (or failed) upload of `batch_id` (unsigned). `code` and
+    /// `retryable` are set for `failed` only.
+    pub fn upload_result(
+        control_id: Uuid,
+        source_table: impl Into<String>,
+        batch_id: Uuid,
+        failure: Option<(&str, bool)>,
+        issued_at: impl Into<String>,
+    ) -> Self {
+        let (outcome, code, retryable) = match failure {
+            None => (UploadOutcome::Committed, None, None),
+            Some((code, retryable)) => (
+                UploadOutcome::Failed,
+                Some(code.to_owned()),
+                Some(retryable),
+            ),
+        };
+        ControlEnvelope {
+            source_table: Some(source_table.into()),
+            batch_id: Some(batch_id),
+            outcome: Some(outcome),
+            code,
+            retryable,
+            issued_at: Some(issued_at.into()),
+            ..Self::bare(control_id, ControlKind::UploadResult)
+        }
+    }
+
     /// The signed text: canonical JSON of the envelope without `signature`.
     pub fn signing_input(&self) -> String {
         let mut map = Map::new();
@@ -227,6 +298,9 @@ impl ControlEnvelope {
             "segment_kind",
             self.segment_kind.map(|k| Value::from(k.as_str())),
         );
+        opt("outcome", self.outcome.map(|o| Value::from(o.as_str())));
+        opt("code", self.code.clone().map(Value::from));
+        opt("retryable", self.retryable.map(Value::from));
         canonical_json(&Value::Object(map))
     }
 }
@@ -391,6 +465,40 @@ mod tests {
         let mut v = serde_json::to_value(&env).unwrap();
         v.as_object_mut().unwrap().remove("signature");
         assert_eq!(env.signing_input(), canonical_json(&v));
+    }
+
+    #[test]
+    fn upload_result_signs_over_its_outcome_fields() {
+        let key = b"edge-sync-test-control-key";
+        let batch = new_uuid_v7(6, [3; 10]);
+        let mut failed = ControlEnvelope::upload_result(
+            new_uuid_v7(7, [4; 10]),
+            "t",
+            batch,
+            Some(("spill_object_missing", true)),
+            "2026-04-28T09:00:00Z",
+        );
+        sign_in_place(&mut failed, key);
+        let mut v = serde_json::to_value(&failed).unwrap();
+        assert_eq!(v["control_kind"], "upload_result");
+        assert_eq!(v["outcome"], "failed");
+        assert_eq!(v["code"], "spill_object_missing");
+        assert_eq!(v["retryable"], true);
+        v.as_object_mut().unwrap().remove("signature");
+        assert_eq!(failed.signing_input(), canonical_json(&v));
+        let mut tampered = failed.clone();
+        tampered.retryable = Some(false);
+        assert_eq!(verify(&tampered, key), Err(SignatureError::Mismatch));
+        let committed = ControlEnvelope::upload_result(
+            new_uuid_v7(8, [4; 10]),
+            "t",
+            batch,
+            None,
+            "2026-04-28T09:00:00Z",
+        );
+        let v = serde_json::to_value(&committed).unwrap();
+        assert_eq!(v["outcome"], "committed");
+        assert!(v.get("code").is_none() && v.get("retryable").is_none());
     }
 
     #[test]

@@ -13,6 +13,12 @@ pub const IOT_CORE_MAX_PAYLOAD_BYTES: usize = 128 * 1024;
 /// Largest spill / snapshot object uploaded through a presigned URL (§7).
 pub const SPILL_MAX_BYTES: u64 = 1 << 30;
 
+/// Largest single spilled row: one line of a spill object, after decompression (reliability
+/// §2). The cloud refuses a longer line (`spill_line_too_long`, not retryable); the device
+/// checks the same number before it uploads (`spill_row_too_large`: the table is blocked, the
+/// row stays in the journal), so such a row is never uploaded only to be refused.
+pub const SPILL_MAX_LINE_BYTES: usize = 64 << 20;
+
 /// The only `format_version` this crate speaks.
 pub const FORMAT_VERSION: u32 = 1;
 

@@ -346,7 +346,7 @@ type Decoder = fn(&[u8]) -> Result<(), Rejection>;
 
 #[test]
 fn small_documents_reject_with_named_codes() {
-    let cases: [(&[u8], Decoder, RejectionCode); 8] = [
+    let cases: [(&[u8], Decoder, RejectionCode); 10] = [
         (
             br#"{"format_version":1,"control_id":"nope"}"#,
             |b| validate::decode_ingest_ack(b).map(drop),
@@ -386,6 +386,16 @@ fn small_documents_reject_with_named_codes() {
             br#"{"control_id":"01939b4f-1000-7000-8000-0000000000c1","control_kind":"url_grant","presigned_url":"https://x","presigned_url_expires_at":"2026-04-28T09:15:00Z","batch_id":"not-a-uuid"}"#,
             |b| validate::decode_control_envelope(b).map(drop),
             RejectionCode::InvalidBatchId,
+        ),
+        (
+            br#"{"control_id":"01939b4f-1000-7000-8000-0000000000c1","control_kind":"upload_result","source_table":"t","batch_id":"01939b4e-a000-7000-8000-0000000000b1","outcome":"failed"}"#,
+            |b| validate::decode_control_envelope(b).map(drop),
+            RejectionCode::MalformedJson,
+        ),
+        (
+            br#"{"control_id":"01939b4f-1000-7000-8000-0000000000c1","control_kind":"upload_result","source_table":"t","batch_id":"01939b4e-a000-7000-8000-0000000000b1","outcome":"lost"}"#,
+            |b| validate::decode_control_envelope(b).map(drop),
+            RejectionCode::MalformedJson,
         ),
     ];
     for (bytes, decode, code) in cases {

@@ -87,6 +87,11 @@ impl Daemon {
                 expires_at,
                 segment_kind,
             } => self.on_grant(table, *batch_id, *segment_kind, url, expires_at.as_deref())?,
+            ControlAction::UploadResult {
+                table,
+                batch_id,
+                failure,
+            } => self.on_upload_result(table, *batch_id, failure.as_ref())?,
         }
         self.state
             .mark_control_handled(&id.to_string(), unix_ms())?;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use edge_protocol::schema::SchemaObservation;
 use edge_protocol::telemetry::{TelemetryBatch, TelemetryRow};
 use edge_protocol::topic::TopicKind;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use super::{now_rfc3339, Daemon, DaemonError};
@@ -121,6 +121,35 @@ impl Daemon {
                     new.push(t);
                 }
                 if let Some(change) = spilled {
+                    if let Err(e) = spill::check_line(&change.json) {
+                        // Never uploaded only to be refused (reliability §2): the table holds
+                        // here, the row stays in the journal, an operator decides.
+                        error!(table = %group.table, commit_seq = change.commit_seq,
+                            reason = crate::blocks::SPILL_ROW_TOO_LARGE, error = %e,
+                            "row over the cloud's per-line limit: table blocked, nothing deleted");
+                        let detail = e.to_string();
+                        crate::blocks::block(
+                            &self.state,
+                            &crate::blocks::NewBlock {
+                                table: &group.table,
+                                reason: crate::blocks::SPILL_ROW_TOO_LARGE,
+                                commit_seq: change.commit_seq,
+                                detail: Some(&detail),
+                                entry: Some(change.json.as_slice()),
+                                at_ms: super::unix_ms(),
+                            },
+                        )?;
+                        blocked.insert(group.table.clone());
+                        let mut held = Spill::new(
+                            Uuid::now_v7(),
+                            group.table.clone(),
+                            change.commit_seq,
+                            Instant::now(),
+                        );
+                        held.phase = spill::Phase::Blocked;
+                        new_spills.push(held);
+                        continue;
+                    }
                     let object = spill::encode_json(std::slice::from_ref(&change.json))?;
                     let id = Uuid::now_v7();
                     info!(table = %group.table, commit_seq = change.commit_seq, batch_id = %id,

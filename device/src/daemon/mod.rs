@@ -19,8 +19,9 @@
 //! by the sans-IO [`Reader`]; the daemon performs the reads it plans.
 //!
 //! Spill (protocol §7, see `spill`): a change too large for one message is fixed as a spill
-//! entry (id + zstd JSON Lines object) and its table reads nothing further until `finalize` is
-//! acknowledged; then the table catches up from the spilled change.
+//! entry (id + zstd JSON Lines object) and its table reads nothing further until the cloud's
+//! `upload_result` says `committed` (reliability §2); then the cursor move and the outbox
+//! removal commit in one state.db transaction and the table catches up from the spilled change.
 //!
 //! Rooms: this file holds the loop, start-up and the MQTT event handlers; `drain` the hot path
 //! (journal read → batches fixed into the outbox → handed to the client), `controls` the
@@ -286,7 +287,7 @@ impl Daemon {
             "shutting down: waiting briefly for in-flight acks"
         );
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while self.outbox.inflight() > 0 && self.outbox.is_connected() {
+        while (self.outbox.inflight() > 0 || self.finalizing()) && self.outbox.is_connected() {
             match tokio::time::timeout_at(deadline, conn.events.recv()).await {
                 Ok(Some(ev)) => {
                     self.on_mqtt(ev, &client)?;
@@ -385,21 +386,12 @@ impl Daemon {
                 // Applied at the end of the turn, together with the turn's other PUBACKs.
                 Some(Acked::Batch(t)) => self.acked.push(t),
                 Some(Acked::Finalize(id)) => {
-                    // A duplicate finalize (re-sent after a lost session) finds nothing left.
-                    if let Some(s) = self.spills.remove(&id) {
-                        info!(table = %s.table, batch_id = %id, commit_seq = s.commit_seq,
-                            "spill finalized: the table reads on");
-                        // The acknowledged history (scripts/chaos.sh): the spilled rows are
-                        // deleted from the journal below.
-                        info!(table = %s.table, batch_id = %id, last_seq = s.commit_seq,
-                            "batch acknowledged");
-                        let epoch = outbox_store::epoch(&self.state, id)?.unwrap_or(self.epoch);
-                        self.ack_rows(epoch, &s.table, s.commit_seq)?;
-                        outbox_store::remove(&self.state, id)?;
-                        outbox_store::set_last_ack_at(&self.state, &now_rfc3339())?;
-                        if !self.spills.values().any(|o| o.table == s.table) {
-                            self.reader.unblock(s.table);
-                        }
+                    // The broker has the finalize; the rows leave the journal only on the
+                    // cloud's `upload_result` committed (reliability §2).
+                    fail::fail_point!("agent-finalize-acked");
+                    if let Some(s) = self.spills.get_mut(&id) {
+                        debug!(table = %s.table, batch_id = %id, "finalize acknowledged: waiting for its upload_result");
+                        s.on_finalize_acked(Instant::now());
                     }
                 }
                 None => {}
@@ -438,7 +430,8 @@ impl Daemon {
                 // The acknowledged history (scripts/chaos.sh checks every change up to here).
                 info!(table = %t.table, epoch = %t.epoch, batch_id = %t.batch_id,
                     first_seq = t.first_seq, last_seq = t.last_seq, "batch acknowledged");
-                // See `ack_rows`: a batch of an earlier epoch leaves the cursor alone.
+                // A batch of an earlier epoch leaves the cursor alone: its seqs restarted
+                // since, so moving the new epoch's cursor to them could skip new entries.
                 if self
                     .state
                     .set_last_acked_in_epoch(&t.table, t.last_seq, t.epoch)?
@@ -453,19 +446,5 @@ impl Daemon {
         }
         outbox_store::set_last_ack_at(&self.state, &now_rfc3339())?;
         Ok(moved)
-    }
-
-    /// Moves `table`'s cursor after a PUBACK — unless the batch was fixed in an earlier journal
-    /// epoch: its seqs restarted since, so moving the new epoch's cursor to them could skip
-    /// (and delete) new entries. The cloud has the old batch anyway; nothing else to do.
-    fn ack_rows(&mut self, epoch: Uuid, table: &str, up_to: i64) -> Result<(), DaemonError> {
-        let acked =
-            self.capture
-                .ack_in_epoch(&self.state, epoch, table, up_to, DELETE_CHUNK_ROWS)?;
-        if acked.is_none() {
-            info!(%table, %epoch, current = %self.epoch, up_to,
-                "acknowledged batch of an earlier journal epoch: cursor left alone");
-        }
-        Ok(())
     }
 }

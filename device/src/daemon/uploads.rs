@@ -1,15 +1,18 @@
 //! Spill uploads (protocol §7) as the loop drives them: `url_grant` → PUT off the loop →
-//! `url_request` / `finalize` when due.
+//! `url_request` / `finalize` when due → `upload_result` (reliability §2): `committed` moves
+//! the cursor and removes the outbox entry in one state.db transaction, then deletes the
+//! journal rows; `failed` uploads again (retryable) or blocks the table.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use edge_protocol::control::{IngestRequest, RequestKind, SegmentKind};
 use edge_protocol::topic::TopicKind;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
-use super::{Daemon, DaemonError};
+use super::{now_rfc3339, Daemon, DaemonError};
+use crate::capture::journal::DELETE_CHUNK_ROWS;
 use crate::mqtt::Publisher;
 use crate::outbox_store;
 use crate::spill::{self, Due, PutError};
@@ -18,6 +21,88 @@ impl Daemon {
     /// Tables with a spill in progress.
     pub(super) fn spill_tables(&self) -> BTreeSet<String> {
         self.spills.values().map(|s| s.table.clone()).collect()
+    }
+
+    /// Whether a `finalize` was handed to the client and not yet PUBACKed (shutdown waits
+    /// for it, bounded, so a restart does not need to send it again).
+    pub(super) fn finalizing(&self) -> bool {
+        self.spills
+            .values()
+            .any(|s| s.phase == spill::Phase::Finalizing)
+    }
+
+    /// `upload_result` (reliability §2). `failure` is `(code, retryable)`; `None` = committed.
+    pub(super) fn on_upload_result(
+        &mut self,
+        table: &str,
+        batch_id: Uuid,
+        failure: Option<&(String, bool)>,
+    ) -> Result<(), DaemonError> {
+        let Some(s) = self.spills.get_mut(&batch_id) else {
+            info!(%table, %batch_id, "upload_result for no spill in progress (already finished?): ignored");
+            return Ok(());
+        };
+        match failure {
+            None => self.commit_spill(batch_id),
+            Some((code, true)) => {
+                warn!(table = %s.table, %batch_id, %code, "upload failed in the cloud (retryable): uploading again");
+                s.on_result_failed(true, Instant::now());
+                Ok(())
+            }
+            Some((code, false)) => {
+                error!(table = %s.table, %batch_id, %code, commit_seq = s.commit_seq,
+                    "upload refused by the cloud (not retryable): table blocked, its rows stay in the journal");
+                s.on_result_failed(false, Instant::now());
+                let (table, commit_seq) = (s.table.clone(), s.commit_seq);
+                let reason = crate::blocks::upload_failed(code);
+                crate::blocks::block(
+                    &self.state,
+                    &crate::blocks::NewBlock {
+                        table: &table,
+                        reason: &reason,
+                        commit_seq,
+                        detail: Some(code.as_str()),
+                        entry: None,
+                        at_ms: super::unix_ms(),
+                    },
+                )?;
+                Ok(())
+            }
+        }
+    }
+
+    /// `committed`: the cursor passes the spilled change and the outbox entry goes, in one
+    /// state.db transaction (a crash leaves both or neither); then the journal rows are deleted
+    /// and the table reads on.
+    fn commit_spill(&mut self, batch_id: Uuid) -> Result<(), DaemonError> {
+        let Some(s) = self.spills.remove(&batch_id) else {
+            return Ok(());
+        };
+        info!(table = %s.table, %batch_id, commit_seq = s.commit_seq,
+            "spill committed by the cloud: the table reads on");
+        let epoch = outbox_store::epoch(&self.state, batch_id)?.unwrap_or(self.epoch);
+        let moved = self.in_state_transaction(|d| {
+            let moved = d
+                .state
+                .set_last_acked_in_epoch(&s.table, s.commit_seq, epoch)?;
+            fail::fail_point!("agent-spill-acked-before-outbox-remove");
+            outbox_store::remove(&d.state, batch_id)?;
+            outbox_store::set_last_ack_at(&d.state, &now_rfc3339())?;
+            Ok(moved)
+        })?;
+        if moved {
+            // The acknowledged history (scripts/chaos.sh): the spilled rows leave the journal.
+            info!(table = %s.table, %batch_id, last_seq = s.commit_seq, "batch acknowledged");
+            self.capture
+                .delete_acked(&self.state, &s.table, DELETE_CHUNK_ROWS)?;
+        } else {
+            info!(table = %s.table, %epoch, current = %self.epoch, up_to = s.commit_seq,
+                "committed spill of an earlier journal epoch: cursor left alone");
+        }
+        if !self.spills.values().any(|o| o.table == s.table) {
+            self.reader.unblock(s.table);
+        }
+        Ok(())
     }
 
     pub(super) fn on_grant(

@@ -31,9 +31,13 @@ use uuid::Uuid;
 pub const URL_TTL_SECONDS: i64 = 15 * 60;
 /// Largest object accepted (protocol §7: max 1 GiB).
 pub const MAX_OBJECT_BYTES: u64 = 1 << 30;
-/// Largest single line (one row) after decompression. A row beyond this cannot be staged as
-/// `jsonb` anyway (PostgreSQL's limit is ~255 MiB per value).
-pub const MAX_LINE_BYTES: usize = 256 << 20;
+/// Largest single line (one row) after decompression: the device checks the same number before
+/// it uploads (one constant, [`edge_protocol::limits::SPILL_MAX_LINE_BYTES`]).
+pub const MAX_LINE_BYTES: usize = edge_protocol::limits::SPILL_MAX_LINE_BYTES;
+/// Open uploads (requested or granted, not yet finalized) one device may hold at once
+/// (reliability §7); a `url_request` beyond it gets no grant (`spill_too_many_open_uploads`)
+/// and the device asks again later.
+pub const MAX_OPEN_UPLOADS_PER_DEVICE: i64 = 16;
 /// A chunk of rows goes through intake once it holds this many rows...
 pub const CHUNK_ROWS: usize = 4_096;
 /// ...or this many bytes of line text, whichever comes first (a single larger line is a chunk
@@ -67,6 +71,10 @@ pub enum SpillCode {
     ObjectEmpty,
     /// Rows are not in strictly increasing `commit_seq` order.
     OutOfOrder,
+    /// The object store could not be read (a transient error): upload again.
+    StoreUnavailable,
+    /// The device already holds [`MAX_OPEN_UPLOADS_PER_DEVICE`] open uploads: no grant now.
+    TooManyOpenUploads,
 }
 
 impl SpillCode {
@@ -84,6 +92,31 @@ impl SpillCode {
             SpillCode::InvalidLine => "spill_invalid_line",
             SpillCode::ObjectEmpty => "spill_object_empty",
             SpillCode::OutOfOrder => "spill_out_of_order",
+            SpillCode::StoreUnavailable => "spill_store_unavailable",
+            SpillCode::TooManyOpenUploads => "spill_too_many_open_uploads",
+        }
+    }
+
+    /// Whether a `finalize` failing with this code can succeed after the device uploads the
+    /// same batch again (`upload_result`'s `retryable`, reliability §2): the object missing,
+    /// cut short or unreadable for now — yes; a line the cloud will never take — no (the
+    /// device blocks the table and an operator decides).
+    pub fn retryable(&self) -> bool {
+        match self {
+            SpillCode::ObjectMissing
+            | SpillCode::ObjectCorrupt
+            | SpillCode::ObjectEmpty
+            | SpillCode::StoreUnavailable
+            | SpillCode::NotRequested
+            | SpillCode::SchemaUnknown
+            | SpillCode::EpochUnknown
+            | SpillCode::TooManyOpenUploads => true,
+            SpillCode::NotConfigured
+            | SpillCode::RequestMismatch
+            | SpillCode::ObjectTooLarge
+            | SpillCode::LineTooLong
+            | SpillCode::InvalidLine
+            | SpillCode::OutOfOrder => false,
         }
     }
 }

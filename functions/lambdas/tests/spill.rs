@@ -13,7 +13,7 @@ use edge_cloud_core::spill::{object_key, SpillCode};
 use edge_functions::env::Objects;
 use edge_functions::ingest::Outcome;
 use edge_functions::objects::local::{serve, LocalObjects};
-use edge_protocol::control::{verify, ControlEnvelope};
+use edge_protocol::control::{verify, ControlEnvelope, UploadOutcome};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use uuid::Uuid;
@@ -136,6 +136,23 @@ async fn grant_of(e: &Env, batch_id: Uuid) -> ControlEnvelope {
         .unwrap()
         .get(0);
     serde_json::from_value(v).unwrap()
+}
+
+/// The `upload_result` most recently issued for `batch_id`.
+async fn result_of(e: &Env, batch_id: Uuid) -> ControlEnvelope {
+    let v: Value = e
+        .client
+        .query_one(
+            "SELECT envelope FROM edge_pending_controls WHERE control_kind = 'upload_result' \
+             AND envelope->>'batch_id' = $1 ORDER BY created_at DESC, control_id DESC LIMIT 1",
+            &[&batch_id.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let result: ControlEnvelope = serde_json::from_value(v).unwrap();
+    assert!(verify(&result, &e.device.control_key).is_ok());
+    result
 }
 
 async fn mirror_row(e: &Env, id: i64) -> Option<(String, i64)> {
@@ -267,6 +284,21 @@ async fn request_grant_put_finalize_materializes_and_duplicates_are_harmless() {
             .await,
         1
     );
+    // A restarted device is never left waiting (reliability §2): the late request is answered
+    // with the signed result again, superseding the earlier unacked one.
+    let v: Value = e
+        .client
+        .query_one(
+            "SELECT envelope FROM edge_pending_controls WHERE control_kind = 'upload_result' \
+             AND status = 'pending' AND envelope->>'batch_id' = $1",
+            &[&batch.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let result: ControlEnvelope = serde_json::from_value(v).unwrap();
+    assert_eq!(result.outcome, Some(UploadOutcome::Committed));
+    assert!(verify(&result, &e.device.control_key).is_ok());
     assert_eq!(
         e.scalar_i64("SELECT count(*) FROM edge_spill_uploads WHERE status = 'finalized'")
             .await,
@@ -386,6 +418,11 @@ async fn corrupt_missing_and_bad_objects_are_named_and_can_be_retried() {
         ),
         "{o:?}"
     );
+    // The device is told, signed, and may upload again (reliability §2).
+    let result = result_of(e, batch).await;
+    assert_eq!(result.outcome, Some(UploadOutcome::Failed));
+    assert_eq!(result.code.as_deref(), Some("spill_object_missing"));
+    assert_eq!(result.retryable, Some(true));
     // Not zstd.
     let url = grant_of(e, batch).await.presigned_url.unwrap();
     assert_eq!(put(s.addr, &url, b"this is not zstd", None).await, 200);
@@ -430,6 +467,13 @@ async fn corrupt_missing_and_bad_objects_are_named_and_can_be_retried() {
         other => panic!("expected invalid line, got {other:?}"),
     }
     assert_eq!(mirror_row(e, 2).await, None);
+    let result = result_of(e, batch).await;
+    assert_eq!(result.code.as_deref(), Some("spill_invalid_line"));
+    assert_eq!(
+        result.retryable,
+        Some(false),
+        "a bad line never gets better"
+    );
     // Empty object.
     assert_eq!(put(s.addr, &url, &object(&[]), None).await, 200);
     let o = e.send("sync/ingest/request", &finalize("finalize")).await;

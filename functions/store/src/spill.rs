@@ -287,3 +287,72 @@ pub async fn reuse_pending_grant<C: GenericClient>(
         .await?;
     Ok(row.map(|r| r.get(0)))
 }
+
+/// Issues a signed `upload_result` for `batch_id` into `edge_pending_controls` (reliability §2),
+/// superseding an unacked older result of the same batch: the device deletes its spilled rows
+/// only on `committed`, uploads again on `failed` + retryable, and blocks the table on
+/// `failed` + not retryable. `failure` is `(code, retryable)`; `None` means committed.
+pub async fn issue_upload_result<C: GenericClient>(
+    c: &C,
+    device: &Device,
+    source_table: &str,
+    batch_id: Uuid,
+    failure: Option<(&str, bool)>,
+    now: OffsetDateTime,
+    control_id: Uuid,
+) -> Result<IssuedControl, StoreError> {
+    let issued_at = edge_protocol::timestamp::format(now)
+        .map_err(|e| StoreError::Corrupt(format!("time: {e}")))?;
+    let mut envelope =
+        ControlEnvelope::upload_result(control_id, source_table, batch_id, failure, issued_at);
+    sign_in_place(&mut envelope, &device.control_key);
+    let json = serde_json::to_value(&envelope).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let batch = batch_id.to_string();
+    c.execute(
+        "UPDATE edge_pending_controls SET status = 'superseded' \
+         WHERE device_id = $1 AND status = 'pending' AND control_kind = 'upload_result' \
+             AND envelope->>'batch_id' = $2",
+        &[&device.device_id, &batch],
+    )
+    .await?;
+    let reason = match failure {
+        None => format!("upload of batch {batch} committed"),
+        Some((code, _)) => format!("upload of batch {batch} failed: {code}"),
+    };
+    c.execute(
+        "INSERT INTO edge_pending_controls (control_id, device_id, lineage_id, control_kind, \
+             source_table, reason, envelope) \
+         VALUES ($1, $2, (SELECT id FROM edge_table_lineages \
+                          WHERE device_id = $2 AND source_table = $3), \
+                 'upload_result', $3, $4, $5)",
+        &[
+            &control_id,
+            &device.device_id,
+            &source_table,
+            &reason,
+            &json,
+        ],
+    )
+    .await?;
+    Ok(IssuedControl {
+        control_id,
+        envelope,
+    })
+}
+
+/// Uploads of the device still open (requested or granted, not finalized or failed), other
+/// than `batch_id`: what the per-device cap on open grants counts (reliability §7).
+pub async fn open_uploads<C: GenericClient>(
+    c: &C,
+    device_id: Uuid,
+    batch_id: Uuid,
+) -> Result<i64, StoreError> {
+    let row = c
+        .query_one(
+            "SELECT count(*) FROM edge_spill_uploads \
+             WHERE device_id = $1 AND batch_id <> $2 AND status IN ('requested', 'granted')",
+            &[&device_id, &batch_id],
+        )
+        .await?;
+    Ok(row.get(0))
+}

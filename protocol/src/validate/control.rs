@@ -7,7 +7,7 @@ use super::envelope::{check_batch_id, check_format_version, parse_object, source
 use super::rejection::{malformed, Rejection};
 use super::schema::check_schema_hash;
 use crate::control::{
-    ControlEnvelope, ControlKind, IngestAck, IngestRequest, RequestKind, SegmentKind,
+    ControlEnvelope, ControlKind, IngestAck, IngestRequest, RequestKind, SegmentKind, UploadOutcome,
 };
 use crate::ids::{parse_uuid_hyphenated, parse_uuid_v7};
 use crate::timestamp;
@@ -119,6 +119,20 @@ pub fn decode_control_envelope(bytes: &[u8]) -> Result<ControlEnvelope, Rejectio
         Some(_) => Some(check_batch_id(&map)?),
     };
     let segment_kind = segment_kind(map.get("segment_kind"))?;
+    let outcome = match map.get("outcome") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_str()
+                .and_then(UploadOutcome::from_wire)
+                .ok_or_else(|| malformed("outcome is not committed or failed"))?,
+        ),
+    };
+    let code = opt_string("code")?;
+    let retryable = match map.get("retryable") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(malformed("retryable is not a boolean")),
+    };
     let signature = opt_string("signature")?;
 
     let missing = |what: &str| malformed(format!("{} needs {what}", control_kind.as_str()));
@@ -139,6 +153,21 @@ pub fn decode_control_envelope(bytes: &[u8]) -> Result<ControlEnvelope, Rejectio
                 return Err(missing("presigned_url_expires_at"));
             }
         }
+        ControlKind::UploadResult => {
+            if source_table.as_deref().is_none_or(str::is_empty) {
+                return Err(missing("source_table"));
+            }
+            if batch_id.is_none() {
+                return Err(missing("batch_id"));
+            }
+            match outcome {
+                None => return Err(missing("outcome")),
+                Some(UploadOutcome::Failed) if code.is_none() || retryable.is_none() => {
+                    return Err(missing("code and retryable when failed"))
+                }
+                _ => {}
+            }
+        }
     }
     Ok(ControlEnvelope {
         control_id,
@@ -151,6 +180,9 @@ pub fn decode_control_envelope(bytes: &[u8]) -> Result<ControlEnvelope, Rejectio
         presigned_url_expires_at,
         batch_id,
         segment_kind,
+        outcome,
+        code,
+        retryable,
         signature,
     })
 }

@@ -3,6 +3,9 @@
 //! library entry point) as `edge-service`, and the real agent on a real SQLite file.
 #![allow(dead_code, clippy::unwrap_used)]
 
+mod uploads;
+pub use uploads::SPILL_SECRET;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;

@@ -12,17 +12,25 @@
 //! the object's size, and a bad line anywhere rolls everything back. The failure is then
 //! recorded on the upload in a transaction of its own with its named code; a later
 //! `url_request` for the same batch can try again.
+//!
+//! Every finalize ends with a signed `upload_result` control (reliability §2), issued in the
+//! transaction that records the outcome: `committed` with the rows' commit, `failed` with the
+//! code and whether uploading again can help ([`SpillCode::retryable`]); an object store that
+//! cannot be read is `spill_store_unavailable`, retryable. The device deletes its spilled rows
+//! only on `committed`. A `url_request` or `finalize` for a batch already finalized is answered
+//! with `committed` again, so a device restarted after the cloud's commit is never left
+//! waiting. A device holds at most [`MAX_OPEN_UPLOADS_PER_DEVICE`] open uploads.
 
 use edge_cloud_core::ingress::Admitted;
 use edge_cloud_core::spill::{
     check_finalize, object_key, resolve_header, Header, Known, SpillCode, MAX_OBJECT_BYTES,
-    URL_TTL_SECONDS,
+    MAX_OPEN_UPLOADS_PER_DEVICE, URL_TTL_SECONDS,
 };
 use edge_cloud_store::ledger::insert_segment;
 use edge_cloud_store::registry::{device_by_name, Device};
 use edge_cloud_store::spill::{
-    issue_url_grant, known_header, lock_upload, record_finalize, record_request,
-    reuse_pending_grant, FinalizeOutcome, Grant,
+    issue_upload_result, issue_url_grant, known_header, lock_upload, open_uploads, record_finalize,
+    record_request, reuse_pending_grant, FinalizeOutcome, Grant,
 };
 use edge_cloud_store::StoreError;
 use edge_protocol::batch::RowBatch;
@@ -107,9 +115,20 @@ async fn grant(
     };
     let existing = lock_upload(tx, device.device_id, req.batch_id).await?;
     if existing.as_ref().is_some_and(|u| u.status == "finalized") {
-        // A late duplicate request after the finalize: the rows are in; nothing to upload.
+        // A request after the finalize (a device restarted before it saw the result): the
+        // rows are in; answered with the result again so the device can move on.
+        issue_result(tx, device, &req.source_table, req.batch_id, None).await?;
         return Ok(Outcome::Duplicate {
             batch_id: req.batch_id,
+        });
+    }
+    let reopening = existing.as_ref().is_none_or(|u| u.status == "failed");
+    if reopening
+        && open_uploads(tx, device.device_id, req.batch_id).await? >= MAX_OPEN_UPLOADS_PER_DEVICE
+    {
+        return Ok(Outcome::UploadNotGranted {
+            batch_id: req.batch_id,
+            code: SpillCode::TooManyOpenUploads,
         });
     }
     let (newest_epoch, current_hash) =
@@ -169,6 +188,28 @@ async fn grant(
     })
 }
 
+/// Issues the signed `upload_result` of `batch_id` (a pending control, re-sent until acked).
+async fn issue_result<C: edge_cloud_store::tokio_postgres::GenericClient>(
+    c: &C,
+    device: &Device,
+    source_table: &str,
+    batch_id: Uuid,
+    failure: Option<SpillCode>,
+) -> Result<(), StoreError> {
+    let failure = failure.map(|code| (code.as_str(), code.retryable()));
+    issue_upload_result(
+        c,
+        device,
+        source_table,
+        batch_id,
+        failure,
+        OffsetDateTime::now_utc(),
+        Uuid::now_v7(),
+    )
+    .await?;
+    Ok(())
+}
+
 /// After the commit the rows live in PostgreSQL; the object is only clutter (a duplicate
 /// finalize never reads it: the ledger answers first). A failure is logged, nothing else.
 async fn discard(deps: &Deps, device: &Device, req: &IngestRequest) {
@@ -208,8 +249,17 @@ async fn finalize(
 ) -> Result<Outcome, HandlerError> {
     let mut client = deps.pool.get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    match process(deps, &tx, a, device, req).await {
+    let processed = match process(deps, &tx, a, device, req).await {
+        // The object store could not be read: nothing is kept, the device uploads again.
+        Err(Abort::Handler(HandlerError::Object(e @ ObjectError::Unavailable(_)))) => Err(
+            Abort::Failed(Failed::new(SpillCode::StoreUnavailable, e.to_string())),
+        ),
+        other => other,
+    };
+    match processed {
         Ok(outcome) => {
+            // Accepted now, or already (a duplicate finalize): committed either way.
+            issue_result(&*tx, device, &req.source_table, req.batch_id, None).await?;
             tx.commit().await.map_err(StoreError::from)?;
             if matches!(outcome, Outcome::Accepted { .. }) {
                 discard(deps, device, req).await;
@@ -235,6 +285,7 @@ async fn finalize(
                 },
             )
             .await?;
+            issue_result(&*tx, device, &req.source_table, req.batch_id, Some(f.code)).await?;
             tx.commit().await.map_err(StoreError::from)?;
             Ok(Outcome::SpillFailed {
                 batch_id: req.batch_id,
