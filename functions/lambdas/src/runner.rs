@@ -141,6 +141,13 @@ fn now_ms() -> i64 {
     i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX)
 }
 
+/// Crash window between receiving a PUBLISH and committing its outcome: the failpoint
+/// `runner_after_receive` (tests only; `FAILPOINTS=runner_after_receive=return`) aborts the
+/// process there, like a kill -9.
+fn after_receive() {
+    fail::fail_point!("runner_after_receive", |_| std::process::abort());
+}
+
 /// Runs until the connection fails for good or `shutdown` resolves.
 pub async fn run(
     deps: Deps,
@@ -174,6 +181,7 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                after_receive();
                 let env = envelope_for(&p.topic, &p.payload, now_ms());
                 let mut attempt = 0u32;
                 loop {
