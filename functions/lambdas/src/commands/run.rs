@@ -35,7 +35,7 @@ pub async fn execute(settings: RunnerSettings) -> Result<(), CommandError> {
     };
     let objects = LocalObjects::new(spill_dir, &base_url, secret);
     let deps = settings.deps(p, objects.clone())?;
-    let api_task = serve_api(&deps, objects, settings.http).await?;
+    let api_task = serve_api(&deps, objects, settings.http, settings.http_limits).await?;
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
@@ -51,6 +51,7 @@ async fn serve_api(
     deps: &Deps,
     objects: LocalObjects,
     addr: std::net::SocketAddr,
+    limits: crate::http::HttpLimits,
 ) -> Result<tokio::task::JoinHandle<()>, CommandError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -58,12 +59,13 @@ async fn serve_api(
             what: format!("binding the HTTP API to {addr}"),
             source,
         })?;
-    tracing::info!(%addr, "HTTP API listening");
+    tracing::info!(%addr, ?limits, "HTTP API listening");
     let api = Arc::new(env::api(deps));
     Ok(tokio::spawn(async move {
         let objects = Arc::new(objects);
         if let Err(e) =
-            spill_http::serve(objects, Some(api), listener, std::future::pending()).await
+            spill_http::serve_limited(objects, Some(api), listener, limits, std::future::pending())
+                .await
         {
             tracing::error!(error = %e, "HTTP API stopped");
         }
