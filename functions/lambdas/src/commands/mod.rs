@@ -8,6 +8,8 @@
 //! - [`devices`] — register a device (with a local certificate), or provision it in AWS IoT
 //! - [`pki`] — the local certificate authority of the broker and the service identity
 //! - [`run`] — the local stack: MQTT runner, sweep and replay loops, the HTTP listener
+//! - [`spill_store`] — the runner's spill directory identity and presence: runners of one
+//!   database share one object store
 //! - [`dead_letters`] — list and retry parked ingress messages
 //! - [`token`] — signed development tokens for the HTTP API
 
@@ -15,6 +17,7 @@ pub mod dead_letters;
 pub mod devices;
 pub mod pki;
 pub mod run;
+pub mod spill_store;
 pub mod token;
 
 use clap::{Parser, Subcommand};

@@ -25,6 +25,12 @@ pub async fn execute(settings: RunnerSettings) -> Result<(), CommandError> {
         what: format!("creating the spill directory {}", spill_dir.display()),
         source,
     })?;
+    // Runners of one database share one object store (reliability.md §2).
+    let presence = super::spill_store::register(&p, spill_dir).await?;
+    let heartbeat = tokio::spawn(super::spill_store::heartbeat_loop(
+        p.clone(),
+        presence.clone(),
+    ));
     let secret = match &settings.spill_secret {
         Some(s) if !s.expose().is_empty() => s.expose().as_bytes().to_vec(),
         _ => new_control_key(),
@@ -34,7 +40,7 @@ pub async fn execute(settings: RunnerSettings) -> Result<(), CommandError> {
         None => format!("http://{}", settings.http),
     };
     let objects = LocalObjects::new(spill_dir, &base_url, secret);
-    let deps = settings.deps(p, objects.clone())?;
+    let deps = settings.deps(p.clone(), objects.clone())?;
     let api_task = serve_api(&deps, objects, settings.http, settings.http_limits).await?;
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -42,6 +48,8 @@ pub async fn execute(settings: RunnerSettings) -> Result<(), CommandError> {
     };
     let result = run(deps, settings.mqtt.clone(), shutdown).await;
     api_task.abort();
+    heartbeat.abort();
+    super::spill_store::deregister(&p, &presence).await;
     Ok(result?)
 }
 
