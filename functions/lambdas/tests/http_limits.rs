@@ -71,7 +71,8 @@ fn response_within(s: &mut TcpStream, deadline: Duration) -> Option<String> {
 fn closed_or_answered(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 512];
     match s.read(&mut buf) {
-        Ok(_) => true,
+        // 0: closed; more: an answer (e.g. 408) — either way the connection is given up.
+        Ok(n) => n <= buf.len(),
         Err(e) => !matches!(
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
