@@ -78,8 +78,7 @@ user edge-service
 topic read +/+/sync/#
 topic write +/+/sync/ingest/control
 EOF
-stack_mosquitto "$DEMO/mqtt" "$DEMO/pki" "$DEMO/logs" "persistence true
-persistence_location $DEMO/mqtt/"
+stack_mosquitto "$DEMO/mqtt" "$DEMO/pki" "$DEMO/logs"
 
 # --- the cloud runner: ingest, replay, sweep, HTTP API ----------------------------------------
 stack_runner "$DEMO/pki" "$DEMO/logs" "$DEMO/spill"

@@ -42,7 +42,9 @@ stack_postgres() {
 
 # stack_mosquitto DIR PKI LOGS [EXTRA_CONF]: mosquitto standing in for AWS IoT Core — mTLS with
 # `require_certificate` and `use_identity_as_username`, the ACL the caller wrote to DIR/acl — on
-# a free port. Sets MQTT_PORT.
+# a free port. Sessions persist in DIR (`persistence true`) and a persistent session's queue has
+# no cap (`max_queued_messages 0`; mosquitto's default of 1,000 silently drops the rest while the
+# runner is away — reliability.md §1). Sets MQTT_PORT.
 stack_mosquitto() {
   local dir=$1 pki=$2 logs=$3 extra=${4:-}
   MQTT_PORT=$(free_port)
@@ -50,6 +52,9 @@ stack_mosquitto() {
 per_listener_settings false
 allow_anonymous false
 acl_file $dir/acl
+persistence true
+persistence_location $dir/
+max_queued_messages 0
 $extra
 user $(id -un)
 log_dest stderr

@@ -70,6 +70,13 @@ pub enum TopicError {
         value: String,
         ch: char,
     },
+    #[error(
+        "device name {0:?} is reserved: the broker's ACL gives that identity service rights \
+         (reserved: edge-service, edge-audit)"
+    )]
+    ReservedIdentity(String),
+    #[error("topic slug {0:?} starts with '$': wildcard subscriptions never match such topics")]
+    DollarSlug(String),
     #[error("topic {0:?} does not end in a known sync/... suffix")]
     UnknownSuffix(String),
     #[error("topic {0:?} is not {{slug}}/{{device_name}}/sync/...")]
@@ -110,9 +117,34 @@ pub fn validate_device_name(device_name: &str) -> Result<(), TopicError> {
     check_level("device name", device_name)
 }
 
-/// A topic slug may be empty but otherwise follows the device-name rules.
+/// Identities the broker's ACL treats specially (reliability.md §7): the cloud service
+/// (`user edge-service`: reads every device topic, writes every control topic) and the test
+/// auditor (`user edge-audit`: reads everything). Never a device's name, compared without case.
+pub const RESERVED_IDENTITIES: [&str; 2] = ["edge-service", "edge-audit"];
+
+/// A name a new device may be registered under: a valid device name
+/// ([`validate_device_name`]) that is not one of the [`RESERVED_IDENTITIES`] — a device with
+/// such a certificate CN would get the service's ACL, and its certificate would overwrite the
+/// runner's own.
+pub fn validate_registrable_device_name(device_name: &str) -> Result<(), TopicError> {
+    validate_device_name(device_name)?;
+    if RESERVED_IDENTITIES
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(device_name.trim()))
+    {
+        return Err(TopicError::ReservedIdentity(device_name.to_owned()));
+    }
+    Ok(())
+}
+
+/// A topic slug may be empty but otherwise follows the device-name rules; it may not start
+/// with `$` (MQTT reserves such first levels: `+/…` subscriptions never match them).
 pub fn validate_slug(slug: &str) -> Result<(), TopicError> {
-    check_level("topic slug", slug)
+    check_level("topic slug", slug)?;
+    if slug.starts_with('$') {
+        return Err(TopicError::DollarSlug(slug.to_owned()));
+    }
+    Ok(())
 }
 
 fn check_level(what: &'static str, value: &str) -> Result<(), TopicError> {
@@ -171,6 +203,32 @@ mod tests {
             topic("acme-prod/gw-07", TopicKind::RowsBatch),
             "acme-prod/gw-07/sync/rows/batch"
         );
+    }
+
+    #[test]
+    fn reserved_identities_and_topic_levels_are_not_registrable() {
+        for name in [
+            "edge-service",
+            "edge-audit",
+            "EDGE-SERVICE",
+            "",
+            "+",
+            "#",
+            "a/b",
+            "a\0b",
+        ] {
+            assert!(
+                validate_registrable_device_name(name).is_err(),
+                "{name:?} must be refused"
+            );
+        }
+        assert!(matches!(
+            validate_registrable_device_name("edge-service"),
+            Err(TopicError::ReservedIdentity(_))
+        ));
+        assert!(validate_registrable_device_name("gw-07").is_ok());
+        assert!(validate_slug("$SYS").is_err());
+        assert!(validate_slug("").is_ok());
     }
 
     #[test]

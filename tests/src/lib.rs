@@ -47,6 +47,8 @@
 //!   PEM files in a temp dir.
 //! - [`mosquitto`] — [`Broker`]: config and ACL files, start/stop/restart on a fixed port,
 //!   `rumqttc` options with mTLS.
+//! - [`outage`] — [`PostgresOutage`]: stop the private cluster and start it again (a test binary
+//!   of its own: every database of the process goes down).
 //! - [`client`] — [`TestClient`], a rumqttc client whose connect/subscribe/publish wait for the
 //!   broker's acknowledgement, and "nothing arrived before the marker" helpers.
 //! - [`wait`] — condition polling with deadlines.
@@ -61,6 +63,7 @@ pub mod client;
 pub mod governance;
 mod lifeline;
 pub mod mosquitto;
+pub mod outage;
 pub mod pki;
 pub mod port;
 pub mod postgres;
@@ -78,6 +81,7 @@ pub use tokio_postgres;
 pub use client::{Message, TestClient};
 pub use governance::{approve_all_columns, ApproveReport};
 pub use mosquitto::{Broker, AUDITOR_USER, SERVICE_USER};
+pub use outage::PostgresOutage;
 pub use pki::{CertificateAuthority, ClientIdentity, Pki};
 pub use port::free_port;
 pub use postgres::TestDatabase;

@@ -5,7 +5,8 @@
 //! into its own temp dir, on a free port of 127.0.0.1 that it keeps across
 //! [`Broker::restart`], because tests restart it mid-stream and clients must find it again.
 //! Persistence is on (in the temp dir), so a graceful restart keeps persistent sessions and their
-//! queued QoS 1 messages, like IoT Core does; [`Broker::kill`] simulates a crash instead.
+//! queued QoS 1 messages (`max_queued_messages 0`: none dropped while a subscriber is away),
+//! like IoT Core does; [`Broker::kill`] simulates a crash instead.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -348,6 +349,9 @@ fn config_file_contents(
          # Sessions and queued messages survive a graceful restart, as with IoT Core.\n\
          persistence true\n\
          persistence_location {dir}/\n\
+         # No cap on a persistent session's queue: the default (1,000) silently drops the rest\n\
+         # while a subscriber is away (reliability.md §1).\n\
+         max_queued_messages 0\n\
          # The files live in a root-only temp dir; do not switch to the `mosquitto` user.\n\
          user root\n\
          log_dest stderr\n\

@@ -356,6 +356,8 @@ pub struct RunnerSettings {
     pub spill_url: Option<String>,
     /// The key of upload URL signatures (random per start when unset).
     pub spill_secret: Option<Secret>,
+    /// Connection cap and read timeouts of the HTTP listener (reliability.md §7).
+    pub http_limits: crate::http::HttpLimits,
 }
 
 impl RunnerSettings {

@@ -24,7 +24,8 @@
 //! - [`sweep`] — resume sweep + control (re-)publication (cloud.md §7) + event forwarding
 //! - [`events`] — the event forwarder hook (cloud.md §11): trait, log forwarder, cursor loop
 //! - [`control_publisher`] — the [`control_publisher::ControlPublisher`] trait, MQTT implementation
-//! - [`http`] — the one HTTP accept loop (the runner's API and object-store PUT endpoint)
+//! - [`http`] — the one HTTP accept loop (the runner's API and object-store PUT endpoint), with
+//!   its connection cap and header/body read timeouts ([`http::HttpLimits`])
 //! - [`runner`] — the local runner's MQTT loop (mosquitto in place of IoT Core + SQS)
 //! - [`commands`] — the `edge-cloud` subcommands (flags and what each does)
 //! - [`HandlerError`] — the one place that decides retryable vs permanent

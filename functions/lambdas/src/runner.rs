@@ -2,9 +2,10 @@
 //!
 //! It subscribes as the service identity with a shared subscription (`$share/edge-cloud/…`), so
 //! several runners split the load, builds the same [`IngressEnvelope`] the AWS rule builds and
-//! calls the same [`crate::ingest::handle`]. A retryable failure is retried in place with
-//! backoff before the next message is taken (the broker redelivers unacked QoS 1 messages to a
-//! restarted runner). Beside it run the sweep loop (resume sweep; pending controls
+//! calls the same [`crate::ingest::handle`]. Acks are manual (reliability.md §1): a PUBLISH is
+//! PUBACKed, in arrival order, only once its outcome is committed; a retryable failure is
+//! retried in place with backoff, without a limit, before the next message is taken (the broker
+//! redelivers unacked QoS 1 messages to a restarted runner). Beside it run the sweep loop (resume sweep; pending controls
 //! (re-)published until acked) and the replay loop — the same code as the `sweep` and `replay`
 //! Lambdas.
 //!
@@ -20,7 +21,9 @@ use base64::Engine as _;
 use edge_cloud_core::ingress::IngressEnvelope;
 use edge_cloud_store::dead_letters::NewDeadLetter;
 use edge_protocol::topic::{parse_topic, TopicKind};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
+};
 
 use crate::control_publisher::MqttPublisher;
 use crate::dead_letter;
@@ -141,14 +144,39 @@ fn now_ms() -> i64 {
     i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX)
 }
 
-/// Runs until the connection fails for good or `shutdown` resolves.
+/// Crash window between receiving a PUBLISH and committing its outcome: the failpoint
+/// `runner_after_receive` (tests only; `FAILPOINTS=runner_after_receive=return`) aborts the
+/// process there, like a kill -9.
+fn after_receive() {
+    fail::fail_point!("runner_after_receive", |_| std::process::abort());
+}
+
+/// Backoff before retry `attempt` (1, 2, …) of a message: 200 ms doubling up to 5 s, for as
+/// long as it takes (reliability.md §1: the runner never gives up on a message).
+pub fn retry_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(200u64 << attempt.min(5)).min(MAX_BACKOFF)
+}
+
+/// Longest pause between two attempts at the same message.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs until `shutdown` resolves.
+///
+/// Manual acks (reliability.md §1): the MQTT event loop runs in its own task (keep-alives and
+/// reconnects go on while a message waits for the database) and hands each PUBLISH to this
+/// loop, which handles one message at a time and PUBACKs it only once its outcome — ledger
+/// row or dead letter — is committed. So PUBACKs go out in arrival order, a message is never
+/// acked before it is durable, and while PostgreSQL is unreachable no new message is taken:
+/// the broker keeps them (its in-flight window is full of unacked ones) in the persistent
+/// session. A crash at any point loses nothing: unacked messages are redelivered.
 pub async fn run(
     deps: Deps,
     settings: MqttSettings,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunnerError> {
-    let options = mqtt_options(&settings)?;
-    let (client, mut events) = AsyncClient::new(options, 64);
+    let mut options = mqtt_options(&settings)?;
+    options.set_manual_acks(true);
+    let (client, events) = AsyncClient::new(options, 64);
     // Sweep (resume + control re-sends, through the same trait the Lambda uses) and replay run
     // beside the subscription; both are idempotent, so aborting them at shutdown is safe.
     let controls = tokio::spawn(crate::sweep::sweep_loop(
@@ -160,55 +188,59 @@ pub async fn run(
         deps.clone(),
         crate::replay::DEFAULT_CHUNK,
     ));
+    let (received, mut inbox) = tokio::sync::mpsc::unbounded_channel();
+    let poller = tokio::spawn(poll_loop(
+        client.clone(),
+        events,
+        received,
+        settings.url.clone(),
+    ));
     tokio::pin!(shutdown);
     let result = loop {
-        let event = tokio::select! {
+        let publish = tokio::select! {
             () = &mut shutdown => break Ok(()),
-            event = events.poll() => event,
+            p = inbox.recv() => match p {
+                Some(p) => p,
+                None => break Ok(()),
+            },
         };
-        match event {
+        after_receive();
+        tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            () = handle_until_committed(&deps, &publish) => {}
+        }
+        // Only now: the outcome is committed.
+        if let Err(e) = client.ack(&publish).await {
+            break Err(e.into());
+        }
+    };
+    poller.abort();
+    controls.abort();
+    replay.abort();
+    let _ = client.disconnect().await;
+    result
+}
+
+/// Drives the MQTT connection: (re)subscribes on every CONNACK and forwards each PUBLISH.
+async fn poll_loop(
+    client: AsyncClient,
+    mut events: EventLoop,
+    received: tokio::sync::mpsc::UnboundedSender<Publish>,
+    url: String,
+) {
+    loop {
+        match events.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                tracing::info!(url = %settings.url, "connected; subscribing");
+                tracing::info!(%url, "connected; subscribing");
                 for topic in subscriptions() {
-                    client.subscribe(topic, QoS::AtLeastOnce).await?;
+                    if let Err(e) = client.subscribe(topic, QoS::AtLeastOnce).await {
+                        tracing::error!(error = %e, "subscribing");
+                    }
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let env = envelope_for(&p.topic, &p.payload, now_ms());
-                let mut attempt = 0u32;
-                loop {
-                    match handle(&deps, env.clone()).await {
-                        Ok(outcome) => {
-                            tracing::info!(topic = %p.topic, ?outcome, "handled");
-                            break;
-                        }
-                        Err(e) if e.is_retryable() && attempt < 8 => {
-                            attempt += 1;
-                            tracing::warn!(topic = %p.topic, error = %e, attempt, "retrying");
-                            tokio::time::sleep(Duration::from_millis(200 << attempt.min(6))).await;
-                        }
-                        Err(e) => {
-                            // Parked rather than dropped: the broker already has our ack.
-                            let body = serde_json::to_string(&env).unwrap_or_default();
-                            let error = format!(
-                                "handler (attempt {}): {}",
-                                attempt + 1,
-                                dead_letter::describe(&e)
-                            );
-                            let letter = NewDeadLetter {
-                                transport: dead_letter::MQTT,
-                                message_id: None,
-                                topic: Some(&p.topic),
-                                body: &body,
-                                error: &error,
-                            };
-                            if let Err(pe) = dead_letter::park(&deps, &letter).await {
-                                tracing::error!(topic = %p.topic, error = %e, park_error = %pe,
-                                    "giving up on message; the dead letter could not be written");
-                            }
-                            break;
-                        }
-                    }
+                if received.send(p).is_err() {
+                    return;
                 }
             }
             Ok(_) => {}
@@ -218,11 +250,49 @@ pub async fn run(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+/// Handles one PUBLISH until its outcome is committed: retryable failures (the database or
+/// the object store unreachable) are retried with [`retry_backoff`] without a limit; a
+/// permanent failure is parked as a dead letter, and writing that is retried the same way.
+async fn handle_until_committed(deps: &Deps, p: &Publish) {
+    let env = envelope_for(&p.topic, &p.payload, now_ms());
+    let mut attempt = 0u32;
+    let error = loop {
+        match handle(deps, env.clone()).await {
+            Ok(outcome) => {
+                tracing::info!(topic = %p.topic, ?outcome, "handled");
+                return;
+            }
+            Err(e) if e.is_retryable() => {
+                attempt += 1;
+                tracing::warn!(topic = %p.topic, error = %e, attempt, "retrying");
+                tokio::time::sleep(retry_backoff(attempt)).await;
+            }
+            Err(e) => break e,
+        }
     };
-    controls.abort();
-    replay.abort();
-    let _ = client.disconnect().await;
-    result
+    let body = serde_json::to_string(&env).unwrap_or_default();
+    let message = format!(
+        "handler (attempt {}): {}",
+        attempt + 1,
+        dead_letter::describe(&error)
+    );
+    let letter = NewDeadLetter {
+        transport: dead_letter::MQTT,
+        message_id: None,
+        topic: Some(&p.topic),
+        body: &body,
+        error: &message,
+    };
+    let mut park_attempt = 0u32;
+    while let Err(pe) = dead_letter::park(deps, &letter).await {
+        park_attempt += 1;
+        tracing::warn!(topic = %p.topic, error = %error, park_error = %pe, attempt = park_attempt,
+            "the dead letter could not be written; retrying (the message stays unacked)");
+        tokio::time::sleep(retry_backoff(park_attempt)).await;
+    }
 }
 
 #[cfg(test)]
@@ -237,5 +307,13 @@ mod tests {
         assert_eq!(env.payload_b64, "e30=");
         assert!(subscriptions().contains(&"$share/edge-cloud/+/+/sync/rows/batch".to_owned()));
         assert_eq!(subscriptions().len(), 5);
+    }
+
+    #[test]
+    fn retry_backoff_grows_to_a_cap_and_never_ends() {
+        assert_eq!(retry_backoff(1), Duration::from_millis(400));
+        assert_eq!(retry_backoff(4), Duration::from_millis(3200));
+        assert_eq!(retry_backoff(5), MAX_BACKOFF);
+        assert_eq!(retry_backoff(u32::MAX), MAX_BACKOFF);
     }
 }

@@ -166,6 +166,9 @@ async fn every_rejection_code_is_recorded_in_the_ledger() {
     let mut v = good(e.id());
     v["rows"][0]["op"] = json!("upsert");
     check(e.rows(&v).await, RejectionCode::InvalidRow);
+    let mut v = good(e.id());
+    v["source_table"] = json!("device\u{0}state");
+    check(e.rows(&v).await, RejectionCode::InvalidIdentifier);
     check(
         e.send_as(
             "ghost",

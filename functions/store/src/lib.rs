@@ -25,6 +25,8 @@
 //! - [`spill`] — spill/snapshot uploads (`edge_spill_uploads`) and their `url_grant` controls
 //! - [`forwarding`] — the event forwarding cursor (cloud.md §11)
 //! - [`dead_letters`] — messages no handler could take, kept for the operator
+//! - [`presence`] — live runners and the identity of their spill directories (one object store
+//!   per database)
 //! - [`review`] — review transitions of both kinds (claim, reject, approve); per-device approval
 //! - [`approval`] — the steps of applying an approval plan, shared by both kinds of review
 //! - [`coalesce`] — registry coalescing: intake and adoption, registry reviews, consolidation
@@ -49,6 +51,7 @@ pub mod migrate;
 pub mod mirror;
 pub mod policy;
 pub mod pool;
+pub mod presence;
 pub mod read;
 pub mod registry;
 pub mod replay;

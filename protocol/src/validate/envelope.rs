@@ -131,7 +131,10 @@ pub(super) fn rows_array(map: &Map<String, Value>) -> Result<&Vec<Value>, Reject
 
 pub(super) fn source_table(map: &Map<String, Value>) -> Result<String, Rejection> {
     match map.get("source_table").and_then(Value::as_str) {
-        Some(s) if !s.is_empty() => Ok(s.to_owned()),
+        Some(s) if !s.is_empty() => {
+            super::rejection::check_identifier("source_table", s)?;
+            Ok(s.to_owned())
+        }
         _ => Err(malformed("source_table is missing, empty or not a string")),
     }
 }

@@ -24,11 +24,14 @@
 //! 6. `capture_strategy` ≠ `sqlite_row_batch_v1` → `malformed_json` (wrong document for the topic)
 //! 7. `batch_id` missing / not a hyphenated UUIDv7 → `invalid_batch_id`
 //! 8. `rows` missing or not an array → `malformed_json`; more than 4096 → `batch_too_many_rows`
-//! 9. `source_table` missing or empty → `malformed_json`
+//! 9. `source_table` missing or empty → `malformed_json`; containing NUL → `invalid_identifier`
 //! 10. `schema_hash` not 64 lowercase hex → `invalid_schema_hash`; `schema_columns` present but
-//!     not a fingerprint, for another table, or hashing to something else → `invalid_schema_hash`
+//!     not a fingerprint → `invalid_schema_hash`; its table or a column name containing NUL →
+//!     `invalid_identifier`; for another table, or hashing to something else →
+//!     `invalid_schema_hash`
 //! 11. `journal_epoch` not a UUIDv7, `first_commit_seq` / `last_commit_seq` not i64 → `malformed_json`
-//! 12. each row in order: not an object, `commit_seq` not i64, `op` not insert/update/delete,
+//! 12. each row in order: a key of its `pk` or `row` object containing NUL →
+//!     `invalid_identifier`; not an object, `commit_seq` not i64, `op` not insert/update/delete,
 //!     `pk` not a non-empty object, `row` not null on delete, `row` not an object on
 //!     insert/update, a pk column missing from `row` or different there → `invalid_row`; a value
 //!     that is a bad `$real` marker or an integer outside i64 → `invalid_number_encoding`; any
@@ -44,7 +47,8 @@
 //! 10. `schema_hash` not 64 lowercase hex → `invalid_schema_hash`
 //! 11. `batch_seq` not i64, cursors not strings, `row_count` not a non-negative integer → `malformed_json`
 //! 12. `row_count` ≠ number of rows → `row_count_mismatch`
-//! 13. no rows; a row not an object, `ts` not an RFC 3339 string, `fields` not an object → `invalid_row`
+//! 13. no rows; a row not an object, `ts` not an RFC 3339 string, `fields` not an object → `invalid_row`;
+//!     a key of `fields` containing NUL → `invalid_identifier`
 //! 14. `cursor_start_ts` / `cursor_end_ts` not RFC 3339 or not the same instant as the
 //!     earliest / latest row `ts` → `cursor_timestamp_mismatch`
 //! 15. a `row_id` present (non-null) that is not a string matching
@@ -70,6 +74,10 @@
 //! `server_watermark`; url_grant: `presigned_url`, `presigned_url_expires_at`) / optional field
 //! types / RFC 3339 times → `malformed_json`; `batch_id` present but not UUIDv7 → `invalid_batch_id`.
 //! Signatures are checked separately by [`crate::control::verify`].
+//!
+//! NUL in an identifier (`source_table`, a column name, a key of a row object) is
+//! `invalid_identifier` wherever it appears (reliability.md §7): no PostgreSQL identifier holds
+//! it. NUL in a text *value* is fine (it stages; see the cloud's staged-value encoding).
 //!
 //! Unknown keys are ignored (forward compatibility), except the forbidden tenant fields.
 //!

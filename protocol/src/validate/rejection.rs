@@ -29,11 +29,12 @@ pub enum RejectionCode {
     InvalidSchemaHash,
     InvalidRow,
     UnknownDevice,
+    InvalidIdentifier,
 }
 
 impl RejectionCode {
     /// Every code, in spec order.
-    pub const ALL: [RejectionCode; 16] = [
+    pub const ALL: [RejectionCode; 17] = [
         RejectionCode::EnvelopeUnstrippedTenantFields,
         RejectionCode::InvalidFormatVersion,
         RejectionCode::UnsupportedFormatVersion,
@@ -50,6 +51,7 @@ impl RejectionCode {
         RejectionCode::InvalidSchemaHash,
         RejectionCode::InvalidRow,
         RejectionCode::UnknownDevice,
+        RejectionCode::InvalidIdentifier,
     ];
 
     /// The exact code string of spec §9.
@@ -71,6 +73,7 @@ impl RejectionCode {
             RejectionCode::InvalidSchemaHash => "invalid_schema_hash",
             RejectionCode::InvalidRow => "invalid_row",
             RejectionCode::UnknownDevice => "unknown_device",
+            RejectionCode::InvalidIdentifier => "invalid_identifier",
         }
     }
 }
@@ -143,6 +146,19 @@ pub(super) fn invalid_row(message: impl Into<String>) -> Rejection {
     reject(RejectionCode::InvalidRow, message)
 }
 
+/// `invalid_identifier` (reliability.md §7) when `name` — a table name, a column name, a key
+/// of a row object — contains NUL: no PostgreSQL identifier or text can hold it, so the batch
+/// is refused by name (and ledgered) instead of failing later as a dead letter.
+pub(super) fn check_identifier(at: &str, name: &str) -> Result<(), Rejection> {
+    if name.contains('\0') {
+        return Err(reject(
+            RejectionCode::InvalidIdentifier,
+            format!("{at} {:?} contains NUL", name.replace('\0', "\\0")),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,7 +180,8 @@ mod tests {
             "envelope_unstripped_tenant_fields invalid_format_version unsupported_format_version \
             invalid_batch_id batch_too_many_rows row_count_mismatch cursor_timestamp_mismatch \
             invalid_row_id invalid_number_encoding duplicate_batch_seq stale_batch_seq \
-            malformed_json payload_too_large invalid_schema_hash invalid_row unknown_device";
+            malformed_json payload_too_large invalid_schema_hash invalid_row unknown_device \
+            invalid_identifier";
         let listed: Vec<&str> = RejectionCode::ALL
             .iter()
             .map(RejectionCode::as_str)

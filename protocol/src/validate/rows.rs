@@ -7,7 +7,7 @@ use super::envelope::{
     check_batch_id, check_format_version, check_strategy, parse_object, req_i64, rows_array,
     source_table, Origin,
 };
-use super::rejection::{invalid_row, malformed, value_rejection, Rejection};
+use super::rejection::{check_identifier, invalid_row, malformed, value_rejection, Rejection};
 use super::schema::{check_schema_hash, schema_columns};
 use crate::batch::{Op, RowBatch, RowChange, ROW_BATCH_STRATEGY};
 use crate::ids::parse_uuid_v7;
@@ -80,6 +80,13 @@ fn row_change(i: usize, raw: &Value) -> Result<RowChange, Rejection> {
         .and_then(Value::as_str)
         .and_then(Op::from_wire)
         .ok_or_else(|| invalid_row(format!("rows[{i}].op is not insert, update or delete")))?;
+    for part in ["pk", "row"] {
+        if let Some(Value::Object(m)) = obj.get(part) {
+            for key in m.keys() {
+                check_identifier(&format!("rows[{i}].{part} key"), key)?;
+            }
+        }
+    }
     let pk = match obj.get("pk") {
         Some(v @ Value::Object(m)) if !m.is_empty() => {
             row_from_json(v).map_err(|e| value_rejection(format!("rows[{i}].pk"), e))?

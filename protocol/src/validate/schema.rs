@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use super::envelope::{check_format_version, parse_object, req_string, source_table, Origin};
-use super::rejection::{malformed, reject, Rejection, RejectionCode};
+use super::rejection::{check_identifier, malformed, reject, Rejection, RejectionCode};
 use crate::fingerprint::{is_schema_hash, Affinity, ColumnFingerprint, SchemaColumns};
 use crate::schema::SchemaObservation;
 use crate::timestamp;
@@ -34,6 +34,10 @@ pub(super) fn schema_columns(
     };
     let invalid = |msg: String| reject(RejectionCode::InvalidSchemaHash, msg);
     let fp = fingerprint_from_json(raw).map_err(|e| invalid(format!("schema_columns: {e}")))?;
+    check_identifier("schema_columns.table_name", &fp.table_name)?;
+    for (i, c) in fp.columns.iter().enumerate() {
+        check_identifier(&format!("schema_columns.columns[{i}].name"), &c.name)?;
+    }
     if fp.table_name != source_table {
         return Err(invalid(format!(
             "schema_columns describes {:?}, not {source_table:?}",

@@ -7,7 +7,9 @@ use super::envelope::{
     check_batch_id, check_format_version, check_strategy, parse_object, req_i64, req_string,
     rows_array, source_table, Origin,
 };
-use super::rejection::{invalid_row, malformed, reject, value_rejection, Rejection, RejectionCode};
+use super::rejection::{
+    check_identifier, invalid_row, malformed, reject, value_rejection, Rejection, RejectionCode,
+};
 use super::schema::check_schema_hash;
 use crate::telemetry::{is_valid_row_id, TelemetryBatch, TelemetryRow, TELEMETRY_BATCH_STRATEGY};
 use crate::timestamp;
@@ -58,6 +60,11 @@ pub fn decode_telemetry_batch(bytes: &[u8]) -> Result<TelemetryBatch, Rejection>
             .get("fields")
             .filter(|f| f.is_object())
             .ok_or_else(|| invalid_row(format!("rows[{i}].fields is missing or not an object")))?;
+        if let Some(m) = fields.as_object() {
+            for key in m.keys() {
+                check_identifier(&format!("rows[{i}].fields key"), key)?;
+            }
+        }
         shaped.push((obj, ts, instant, fields));
     }
 

@@ -11,6 +11,8 @@ use edge_functions::env::{init_tracing, LogOutput};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing(LogOutput::Terminal);
+    // Failpoints from `FAILPOINTS` (compiled in only for the tests' builds).
+    let _failpoints = fail::FailScenario::setup();
     execute(Cli::parse()).await?;
     Ok(())
 }

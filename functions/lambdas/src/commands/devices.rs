@@ -109,7 +109,7 @@ async fn create(
     ids: DeviceIds,
     ca_dir: Option<std::path::PathBuf>,
 ) -> Result<(), CommandError> {
-    edge_protocol::topic::validate_device_name(&name)?;
+    edge_protocol::topic::validate_registrable_device_name(&name)?;
     edge_protocol::topic::validate_slug(&slug)?;
     let key = new_control_key();
     let device = ids.device(name, slug, key.clone());
@@ -117,6 +117,18 @@ async fn create(
     // no half-provisioned device behind.
     let issued = match &ca_dir {
         Some(dir) => {
+            // Never overwrite an identity already issued from this CA (another device's, or
+            // the runner's own `edge-service`).
+            for ext in ["crt", "key", "control-key"] {
+                let existing = dir.join(format!("{}.{ext}", device.device_name));
+                if existing.exists() {
+                    return Err(CommandError::Refused(format!(
+                        "{} already exists: device {:?} was issued before; not overwritten",
+                        existing.display(),
+                        device.device_name
+                    )));
+                }
+            }
             let ca = LocalCa::open_or_create(dir)?;
             let identity = ca.issue_client(&device.device_name)?;
             let key_file = dir.join(format!("{}.control-key", device.device_name));
@@ -163,7 +175,7 @@ async fn provision_aws(
     ids: DeviceIds,
     out_dir: std::path::PathBuf,
 ) -> Result<(), CommandError> {
-    edge_protocol::topic::validate_device_name(&name)?;
+    edge_protocol::topic::validate_registrable_device_name(&name)?;
     edge_protocol::topic::validate_slug(&slug)?;
     if slug.is_empty() {
         return Err(CommandError::Refused(

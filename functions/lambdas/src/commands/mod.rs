@@ -8,6 +8,8 @@
 //! - [`devices`] — register a device (with a local certificate), or provision it in AWS IoT
 //! - [`pki`] — the local certificate authority of the broker and the service identity
 //! - [`run`] — the local stack: MQTT runner, sweep and replay loops, the HTTP listener
+//! - [`spill_store`] — the runner's spill directory identity and presence: runners of one
+//!   database share one object store
 //! - [`dead_letters`] — list and retry parked ingress messages
 //! - [`token`] — signed development tokens for the HTTP API
 
@@ -15,6 +17,7 @@ pub mod dead_letters;
 pub mod devices;
 pub mod pki;
 pub mod run;
+pub mod spill_store;
 pub mod token;
 
 use clap::{Parser, Subcommand};
@@ -136,6 +139,15 @@ pub enum Command {
         /// share the directory.
         #[arg(long, env = "EDGE_SPILL_SECRET", hide_env_values = true)]
         spill_secret: Option<String>,
+        /// Most connections the HTTP listener serves at once; more wait to be accepted.
+        #[arg(long, env = "EDGE_HTTP_MAX_CONNECTIONS", default_value_t = 256)]
+        http_max_connections: usize,
+        /// A request's whole header must arrive within this many milliseconds.
+        #[arg(long, env = "EDGE_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+        http_header_timeout_ms: u64,
+        /// Longest pause (milliseconds) between two pieces of a request body.
+        #[arg(long, env = "EDGE_HTTP_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+        http_body_timeout_ms: u64,
     },
     /// Ingress messages whose handling failed permanently, parked instead of dropped.
     DeadLetters {
@@ -186,6 +198,9 @@ pub async fn execute(cli: Cli) -> Result<(), CommandError> {
             spill_dir,
             spill_url,
             spill_secret,
+            http_max_connections,
+            http_header_timeout_ms,
+            http_body_timeout_ms,
         } => {
             let settings = RunnerSettings {
                 database_url: Secret::new(database_url),
@@ -203,6 +218,11 @@ pub async fn execute(cli: Cli) -> Result<(), CommandError> {
                 spill_dir,
                 spill_url,
                 spill_secret: spill_secret.map(Secret::new),
+                http_limits: crate::http::HttpLimits {
+                    max_connections: http_max_connections,
+                    header_timeout: std::time::Duration::from_millis(http_header_timeout_ms),
+                    body_timeout: std::time::Duration::from_millis(http_body_timeout_ms),
+                },
             };
             run::execute(settings).await?;
         }

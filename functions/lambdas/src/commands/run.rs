@@ -25,6 +25,12 @@ pub async fn execute(settings: RunnerSettings) -> Result<(), CommandError> {
         what: format!("creating the spill directory {}", spill_dir.display()),
         source,
     })?;
+    // Runners of one database share one object store (reliability.md §2).
+    let presence = super::spill_store::register(&p, spill_dir).await?;
+    let heartbeat = tokio::spawn(super::spill_store::heartbeat_loop(
+        p.clone(),
+        presence.clone(),
+    ));
     let secret = match &settings.spill_secret {
         Some(s) if !s.expose().is_empty() => s.expose().as_bytes().to_vec(),
         _ => new_control_key(),
@@ -34,14 +40,16 @@ pub async fn execute(settings: RunnerSettings) -> Result<(), CommandError> {
         None => format!("http://{}", settings.http),
     };
     let objects = LocalObjects::new(spill_dir, &base_url, secret);
-    let deps = settings.deps(p, objects.clone())?;
-    let api_task = serve_api(&deps, objects, settings.http).await?;
+    let deps = settings.deps(p.clone(), objects.clone())?;
+    let api_task = serve_api(&deps, objects, settings.http, settings.http_limits).await?;
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
     };
     let result = run(deps, settings.mqtt.clone(), shutdown).await;
     api_task.abort();
+    heartbeat.abort();
+    super::spill_store::deregister(&p, &presence).await;
     Ok(result?)
 }
 
@@ -51,6 +59,7 @@ async fn serve_api(
     deps: &Deps,
     objects: LocalObjects,
     addr: std::net::SocketAddr,
+    limits: crate::http::HttpLimits,
 ) -> Result<tokio::task::JoinHandle<()>, CommandError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -58,12 +67,13 @@ async fn serve_api(
             what: format!("binding the HTTP API to {addr}"),
             source,
         })?;
-    tracing::info!(%addr, "HTTP API listening");
+    tracing::info!(%addr, ?limits, "HTTP API listening");
     let api = Arc::new(env::api(deps));
     Ok(tokio::spawn(async move {
         let objects = Arc::new(objects);
         if let Err(e) =
-            spill_http::serve(objects, Some(api), listener, std::future::pending()).await
+            spill_http::serve_limited(objects, Some(api), listener, limits, std::future::pending())
+                .await
         {
             tracing::error!(error = %e, "HTTP API stopped");
         }

@@ -146,7 +146,9 @@ pub(super) async fn reject(
             .as_ref()
             .and_then(|v| v.get(k))
             .and_then(|v| v.as_str())
-            .map(str::to_owned)
+            // PostgreSQL text cannot hold NUL (an `invalid_identifier` table name has one):
+            // the ledger keeps it visibly escaped.
+            .map(|s| s.replace('\0', "\\0"))
     };
     let raw_batch_id = field("batch_id");
     let batch_id = ledger_batch_id(raw_batch_id.as_deref(), &a.payload);

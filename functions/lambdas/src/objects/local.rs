@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 
 use super::{ObjectError, ObjectReader, ObjectStore};
 use crate::api::Api;
+use crate::http::HttpLimits;
 
 /// Objects in `dir`, uploaded through URLs under `base_url`, signed with `secret`.
 #[derive(Clone)]
@@ -252,10 +253,21 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_limited(objects, api, listener, HttpLimits::default(), shutdown).await
+}
+
+/// [`serve`] within `limits` (connection cap, header and body read timeouts).
+pub async fn serve_limited(
+    objects: Arc<LocalObjects>,
+    api: Option<Arc<Api>>,
+    listener: TcpListener,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let uploads = upload_router(objects);
     let router = match api {
         Some(api) => uploads.merge(crate::api::local::router(api)),
         None => uploads.fallback(|| async { reply(StatusCode::NOT_FOUND, "not found") }),
     };
-    crate::http::serve(crate::api::service(router), listener, shutdown).await
+    crate::http::serve_with(crate::api::service(router), listener, limits, shutdown).await
 }
