@@ -61,6 +61,8 @@ impl Daemon {
         };
         // Ack first (protocol §6), then act; the handled id makes a redelivery ack-only.
         self.ack_control(id, client)?;
+        // Crash window of reliability.md §1: the ack is out, the effect not yet saved.
+        fail::fail_point!("agent-control-after-ack");
         match &action {
             ControlAction::Pause {
                 table,
