@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use edge_e2e::rumqttc::MqttOptions;
 use edge_e2e::{Broker, Pki, TestClient, SERVICE_USER};
-use edge_protocol::control::{sign_in_place, ControlEnvelope};
+use edge_protocol::control::{sign_in_place, ControlEnvelope, SegmentKind};
 use edge_protocol::value::SqlValue;
 use rusqlite::{Connection, OpenFlags};
 
@@ -167,10 +167,9 @@ impl Seen {
                 return;
             }
             for r in batch.rows {
-                let (Some(SqlValue::Integer(id)), Some(SqlValue::Text(v))) = (
-                    r.pk.get("id"),
-                    r.row.as_ref().and_then(|row| row.get("v")),
-                ) else {
+                let (Some(SqlValue::Integer(id)), Some(SqlValue::Text(v))) =
+                    (r.pk.get("id"), r.row.as_ref().and_then(|row| row.get("v")))
+                else {
                     continue;
                 };
                 self.a.insert(*id, v.clone());
@@ -252,9 +251,13 @@ async fn controls_acked_before_their_effect_is_saved_lose_a_resume() {
         now(),
     ));
     svc.publish(&control_topic(), bytes).await;
-    drain_until(&mut svc, &mut seen, Duration::from_secs(30), "pause ack", |s| {
-        s.acked(pause) == 1
-    })
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "pause ack",
+        |s| s.acked(pause) == 1,
+    )
     .await;
     wait_for(Duration::from_secs(10), "the pause saved", || {
         agent.state_value("SELECT paused FROM tables WHERE table_name = 'a'") == Some(1)
@@ -271,9 +274,13 @@ async fn controls_acked_before_their_effect_is_saved_lose_a_resume() {
         now(),
     ));
     svc.publish(&control_topic(), bytes).await;
-    drain_until(&mut svc, &mut seen, Duration::from_secs(30), "resume ack", |s| {
-        s.acked(resume) == 1
-    })
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "resume ack",
+        |s| s.acked(resume) == 1,
+    )
     .await;
     // The cloud has its ack: it will not re-send. Crash now.
     agent.kill9();
@@ -292,5 +299,142 @@ async fn controls_acked_before_their_effect_is_saved_lose_a_resume() {
         Some(0),
         "{}",
         agent.log()
+    );
+}
+
+fn at(offset_secs: i64) -> String {
+    edge_protocol::timestamp::format(
+        time::OffsetDateTime::now_utc() + time::Duration::seconds(offset_secs),
+    )
+    .unwrap()
+}
+
+/// Defect 14 (reliability.md §1): staleness is per table **and per control family**. A
+/// `pause_lineage` issued before a `url_grant` for the same table, but delivered after it (a
+/// re-send), must still pause the table (the old code kept one `issued_at` per table and
+/// discarded the pause as stale).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_url_grant_makes_a_resent_pause_lineage_stale() {
+    let pki = Pki::generate();
+    let broker = Broker::start(&pki);
+    let mut agent = Agent::new(&broker, &pki);
+    let mut svc = service(&broker, &pki).await;
+    let mut seen = Seen::default();
+    agent
+        .db()
+        .execute("INSERT INTO a VALUES (1, 'a1')", [])
+        .unwrap();
+    agent.start();
+    drain_until(&mut svc, &mut seen, Duration::from_secs(30), "a1", |s| {
+        s.a.len() == 1
+    })
+    .await;
+    let pause_issued = at(-10);
+    let (grant, bytes) = signed(ControlEnvelope::url_grant(
+        uuid::Uuid::now_v7(),
+        "a",
+        uuid::Uuid::now_v7(),
+        SegmentKind::PayloadSpill,
+        "https://example.invalid/put",
+        at(600),
+        at(0),
+    ));
+    svc.publish(&control_topic(), bytes).await;
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "grant ack",
+        |s| s.acked(grant) == 1,
+    )
+    .await;
+    let (pause, bytes) = signed(ControlEnvelope::pause_lineage(
+        uuid::Uuid::now_v7(),
+        "a",
+        1,
+        "backpressure",
+        pause_issued,
+    ));
+    svc.publish(&control_topic(), bytes).await;
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "pause ack",
+        |s| s.acked(pause) == 1,
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(10),
+        "the re-sent pause_lineage to pause the table (discarded as stale after a later url_grant?)",
+        || agent.state_value("SELECT paused FROM tables WHERE table_name = 'a'") == Some(1),
+    );
+    assert!(!agent.log().contains("stale"), "{}", agent.log());
+}
+
+/// Defect 16, device side of `device_unknown` (reliability.md §7): the one unsigned control
+/// reaches `status` and the log (a warning naming the reason), is never acked, and changes
+/// nothing else — the table keeps publishing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_unknown_only_reaches_status_and_the_log() {
+    let pki = Pki::generate();
+    let broker = Broker::start(&pki);
+    let mut agent = Agent::new(&broker, &pki);
+    let mut svc = service(&broker, &pki).await;
+    let mut seen = Seen::default();
+    let db = agent.db();
+    db.execute("INSERT INTO a VALUES (1, 'a1')", []).unwrap();
+    agent.start();
+    drain_until(&mut svc, &mut seen, Duration::from_secs(30), "a1", |s| {
+        s.a.len() == 1
+    })
+    .await;
+    let notice = edge_protocol::control::DeviceUnknown::new("identity_not_registered", now());
+    svc.publish(&control_topic(), serde_json::to_vec(&notice).unwrap())
+        .await;
+    // A signed control after it: once its ack is in, the notice was handled (in order).
+    let (pause, bytes) = signed(ControlEnvelope::pause_lineage(
+        uuid::Uuid::now_v7(),
+        "other",
+        1,
+        "x",
+        now(),
+    ));
+    svc.publish(&control_topic(), bytes).await;
+    drain_until(
+        &mut svc,
+        &mut seen,
+        Duration::from_secs(30),
+        "pause ack",
+        |s| s.acked(pause) == 1,
+    )
+    .await;
+    assert_eq!(seen.acks, vec![pause], "device_unknown must not be acked");
+    db.execute("INSERT INTO a VALUES (2, 'a2')", []).unwrap();
+    drain_until(&mut svc, &mut seen, Duration::from_secs(30), "a2", |s| {
+        s.a.len() == 2
+    })
+    .await;
+    let log = agent.log();
+    assert!(
+        log.contains("device_unknown") && log.contains("identity_not_registered"),
+        "{log}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args(["status", "--json", "--config"])
+        .arg(&agent.config)
+        .env("OMEGA_AUTH_TOKEN", KEY)
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "status --json: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(
+        doc["device_unknown"]["reason"], "identity_not_registered",
+        "{doc}"
     );
 }

@@ -42,6 +42,7 @@ use uuid::Uuid;
 use crate::batcher::SchemaAnnouncer;
 use crate::capture::journal::DELETE_CHUNK_ROWS;
 use crate::capture::{Capture, CaptureError, SystemIds};
+use crate::control_store;
 use crate::mqtt::{self, MqttError, MqttEvent, Publisher};
 use crate::outbox::{Acked, BatchKind, Outbox, Tracked};
 use crate::outbox_store;
@@ -121,6 +122,7 @@ impl Daemon {
         }
         let mut state = StateDb::open(&r.state_db_path)?;
         outbox_store::init(&state)?;
+        control_store::init(&state)?;
         let (capture, report) = Capture::open(
             &r.source_db_path,
             settings.capture_config(),
