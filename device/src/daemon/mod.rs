@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use edge_protocol::topic::{topic, TopicKind};
 use thiserror::Error;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::batcher::SchemaAnnouncer;
@@ -127,6 +127,13 @@ impl Daemon {
         let mut state = StateDb::open(&r.state_db_path)?;
         outbox_store::init(&state)?;
         control_store::init(&state)?;
+        if !settings.security.signed_control {
+            warn!(
+                "security.signed_control = false (security.allow_unsigned_control = true): \
+                controls are NOT authenticated; anyone who can publish on this device's control \
+                topic can pause its tables. Dev only."
+            );
+        }
         let (capture, report) = Capture::open(
             &r.source_db_path,
             settings.capture_config(),
