@@ -46,6 +46,10 @@ state_db_path = "{d}/state.db"
 flush_interval = "100ms"
 rate_limit = false
 snapshot_on_first_run = false
+
+[security]
+signed_control = false
+allow_unsigned_control = true
 "#,
             host = broker.host(),
             port = broker.port(),

@@ -5,9 +5,12 @@
 //!    and **not acked**, so an attacker cannot even learn that the device is listening;
 //! 2. already handled (control id persisted) — acked again (the cloud re-sends until it sees the
 //!    ack) but not executed twice;
-//! 3. stale — older (`issued_at`) than the last control applied for the same table: acked, not
-//!    applied, because controls may be reordered and an old pause must not undo a newer resume;
-//! 4. otherwise ack first, then execute.
+//! 3. stale — older (`issued_at`) than the last control applied for the same table **and the
+//!    same control family** (`ControlKind::family`, reliability.md §1): acked, not applied,
+//!    because controls may be reordered and an old pause must not undo a newer resume; a control
+//!    of another family (a later `url_grant`) never makes a re-sent pause stale;
+//! 4. otherwise execute: effect + handled id in one state.db transaction, then the ack
+//!    (`daemon::controls`).
 
 use edge_protocol::control::{
     verify, ControlEnvelope, ControlKind, SegmentKind, SignatureError, UploadOutcome,
@@ -21,7 +24,7 @@ pub enum ControlDecision {
     Reject(String),
     /// Ack, but do not execute (duplicate or stale); the reason is for the log.
     AckOnly(String),
-    /// Ack, then execute.
+    /// Save the effect and the handled id (one transaction), then ack.
     Execute(ControlAction),
 }
 
@@ -59,7 +62,7 @@ pub enum ControlAction {
 pub struct ControlFacts {
     /// The control id was handled before.
     pub handled: bool,
-    /// `issued_at` of the last control applied for the control's table.
+    /// `issued_at` of the last control of the same family applied for the control's table.
     pub last_applied_issued_at: Option<String>,
 }
 
@@ -89,7 +92,8 @@ pub fn decide(
         ) {
             if new < last {
                 return ControlDecision::AckOnly(
-                    "stale: issued before the last control applied for this table".into(),
+                    "stale: issued before the last control of its family applied for this table"
+                        .into(),
                 );
             }
         }

@@ -28,9 +28,11 @@
 //! - [`reader`] — the read planner: read positions, catch-up, tables blocked by a spill (pure)
 //! - [`batcher`] — journal change groups → row batches under the payload/row limits (pure)
 //! - [`outbox`] — sans-IO publish state machine, pkid ↔ batch mapping across reconnects (pure);
-//!   [`outbox_store`] — the outbox's state.db tables (fixed batches, applied controls,
-//!   `last_ack_at`) and their in-place migration
-//! - [`control`] — control decisions: signature, duplicate, stale (pure); [`rate`] — token bucket
+//!   [`outbox_store`] — the outbox's state.db tables (fixed batches, `last_ack_at`) and their
+//!   in-place migration
+//! - [`control`] — control decisions: signature, duplicate, stale per table and family (pure);
+//!   [`control_store`] — the last applied `issued_at` per table and control family, the last
+//!   `device_unknown` (state.db, with its migration); [`rate`] — token bucket
 //! - [`mqtt`] — rumqttc + rustls mTLS, the MQTT side, and the one [`mqtt::Publisher::publish`];
 //!   [`daemon`] — the select! loop and its handlers (drain, controls, uploads)
 //! - [`spill`] — protocol §7 uploads: zstd JSON Lines objects, the per-spill state machine
@@ -41,6 +43,7 @@ pub mod batcher;
 pub mod blocks;
 pub mod capture;
 pub mod control;
+pub mod control_store;
 pub mod daemon;
 pub mod mqtt;
 pub mod outbox;

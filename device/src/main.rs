@@ -93,6 +93,9 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
 }
 
 fn run(config: &Path) -> anyhow::Result<()> {
+    // Failpoints from `FAILPOINTS` (tests only: without the `failpoints` feature of `fail`,
+    // which only the test build turns on, this does nothing).
+    let _failpoints = fail::FailScenario::setup();
     let settings = Settings::load(config)?;
     // Fail before touching any database when the TLS material is unusable.
     if settings.connection.server.tls {

@@ -1,7 +1,6 @@
 //! The outbox's half of `state.db`: the `outbox` table, where a batch's id and bytes are fixed
 //! before its first publish (and read back by id, so only the batch about to be published is
-//! held in memory), the `issued_at` of the last control applied per table (stale-control
-//! detection), and the `last_ack_at` fact `status` shows (in state.db's one `meta` table).
+//! held in memory), and the `last_ack_at` fact `status` shows (in state.db's one `meta` table).
 //!
 //! [`init`] brings a `state.db` of any earlier release up to date in place (idempotent): it adds
 //! `outbox.epoch` to files older than the column and moves the rows of the `publisher_meta`
@@ -30,7 +29,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at_ms INTEGER NOT NULL,
     epoch TEXT
 );
-CREATE TABLE IF NOT EXISTS control_applied (table_name TEXT PRIMARY KEY, issued_at TEXT NOT NULL);
 ";
 
 /// The `meta` key of the last acknowledgement's time (RFC 3339), shown by `status`.
@@ -191,27 +189,6 @@ pub fn last_ack_at(state: &StateDb) -> Result<Option<String>, StateError> {
 
 pub fn set_last_ack_at(state: &StateDb, at: &str) -> Result<(), StateError> {
     state.set_meta(LAST_ACK_AT, at)
-}
-
-/// The `issued_at` of the last control applied to `table`.
-pub fn last_applied(state: &StateDb, table: &str) -> Result<Option<String>, StateError> {
-    Ok(state
-        .conn()
-        .query_row(
-            "SELECT issued_at FROM control_applied WHERE table_name = ?1",
-            [table],
-            |r| r.get(0),
-        )
-        .optional()?)
-}
-
-pub fn set_last_applied(state: &StateDb, table: &str, issued_at: &str) -> Result<(), StateError> {
-    state.conn().execute(
-        "INSERT INTO control_applied(table_name, issued_at) VALUES(?1, ?2) \
-         ON CONFLICT(table_name) DO UPDATE SET issued_at = excluded.issued_at",
-        params![table, issued_at],
-    )?;
-    Ok(())
 }
 
 /// What the outbox held when the agent stopped, as the daemon resumes it.
@@ -411,8 +388,15 @@ mod tests {
                     .as_deref(),
                 Some("0190163d-8000-7000-8000-000000000001")
             );
+            crate::control_store::init(&state).unwrap();
             assert_eq!(
-                last_applied(&state, "t").unwrap().as_deref(),
+                crate::control_store::last_applied(
+                    &state,
+                    "t",
+                    edge_protocol::control::ControlFamily::Lineage
+                )
+                .unwrap()
+                .as_deref(),
                 Some("2026-01-01T00:00:01Z")
             );
             let out = list(&state).unwrap();

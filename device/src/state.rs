@@ -6,6 +6,10 @@
 //! (to detect a swapped/restored source.db or a recreated journal), per table the enrolment and
 //! schema hash, last acknowledged `commit_seq`, `needs_snapshot` + snapshot cursor, pause
 //! watermark; telemetry `batch_seq` + cursor; handled control ids; counters shown by `status`.
+//!
+//! Durability (reliability.md §1): WAL with `synchronous=FULL`, so every commit is fsynced
+//! before the publish or ack it decides; only PUBACK bookkeeping commits without an fsync
+//! ([`StateDb::set_commit_fsync`]), because losing it only re-sends identical bytes.
 //! The outbox's tables in the same file (and its `last_ack_at` fact in `meta`) are
 //! `outbox_store`'s.
 
@@ -172,10 +176,14 @@ impl StateDb {
 
     fn init(conn: Connection) -> Result<StateDb, StateError> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        // WAL + NORMAL: the state is re-derivable (a lost update means re-sending, never loss),
-        // so an fsync per cursor move is not worth its cost on flash storage.
+        // WAL + FULL (reliability.md §1): every commit fsyncs the WAL before it returns, so
+        // what decides the next publish (outbox rows, telemetry batch_seq and cursor, a
+        // control's effect and handled id) is on disk before the batch or the ack goes out. A
+        // power loss can then only lose a transaction whose result nobody has seen. The one
+        // frequent commit that needs no fsync (a loop turn's PUBACKs: losing it only re-sends
+        // identical bytes) opts out with [`StateDb::set_commit_fsync`].
         conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
-        conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        conn.execute_batch("PRAGMA synchronous=FULL;")?;
         conn.execute_batch(SCHEMA)?;
         // Issue 13 (telemetry rowid cursor): `cursor_check` on a state.db made before it.
         let has_check: bool = conn.query_row(
@@ -189,6 +197,25 @@ impl StateDb {
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         crate::blocks::init(&conn)?;
         Ok(StateDb { conn })
+    }
+
+    /// `PRAGMA synchronous` in effect on the connection (2 = FULL, 1 = NORMAL).
+    pub fn synchronous(&self) -> Result<i64, StateError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))?)
+    }
+
+    /// `true`: commits fsync the WAL (`synchronous=FULL`, the default); `false`: NORMAL. Off
+    /// only around commits whose loss at a power cut re-sends identical bytes (PUBACK
+    /// bookkeeping); the next FULL commit fsyncs the WAL, and those frames with it.
+    pub fn set_commit_fsync(&self, on: bool) -> Result<(), StateError> {
+        self.conn.execute_batch(if on {
+            "PRAGMA synchronous=FULL;"
+        } else {
+            "PRAGMA synchronous=NORMAL;"
+        })?;
+        Ok(())
     }
 
     /// The underlying connection, for the outbox's tables (`outbox_store`).
@@ -583,6 +610,25 @@ impl StateDb {
 mod tests {
     use super::*;
     use crate::outbox_store::{self, OutboxEntry};
+
+    /// Defect 8 (reliability.md §1): with `synchronous=NORMAL` a WAL commit is not fsynced, so
+    /// a power cut after a telemetry batch went out could lose its outbox row and `batch_seq`
+    /// together, and the rebuilt batch reused the `batch_seq` under a new id. Every state.db
+    /// commit that decides a publish is FULL (fsynced before the publish).
+    #[test]
+    fn telemetry_batch_seq_reused_after_power_loss_state_db_commits_are_fsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDb::open(&dir.path().join("state.db")).unwrap();
+        assert_eq!(
+            s.synchronous().unwrap(),
+            2,
+            "state.db must commit with synchronous=FULL"
+        );
+        s.set_commit_fsync(false).unwrap();
+        assert_eq!(s.synchronous().unwrap(), 1);
+        s.set_commit_fsync(true).unwrap();
+        assert_eq!(s.synchronous().unwrap(), 2);
+    }
 
     #[test]
     fn cursors_only_move_forward_and_reset_on_new_epoch() {

@@ -224,6 +224,9 @@ pub fn status(config: &Path, json: bool) -> Result<(), StatusError> {
     let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000;
     let journal = journal_sizes(&r.source_db_path)?;
     let last_ack = outbox_store::last_ack_at(&state)?;
+    crate::control_store::init(&state)?;
+    let device_unknown = crate::control_store::device_unknown(&state)?
+        .map(|(reason, at)| serde_json::json!({"reason": reason, "issued_at": at}));
     let mut tables = Vec::new();
     for t in state.tables()? {
         let (depth, bytes) = journal.get(&t.table_name).copied().unwrap_or((0, 0));
@@ -267,6 +270,7 @@ pub fn status(config: &Path, json: bool) -> Result<(), StatusError> {
         "journal_epoch": state.journal_epoch()?.map(|e| e.to_string()),
         "unacked_batches": outbox.len(),
         "last_ack_at": last_ack,
+        "device_unknown": device_unknown,
         "tables": tables,
         "counters": counters,
     });
@@ -290,6 +294,12 @@ fn print_text(settings: &Settings, doc: &serde_json::Value, unacked: usize) {
         "last ack      {}",
         doc["last_ack_at"].as_str().unwrap_or("never")
     );
+    if let Some(reason) = doc["device_unknown"]["reason"].as_str() {
+        println!(
+            "cloud         does NOT know this device ({reason}, {}): check its registration",
+            doc["device_unknown"]["issued_at"].as_str().unwrap_or("")
+        );
+    }
     println!(
         "{:<24} {:<10} {:<13} {:>9} {:>11} {:>9} {:>7} {:<8} snapshot",
         "table", "strategy", "enrolment", "journal", "bytes", "acked", "unacked", "paused"

@@ -51,6 +51,100 @@ impl ControlKind {
     }
 }
 
+/// The staleness families of reliability.md §1: the device keeps, per table **and** family, the
+/// `issued_at` of the last control applied, and a control older than that is acked but not
+/// applied. Families are independent: a later `url_grant` never makes a re-sent
+/// `pause_lineage` stale. The one list (kinds in parentheses; a kind added later maps to its
+/// family in [`ControlKind::family`], nowhere else):
+/// lineage (`pause_lineage`, `resume_lineage`), upload (`url_grant`, `upload_result`), policy
+/// (`set_table_policy`), snapshot (`resnapshot_table`), wire (`set_wire_options`), bandwidth
+/// (`set_bandwidth`), block (`unblock_table`). `state_write` is exempt (ordered by
+/// `cloud_version`), and so is the unsigned `device_unknown` (it changes nothing durable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlFamily {
+    Lineage,
+    Upload,
+    Policy,
+    Snapshot,
+    Wire,
+    Bandwidth,
+    Block,
+}
+
+impl ControlFamily {
+    /// Every family, in the order of the list above.
+    pub const ALL: [ControlFamily; 7] = [
+        ControlFamily::Lineage,
+        ControlFamily::Upload,
+        ControlFamily::Policy,
+        ControlFamily::Snapshot,
+        ControlFamily::Wire,
+        ControlFamily::Bandwidth,
+        ControlFamily::Block,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ControlFamily::Lineage => "lineage",
+            ControlFamily::Upload => "upload",
+            ControlFamily::Policy => "policy",
+            ControlFamily::Snapshot => "snapshot",
+            ControlFamily::Wire => "wire",
+            ControlFamily::Bandwidth => "bandwidth",
+            ControlFamily::Block => "block",
+        }
+    }
+
+    pub fn from_wire(s: &str) -> Option<ControlFamily> {
+        ControlFamily::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+}
+
+impl ControlKind {
+    /// The staleness family of this kind ([`ControlFamily`]); `None` for a kind exempt from
+    /// staleness (`state_write`).
+    pub fn family(&self) -> Option<ControlFamily> {
+        match self {
+            ControlKind::PauseLineage | ControlKind::ResumeLineage => Some(ControlFamily::Lineage),
+            ControlKind::UrlGrant => Some(ControlFamily::Upload),
+        }
+    }
+}
+
+/// `control_kind` of the one **unsigned** control (reliability.md §7).
+pub const DEVICE_UNKNOWN: &str = "device_unknown";
+
+/// Why the cloud answered a batch with `device_unknown` (its `reason`).
+pub mod device_unknown_reason {
+    /// The client identity is not in the registry.
+    pub const NOT_REGISTERED: &str = "identity_not_registered";
+    /// The identity is registered, but the topic's device slug is not its own.
+    pub const TOPIC_NOT_ITS_OWN: &str = "topic_slug_mismatch";
+}
+
+/// `{control_kind:"device_unknown", reason, issued_at}` on an identity's control topic: the
+/// cloud does not know the device (or not under that topic). Unsigned — no key exists for an
+/// unknown device — so it must never change anything but the agent's `status` and logs; it is
+/// never acked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DeviceUnknown {
+    /// Always [`DEVICE_UNKNOWN`].
+    pub control_kind: String,
+    pub reason: String,
+    pub issued_at: String,
+}
+
+impl DeviceUnknown {
+    pub fn new(reason: impl Into<String>, issued_at: impl Into<String>) -> Self {
+        DeviceUnknown {
+            control_kind: DEVICE_UNKNOWN.to_owned(),
+            reason: reason.into(),
+            issued_at: issued_at.into(),
+        }
+    }
+}
+
 /// What an upload carries (§7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -429,6 +523,24 @@ mod tests {
             "backpressure: staged row cap exceeded",
             "2026-04-28T09:00:00Z",
         )
+    }
+
+    #[test]
+    fn every_kind_maps_to_its_family_and_families_round_trip() {
+        assert_eq!(
+            ControlKind::PauseLineage.family(),
+            Some(ControlFamily::Lineage)
+        );
+        assert_eq!(
+            ControlKind::ResumeLineage.family(),
+            Some(ControlFamily::Lineage)
+        );
+        assert_eq!(ControlKind::UrlGrant.family(), Some(ControlFamily::Upload));
+        for f in ControlFamily::ALL {
+            assert_eq!(ControlFamily::from_wire(f.as_str()), Some(f));
+        }
+        let d = serde_json::to_value(DeviceUnknown::new("identity_not_registered", "x")).unwrap();
+        assert_eq!(d["control_kind"], "device_unknown");
     }
 
     #[test]

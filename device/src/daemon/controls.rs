@@ -1,15 +1,29 @@
-//! Controls from the cloud (protocol §6): decided by `control`, acked first, then a pause, a
-//! resume or a spill's URL grant.
+//! Controls from the cloud (protocol §6, reliability.md §1, §7): decided by `control`, then —
+//! for a control to execute — its effect, its handled id and its family's `issued_at` are
+//! committed in **one** state.db transaction, then it is acked, then the in-memory side of the
+//! effect (the reader's pause set, a spill's upload) follows. A crash at any point either loses
+//! the whole control (not acked: the cloud re-sends it) or keeps it whole (a redelivery finds
+//! the handled id and is acked again, not re-executed); never an ack without the effect.
+//!
+//! Adding a control kind: decode it into a [`ControlAction`] in `control::decide`, map its kind
+//! to its family in `ControlKind::family` (protocol crate), write its durable effect in
+//! [`Daemon::save_control_effect`] (it runs inside the open transaction: use `self.state`'s
+//! connection, open no transaction of your own) and its in-memory effect, if any, in
+//! [`Daemon::enact_control`] (after the ack; on a restart it must be re-derivable from
+//! state.db).
+//!
+//! `device_unknown` is the one unsigned control: it only sets what `status` shows and logs a
+//! warning; it is never acked and never changes publishing.
 
-use edge_protocol::control::IngestAck;
+use edge_protocol::control::{DeviceUnknown, IngestAck};
 use edge_protocol::topic::TopicKind;
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::{unix_ms, Daemon, DaemonError};
 use crate::control::{decide, ControlAction, ControlDecision, ControlFacts};
+use crate::control_store;
 use crate::mqtt::Publisher;
-use crate::outbox_store;
 
 impl Daemon {
     pub(super) fn on_control(
@@ -17,6 +31,14 @@ impl Daemon {
         bytes: &[u8],
         client: &Publisher,
     ) -> Result<(), DaemonError> {
+        match edge_protocol::validate::decode_device_unknown(bytes) {
+            Ok(Some(notice)) => return self.on_device_unknown(&notice),
+            Ok(None) => {}
+            Err(rejection) => {
+                warn!(code = %rejection.code, "malformed device_unknown ignored");
+                return Ok(());
+            }
+        }
         let envelope = match edge_protocol::validate::decode_control_envelope(bytes) {
             Ok(e) => e,
             Err(rejection) => {
@@ -26,9 +48,13 @@ impl Daemon {
         };
         let id = envelope.control_id;
         let table = envelope.source_table.clone().unwrap_or_default();
+        let family = envelope.control_kind.family();
         let facts = ControlFacts {
             handled: self.state.is_control_handled(&id.to_string())?,
-            last_applied_issued_at: outbox_store::last_applied(&self.state, &table)?,
+            last_applied_issued_at: match family {
+                Some(f) => control_store::last_applied(&self.state, &table, f)?,
+                None => None,
+            },
         };
         let key = self
             .settings
@@ -59,17 +85,51 @@ impl Daemon {
             }
             ControlDecision::Execute(action) => action,
         };
-        // Ack first (protocol §6), then act; the handled id makes a redelivery ack-only.
+        // 1. Effect + handled id + the family's issued_at: one transaction (reliability §1).
+        let issued_at = envelope.issued_at.clone();
+        self.in_state_transaction(|d| {
+            d.save_control_effect(&action)?;
+            d.state.mark_control_handled(&id.to_string(), unix_ms())?;
+            if let (Some(family), Some(issued)) = (family, &issued_at) {
+                if !table.is_empty() {
+                    control_store::set_last_applied(&d.state, &table, family, issued)?;
+                }
+            }
+            Ok(())
+        })?;
+        // 2. Only now the ack.
         self.ack_control(id, client)?;
-        match &action {
+        // Crash window of reliability.md §1: the ack is out (the effect is saved before it).
+        fail::fail_point!("agent-control-after-ack");
+        // 3. The in-memory side, re-derived from state.db after a restart.
+        self.enact_control(&action)
+    }
+
+    /// The durable part of a control's effect. Runs inside the transaction that also records
+    /// the handled id: no transaction of its own, no I/O but state.db.
+    fn save_control_effect(&mut self, action: &ControlAction) -> Result<(), DaemonError> {
+        match action {
             ControlAction::Pause {
                 table,
                 watermark,
                 issued_at,
+            } => self
+                .state
+                .set_paused(table, *watermark, issued_at.as_deref())?,
+            ControlAction::Resume { table, .. } => self.state.clear_paused(table)?,
+            // The spill's phase lives in memory (a restart asks for a new URL).
+            ControlAction::UrlGrant { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// The in-memory part of a control's effect, after the commit and the ack.
+    fn enact_control(&mut self, action: &ControlAction) -> Result<(), DaemonError> {
+        match action {
+            ControlAction::Pause {
+                table, watermark, ..
             } => {
                 info!(%table, watermark, "pause_lineage: table paused, journaling continues");
-                self.state
-                    .set_paused(table, *watermark, issued_at.as_deref())?;
                 self.reader.pause(table);
             }
             ControlAction::Resume {
@@ -77,7 +137,6 @@ impl Daemon {
             } => {
                 let acked = self.state.last_acked(table)?;
                 info!(%table, watermark, acked, "resume_lineage: publishing again from the acknowledged cursor");
-                self.state.clear_paused(table)?;
                 self.reader.resume(table);
             }
             ControlAction::UrlGrant {
@@ -93,13 +152,14 @@ impl Daemon {
                 failure,
             } => self.on_upload_result(table, *batch_id, failure.as_ref())?,
         }
-        self.state
-            .mark_control_handled(&id.to_string(), unix_ms())?;
-        if let Some(issued) = &envelope.issued_at {
-            if !table.is_empty() {
-                outbox_store::set_last_applied(&self.state, &table, issued)?;
-            }
-        }
+        Ok(())
+    }
+
+    /// `device_unknown` (reliability.md §7): unsigned, so it only reaches `status` and the log.
+    fn on_device_unknown(&mut self, notice: &DeviceUnknown) -> Result<(), DaemonError> {
+        warn!(reason = %notice.reason, issued_at = %notice.issued_at,
+            "the cloud does not know this device (device_unknown): check its registration and root_topic; publishing goes on");
+        control_store::set_device_unknown(&self.state, notice)?;
         Ok(())
     }
 

@@ -9,11 +9,15 @@
 //! the loop never waits on the network.
 //!
 //! Durability order (why a crash at any point loses nothing):
-//! 1. a batch's id and bytes go into `state.db`'s outbox before its first publish;
+//! 1. a batch's id and bytes (and, for telemetry, its `batch_seq` and cursor) go into
+//!    `state.db`'s outbox in one transaction committed with an fsync (`synchronous=FULL`)
+//!    before its first publish, so a power cut never rebuilds a published `batch_seq` under a
+//!    new id;
 //! 2. on PUBACK the table's cursor moves and acknowledged journal rows are deleted, then the
 //!    outbox row is removed — a crash in between re-sends an identical batch, which the cloud
 //!    deduplicates by `batch_id`;
-//! 3. after a restart every outbox row is published again before new journal entries.
+//! 3. after a restart every outbox row is published again before new journal entries;
+//! 4. a control's effect and handled id are committed (fsynced) before its ack (`controls`).
 //!
 //! Which journal entries are read next (read positions, catch-up, the resume rule) is decided
 //! by the sans-IO [`Reader`]; the daemon performs the reads it plans.
@@ -37,12 +41,13 @@ use std::time::{Duration, Instant};
 
 use edge_protocol::topic::{topic, TopicKind};
 use thiserror::Error;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::batcher::SchemaAnnouncer;
 use crate::capture::journal::DELETE_CHUNK_ROWS;
 use crate::capture::{Capture, CaptureError, SystemIds};
+use crate::control_store;
 use crate::mqtt::{self, MqttError, MqttEvent, Publisher};
 use crate::outbox::{Acked, BatchKind, Outbox, Tracked};
 use crate::outbox_store;
@@ -122,6 +127,14 @@ impl Daemon {
         }
         let mut state = StateDb::open(&r.state_db_path)?;
         outbox_store::init(&state)?;
+        control_store::init(&state)?;
+        if !settings.security.signed_control {
+            warn!(
+                "security.signed_control = false (security.allow_unsigned_control = true): \
+                controls are NOT authenticated; anyone who can publish on this device's control \
+                topic can pause its tables. Dev only."
+            );
+        }
         let (capture, report) = Capture::open(
             &r.source_db_path,
             settings.capture_config(),
@@ -335,6 +348,18 @@ impl Daemon {
         }
     }
 
+    /// [`Daemon::in_state_transaction`] committed without an fsync
+    /// ([`StateDb::set_commit_fsync`]); FULL again afterwards, whatever `f` returned.
+    fn relaxed_state_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Daemon) -> Result<T, DaemonError>,
+    ) -> Result<T, DaemonError> {
+        self.state.set_commit_fsync(false)?;
+        let result = self.in_state_transaction(f);
+        self.state.set_commit_fsync(true)?;
+        result
+    }
+
     fn has_room(&self) -> bool {
         self.outbox.waiting() < self.settings.replication.max_inflight.max(4)
     }
@@ -414,7 +439,10 @@ impl Daemon {
             return Ok(());
         }
         let acked = std::mem::take(&mut self.acked);
-        let moved = self.in_state_transaction(|d| d.record_acks(&acked))?;
+        // No fsync for this commit (state.db is FULL otherwise): lost at a power cut, it only
+        // brings the outbox rows back, re-sent with identical ids and bytes (deduplicated).
+        // The journal rows deleted below are covered by the outbox rows' own bytes.
+        let moved = self.relaxed_state_transaction(|d| d.record_acks(&acked))?;
         for table in moved {
             self.capture
                 .delete_acked(&self.state, &table, DELETE_CHUNK_ROWS)?;

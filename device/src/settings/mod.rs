@@ -128,7 +128,11 @@ pub struct ReplicationSettings {
 /// `[security]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecuritySettings {
+    /// Controls must carry a valid HMAC signature. Default **true** (reliability.md §7).
     pub signed_control: bool,
+    /// The explicit opt-out needed to run with `signed_control = false` (the agent then logs a
+    /// warning at every start).
+    pub allow_unsigned_control: bool,
     /// From `OMEGA_AUTH_TOKEN`; required when `signed_control` is on.
     pub control_key: Option<Secret>,
 }
@@ -215,12 +219,45 @@ source_db_path = "/var/lib/app/source.db"
 state_db_path = "/var/lib/edge-agent/state.db"
 "#;
 
-    fn load(text: &str, env: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+    fn load_raw(text: &str, env: &[(&str, &str)]) -> Result<Settings, SettingsError> {
         let env = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         Settings::from_parts(text, Path::new("agent.toml"), &env)
+    }
+
+    /// Like a deployment: the control key is in the environment unless the test says
+    /// otherwise (a `[security]` section or its own `OMEGA_AUTH_TOKEN`).
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let mut env = env.to_vec();
+        if !text.contains("[security]") && !env.iter().any(|(k, _)| *k == AUTH_TOKEN_ENV) {
+            env.push((AUTH_TOKEN_ENV, "k"));
+        }
+        load_raw(text, &env)
+    }
+
+    /// Defect 16 (reliability.md §7): `signed_control` is on unless explicitly turned off with
+    /// `allow_unsigned_control = true`; otherwise a config error names the key.
+    #[test]
+    fn signed_control_defaults_to_true_and_off_needs_allow_unsigned_control() {
+        let e = load_raw(MINIMAL, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("`security.signed_control`") && e.contains("OMEGA_AUTH_TOKEN"),
+            "{e}"
+        );
+        let s = load_raw(MINIMAL, &[("OMEGA_AUTH_TOKEN", "k")]).unwrap();
+        assert!(s.security.signed_control && !s.security.allow_unsigned_control);
+        let off = format!("{MINIMAL}\n[security]\nsigned_control = false\n");
+        let e = load_raw(&off, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("`security.signed_control`") && e.contains("allow_unsigned_control"),
+            "{e}"
+        );
+        let s = load_raw(&format!("{off}allow_unsigned_control = true\n"), &[]).unwrap();
+        assert!(!s.security.signed_control && s.security.allow_unsigned_control);
+        let s = load_raw(&off, &[("OMEGA_SECURITY_ALLOW_UNSIGNED_CONTROL", "true")]).unwrap();
+        assert!(!s.security.signed_control);
     }
 
     fn error(text: &str, env: &[(&str, &str)]) -> String {
@@ -240,7 +277,7 @@ state_db_path = "/var/lib/edge-agent/state.db"
         assert!(s.replication.rate_limit);
         assert_eq!(s.replication.capture.local_retention_bytes, 268_435_456);
         assert!(s.replication.capture.snapshot_on_first_run);
-        assert!(!s.security.signed_control);
+        assert!(s.security.signed_control);
     }
 
     #[test]

@@ -43,7 +43,7 @@ const REPLICATION_KEYS: &[&str] = &[
     "max_bytes_per_sec",
     "table_strategies",
 ];
-const SECURITY_KEYS: &[&str] = &["signed_control"];
+const SECURITY_KEYS: &[&str] = &["signed_control", "allow_unsigned_control"];
 const SECTIONS: &[(&str, &[&str])] = &[
     ("connection", CONNECTION_KEYS),
     ("sqlite-replication", REPLICATION_KEYS),
@@ -109,7 +109,20 @@ pub(super) fn settings(
     };
     let connection = read_connection(&r)?;
     let replication = read_replication(&r)?;
-    let signed_control = r.bool("security", "signed_control")?.unwrap_or(false);
+    // On by default (reliability.md §7); off only with an explicit second key.
+    let signed_control = r.bool("security", "signed_control")?.unwrap_or(true);
+    let allow_unsigned_control = r
+        .bool("security", "allow_unsigned_control")?
+        .unwrap_or(false);
+    if !signed_control && !allow_unsigned_control {
+        return Err(key_error(
+            &origins,
+            "security.signed_control",
+            "is false, which accepts unsigned pause/resume/upload controls from anyone who can \
+             publish on the control topic; set security.allow_unsigned_control = true as well \
+             to run so (dev only)",
+        ));
+    }
     let control_key = env
         .get(AUTH_TOKEN_ENV)
         .filter(|v| !v.is_empty())
@@ -126,6 +139,7 @@ pub(super) fn settings(
         replication,
         security: SecuritySettings {
             signed_control,
+            allow_unsigned_control,
             control_key,
         },
     })

@@ -66,6 +66,8 @@ pub struct Deps {
     pub replay: replay_trigger::ReplayTrigger,
     /// How the API verifies tokens.
     pub auth: api::auth::AuthConfig,
+    /// Throttle of the `device_unknown` notices ingest publishes through `publisher`.
+    pub device_unknown: std::sync::Arc<control_publisher::DeviceUnknownThrottle>,
 }
 
 impl Deps {
@@ -79,6 +81,7 @@ impl Deps {
             forwarder: env::ConfiguredForwarder::Log(events::LogForwarder),
             replay: replay_trigger::ReplayTrigger::Polling,
             auth: api::auth::AuthConfig::default(),
+            device_unknown: std::sync::Arc::default(),
         }
     }
 

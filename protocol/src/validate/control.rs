@@ -7,7 +7,8 @@ use super::envelope::{check_batch_id, check_format_version, parse_object, source
 use super::rejection::{malformed, Rejection};
 use super::schema::check_schema_hash;
 use crate::control::{
-    ControlEnvelope, ControlKind, IngestAck, IngestRequest, RequestKind, SegmentKind, UploadOutcome,
+    ControlEnvelope, ControlKind, DeviceUnknown, IngestAck, IngestRequest, RequestKind,
+    SegmentKind, UploadOutcome, DEVICE_UNKNOWN,
 };
 use crate::ids::{parse_uuid_hyphenated, parse_uuid_v7};
 use crate::timestamp;
@@ -72,6 +73,25 @@ fn segment_kind(v: Option<&Value>) -> Result<Option<SegmentKind>, Rejection> {
             .map(Some)
             .ok_or_else(|| malformed("segment_kind is not payload_spill or bootstrap_snapshot")),
     }
+}
+
+/// Decodes the unsigned `device_unknown` (reliability.md §7): `Ok(None)` when `bytes` is some
+/// other control (decode it with [`decode_control_envelope`]).
+pub fn decode_device_unknown(bytes: &[u8]) -> Result<Option<DeviceUnknown>, Rejection> {
+    let map = parse_object(bytes, Origin::Cloud)?;
+    if map.get("control_kind").and_then(Value::as_str) != Some(DEVICE_UNKNOWN) {
+        return Ok(None);
+    }
+    let text = |key: &str| {
+        map.get(key)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| malformed(format!("{DEVICE_UNKNOWN} needs {key}")))
+    };
+    let reason = text("reason")?;
+    let issued_at = text("issued_at")?;
+    timestamp::parse(&issued_at).map_err(|e| malformed(format!("issued_at: {e}")))?;
+    Ok(Some(DeviceUnknown::new(reason, issued_at)))
 }
 
 /// Decodes a control envelope received by the device (spec §6). Does not verify the signature.

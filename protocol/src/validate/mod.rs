@@ -105,7 +105,9 @@ mod schema;
 mod sequence;
 mod telemetry;
 
-pub use control::{decode_control_envelope, decode_ingest_ack, decode_ingest_request};
+pub use control::{
+    decode_control_envelope, decode_device_unknown, decode_ingest_ack, decode_ingest_request,
+};
 pub use rejection::{Rejection, RejectionCode, UnknownRejectionCode};
 pub use rows::{decode_row_batch, decode_spill_line};
 pub use schema::decode_schema_observation;

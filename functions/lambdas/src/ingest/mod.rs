@@ -5,6 +5,11 @@
 //! the ledger outcome. A crash or a retry anywhere leaves either all of it or none of it, and
 //! the redelivery then finds the ledger row and succeeds as a no-op.
 //!
+//! An identity the registry does not know, or a registered one under a topic slug that is not
+//! its own, is rejected `unknown_device`; after the commit the identity's control topic gets
+//! the unsigned `device_unknown` notice (reliability.md §7), throttled per topic root
+//! ([`crate::control_publisher::publish_device_unknown`]).
+//!
 //! # Layout
 //! - this file — the dispatch: ingress, the device, the payload kind → its intake
 //! - [`outcome`] — [`Outcome`], and the common end of an accepted batch (flow control, ledger)
@@ -28,12 +33,14 @@ use edge_cloud_store::mirror::ack_control;
 use edge_cloud_store::registry::device_by_name;
 use edge_cloud_store::tokio_postgres::Transaction;
 use edge_cloud_store::StoreError;
+use edge_protocol::control::device_unknown_reason;
 use edge_protocol::topic::TopicKind;
-use edge_protocol::validate::{decode_device_payload, DevicePayload, Rejection};
+use edge_protocol::validate::{decode_device_payload, DevicePayload, Rejection, RejectionCode};
 
 pub use self::outcome::Outcome;
 
 use self::ledger::reject;
+use crate::control_publisher::publish_device_unknown;
 use crate::{Deps, HandlerError};
 
 /// Ingress then intake: the whole per-envelope pipeline.
@@ -58,9 +65,20 @@ pub async fn intake(deps: &Deps, admitted: Admitted) -> Result<Outcome, HandlerE
     }
     let mut client = deps.pool.get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    let outcome = intake_in(&tx, &admitted).await?;
+    let (outcome, unknown) = intake_in(&tx, &admitted).await?;
     tx.commit().await.map_err(StoreError::from)?;
     log_outcome(&admitted, &outcome);
+    if let Some(reason) = unknown {
+        // After the commit, throttled, bounded in time: never holds up or fails the intake.
+        publish_device_unknown(
+            &deps.publisher,
+            &deps.device_unknown,
+            &admitted.topic.root(),
+            reason,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await;
+    }
     Ok(outcome)
 }
 
@@ -75,10 +93,41 @@ fn log_outcome(admitted: &Admitted, outcome: &Outcome) {
     }
 }
 
-async fn intake_in(tx: &Transaction<'_>, a: &Admitted) -> Result<Outcome, HandlerError> {
+/// The intake in its transaction; the second value is the `reason` of a `device_unknown` to
+/// publish after the commit (reliability.md §7), when the identity is not the registry's
+/// device under this topic.
+async fn intake_in(
+    tx: &Transaction<'_>,
+    a: &Admitted,
+) -> Result<(Outcome, Option<&'static str>), HandlerError> {
     let Some(device) = device_by_name(tx, a.device_name()).await? else {
-        return reject(tx, a, None, Rejection::unknown_device(a.device_name())).await;
+        let outcome = reject(tx, a, None, Rejection::unknown_device(a.device_name())).await?;
+        return Ok((outcome, Some(device_unknown_reason::NOT_REGISTERED)));
     };
+    if device.topic_slug != a.topic.slug {
+        // A registered identity publishing under another slug: not its device as far as the
+        // topic says, so nothing of it may reach that slug's tenant.
+        let rejection = Rejection::new(
+            RejectionCode::UnknownDevice,
+            format!(
+                "device {:?} is registered under topic slug {:?}, not {:?}",
+                a.device_name(),
+                device.topic_slug,
+                a.topic.slug
+            ),
+        );
+        let outcome = reject(tx, a, None, rejection).await?;
+        return Ok((outcome, Some(device_unknown_reason::TOPIC_NOT_ITS_OWN)));
+    }
+    intake_known(tx, a, &device).await.map(|o| (o, None))
+}
+
+async fn intake_known(
+    tx: &Transaction<'_>,
+    a: &Admitted,
+    device: &edge_cloud_store::registry::Device,
+) -> Result<Outcome, HandlerError> {
+    let device = device.clone();
     match decode_device_payload(a.topic.kind, &a.payload) {
         Err(rejection) => reject(tx, a, Some(&device), rejection).await,
         Ok(DevicePayload::Rows(batch)) => rows::intake_rows(tx, a, &device, batch).await,
