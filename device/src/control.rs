@@ -43,6 +43,10 @@ pub enum ControlAction {
         url: String,
         expires_at: Option<String>,
     },
+    /// Apply and persist a grant (edge-policies §0).
+    SetWireOptions {
+        options: edge_protocol::wire::WireOptions,
+    },
 }
 
 /// What `state.db` knows about a control.
@@ -108,6 +112,9 @@ pub fn decide(
                 }
             }
         }
+        ControlKind::SetWireOptions => ControlAction::SetWireOptions {
+            options: envelope.wire_options(),
+        },
         ControlKind::UrlGrant => match (
             envelope.batch_id,
             envelope.segment_kind,

@@ -1,7 +1,7 @@
 //! Controls from the cloud (protocol §6): decided by `control`, acked first, then a pause, a
 //! resume or a spill's URL grant.
 
-use edge_protocol::control::IngestAck;
+use edge_protocol::control::{AckResult, ControlKind, IngestAck};
 use edge_protocol::topic::TopicKind;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -25,7 +25,12 @@ impl Daemon {
             }
         };
         let id = envelope.control_id;
-        let table = envelope.source_table.clone().unwrap_or_default();
+        // Staleness per control family (reliability.md §1): `wire` has its own key.
+        let table = if envelope.control_kind == ControlKind::SetWireOptions {
+            crate::wire_options::WIRE_FAMILY_KEY.to_owned()
+        } else {
+            envelope.source_table.clone().unwrap_or_default()
+        };
         let facts = ControlFacts {
             handled: self.state.is_control_handled(&id.to_string())?,
             last_applied_issued_at: outbox_store::last_applied(&self.state, &table)?,
@@ -59,6 +64,25 @@ impl Daemon {
             }
             ControlDecision::Execute(action) => action,
         };
+        if let ControlAction::SetWireOptions { options } = &action {
+            // Effect and handled id in one state.db transaction, then the ack
+            // (reliability.md §1).
+            let issued = envelope.issued_at.clone();
+            self.in_state_transaction(|d| {
+                crate::wire_options::store(&d.state, options)?;
+                d.state.mark_control_handled(&id.to_string(), unix_ms())?;
+                if let Some(issued) = &issued {
+                    outbox_store::set_last_applied(&d.state, &table, issued)?;
+                }
+                Ok(())
+            })?;
+            info!(features = ?options.features, "set_wire_options applied");
+            let payload = serde_json::to_vec(&IngestAck::with_result(id, AckResult::Applied))?;
+            if client.publish(TopicKind::IngestAck, payload).is_ok() {
+                self.outbox.handed_other();
+            }
+            return Ok(());
+        }
         // Ack first (protocol §6), then act; the handled id makes a redelivery ack-only.
         self.ack_control(id, client)?;
         match &action {
@@ -87,6 +111,7 @@ impl Daemon {
                 expires_at,
                 segment_kind,
             } => self.on_grant(table, *batch_id, *segment_kind, url, expires_at.as_deref())?,
+            ControlAction::SetWireOptions { .. } => {}
         }
         self.state
             .mark_control_handled(&id.to_string(), unix_ms())?;

@@ -97,7 +97,10 @@ mod schema;
 mod sequence;
 mod telemetry;
 
-pub use control::{decode_control_envelope, decode_ingest_ack, decode_ingest_request};
+pub use control::{
+    decode_control_envelope, decode_hello, decode_ingest_ack, decode_ingest_request,
+    request_kind_of,
+};
 pub use rejection::{Rejection, RejectionCode, UnknownRejectionCode};
 pub use rows::{decode_row_batch, decode_spill_line};
 pub use schema::decode_schema_observation;

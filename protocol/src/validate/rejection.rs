@@ -29,11 +29,13 @@ pub enum RejectionCode {
     InvalidSchemaHash,
     InvalidRow,
     UnknownDevice,
+    /// A row batch's snapshot fields do not form a chunk or an end marker (edge-policies §5).
+    InvalidSnapshot,
 }
 
 impl RejectionCode {
     /// Every code, in spec order.
-    pub const ALL: [RejectionCode; 16] = [
+    pub const ALL: [RejectionCode; 17] = [
         RejectionCode::EnvelopeUnstrippedTenantFields,
         RejectionCode::InvalidFormatVersion,
         RejectionCode::UnsupportedFormatVersion,
@@ -50,6 +52,7 @@ impl RejectionCode {
         RejectionCode::InvalidSchemaHash,
         RejectionCode::InvalidRow,
         RejectionCode::UnknownDevice,
+        RejectionCode::InvalidSnapshot,
     ];
 
     /// The exact code string of spec §9.
@@ -71,6 +74,7 @@ impl RejectionCode {
             RejectionCode::InvalidSchemaHash => "invalid_schema_hash",
             RejectionCode::InvalidRow => "invalid_row",
             RejectionCode::UnknownDevice => "unknown_device",
+            RejectionCode::InvalidSnapshot => "invalid_snapshot",
         }
     }
 }
@@ -164,7 +168,8 @@ mod tests {
             "envelope_unstripped_tenant_fields invalid_format_version unsupported_format_version \
             invalid_batch_id batch_too_many_rows row_count_mismatch cursor_timestamp_mismatch \
             invalid_row_id invalid_number_encoding duplicate_batch_seq stale_batch_seq \
-            malformed_json payload_too_large invalid_schema_hash invalid_row unknown_device";
+            malformed_json payload_too_large invalid_schema_hash invalid_row unknown_device \
+            invalid_snapshot";
         let listed: Vec<&str> = RejectionCode::ALL
             .iter()
             .map(RejectionCode::as_str)
