@@ -55,6 +55,10 @@ pub enum ControlAction {
         /// `None` = committed; `Some((code, retryable))` = failed.
         failure: Option<(String, bool)>,
     },
+    /// Apply and persist a grant (edge-policies §0).
+    SetWireOptions {
+        options: edge_protocol::wire::WireOptions,
+    },
 }
 
 /// What `state.db` knows about a control.
@@ -121,6 +125,9 @@ pub fn decide(
                 }
             }
         }
+        ControlKind::SetWireOptions => ControlAction::SetWireOptions {
+            options: envelope.wire_options(),
+        },
         ControlKind::UrlGrant => match (
             envelope.batch_id,
             envelope.segment_kind,

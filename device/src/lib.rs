@@ -54,5 +54,6 @@ pub mod settings;
 pub mod spill;
 pub mod state;
 pub mod status;
+pub mod wire_options;
 
 pub use edge_protocol as protocol;

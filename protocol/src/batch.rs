@@ -11,6 +11,7 @@ use crate::fingerprint::SchemaColumns;
 use crate::ids::CommitPosition;
 use crate::limits::FORMAT_VERSION;
 use crate::value::Row;
+use crate::wire::SnapshotFields;
 
 /// `capture_strategy` of a row batch.
 pub const ROW_BATCH_STRATEGY: &str = "sqlite_row_batch_v1";
@@ -76,6 +77,10 @@ pub struct RowBatch {
     pub first_commit_seq: i64,
     pub last_commit_seq: i64,
     pub rows: Vec<RowChange>,
+    /// Snapshot chunk / end marker fields (edge-policies §5); absent unless `snapshot_markers`
+    /// was granted.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotFields>,
 }
 
 impl RowBatch {
@@ -102,6 +107,7 @@ impl RowBatch {
             first_commit_seq: first,
             last_commit_seq: last,
             rows,
+            snapshot: None,
         }
     }
 

@@ -28,6 +28,8 @@ pub enum ControlKind {
     UrlGrant,
     /// How the cloud processed a finalized upload (reliability §2).
     UploadResult,
+    /// What the cloud grants after a `hello` (edge-policies §0); staleness family `wire`.
+    SetWireOptions,
 }
 
 impl ControlKind {
@@ -37,6 +39,7 @@ impl ControlKind {
             ControlKind::ResumeLineage => "resume_lineage",
             ControlKind::UrlGrant => "url_grant",
             ControlKind::UploadResult => "upload_result",
+            ControlKind::SetWireOptions => "set_wire_options",
         }
     }
 
@@ -46,6 +49,7 @@ impl ControlKind {
             "resume_lineage" => Some(ControlKind::ResumeLineage),
             "url_grant" => Some(ControlKind::UrlGrant),
             "upload_result" => Some(ControlKind::UploadResult),
+            "set_wire_options" => Some(ControlKind::SetWireOptions),
             _ => None,
         }
     }
@@ -107,7 +111,8 @@ impl ControlKind {
     pub fn family(&self) -> Option<ControlFamily> {
         match self {
             ControlKind::PauseLineage | ControlKind::ResumeLineage => Some(ControlFamily::Lineage),
-            ControlKind::UrlGrant => Some(ControlFamily::Upload),
+            ControlKind::UrlGrant | ControlKind::UploadResult => Some(ControlFamily::Upload),
+            ControlKind::SetWireOptions => Some(ControlFamily::Wire),
         }
     }
 }
@@ -253,6 +258,13 @@ pub struct ControlEnvelope {
     /// `upload_result` `failed` only: whether uploading again (same `batch_id`) can succeed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retryable: Option<bool>,
+    /// `set_wire_options` (edge-policies §0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_encodings: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_decompressed_bytes: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
 }
@@ -273,7 +285,35 @@ impl ControlEnvelope {
             outcome: None,
             code: None,
             retryable: None,
+            content_encodings: None,
+            features: None,
+            max_decompressed_bytes: None,
             signature: None,
+        }
+    }
+
+    /// `set_wire_options` granting `options` (unsigned).
+    pub fn set_wire_options(
+        control_id: Uuid,
+        options: &crate::wire::WireOptions,
+        issued_at: impl Into<String>,
+    ) -> Self {
+        ControlEnvelope {
+            content_encodings: (!options.content_encodings.is_empty())
+                .then(|| options.content_encodings.clone()),
+            features: Some(options.features.clone()),
+            max_decompressed_bytes: options.max_decompressed_bytes,
+            issued_at: Some(issued_at.into()),
+            ..Self::bare(control_id, ControlKind::SetWireOptions)
+        }
+    }
+
+    /// The grant a `set_wire_options` carries.
+    pub fn wire_options(&self) -> crate::wire::WireOptions {
+        crate::wire::WireOptions {
+            content_encodings: self.content_encodings.clone().unwrap_or_default(),
+            features: self.features.clone().unwrap_or_default(),
+            max_decompressed_bytes: self.max_decompressed_bytes,
         }
     }
 
@@ -395,6 +435,16 @@ impl ControlEnvelope {
         opt("outcome", self.outcome.map(|o| Value::from(o.as_str())));
         opt("code", self.code.clone().map(Value::from));
         opt("retryable", self.retryable.map(Value::from));
+        let list = |v: &Option<Vec<String>>| {
+            v.as_ref()
+                .map(|l| Value::Array(l.iter().cloned().map(Value::from).collect()))
+        };
+        opt("content_encodings", list(&self.content_encodings));
+        opt("features", list(&self.features));
+        opt(
+            "max_decompressed_bytes",
+            self.max_decompressed_bytes.map(Value::from),
+        );
         canonical_json(&Value::Object(map))
     }
 }
@@ -462,6 +512,9 @@ pub fn verify(envelope: &ControlEnvelope, key: &[u8]) -> Result<(), SignatureErr
 pub struct IngestAck {
     pub format_version: u32,
     pub control_id: Uuid,
+    /// `applied` | `rejected` (edge-policies §0); absent = applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<AckResult>,
 }
 
 impl IngestAck {
@@ -469,8 +522,25 @@ impl IngestAck {
         IngestAck {
             format_version: FORMAT_VERSION,
             control_id,
+            result: None,
         }
     }
+
+    /// An ack saying what was done with a control of the negotiated kinds.
+    pub fn with_result(control_id: Uuid, result: AckResult) -> Self {
+        IngestAck {
+            result: Some(result),
+            ..Self::new(control_id)
+        }
+    }
+}
+
+/// `result` of an ack (edge-policies §0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckResult {
+    Applied,
+    Rejected,
 }
 
 /// `url_request` / `finalize` on `sync/ingest/request`.

@@ -39,3 +39,4 @@ pub mod timestamp;
 pub mod topic;
 pub mod validate;
 pub mod value;
+pub mod wire;

@@ -15,7 +15,7 @@
 //! `device_unknown` is the one unsigned control: it only sets what `status` shows and logs a
 //! warning; it is never acked and never changes publishing.
 
-use edge_protocol::control::{DeviceUnknown, IngestAck};
+use edge_protocol::control::{ControlKind, DeviceUnknown, IngestAck};
 use edge_protocol::topic::TopicKind;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -47,8 +47,14 @@ impl Daemon {
             }
         };
         let id = envelope.control_id;
-        let table = envelope.source_table.clone().unwrap_or_default();
+        // Staleness per table and control family (reliability.md §1); `wire` is per device,
+        // under its own key.
         let family = envelope.control_kind.family();
+        let table = if envelope.control_kind == ControlKind::SetWireOptions {
+            crate::wire_options::WIRE_FAMILY_KEY.to_owned()
+        } else {
+            envelope.source_table.clone().unwrap_or_default()
+        };
         let facts = ControlFacts {
             handled: self.state.is_control_handled(&id.to_string())?,
             last_applied_issued_at: match family {
@@ -117,8 +123,12 @@ impl Daemon {
                 .state
                 .set_paused(table, *watermark, issued_at.as_deref())?,
             ControlAction::Resume { table, .. } => self.state.clear_paused(table)?,
-            // The spill's phase lives in memory (a restart asks for a new URL).
-            ControlAction::UrlGrant { .. } => {}
+            // The spill's phase lives in memory (a restart asks for a new URL, and a finalized
+            // batch's `url_request` is answered with its `upload_result` again).
+            ControlAction::UrlGrant { .. } | ControlAction::UploadResult { .. } => {}
+            ControlAction::SetWireOptions { options } => {
+                crate::wire_options::store(&self.state, options)?
+            }
         }
         Ok(())
     }
@@ -151,6 +161,9 @@ impl Daemon {
                 batch_id,
                 failure,
             } => self.on_upload_result(table, *batch_id, failure.as_ref())?,
+            ControlAction::SetWireOptions { options } => {
+                info!(features = ?options.features, "set_wire_options applied");
+            }
         }
         Ok(())
     }

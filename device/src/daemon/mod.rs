@@ -387,10 +387,24 @@ impl Daemon {
         Ok(step.rows > 0 || !step.done)
     }
 
+    /// The negotiation message of every connect (edge-policies §0).
+    fn send_hello(&mut self, client: &Publisher) -> Result<(), DaemonError> {
+        let hello = crate::wire_options::hello(&self.state)?;
+        let payload = serde_json::to_vec(&hello)?;
+        match client.publish(TopicKind::IngestRequest, payload) {
+            Ok(()) => self.outbox.handed_other(),
+            Err(e) => {
+                warn!(error = %e, "could not queue the hello; sent again on the next connect")
+            }
+        }
+        Ok(())
+    }
+
     fn on_mqtt(&mut self, ev: MqttEvent, client: &Publisher) -> Result<(), DaemonError> {
         match ev {
             MqttEvent::Connected { session_present } => {
                 self.outbox.on_connack(session_present);
+                self.send_hello(client)?;
                 if !session_present {
                     let now = Instant::now();
                     for s in self.spills.values_mut() {

@@ -113,6 +113,7 @@ async fn setup(deps: &Deps, device: &Device, table: &str, epoch: Uuid) -> Mirror
                 .collect(),
             row: Some(row(-1, 0)),
         }],
+        snapshot: None,
     };
     let topic = format!("bench/{}/sync/rows/batch", device.device_name);
     let bytes = serde_json::to_vec(&first).unwrap();
@@ -186,6 +187,7 @@ async fn bench_handler(
                 first_commit_seq: rows[0].commit_seq,
                 last_commit_seq: rows[rows.len() - 1].commit_seq,
                 rows: rows.clone(),
+                snapshot: None,
             };
             serde_json::to_vec(&b).unwrap()
         })

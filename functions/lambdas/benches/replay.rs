@@ -71,6 +71,7 @@ async fn setup(deps: &Deps, device: &Device, epoch: Uuid, rows: i64) -> Uuid {
                 .collect(),
             ),
         }],
+        snapshot: None,
     };
     let topic = format!("bench/{}/sync/rows/batch", device.device_name);
     let bytes = serde_json::to_vec(&first).unwrap();

@@ -57,9 +57,11 @@ pub mod registry;
 pub mod replay;
 pub mod review;
 pub mod scope;
+pub mod snapshot_runs;
 pub mod spill;
 pub mod staging;
 pub mod sweep;
+pub mod wire_options;
 
 pub use edge_cloud_core as core;
 pub use error::{OpError, ResetError, StoreError};

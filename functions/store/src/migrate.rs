@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "runner_presence",
         sql: include_str!("../migrations/0008_runner_presence.sql"),
     },
+    Migration {
+        version: 9,
+        name: "snapshot_runs",
+        sql: include_str!("../migrations/0009_snapshot_runs.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration advisory lock.

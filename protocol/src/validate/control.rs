@@ -7,11 +7,12 @@ use super::envelope::{check_batch_id, check_format_version, parse_object, source
 use super::rejection::{malformed, Rejection};
 use super::schema::check_schema_hash;
 use crate::control::{
-    ControlEnvelope, ControlKind, DeviceUnknown, IngestAck, IngestRequest, RequestKind,
+    AckResult, ControlEnvelope, ControlKind, DeviceUnknown, IngestAck, IngestRequest, RequestKind,
     SegmentKind, UploadOutcome, DEVICE_UNKNOWN,
 };
 use crate::ids::{parse_uuid_hyphenated, parse_uuid_v7};
 use crate::timestamp;
+use crate::wire::{Hello, WireOptions, HELLO_REQUEST_KIND};
 
 /// Decodes an ack of a control (spec §6).
 pub fn decode_ingest_ack(bytes: &[u8]) -> Result<IngestAck, Rejection> {
@@ -22,9 +23,16 @@ pub fn decode_ingest_ack(bytes: &[u8]) -> Result<IngestAck, Rejection> {
         .and_then(Value::as_str)
         .and_then(parse_uuid_hyphenated)
         .ok_or_else(|| malformed("control_id is missing or not a hyphenated UUID"))?;
+    let result = match map.get("result") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s == "applied" => Some(AckResult::Applied),
+        Some(Value::String(s)) if s == "rejected" => Some(AckResult::Rejected),
+        Some(_) => return Err(malformed("result is not applied or rejected")),
+    };
     Ok(IngestAck {
         format_version,
         control_id,
+        result,
     })
 }
 
@@ -154,6 +162,30 @@ pub fn decode_control_envelope(bytes: &[u8]) -> Result<ControlEnvelope, Rejectio
         Some(_) => return Err(malformed("retryable is not a boolean")),
     };
     let signature = opt_string("signature")?;
+    let opt_list = |key: &str| -> Result<Option<Vec<String>>, Rejection> {
+        match map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| malformed(format!("{key} holds a non-string")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(malformed(format!("{key} is not an array"))),
+        }
+    };
+    let content_encodings = opt_list("content_encodings")?;
+    let features = opt_list("features")?;
+    let max_decompressed_bytes = match map.get("max_decompressed_bytes") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_i64()
+                .ok_or_else(|| malformed("max_decompressed_bytes is not an integer"))?,
+        ),
+    };
 
     let missing = |what: &str| malformed(format!("{} needs {what}", control_kind.as_str()));
     match control_kind {
@@ -163,6 +195,11 @@ pub fn decode_control_envelope(bytes: &[u8]) -> Result<ControlEnvelope, Rejectio
             }
             if server_watermark.is_none() {
                 return Err(missing("server_watermark"));
+            }
+        }
+        ControlKind::SetWireOptions => {
+            if features.is_none() {
+                return Err(missing("features"));
             }
         }
         ControlKind::UrlGrant => {
@@ -203,6 +240,76 @@ pub fn decode_control_envelope(bytes: &[u8]) -> Result<ControlEnvelope, Rejectio
         outcome,
         code,
         retryable,
+        content_encodings,
+        features,
+        max_decompressed_bytes,
         signature,
     })
+}
+
+/// The `request_kind` of a `sync/ingest/request` document, if it has a string one.
+pub fn request_kind_of(bytes: &[u8]) -> Option<String> {
+    let map = parse_object(bytes, Origin::Device).ok()?;
+    map.get("request_kind")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// Decodes a `hello` (edge-policies §0).
+pub fn decode_hello(bytes: &[u8]) -> Result<Hello, Rejection> {
+    let map = parse_object(bytes, Origin::Device)?;
+    let format_version = check_format_version(&map)?;
+    if map.get("request_kind").and_then(Value::as_str) != Some(HELLO_REQUEST_KIND) {
+        return Err(malformed("request_kind is not hello"));
+    }
+    let agent_version = match map.get("agent_version") {
+        Some(Value::String(s)) => s.clone(),
+        _ => return Err(malformed("agent_version is missing or not a string")),
+    };
+    let strings = |v: Option<&Value>, key: &str| -> Result<Vec<String>, Rejection> {
+        match v {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| malformed(format!("{key} holds a non-string")))
+                })
+                .collect(),
+            Some(_) => Err(malformed(format!("{key} is not an array"))),
+        }
+    };
+    let capabilities = strings(map.get("capabilities"), "capabilities")?;
+    let granted = match map.get("granted") {
+        None | Some(Value::Null) => WireOptions::default(),
+        Some(Value::Object(g)) => WireOptions {
+            content_encodings: strings(g.get("content_encodings"), "granted.content_encodings")?,
+            features: strings(g.get("features"), "granted.features")?,
+            max_decompressed_bytes: g.get("max_decompressed_bytes").and_then(Value::as_i64),
+        },
+        Some(_) => return Err(malformed("granted is not an object")),
+    };
+    Ok(Hello {
+        format_version,
+        request_kind: HELLO_REQUEST_KIND.to_owned(),
+        agent_version,
+        capabilities,
+        granted,
+    })
+}
+
+#[cfg(test)]
+mod hello_tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trips_and_is_not_an_upload_request() {
+        let h = Hello::new("0.1.0", crate::wire::grant_for(&[]));
+        let bytes = serde_json::to_vec(&h).unwrap();
+        assert_eq!(decode_hello(&bytes).unwrap(), h);
+        assert_eq!(request_kind_of(&bytes).as_deref(), Some("hello"));
+        // What a cloud without negotiation does with it: a named rejection, nothing granted.
+        assert!(decode_ingest_request(&bytes).is_err());
+    }
 }

@@ -106,7 +106,8 @@ mod sequence;
 mod telemetry;
 
 pub use control::{
-    decode_control_envelope, decode_device_unknown, decode_ingest_ack, decode_ingest_request,
+    decode_control_envelope, decode_device_unknown, decode_hello, decode_ingest_ack,
+    decode_ingest_request, request_kind_of,
 };
 pub use rejection::{Rejection, RejectionCode, UnknownRejectionCode};
 pub use rows::{decode_row_batch, decode_spill_line};

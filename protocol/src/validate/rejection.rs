@@ -30,11 +30,13 @@ pub enum RejectionCode {
     InvalidRow,
     UnknownDevice,
     InvalidIdentifier,
+    /// A row batch's snapshot fields do not form a chunk or an end marker (edge-policies §5).
+    InvalidSnapshot,
 }
 
 impl RejectionCode {
     /// Every code, in spec order.
-    pub const ALL: [RejectionCode; 17] = [
+    pub const ALL: [RejectionCode; 18] = [
         RejectionCode::EnvelopeUnstrippedTenantFields,
         RejectionCode::InvalidFormatVersion,
         RejectionCode::UnsupportedFormatVersion,
@@ -52,6 +54,7 @@ impl RejectionCode {
         RejectionCode::InvalidRow,
         RejectionCode::UnknownDevice,
         RejectionCode::InvalidIdentifier,
+        RejectionCode::InvalidSnapshot,
     ];
 
     /// The exact code string of spec §9.
@@ -74,6 +77,7 @@ impl RejectionCode {
             RejectionCode::InvalidRow => "invalid_row",
             RejectionCode::UnknownDevice => "unknown_device",
             RejectionCode::InvalidIdentifier => "invalid_identifier",
+            RejectionCode::InvalidSnapshot => "invalid_snapshot",
         }
     }
 }
@@ -181,7 +185,7 @@ mod tests {
             invalid_batch_id batch_too_many_rows row_count_mismatch cursor_timestamp_mismatch \
             invalid_row_id invalid_number_encoding duplicate_batch_seq stale_batch_seq \
             malformed_json payload_too_large invalid_schema_hash invalid_row unknown_device \
-            invalid_identifier";
+            invalid_identifier invalid_snapshot";
         let listed: Vec<&str> = RejectionCode::ALL
             .iter()
             .map(RejectionCode::as_str)

@@ -13,12 +13,14 @@ use edge_cloud_store::lineage::{
 };
 use edge_cloud_store::mirror::{apply_upserts, insert_telemetry_values, TelemetryValue};
 use edge_cloud_store::registry::Device;
+use edge_cloud_store::snapshot_runs::{self, ChunkStatus, RunEnd, RunKey};
 use edge_cloud_store::staging::{stage_rows, StagedRow};
 use edge_cloud_store::tokio_postgres::Transaction;
 use edge_cloud_store::StoreError;
 use edge_protocol::batch::{Op, RowBatch};
 use edge_protocol::ids::CommitPosition;
 use edge_protocol::value::row_to_json;
+use edge_protocol::wire::SnapshotEnd;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -150,6 +152,15 @@ pub(super) async fn rows_into_lineage(
             "staged"
         }
     };
+    let chunk_status = if failed > 0 {
+        ChunkStatus::Failed
+    } else if status == "staged" {
+        ChunkStatus::Staged
+    } else {
+        ChunkStatus::Materialized
+    };
+    snapshot_bookkeeping(tx, device, lineage.id, b, chunk_status).await?;
+    stale_epoch_check(tx, device, lineage.id, b).await?;
     advance_watermark(tx, lineage.id, b.journal_epoch, b.last_commit_seq).await?;
     Ok(Processed {
         lineage_id: Some(lineage.id),
@@ -157,6 +168,92 @@ pub(super) async fn rows_into_lineage(
         staged_any: status == "staged",
         counts: (materialized, staged, failed),
     })
+}
+
+/// A snapshot chunk is recorded with what became of it; the end marker closes the run and
+/// sweeps ghost rows when it is whole (edge-policies §5, `edge_cloud_store::snapshot_runs`).
+async fn snapshot_bookkeeping(
+    tx: &Transaction<'_>,
+    device: &Device,
+    lineage_id: Uuid,
+    b: &RowBatch,
+    chunk_status: ChunkStatus,
+) -> Result<(), HandlerError> {
+    let Some(f) = &b.snapshot else {
+        return Ok(());
+    };
+    let key = RunKey {
+        snapshot_id: f.snapshot_id,
+        lineage_id,
+        device_id: device.device_id,
+        journal_epoch: b.journal_epoch,
+        snapshot_start_seq: f.snapshot_start_seq,
+    };
+    let Some(end) = f.snapshot_end else {
+        snapshot_runs::record_chunk(
+            tx,
+            &key,
+            f.snapshot_chunk,
+            b.batch_id,
+            b.first_commit_seq,
+            b.last_commit_seq,
+            chunk_status,
+        )
+        .await?;
+        return Ok(());
+    };
+    let outcome = snapshot_runs::finish(
+        tx,
+        &key,
+        f.snapshot_chunk_count.unwrap_or(f.snapshot_chunk),
+        f.snapshot_row_count.unwrap_or(0),
+        end == SnapshotEnd::Complete,
+    )
+    .await?;
+    tracing::info!(device = %device.device_name, table = %b.source_table,
+        snapshot_id = %f.snapshot_id, outcome = ?outcome, "snapshot end marker");
+    if let RunEnd::Swept { ghost_rows_deleted } = outcome {
+        emit_event(
+            tx,
+            "integration.edge_table_lineage.snapshot_swept.v1",
+            device,
+            Some(lineage_id),
+            serde_json::json!({"snapshot_id": f.snapshot_id, "ghost_rows_deleted": ghost_rows_deleted}),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// A batch of an epoch older than one already recorded for the lineage is accepted (the
+/// version guard decides row by row) but never silently: recorded, and an event
+/// (reliability.md §5).
+async fn stale_epoch_check(
+    tx: &Transaction<'_>,
+    device: &Device,
+    lineage_id: Uuid,
+    b: &RowBatch,
+) -> Result<(), HandlerError> {
+    let Some(newest) = snapshot_runs::newer_epoch(tx, lineage_id, b.journal_epoch).await? else {
+        return Ok(());
+    };
+    if snapshot_runs::record_stale_epoch(tx, b.batch_id, lineage_id, b.journal_epoch, newest)
+        .await?
+    {
+        tracing::warn!(device = %device.device_name, table = %b.source_table,
+            journal_epoch = %b.journal_epoch, newest_epoch = %newest,
+            "batch of a journal epoch older than the lineage's newest");
+        emit_event(
+            tx,
+            "integration.edge_table_lineage.stale_epoch.v1",
+            device,
+            Some(lineage_id),
+            serde_json::json!({"batch_id": b.batch_id, "source_table": b.source_table,
+                "journal_epoch": b.journal_epoch, "newest_epoch": newest}),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 fn staged_row(

@@ -60,6 +60,14 @@ pub async fn intake_request(deps: &Deps, a: &Admitted) -> Result<Outcome, Handle
         tx.commit().await.map_err(StoreError::from)?;
         return Ok(o);
     };
+    if edge_protocol::validate::request_kind_of(&a.payload).as_deref()
+        == Some(edge_protocol::wire::HELLO_REQUEST_KIND)
+    {
+        let o = hello(&tx, a, &device).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        log(&device, None, &o);
+        return Ok(o);
+    }
     let req = match decode_ingest_request(&a.payload) {
         Ok(r) => r,
         Err(rejection) => {
@@ -83,6 +91,39 @@ pub async fn intake_request(deps: &Deps, a: &Admitted) -> Result<Outcome, Handle
     };
     log(&device, Some(&req), &outcome);
     Ok(outcome)
+}
+
+/// A `hello` (edge-policies §0): when what the device last applied differs from what this
+/// cloud grants, a signed `set_wire_options` is queued.
+async fn hello(
+    tx: &edge_cloud_store::tokio_postgres::Transaction<'_>,
+    a: &Admitted,
+    device: &Device,
+) -> Result<Outcome, HandlerError> {
+    let h = match edge_protocol::validate::decode_hello(&a.payload) {
+        Ok(h) => h,
+        Err(rejection) => return reject(tx, a, Some(device), rejection).await,
+    };
+    let grant = edge_protocol::wire::grant_for(&h.capabilities);
+    if grant.same_as(&h.granted) {
+        return Ok(Outcome::Ignored {
+            reason: format!("hello from agent {}: grant unchanged", h.agent_version),
+        });
+    }
+    let control_id = edge_cloud_store::wire_options::issue_wire_options(
+        tx,
+        device,
+        &grant,
+        time::OffsetDateTime::now_utc(),
+        Uuid::now_v7(),
+    )
+    .await?;
+    Ok(Outcome::Ignored {
+        reason: format!(
+            "hello from agent {}: set_wire_options {control_id} queued",
+            h.agent_version
+        ),
+    })
 }
 
 fn log(device: &Device, req: Option<&IngestRequest>, outcome: &Outcome) {

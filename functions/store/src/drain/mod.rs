@@ -108,6 +108,8 @@ pub async fn replay_staged<C: GenericClient>(
             report.failed += failed;
         }
     }
+    // A complete re-snapshot whose chunks were staged is swept once they are replayed.
+    crate::snapshot_runs::sweep_ready(c, lineage_id).await?;
     Ok(report)
 }
 
