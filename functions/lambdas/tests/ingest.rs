@@ -298,7 +298,7 @@ async fn every_class_is_reached_with_its_diff() {
     assert_eq!((class, m, st), (SchemaClass::CompatibleMapped, 1, 0));
     assert_eq!(
         e.scalar_i64(
-            "SELECT count(*) FROM edge_mirror_0193a000_device_state WHERE NOT _edge_deleted"
+            "SELECT count(*) FROM edge_mirror_0000d007_device_state WHERE NOT _edge_deleted"
         )
         .await,
         2
@@ -357,7 +357,8 @@ async fn every_class_is_reached_with_its_diff() {
         ))
         .await,
     );
-    assert_eq!((class, m, st), (SchemaClass::CompatibleAdditive, 1, 0));
+    // … and its full image is staged for the review (reliability.md §4).
+    assert_eq!((class, m, st), (SchemaClass::CompatibleAdditive, 1, 1));
     assert_eq!(
         e2.scalar_i64("SELECT count(*) FROM edge_schema_reviews WHERE state = 'queued'")
             .await,
@@ -465,7 +466,7 @@ async fn staged_rows_are_unique_under_redelivery() {
     );
     assert_eq!(
         e.scalar_i64(
-            "SELECT count(*) FROM edge_mirror_0193a000_device_state WHERE NOT _edge_deleted"
+            "SELECT count(*) FROM edge_mirror_0000d007_device_state WHERE NOT _edge_deleted"
         )
         .await,
         1
@@ -579,7 +580,7 @@ async fn type_mismatch_is_staged_as_materialization_failed() {
         1
     );
     assert_eq!(
-        e.scalar_i64("SELECT count(*) FROM edge_mirror_0193a000_device_state")
+        e.scalar_i64("SELECT count(*) FROM edge_mirror_0000d007_device_state")
             .await,
         2
     );
