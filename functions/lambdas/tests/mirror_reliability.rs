@@ -554,7 +554,11 @@ fn real_edges() -> Vec<(i64, &'static str, f64)> {
         (6, "-1e308", -1e308),
         (7, "-0.0", -0.0),
         (8, "5e-324", 5e-324), // smallest subnormal
-        (9, "2.2250738585072009e-308", 2.225_073_858_507_200_9e-308), // largest subnormal
+        (
+            9,
+            "2.2250738585072009e-308",
+            f64::from_bits(0x000f_ffff_ffff_ffff),
+        ), // largest subnormal
         (10, "7", 7.0),        // an integer spelling in a REAL column
         (11, "-9223372036854775808", -9_223_372_036_854_775_808.0),
     ]
