@@ -98,6 +98,28 @@ pub fn pause_after_intake(load: &Load, caps: &Caps) -> Option<PauseReason> {
     None
 }
 
+/// Whether a batch (or replay chunk) ends the breaker's failure streak (reliability.md §4,
+/// §6). The rule: the breaker trips when `breaker_failures` rows (default 5) failed with
+/// **no row of the lineage materializing in between**, counted per batch / replay chunk — a
+/// batch that materialized at least one row (written or superseded) resets the streak to 0
+/// after its misfits were staged, so a single unfit row (or a few per batch) is staged as
+/// `materialization_failed` and never pauses healthy traffic; a batch in which every row
+/// failed (misfits, or one permanent write error for the whole batch) adds all its rows to the
+/// streak. Failures are systemic when nothing gets through.
+pub fn streak_ends(materialized_rows: i64) -> bool {
+    materialized_rows > 0
+}
+
+/// SQLSTATE classes of a mirror write error that no retry can fix: 22 data exception, 23
+/// integrity constraint violation, 42 syntax error or access rule violation (42P10: the
+/// upsert's `ON CONFLICT` target is not the table's key; 42703 undefined column; 42804
+/// datatype mismatch). Such an error affects every row of the statement: the batch's rows are
+/// staged as `materialization_failed` with the error text and count toward the breaker
+/// ([`streak_ends`]) instead of dead-lettering batch after batch.
+pub fn permanent_write_error(sqlstate: &str) -> bool {
+    ["22", "23", "42"].iter().any(|c| sqlstate.starts_with(c))
+}
+
 /// What the resume sweep does for one lineage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resume {
@@ -299,6 +321,16 @@ mod tests {
             Err(ResetRefusal::AwaitingSchema)
         );
         assert_eq!(may_reset(&idle, false, false, 2), Ok(()));
+    }
+
+    #[test]
+    fn only_a_batch_with_nothing_materialized_extends_the_streak() {
+        assert!(streak_ends(1));
+        assert!(!streak_ends(0));
+        assert!(permanent_write_error("42P10"));
+        assert!(permanent_write_error("22003"));
+        assert!(!permanent_write_error("40001"));
+        assert!(!permanent_write_error("08006"));
     }
 
     #[test]

@@ -125,6 +125,35 @@ impl MirrorTable {
         pk
     }
 
+    /// Whether an existing mirror's primary key (its columns in key order, `device_id` first,
+    /// as PostgreSQL reports them) differs from this table's. `None` when they agree or the
+    /// table does not exist yet (`existing` empty). The upsert's `ON CONFLICT` target is this
+    /// table's key, so a mismatch would fail every batch with 42P10 (reliability.md §4).
+    pub fn primary_key_change(&self, existing: &[String]) -> Option<String> {
+        if existing.is_empty() {
+            return None;
+        }
+        let wanted: Vec<&str> = std::iter::once("device_id")
+            .chain(self.pk_columns().into_iter().map(|c| c.name.as_str()))
+            .collect();
+        if existing
+            .iter()
+            .map(String::as_str)
+            .eq(wanted.iter().copied())
+        {
+            return None;
+        }
+        Some(format!(
+            "the approved schema's primary key ({}) differs from mirror {:?}'s ({}): the \
+             lineage stays paused and its rows stay staged. To proceed, reject this review and \
+             restore the table's primary key on the device, or approve into a new mirror table \
+             (a new lineage, or a re-snapshot into a new table version once available)",
+            wanted[1..].join(", "),
+            self.name,
+            existing[1..].join(", ")
+        ))
+    }
+
     /// `CREATE TABLE IF NOT EXISTS` with the platform columns. Business columns are nullable
     /// (tombstones carry only the key; SQLite's NOT NULL is not ours to enforce).
     pub fn create_sql(&self) -> String {
@@ -171,6 +200,11 @@ impl MirrorTable {
     /// business column (in `columns` order), then epochs (uuid[]), seqs (bigint[]), deleted
     /// (boolean[]) — exactly the arrays of an [`UpsertPlan`].
     pub fn upsert_sql(&self) -> String {
+        self.guarded_upsert_sql(Guard::Newer)
+    }
+
+    /// [`Self::upsert_sql`] with the given version guard.
+    pub fn guarded_upsert_sql(&self, guard: Guard) -> String {
         let n = self.columns.len();
         let mut targets = String::from("\"device_id\"");
         let mut selects = String::from("$1::uuid");
@@ -217,10 +251,27 @@ impl MirrorTable {
              FROM unnest({arrays}) AS r({aliases})\n\
              ON CONFLICT ({conflict}) DO UPDATE SET {sets}\n\
              WHERE (m.\"_edge_epoch\", m.\"_edge_commit_seq\") \
-             < (EXCLUDED.\"_edge_epoch\", EXCLUDED.\"_edge_commit_seq\")",
+             {op} (EXCLUDED.\"_edge_epoch\", EXCLUDED.\"_edge_commit_seq\")",
             table = quote_ident(&self.name),
+            op = match guard {
+                Guard::Newer => "<",
+                Guard::NewerOrSame => "<=",
+            },
         )
     }
+}
+
+/// The version guard of an upsert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Live batches: only a strictly newer `(epoch, seq)` overwrites.
+    Newer,
+    /// Drains of staged rows: the same version overwrites too. A staged row whose version is
+    /// already in the mirror was materialized with fewer columns (`allow_additive_continue`
+    /// stages the full image while the old columns materialize, reliability.md §4); its
+    /// replay under the new bindings fills the new columns. Any other staged row was never
+    /// written, so for it the two guards agree.
+    NewerOrSame,
 }
 
 /// A value converted to its mirror column's type.
@@ -246,9 +297,6 @@ pub struct Misfit {
     pub detail: &'static str,
 }
 
-/// Largest magnitude below which every integer is exactly a double.
-const EXACT_DOUBLE_INT: i64 = 1 << 53;
-
 /// Converts one SQLite value to the column's type without losing information, or says why
 /// not. SQLite's affinity already converts lossless cases on store, so what remains mismatched
 /// (text in an INTEGER column, a fraction in an INTEGER column, a blob in a TEXT column) is data
@@ -273,8 +321,11 @@ pub fn fit_value(column: &MirrorColumn, value: &SqlValue) -> Result<Fitted, Misf
             Ok(Fitted::Int(*f as i64))
         }
         (MirrorType::DoublePrecision, SqlValue::Real(f)) => Ok(Fitted::Double(*f)),
-        (MirrorType::DoublePrecision, SqlValue::Integer(i))
-            if (-EXACT_DOUBLE_INT..=EXACT_DOUBLE_INT).contains(i) =>
+        // A REAL column's value is a double whatever its JSON spelling (reliability.md §6):
+        // SQLite's REAL affinity stores every number as a double, so an integer spelling
+        // (`1152921504606847000`, jsonb's rendering of 2^60) is that double's decimal form and
+        // converts to the nearest double — exactly the value the device holds.
+        (MirrorType::DoublePrecision, SqlValue::Integer(i)) =>
         {
             #[allow(clippy::cast_precision_loss)]
             Ok(Fitted::Double(*i as f64))
@@ -557,7 +608,7 @@ mod tests {
     #[test]
     fn ddl_quotes_everything_and_renames_platform_columns() {
         let t = MirrorTable::for_schema(&device(), &schema());
-        assert_eq!(t.name, "edge_mirror_01939b4e_device_state");
+        assert_eq!(t.name, "edge_mirror_4d5e6f70_device_state");
         let ddl = t.create_sql();
         assert!(ddl.contains("\"id\" bigint NOT NULL"), "{ddl}");
         assert!(ddl.contains("\"setpoint\" double precision"), "{ddl}");
@@ -571,7 +622,7 @@ mod tests {
         let t = MirrorTable::for_schema(&device(), &hostile);
         let ddl = t.create_sql();
         assert!(
-            ddl.contains("\"edge_mirror_01939b4e_\"\"; DROP TABLE x; --\""),
+            ddl.contains("\"edge_mirror_4d5e6f70_\"\"; DROP TABLE x; --\""),
             "{ddl}"
         );
         assert!(ddl.contains("\"a\"\"b\" bigint"), "{ddl}");

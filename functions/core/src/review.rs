@@ -250,6 +250,10 @@ pub struct ApprovalTarget<'a> {
     pub telemetry: bool,
     /// The lineage's mirror table from an earlier approval: reused (widened), never renamed.
     pub existing_mirror: Option<&'a str>,
+    /// The name a first approval without `mirror_table_name` uses: the first candidate
+    /// ([`crate::naming::mirror_table_candidate`]) no other lineage or coalesced mirror owns,
+    /// chosen by the store. `None` = the first candidate.
+    pub default_mirror: Option<&'a str>,
 }
 
 /// Validates the column actions against the reviewed schema and the policy (module docs).
@@ -413,7 +417,10 @@ fn mirror_table(
             }
             Ok(r.to_owned())
         }
-        (None, None) => Ok(mirror_table_name(&target.device_id, target.source_table)),
+        (None, None) => Ok(target.default_mirror.map_or_else(
+            || mirror_table_name(&target.device_id, target.source_table),
+            str::to_owned,
+        )),
     }
 }
 
@@ -469,6 +476,7 @@ mod tests {
             source_table: "device_state",
             telemetry: false,
             existing_mirror: None,
+            default_mirror: None,
         }
     }
 

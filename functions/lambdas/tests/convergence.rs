@@ -139,7 +139,7 @@ async fn shuffled_duplicated_batches_converge_to_the_source_state() {
     let mirror: BTreeMap<i64, (String, f64)> = e
         .client
         .query(
-            "SELECT id, mode, setpoint FROM edge_mirror_0193a000_device_state \
+            "SELECT id, mode, setpoint FROM edge_mirror_0000d007_device_state \
              WHERE NOT _edge_deleted",
             &[],
         )

@@ -208,7 +208,7 @@ async fn circuit_breaker_trips_on_five_failures_in_a_row_and_reset_resumes_after
     assert_eq!(resume.server_watermark, Some(12));
     assert_eq!(
         e.scalar_i64(
-            "SELECT count(*) FROM edge_mirror_0193a000_device_state \
+            "SELECT count(*) FROM edge_mirror_0000d007_device_state \
              WHERE NOT _edge_deleted AND mode = 'bad'"
         )
         .await,
@@ -347,7 +347,7 @@ async fn backpressure_pauses_the_device_over_mqtt_and_the_sweep_resumes_it_below
     let b = row_batch(e.id(), epoch, &other, false, &other_rows(11, 10));
     device.publish(&batch_topic, b.to_string()).await;
     wait_for(DEADLINE, "the other table keeps materializing", || async {
-        e.scalar_i64("SELECT count(*) FROM edge_mirror_0193a000_other")
+        e.scalar_i64("SELECT count(*) FROM edge_mirror_0000d007_other")
             .await
             == 20
     })
@@ -431,7 +431,7 @@ async fn backpressure_pauses_the_device_over_mqtt_and_the_sweep_resumes_it_below
         0
     );
     assert_eq!(
-        e.scalar_i64("SELECT count(*) FROM edge_mirror_0193a000_device_state")
+        e.scalar_i64("SELECT count(*) FROM edge_mirror_0000d007_device_state")
             .await,
         75
     );
@@ -449,7 +449,7 @@ async fn backpressure_pauses_the_device_over_mqtt_and_the_sweep_resumes_it_below
     let b = row_batch(e.id(), epoch, &s, false, &[ins(76, 76, "cool", 17.0)]);
     device.publish(&batch_topic, b.to_string()).await;
     wait_for(DEADLINE, "live rows after the resume", || async {
-        e.scalar_i64("SELECT count(*) FROM edge_mirror_0193a000_device_state")
+        e.scalar_i64("SELECT count(*) FROM edge_mirror_0000d007_device_state")
             .await
             == 76
     })

@@ -301,7 +301,7 @@ async fn every_class_is_reached_with_its_diff() {
     assert_eq!((class, m, st), (SchemaClass::CompatibleMapped, 1, 0));
     assert_eq!(
         e.scalar_i64(
-            "SELECT count(*) FROM edge_mirror_0193a000_device_state WHERE NOT _edge_deleted"
+            "SELECT count(*) FROM edge_mirror_0000d007_device_state WHERE NOT _edge_deleted"
         )
         .await,
         2
@@ -360,7 +360,8 @@ async fn every_class_is_reached_with_its_diff() {
         ))
         .await,
     );
-    assert_eq!((class, m, st), (SchemaClass::CompatibleAdditive, 1, 0));
+    // … and its full image is staged for the review (reliability.md §4).
+    assert_eq!((class, m, st), (SchemaClass::CompatibleAdditive, 1, 1));
     assert_eq!(
         e2.scalar_i64("SELECT count(*) FROM edge_schema_reviews WHERE state = 'queued'")
             .await,
@@ -468,7 +469,7 @@ async fn staged_rows_are_unique_under_redelivery() {
     );
     assert_eq!(
         e.scalar_i64(
-            "SELECT count(*) FROM edge_mirror_0193a000_device_state WHERE NOT _edge_deleted"
+            "SELECT count(*) FROM edge_mirror_0000d007_device_state WHERE NOT _edge_deleted"
         )
         .await,
         1
@@ -576,13 +577,15 @@ async fn type_mismatch_is_staged_as_materialization_failed() {
     assert_eq!(r.get::<_, String>(0), "materialization_failed");
     assert!(r.get::<_, String>(1).contains("setpoint"));
     assert_eq!(r.get::<_, Value>(2)["setpoint"], "not a number");
+    // The batch also materialized a row, so the breaker's streak ends with it
+    // (reliability.md §4, §6: core::backpressure::streak_ends); the misfit stays staged.
     assert_eq!(
         e.scalar_i64("SELECT materialization_failure_count::bigint FROM edge_table_lineages")
             .await,
-        1
+        0
     );
     assert_eq!(
-        e.scalar_i64("SELECT count(*) FROM edge_mirror_0193a000_device_state")
+        e.scalar_i64("SELECT count(*) FROM edge_mirror_0000d007_device_state")
             .await,
         2
     );
@@ -601,10 +604,11 @@ async fn type_mismatch_is_staged_as_materialization_failed() {
         )],
     );
     accepted(&e.rows(&b2).await);
+    // Nothing of b2 materialized, but its one row was already staged: not counted again.
     assert_eq!(
         e.scalar_i64("SELECT materialization_failure_count::bigint FROM edge_table_lineages")
             .await,
-        1
+        0
     );
 }
 

@@ -45,7 +45,7 @@ async fn text_with_nul_is_staged_kept_and_fails_only_its_own_row() {
     // with its original value intact.
     e.approve("device_state").await;
     assert_eq!(
-        e.scalar_i64("SELECT count(*) FROM edge_mirror_0193a000_device_state")
+        e.scalar_i64("SELECT count(*) FROM edge_mirror_0000d007_device_state")
             .await,
         1
     );

@@ -9,6 +9,7 @@
 //! what keeps the approval's transaction free of network calls.
 
 use edge_cloud_core::mirror::MirrorColumn;
+use edge_cloud_core::naming::{claim, Claim, MirrorOwner};
 use edge_cloud_core::review::{
     plan_approval, ApprovalPlan, ApprovalPolicy, ApprovalTarget, ColumnAction, ColumnActionKind,
 };
@@ -18,7 +19,7 @@ use uuid::Uuid;
 
 use crate::error::OpError;
 use crate::lineage::Lineage;
-use crate::mirror::ensure_mirror;
+use crate::mirror::{ensure_mirror, mirror_owner, primary_key_columns, record_mirror_owner};
 use crate::scope::Scope;
 use crate::StoreError;
 
@@ -46,13 +47,83 @@ pub(crate) fn plan(
     })
 }
 
+/// Candidates tried for a default mirror name before giving up (`_2` … `_{N}`).
+const MAX_NAME_CANDIDATES: u32 = 1_000;
+
+/// The first of `candidate(1)`, `candidate(2)`, … that `claimant` may use: free or its own
+/// (reliability.md §3: a name another lineage or coalesced mirror owns gets `_2`, `_3`, …).
+pub(crate) async fn free_mirror_name<C: GenericClient>(
+    c: &C,
+    claimant: &MirrorOwner,
+    candidate: impl Fn(u32) -> String,
+) -> Result<String, OpError> {
+    for n in 1..=MAX_NAME_CANDIDATES {
+        let name = candidate(n);
+        let owner = mirror_owner(c, &name).await?;
+        if matches!(
+            claim(owner.as_ref(), claimant, false),
+            Claim::Free | Claim::Owned
+        ) {
+            return Ok(name);
+        }
+    }
+    Err(OpError::Conflict {
+        code: "mirror_table_in_use",
+        message: format!("no free mirror table name after {MAX_NAME_CANDIDATES} candidates"),
+    })
+}
+
+/// Checks that `claimant` may create or widen the plan's mirror table and records it as owner
+/// when the name is free: 409 `mirror_table_in_use` (owned by another lineage or coalesced
+/// mirror of the project) or `mirror_table_not_owned` (another project's or org's). `adopted`:
+/// the claimant is a lineage writing the table because a coalesced mirror adopted it.
+pub(crate) async fn claim_mirror<C: GenericClient>(
+    c: &C,
+    plan: &ApprovalPlan,
+    claimant: &MirrorOwner,
+    adopted: bool,
+) -> Result<(), OpError> {
+    let Some(table) = &plan.mirror else {
+        return Ok(());
+    };
+    let owner = mirror_owner(c, &table.name).await?;
+    match claim(owner.as_ref(), claimant, adopted) {
+        Claim::Owned => Ok(()),
+        Claim::Free => Ok(record_mirror_owner(c, &table.name, claimant).await?),
+        Claim::InUse => Err(OpError::Conflict {
+            code: "mirror_table_in_use",
+            message: format!(
+                "mirror table {:?} belongs to another lineage or coalesced mirror of this \
+                 project: choose another mirror_table_name",
+                table.name
+            ),
+        }),
+        Claim::NotOwned => Err(OpError::Conflict {
+            code: "mirror_table_not_owned",
+            message: format!(
+                "mirror table {:?} belongs to another project: choose another \
+                 mirror_table_name",
+                table.name
+            ),
+        }),
+    }
+}
+
 /// The plan's mirror DDL: create, or widen for newly mirrored columns (409 when a column's
-/// type conflicts with the existing table).
+/// type conflicts with the existing table, `mirror_primary_key_changed` when the approved
+/// primary key is not the existing table's — refused up front, reliability.md §4).
 pub(crate) async fn create_mirror<C: GenericClient>(
     c: &C,
     plan: &ApprovalPlan,
 ) -> Result<(), OpError> {
     if let Some(table) = &plan.mirror {
+        let existing_pk = primary_key_columns(c, &table.name).await?;
+        if let Some(message) = table.primary_key_change(&existing_pk) {
+            return Err(OpError::Conflict {
+                code: "mirror_primary_key_changed",
+                message,
+            });
+        }
         ensure_mirror(c, table).await.map_err(|e| match e {
             StoreError::Corrupt(m) => OpError::Conflict {
                 code: "mirror_column_type_conflict",

@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "snapshot_runs",
         sql: include_str!("../migrations/0009_snapshot_runs.sql"),
     },
+    Migration {
+        version: 10,
+        name: "mirror_owners",
+        sql: include_str!("../migrations/0010_mirror_owners.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration advisory lock.
@@ -119,6 +124,68 @@ async fn apply_pending(client: &mut Client) -> Result<Vec<i32>, StoreError> {
         applied.push(m.version);
     }
     Ok(applied)
+}
+
+/// A mirror table written by more than its recorded owner: a collision from before
+/// `edge_mirror_tables` (reliability.md §3), reported by `edge-cloud migrate` and left as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorCollision {
+    pub table_name: String,
+    /// `lineage <id>` or `coalesced_mirror <id>`, with its org and project.
+    pub owner: String,
+    /// The other lineages / coalesced mirrors that name the table.
+    pub others: Vec<String>,
+}
+
+impl std::fmt::Display for MirrorCollision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "mirror table {:?} is owned by {} but also named by {}",
+            self.table_name,
+            self.owner,
+            self.others.join(", ")
+        )
+    }
+}
+
+/// Mirror tables named by a lineage or coalesced mirror other than their owner (a lineage
+/// adopted into the coalesced mirror that owns its table is not a collision).
+pub async fn mirror_collisions(client: &Client) -> Result<Vec<MirrorCollision>, StoreError> {
+    let rows = client
+        .query(
+            "WITH named AS ( \
+                 SELECT l.mirror_table_name AS t, 'lineage ' || l.id || ' (org ' || l.org_id \
+                         || ', project ' || l.project_id || ')' AS who, \
+                     l.id AS lid, NULL::uuid AS cid, l.project_id \
+                 FROM edge_table_lineages l WHERE l.mirror_table_name IS NOT NULL \
+                 UNION ALL \
+                 SELECT m.mirror_table_name, 'coalesced_mirror ' || m.id || ' (org ' || m.org_id \
+                         || ', project ' || m.project_id || ')', NULL, m.id, m.project_id \
+                 FROM edge_coalesced_mirrors m) \
+             SELECT o.table_name, \
+                 CASE WHEN o.lineage_id IS NOT NULL THEN 'lineage ' || o.lineage_id \
+                     ELSE 'coalesced_mirror ' || o.coalesced_mirror_id END \
+                     || ' (org ' || o.org_id || ', project ' || o.project_id || ')', \
+                 array_agg(n.who ORDER BY n.who) \
+             FROM edge_mirror_tables o JOIN named n ON n.t = o.table_name \
+             WHERE NOT (n.lid IS NOT DISTINCT FROM o.lineage_id \
+                         AND n.cid IS NOT DISTINCT FROM o.coalesced_mirror_id) \
+                 AND NOT (o.coalesced_mirror_id IS NOT NULL AND n.lid IS NOT NULL \
+                          AND n.project_id = o.project_id) \
+             GROUP BY o.table_name, o.lineage_id, o.coalesced_mirror_id, o.org_id, o.project_id \
+             ORDER BY o.table_name",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| MirrorCollision {
+            table_name: r.get(0),
+            owner: r.get(1),
+            others: r.get(2),
+        })
+        .collect())
 }
 
 /// Whether the time-series tables are hypertables (TimescaleDB present when 0002 ran).

@@ -1,7 +1,8 @@
 //! Mirror tables and telemetry values: DDL from [`edge_cloud_core::mirror`], executed here,
 //! and the set-based writes.
 
-use edge_cloud_core::mirror::{ColumnValues, MirrorTable, UpsertPlan};
+use edge_cloud_core::mirror::{ColumnValues, Guard, MirrorTable, UpsertPlan};
+use edge_cloud_core::naming::{MirrorOwner, OwnerRef};
 use time::OffsetDateTime;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::GenericClient;
@@ -46,6 +47,80 @@ pub async fn ensure_mirror<C: GenericClient>(c: &C, table: &MirrorTable) -> Resu
     Ok(())
 }
 
+/// The primary-key columns of an existing table in key order (empty when it does not exist).
+pub async fn primary_key_columns<C: GenericClient>(
+    c: &C,
+    table_name: &str,
+) -> Result<Vec<String>, StoreError> {
+    Ok(c.query(
+        "SELECT a.attname::text FROM pg_index i \
+             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = to_regclass(quote_ident($1)) AND i.indisprimary \
+             ORDER BY k.ord",
+        &[&table_name],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect())
+}
+
+/// The recorded owner of a mirror table (`edge_mirror_tables`), locked for the caller's
+/// transaction; `None` when nobody owns the name.
+pub async fn mirror_owner<C: GenericClient>(
+    c: &C,
+    table_name: &str,
+) -> Result<Option<MirrorOwner>, StoreError> {
+    let row = c
+        .query_opt(
+            "SELECT lineage_id, coalesced_mirror_id, org_id, project_id FROM edge_mirror_tables \
+             WHERE table_name = $1 FOR UPDATE",
+            &[&table_name],
+        )
+        .await?;
+    let Some(r) = row else { return Ok(None) };
+    let owner = match (r.get::<_, Option<Uuid>>(0), r.get::<_, Option<Uuid>>(1)) {
+        (Some(l), _) => OwnerRef::Lineage(l),
+        (None, Some(m)) => OwnerRef::Coalesced(m),
+        (None, None) => {
+            return Err(StoreError::Corrupt(format!(
+                "edge_mirror_tables {table_name:?} has no owner"
+            )))
+        }
+    };
+    Ok(Some(MirrorOwner {
+        owner,
+        org_id: r.get(2),
+        project_id: r.get(3),
+    }))
+}
+
+/// Records `owner` as the owner of a free mirror table name.
+pub async fn record_mirror_owner<C: GenericClient>(
+    c: &C,
+    table_name: &str,
+    owner: &MirrorOwner,
+) -> Result<(), StoreError> {
+    let (lineage, coalesced) = match owner.owner {
+        OwnerRef::Lineage(l) => (Some(l), None),
+        OwnerRef::Coalesced(m) => (None, Some(m)),
+    };
+    c.execute(
+        "INSERT INTO edge_mirror_tables (table_name, org_id, project_id, lineage_id, \
+             coalesced_mirror_id) VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &table_name,
+            &owner.org_id,
+            &owner.project_id,
+            &lineage,
+            &coalesced,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Executes an upsert plan as one statement; returns the rows written (older versions are
 /// skipped by the guard and not counted).
 pub async fn apply_upserts<C: GenericClient>(
@@ -53,6 +128,17 @@ pub async fn apply_upserts<C: GenericClient>(
     table: &MirrorTable,
     device_id: Uuid,
     plan: &UpsertPlan,
+) -> Result<u64, StoreError> {
+    apply_guarded_upserts(c, table, device_id, plan, Guard::Newer).await
+}
+
+/// [`apply_upserts`] with the given version guard (drains use [`Guard::NewerOrSame`]).
+pub async fn apply_guarded_upserts<C: GenericClient>(
+    c: &C,
+    table: &MirrorTable,
+    device_id: Uuid,
+    plan: &UpsertPlan,
+    guard: Guard,
 ) -> Result<u64, StoreError> {
     if plan.is_empty() {
         return Ok(0);
@@ -72,7 +158,8 @@ pub async fn apply_upserts<C: GenericClient>(
     params.push((&plan.epochs, Type::UUID_ARRAY));
     params.push((&plan.seqs, Type::INT8_ARRAY));
     params.push((&plan.deleted, Type::BOOL_ARRAY));
-    Ok(c.execute_typed(&table.upsert_sql(), &params).await?)
+    Ok(c.execute_typed(&table.guarded_upsert_sql(guard), &params)
+        .await?)
 }
 
 /// One row of `telemetry_data_point_value`.

@@ -19,10 +19,11 @@ use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::backpressure::check_after_intake;
+use crate::backpressure::{check_after_intake, note_clean_batch};
 use crate::drain::{drain_chunk, drainable_behind, StagedKey};
 use crate::lineage::lock_lineage;
 use crate::StoreError;
+use edge_cloud_core::backpressure::streak_ends;
 
 /// Start of the keyset: smaller than every staged key (telemetry uses the nil epoch, seq ≥ 0).
 fn start_key() -> StagedKey {
@@ -115,6 +116,10 @@ pub async fn replay_chunk(
             Step::RestartPass => (IntentStatus::Running, None),
             Step::Done => (IntentStatus::Done, chunk.last.clone().or(Some(cursor))),
         };
+    // A chunk that drained rows ends the breaker's streak, as a live batch does.
+    if streak_ends(chunk.drained) {
+        note_clean_batch(&*tx, lineage_id).await?;
+    }
     if chunk.failed > 0 {
         check_after_intake(&*tx, lineage_id, now, Uuid::now_v7()).await?;
     }

@@ -20,8 +20,8 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::approval::{
-    bind_lineage, binding_rows, columns_missing, create_mirror, device_data_points,
-    open_replay_intent, plan,
+    bind_lineage, binding_rows, claim_mirror, columns_missing, create_mirror, device_data_points,
+    free_mirror_name, open_replay_intent, plan,
 };
 use crate::error::OpError;
 use crate::lineage::{emit_event, lock_lineage, schema_columns};
@@ -30,6 +30,7 @@ use crate::read::reviews::{one, DeviceReview, ReviewKind, ReviewView};
 use crate::registry::{device_by_id, Device};
 use crate::scope::Scope;
 use crate::StoreError;
+use edge_cloud_core::naming::{mirror_table_candidate, MirrorOwner, OwnerRef};
 
 /// The state `action` moves the review to, or 409 when the review's state or version forbids
 /// it.
@@ -209,12 +210,28 @@ impl Approve for DeviceReview {
             None => return Err(columns_missing(&r.schema_hash)),
         };
         let policy = scoped_policy(c, scope).await?;
+        let claimant = MirrorOwner {
+            owner: OwnerRef::Lineage(lineage.id),
+            // The review was read in `scope`, so the lineage is the scope's.
+            org_id: scope.org_id,
+            project_id: scope.project_id,
+        };
+        let default_mirror = match (&lineage.mirror_table_name, telemetry) {
+            (None, false) => Some(
+                free_mirror_name(c, &claimant, |n| {
+                    mirror_table_candidate(&lineage.device_id, &lineage.source_table, n)
+                })
+                .await?,
+            ),
+            _ => None,
+        };
         let plan = plan(
             ApprovalTarget {
                 device_id: lineage.device_id,
                 source_table: &lineage.source_table,
                 telemetry,
                 existing_mirror: lineage.mirror_table_name.as_deref(),
+                default_mirror: default_mirror.as_deref(),
             },
             &schema,
             actions,
@@ -225,6 +242,9 @@ impl Approve for DeviceReview {
 
         let data_points =
             device_data_points(c, scope, &lineage, &schema, &plan, actions, &mut new_id).await?;
+        // Adopted: the lineage's stored mirror is a coalesced mirror's table.
+        let adopted = lineage.mirror_table_name.is_some();
+        claim_mirror(c, &plan, &claimant, adopted).await?;
         create_mirror(c, &plan).await?;
         let rows = binding_rows(actions, &plan);
         bind_lineage(c, lineage.id, &r.schema_hash, &rows, &data_points).await?;

@@ -181,6 +181,11 @@ pub async fn execute(cli: Cli) -> Result<(), CommandError> {
             let mut c = p.get().await.map_err(CommandError::Connect)?;
             let applied = migrate(&mut c).await?;
             tracing::info!(?applied, "migrations applied");
+            // Mirror tables shared before ownership was recorded (reliability.md §3): reported,
+            // left as they are.
+            for collision in edge_cloud_store::migrate::mirror_collisions(&c).await? {
+                println!("mirror table collision (left as it is): {collision}");
+            }
         }
         Command::Devices { command } => devices::execute(command).await?,
         Command::Pki { command } => pki::execute(command)?,

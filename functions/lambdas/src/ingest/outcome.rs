@@ -1,6 +1,7 @@
 //! What an envelope came to ([`Outcome`]), and the common end of every accepted batch: flow
 //! control (cloud.md §7), the ledger row's outcome and the handler's answer.
 
+use edge_cloud_core::backpressure::streak_ends;
 use edge_cloud_core::classify::SchemaClass;
 use edge_cloud_core::spill::SpillCode;
 use edge_cloud_store::backpressure::{check_after_intake, note_clean_batch};
@@ -126,7 +127,7 @@ pub(super) struct Accepted {
 /// outcome, and the handler's answer.
 pub(super) async fn accept(tx: &Transaction<'_>, a: &Accepted) -> Result<Outcome, HandlerError> {
     let (materialized, staged, failed) = a.counts;
-    flow_control(tx, a.lineage_id, staged, failed, a.status == "materialized").await?;
+    flow_control(tx, a.lineage_id, staged, failed, materialized).await?;
     finish_segment(
         tx,
         a.device_id,
@@ -152,16 +153,17 @@ pub(super) async fn accept(tx: &Transaction<'_>, a: &Accepted) -> Result<Outcome
 }
 
 /// Backpressure and circuit breaker (cloud.md §7) after an accepted batch, in its transaction:
-/// a clean materialized batch ends a failure streak; anything staged may cross a cap or trip
-/// the breaker, which pauses the lineage and stores a signed `pause_lineage` control.
+/// a batch that materialized any row ends a failure streak (its misfits stay staged as
+/// `materialization_failed`: [`streak_ends`]); anything staged may cross a cap or trip the
+/// breaker, which pauses the lineage and stores a signed `pause_lineage` control.
 async fn flow_control(
     tx: &Transaction<'_>,
     lineage_id: Uuid,
     staged: i64,
     failed: i64,
-    materialized: bool,
+    materialized: i64,
 ) -> Result<(), HandlerError> {
-    if materialized && failed == 0 {
+    if streak_ends(materialized) {
         note_clean_batch(tx, lineage_id).await?;
     }
     if staged > 0 || failed > 0 {

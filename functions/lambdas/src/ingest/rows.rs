@@ -2,6 +2,7 @@
 //! classification, materialization into the mirror (or staging), mapped telemetry values and
 //! the watermark. The chunks of a spill object take the same path ([`rows_into_lineage`]).
 
+use edge_cloud_core::backpressure::permanent_write_error;
 use edge_cloud_core::ingress::Admitted;
 use edge_cloud_core::intake::{epoch_time_ms, pk_key, BindingsOf, StagingReason};
 use edge_cloud_core::mirror::plan_upserts;
@@ -104,13 +105,26 @@ pub(super) async fn rows_into_lineage(
                 StoreError::Corrupt(format!("lineage {} routed without bindings", lineage.id))
             })?;
             if let Some(table) = &binds.mirror {
-                let plan = plan_upserts(
+                let mut plan = plan_upserts(
                     table,
                     b.rows
                         .iter()
                         .map(|r| (CommitPosition::new(b.journal_epoch, r.commit_seq), r)),
                 );
-                apply_upserts(tx, table, device.device_id, &plan).await?;
+                if let Some(error) = write_mirror(tx, table, device.device_id, &plan).await? {
+                    // A permanent error of the statement fails every row it carried
+                    // (reliability.md §4): staged as misfits with the error text, counted
+                    // toward the breaker, never a dead letter.
+                    plan.failures
+                        .extend(plan.applied_indexes.iter().map(|&index| {
+                            edge_cloud_core::mirror::RowFailure {
+                                index,
+                                error: error.clone(),
+                            }
+                        }));
+                    plan.epochs.clear();
+                    plan.superseded = 0;
+                }
                 materialized = count64(plan.len() + plan.superseded);
                 if !plan.failures.is_empty() {
                     let rows: Vec<StagedRow> = plan
@@ -136,6 +150,14 @@ pub(super) async fn rows_into_lineage(
                     )
                     .await?;
                 }
+            }
+            if which == BindingsOf::ApprovedHash {
+                // allow_additive_continue (reliability.md §4): the old columns materialized
+                // above; the full row images wait under the batch's own hash for its review,
+                // whose approval replays them into the new columns.
+                let rows: Vec<StagedRow> = b.rows.iter().map(|r| staged_row(b, r, None)).collect();
+                let (n, _) = stage_rows(tx, target(StagingReason::SchemaReview), &rows).await?;
+                staged += n;
             }
             if !binds.mapped.is_empty() {
                 // Row tables without a ts_column use the batch's UUIDv7 time: the device's
@@ -254,6 +276,34 @@ async fn stale_epoch_check(
         .await?;
     }
     Ok(())
+}
+
+/// Writes the plan inside a savepoint. `Some(error text)` when PostgreSQL refused the statement
+/// with a permanent error ([`permanent_write_error`]): the savepoint is rolled back and the
+/// batch's transaction goes on. Transient errors are returned (the batch is redelivered).
+async fn write_mirror(
+    tx: &Transaction<'_>,
+    table: &edge_cloud_core::mirror::MirrorTable,
+    device_id: Uuid,
+    plan: &edge_cloud_core::mirror::UpsertPlan,
+) -> Result<Option<String>, StoreError> {
+    if plan.is_empty() {
+        return Ok(None);
+    }
+    tx.batch_execute("SAVEPOINT edge_mirror_write").await?;
+    match apply_upserts(tx, table, device_id, plan).await {
+        Ok(_) => Ok(None),
+        Err(StoreError::Db(e)) if e.code().is_some_and(|c| permanent_write_error(c.code())) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT edge_mirror_write")
+                .await?;
+            let text = e.as_db_error().map_or_else(
+                || e.to_string(),
+                |d| format!("{}: {}", d.code().code(), d.message()),
+            );
+            Ok(Some(format!("mirror write refused: {text}")))
+        }
+        Err(other) => Err(other),
+    }
 }
 
 fn staged_row(

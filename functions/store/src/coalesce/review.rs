@@ -13,7 +13,10 @@ use serde::Serialize;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::approval::{binding_rows, bindings_json, columns_missing, create_mirror, plan};
+use crate::approval::{
+    binding_rows, bindings_json, claim_mirror, columns_missing, create_mirror, free_mirror_name,
+    plan,
+};
 use crate::coalesce::intake::adopt;
 use crate::error::OpError;
 use crate::lineage::emit_scope_event;
@@ -21,6 +24,7 @@ use crate::read::reviews::{one, RegistryReview, RegistryReviewView};
 use crate::review::{check, close_review, mark_approved, Approve};
 use crate::scope::Scope;
 use crate::StoreError;
+use edge_cloud_core::naming::{fit_identifier, MirrorOwner, OwnerRef};
 
 fn scope_of(r: &RegistryReviewView) -> Result<RegistryScope, OpError> {
     let kind = ScopeKind::parse(&r.scope)
@@ -134,7 +138,7 @@ pub struct RegistryApproval {
 
 /// in_review → approved: shared mirror DDL, the entry's binding rows, the coalesced mirror
 /// record, adoption of every waiting lineage of the scope, and the event — one transaction
-/// (ids come from the database: `new_id` is not used).
+/// (`new_id` supplies a new coalesced mirror's id).
 impl Approve for RegistryReview {
     type Outcome = RegistryApproval;
 
@@ -144,7 +148,7 @@ impl Approve for RegistryReview {
         r: RegistryReviewView,
         actor: &str,
         actions: &[ColumnAction],
-        _new_id: F,
+        mut new_id: F,
     ) -> Result<RegistryApproval, OpError> {
         let id = r.id;
         check_registry_actions(actions).map_err(|e| OpError::Invalid {
@@ -167,13 +171,52 @@ impl Approve for RegistryReview {
         let schema: SchemaColumns = serde_json::from_value(columns.get(0)).map_err(|e| {
             StoreError::Corrupt(format!("schema columns of {}: {e}", r.schema_hash))
         })?;
-        let shared = coalesced_mirror_name(rs, &r.source_table);
+        // The coalesced mirror keeps the name it was created with; a new one takes the first
+        // name no other lineage or coalesced mirror owns (reliability.md §3).
+        let existing = c
+            .query_opt(
+                "SELECT id, mirror_table_name FROM edge_coalesced_mirrors \
+                 WHERE project_id = $1 AND scope_kind = $2 AND scope_id = $3 \
+                     AND source_table = $4",
+                &[
+                    &scope.project_id,
+                    &rs.kind.as_str(),
+                    &rs.id,
+                    &r.source_table,
+                ],
+            )
+            .await?;
+        let (mirror_id, shared, created) = match existing {
+            Some(row) => (row.get::<_, Uuid>(0), row.get::<_, String>(1), false),
+            None => {
+                let mirror_id = new_id();
+                let claimant = MirrorOwner {
+                    owner: OwnerRef::Coalesced(mirror_id),
+                    org_id: scope.org_id,
+                    project_id: scope.project_id,
+                };
+                let base = coalesced_mirror_name(rs, &r.source_table);
+                let name = free_mirror_name(c, &claimant, |n| {
+                    if n <= 1 {
+                        base.clone()
+                    } else {
+                        fit_identifier(&format!(
+                            "{}_{n}",
+                            coalesced_mirror_name(rs, &r.source_table)
+                        ))
+                    }
+                })
+                .await?;
+                (mirror_id, name, true)
+            }
+        };
         let plan = plan(
             ApprovalTarget {
                 device_id: Uuid::nil(),
                 source_table: &r.source_table,
                 telemetry: false,
                 existing_mirror: Some(&shared),
+                default_mirror: None,
             },
             &schema,
             actions,
@@ -181,21 +224,14 @@ impl Approve for RegistryReview {
                 allow_auto_create_device_data_points: false,
             },
         )?;
-        create_mirror(c, &plan).await?;
         let bindings = bindings_json(&binding_rows(actions, &plan));
         let mirror_name = plan.mirror.as_ref().map(|t| t.name.clone());
-        c.execute(
-            "UPDATE edge_schema_registry SET status = 'approved', bindings = $2, \
-                 mirror_table_name = $3, activates = $4, updated_at = now() WHERE id = $1",
-            &[&r.registry_id, &bindings, &mirror_name, &plan.activates()],
-        )
-        .await?;
         let coalesced_mirror_id: Option<Uuid> = match &mirror_name {
-            Some(name) => Some(
+            Some(name) if created => Some(
                 c.query_one(
                     "INSERT INTO edge_coalesced_mirrors (id, org_id, project_id, scope_kind, \
                          scope_id, source_table, mirror_table_name) \
-                     VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6) \
+                     VALUES ($7, $1, $2, $3, $4, $5, $6) \
                      ON CONFLICT (project_id, scope_kind, scope_id, source_table) \
                          DO UPDATE SET updated_at = now() RETURNING id",
                     &[
@@ -205,13 +241,37 @@ impl Approve for RegistryReview {
                         &rs.id,
                         &r.source_table,
                         name,
+                        &mirror_id,
                     ],
                 )
                 .await?
                 .get(0),
             ),
+            Some(_) => {
+                c.execute(
+                    "UPDATE edge_coalesced_mirrors SET updated_at = now() WHERE id = $1",
+                    &[&mirror_id],
+                )
+                .await?;
+                Some(mirror_id)
+            }
             None => None,
         };
+        if let Some(id) = coalesced_mirror_id {
+            let claimant = MirrorOwner {
+                owner: OwnerRef::Coalesced(id),
+                org_id: scope.org_id,
+                project_id: scope.project_id,
+            };
+            claim_mirror(c, &plan, &claimant, false).await?;
+        }
+        create_mirror(c, &plan).await?;
+        c.execute(
+            "UPDATE edge_schema_registry SET status = 'approved', bindings = $2, \
+                 mirror_table_name = $3, activates = $4, updated_at = now() WHERE id = $1",
+            &[&r.registry_id, &bindings, &mirror_name, &plan.activates()],
+        )
+        .await?;
         let waiting: Vec<Uuid> = c
             .query(
                 "SELECT l.id FROM edge_table_lineages l \

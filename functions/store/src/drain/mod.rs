@@ -24,8 +24,9 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::lineage::{bindings, lineage_bindings, Bindings};
-use crate::mirror::{apply_upserts, insert_telemetry_values};
+use crate::mirror::{apply_guarded_upserts, insert_telemetry_values};
 use crate::StoreError;
+use edge_cloud_core::mirror::Guard;
 
 pub(crate) use self::plan::StagedKey;
 use self::plan::{plan_group, staged_change, GroupWrite, StagedRow};
@@ -138,7 +139,9 @@ async fn drain_group<C: GenericClient>(
 impl GroupWrite<'_> {
     pub async fn apply<C: GenericClient>(&self, c: &C, device_id: Uuid) -> Result<u64, StoreError> {
         match self {
-            GroupWrite::Upsert(table, plan) => apply_upserts(c, table, device_id, plan).await,
+            GroupWrite::Upsert(table, plan) => {
+                apply_guarded_upserts(c, table, device_id, plan, Guard::NewerOrSame).await
+            }
             GroupWrite::Telemetry(batch_id, values) => {
                 insert_telemetry_values(c, device_id, *batch_id, values).await
             }

@@ -161,11 +161,30 @@ pub(crate) fn parse_staged(text: &str) -> Result<Option<Row>, String> {
         }
     }
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    let value = staged_json::decode(&value);
+    let mut value = staged_json::decode(&value);
     if value.is_null() {
         return Ok(None);
     }
+    wide_integers_as_reals(&mut value);
     row_from_json(&value).map(Some).map_err(|e| e.to_string())
+}
+
+/// jsonb prints every number in plain decimal, so a staged REAL of 2^63 or more (below 2^64)
+/// reads back as an integer outside the i64 range. No SQLite INTEGER is ever there, so such a
+/// number is that REAL (reliability.md §6); every other number decodes as usual.
+fn wide_integers_as_reals(value: &mut serde_json::Value) {
+    let Some(map) = value.as_object_mut() else {
+        return;
+    };
+    for v in map.values_mut() {
+        if let serde_json::Value::Number(n) = v {
+            if n.is_u64() && n.as_i64().is_none() {
+                if let Some(f) = n.as_f64().and_then(serde_json::Number::from_f64) {
+                    *n = f;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -191,8 +210,6 @@ mod tests {
             r#"{"id": 1, "mode": "heat", "setpoint": 20.5}"#.to_owned(),
             r#"{"id": 1, "mode": null, "setpoint": null, "raw": null}"#.to_owned(),
             r#"{"id": -9223372036854775808, "max": 9223372036854775807}"#.to_owned(),
-            // u64 range: not an SQLite integer (an error, with the same message both ways).
-            r#"{"id": 9223372036854775808}"#.to_owned(),
             // jsonb prints whole reals without exponent; both ways read them the same.
             r#"{"r": 5.0, "big": 10000000000000000000000, "tiny": 0.000000000000000000001}"#
                 .to_owned(),
@@ -217,6 +234,13 @@ mod tests {
         for text in &cases {
             assert_eq!(parse_staged(text), reference(text), "{text}");
         }
+        // u64 range: never an SQLite integer, so the REAL jsonb printed in plain decimal.
+        assert_eq!(
+            parse_staged(r#"{"r": 9223372036854775808}"#)
+                .unwrap()
+                .unwrap()["r"],
+            edge_protocol::value::SqlValue::Real(9_223_372_036_854_775_808.0)
+        );
         let restored = parse_staged(&nul.to_string()).unwrap().unwrap();
         assert_eq!(
             restored.get("note"),

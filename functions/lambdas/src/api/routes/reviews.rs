@@ -95,7 +95,7 @@ pub async fn claim(
 #[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/schema-reviews/{review_id}/approve", tag = "reviews",
     params(("project_id" = Uuid, Path), ("review_id" = Uuid, Path)),
     request_body = ApproveBody,
-    responses((status = 200, body = inline(Envelope<query::ReviewView>)), (status = 409, description = "wrong state or stale action_version", body = ErrorBody)))]
+    responses((status = 200, body = inline(Envelope<query::ReviewView>)), (status = 409, description = "wrong state or stale action_version; or the mirror table: mirror_table_in_use (another lineage or coalesced mirror of the project owns it), mirror_table_not_owned (another project's or org's), mirror_primary_key_changed (the approved primary key differs from the mirror's), mirror_column_type_conflict", body = ErrorBody)))]
 pub async fn approve(
     State(api): State<Arc<Api>>,
     Id(r, _): Id<SchemaReview>,
