@@ -23,6 +23,8 @@
 //!   ([`capture::telemetry`])
 //! - [`state`] — state.db: epoch, instance id, cursors, schema hashes, snapshot flags, pauses,
 //!   handled controls, telemetry progress, counters, the one `meta` table
+//! - [`blocks`] — tables the device blocked itself (undecodable entry, row too large, upload
+//!   refused): reason + `commit_seq` + the entry's bytes, the operator's retry / skip (state.db)
 //! - [`reader`] — the read planner: read positions, catch-up, tables blocked by a spill (pure)
 //! - [`batcher`] — journal change groups → row batches under the payload/row limits (pure)
 //! - [`outbox`] — sans-IO publish state machine, pkid ↔ batch mapping across reconnects (pure);
@@ -36,6 +38,7 @@
 //! - [`status`] — the `status` and `check` commands (the source database read-only)
 
 pub mod batcher;
+pub mod blocks;
 pub mod capture;
 pub mod control;
 pub mod daemon;

@@ -151,6 +151,7 @@ impl StateDb {
         conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        crate::blocks::init(&conn)?;
         Ok(StateDb { conn })
     }
 
