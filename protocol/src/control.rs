@@ -26,6 +26,8 @@ pub enum ControlKind {
     PauseLineage,
     ResumeLineage,
     UrlGrant,
+    /// An operator's decision about a table the device blocked (reliability.md §2).
+    UnblockTable,
 }
 
 impl ControlKind {
@@ -34,6 +36,7 @@ impl ControlKind {
             ControlKind::PauseLineage => "pause_lineage",
             ControlKind::ResumeLineage => "resume_lineage",
             ControlKind::UrlGrant => "url_grant",
+            ControlKind::UnblockTable => "unblock_table",
         }
     }
 
@@ -42,6 +45,35 @@ impl ControlKind {
             "pause_lineage" => Some(ControlKind::PauseLineage),
             "resume_lineage" => Some(ControlKind::ResumeLineage),
             "url_grant" => Some(ControlKind::UrlGrant),
+            "unblock_table" => Some(ControlKind::UnblockTable),
+            _ => None,
+        }
+    }
+}
+
+/// `unblock_table.action`: what the operator decided about the blocking entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnblockAction {
+    /// Clear the block; the device tries the entry again.
+    Retry,
+    /// Drop exactly the entry `commit_seq`; the cloud keeps it as a dead letter
+    /// `skipped_by_operator`.
+    Skip,
+}
+
+impl UnblockAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UnblockAction::Retry => "retry",
+            UnblockAction::Skip => "skip",
+        }
+    }
+
+    pub fn from_wire(s: &str) -> Option<UnblockAction> {
+        match s {
+            "retry" => Some(UnblockAction::Retry),
+            "skip" => Some(UnblockAction::Skip),
             _ => None,
         }
     }
@@ -119,6 +151,12 @@ pub struct ControlEnvelope {
     pub batch_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment_kind: Option<SegmentKind>,
+    /// `unblock_table`: the operator's decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<UnblockAction>,
+    /// `unblock_table`: the blocking entry's `commit_seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_seq: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
 }
@@ -136,7 +174,26 @@ impl ControlEnvelope {
             presigned_url_expires_at: None,
             batch_id: None,
             segment_kind: None,
+            action: None,
+            commit_seq: None,
             signature: None,
+        }
+    }
+
+    /// `unblock_table` for `source_table`: `action` on the entry `commit_seq` (unsigned).
+    pub fn unblock_table(
+        control_id: Uuid,
+        source_table: impl Into<String>,
+        action: UnblockAction,
+        commit_seq: i64,
+        issued_at: impl Into<String>,
+    ) -> Self {
+        ControlEnvelope {
+            source_table: Some(source_table.into()),
+            action: Some(action),
+            commit_seq: Some(commit_seq),
+            issued_at: Some(issued_at.into()),
+            ..Self::bare(control_id, ControlKind::UnblockTable)
         }
     }
 
@@ -227,6 +284,8 @@ impl ControlEnvelope {
             "segment_kind",
             self.segment_kind.map(|k| Value::from(k.as_str())),
         );
+        opt("action", self.action.map(|a| Value::from(a.as_str())));
+        opt("commit_seq", self.commit_seq.map(Value::from));
         canonical_json(&Value::Object(map))
     }
 }
@@ -290,10 +349,23 @@ pub fn verify(envelope: &ControlEnvelope, key: &[u8]) -> Result<(), SignatureErr
 }
 
 /// Ack of a control on `sync/ingest/ack`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct IngestAck {
     pub format_version: u32,
     pub control_id: Uuid,
+    /// The ack of an `unblock_table` skip carries the dropped journal entry, which the cloud
+    /// records as a dead letter `skipped_by_operator` (reliability.md §2). Omitted otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_entry: Option<SkippedEntry>,
+}
+
+/// A journal entry an operator skipped, as the device held it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SkippedEntry {
+    pub source_table: String,
+    pub commit_seq: i64,
+    /// The entry's bytes as text (the journal row as a JSON object, or the row's line).
+    pub entry: String,
 }
 
 impl IngestAck {
@@ -301,7 +373,14 @@ impl IngestAck {
         IngestAck {
             format_version: FORMAT_VERSION,
             control_id,
+            skipped_entry: None,
         }
+    }
+
+    /// The ack of a skip, carrying the dropped entry.
+    pub fn with_skipped(mut self, entry: SkippedEntry) -> Self {
+        self.skipped_entry = Some(entry);
+        self
     }
 }
 
