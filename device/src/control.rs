@@ -9,7 +9,9 @@
 //!    applied, because controls may be reordered and an old pause must not undo a newer resume;
 //! 4. otherwise ack first, then execute.
 
-use edge_protocol::control::{verify, ControlEnvelope, ControlKind, SegmentKind, SignatureError};
+use edge_protocol::control::{
+    verify, ControlEnvelope, ControlKind, SegmentKind, SignatureError, UnblockAction,
+};
 use uuid::Uuid;
 
 /// What to do with a control.
@@ -42,6 +44,12 @@ pub enum ControlAction {
         segment_kind: SegmentKind,
         url: String,
         expires_at: Option<String>,
+    },
+    /// `unblock_table`: the operator's decision about a table the device blocked.
+    Unblock {
+        table: String,
+        action: UnblockAction,
+        commit_seq: i64,
     },
 }
 
@@ -123,6 +131,18 @@ pub fn decide(
             _ => {
                 return ControlDecision::AckOnly(
                     "url_grant without batch_id/segment_kind/presigned_url".into(),
+                )
+            }
+        },
+        ControlKind::UnblockTable => match (envelope.action, envelope.commit_seq) {
+            (Some(action), Some(commit_seq)) if !table.is_empty() => ControlAction::Unblock {
+                table,
+                action,
+                commit_seq,
+            },
+            _ => {
+                return ControlDecision::AckOnly(
+                    "unblock_table without source_table/action/commit_seq".into(),
                 )
             }
         },
@@ -211,6 +231,31 @@ mod tests {
         assert!(matches!(
             decide(&c, None, &older),
             ControlDecision::Execute(_)
+        ));
+    }
+
+    #[test]
+    fn unblock_table_executes_the_operators_decision() {
+        let c = ControlEnvelope::unblock_table(
+            edge_protocol::ids::new_uuid_v7(1_700_000_000_000, [3; 10]),
+            "t",
+            UnblockAction::Skip,
+            17,
+            "2026-01-01T00:00:00Z",
+        );
+        assert_eq!(
+            decide(&c, None, &ControlFacts::default()),
+            ControlDecision::Execute(ControlAction::Unblock {
+                table: "t".into(),
+                action: UnblockAction::Skip,
+                commit_seq: 17,
+            })
+        );
+        let mut incomplete = c;
+        incomplete.commit_seq = None;
+        assert!(matches!(
+            decide(&incomplete, None, &ControlFacts::default()),
+            ControlDecision::AckOnly(_)
         ));
     }
 }

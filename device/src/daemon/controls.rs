@@ -1,7 +1,7 @@
 //! Controls from the cloud (protocol §6): decided by `control`, acked first, then a pause, a
 //! resume or a spill's URL grant.
 
-use edge_protocol::control::IngestAck;
+use edge_protocol::control::{ControlKind, IngestAck};
 use edge_protocol::topic::TopicKind;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -54,8 +54,28 @@ impl Daemon {
             }
             ControlDecision::AckOnly(why) => {
                 info!(control_id = %id, reason = %why, "control acked, not executed");
-                self.ack_control(id, client)?;
+                if envelope.control_kind == ControlKind::UnblockTable {
+                    // A redelivered skip is acked with its entry again.
+                    self.ack_unblock(id, client)?;
+                } else {
+                    self.ack_control(id, client)?;
+                }
                 return Ok(());
+            }
+            ControlDecision::Execute(ControlAction::Unblock {
+                table,
+                action,
+                commit_seq,
+            }) => {
+                // Effect and handled id in one transaction, then the ack (reliability.md §1).
+                return self.on_unblock(
+                    id,
+                    envelope.issued_at.as_deref(),
+                    &table,
+                    action,
+                    commit_seq,
+                    client,
+                );
             }
             ControlDecision::Execute(action) => action,
         };
@@ -87,6 +107,8 @@ impl Daemon {
                 expires_at,
                 segment_kind,
             } => self.on_grant(table, *batch_id, *segment_kind, url, expires_at.as_deref())?,
+            // Handled above, before the ack.
+            ControlAction::Unblock { .. } => {}
         }
         self.state
             .mark_control_handled(&id.to_string(), unix_ms())?;
