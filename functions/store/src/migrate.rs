@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dead_letters",
         sql: include_str!("../migrations/0007_dead_letters.sql"),
     },
+    Migration {
+        version: 8,
+        name: "device_blocks",
+        sql: include_str!("../migrations/0008_device_blocks.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration advisory lock.
