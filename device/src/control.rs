@@ -13,7 +13,7 @@
 //!    (`daemon::controls`).
 
 use edge_protocol::control::{
-    verify, ControlEnvelope, ControlKind, SegmentKind, SignatureError, UploadOutcome,
+    verify, ControlEnvelope, ControlKind, SegmentKind, SignatureError, UnblockAction, UploadOutcome,
 };
 use uuid::Uuid;
 
@@ -58,6 +58,12 @@ pub enum ControlAction {
     /// Apply and persist a grant (edge-policies §0).
     SetWireOptions {
         options: edge_protocol::wire::WireOptions,
+    },
+    /// `unblock_table`: the operator's decision about a table the device blocked.
+    Unblock {
+        table: String,
+        action: UnblockAction,
+        commit_seq: i64,
     },
 }
 
@@ -162,6 +168,18 @@ pub fn decide(
             },
             _ => return ControlDecision::AckOnly("upload_result without batch_id/outcome".into()),
         },
+        ControlKind::UnblockTable => match (envelope.action, envelope.commit_seq) {
+            (Some(action), Some(commit_seq)) if !table.is_empty() => ControlAction::Unblock {
+                table,
+                action,
+                commit_seq,
+            },
+            _ => {
+                return ControlDecision::AckOnly(
+                    "unblock_table without source_table/action/commit_seq".into(),
+                )
+            }
+        },
     };
     ControlDecision::Execute(action)
 }
@@ -247,6 +265,31 @@ mod tests {
         assert!(matches!(
             decide(&c, None, &older),
             ControlDecision::Execute(_)
+        ));
+    }
+
+    #[test]
+    fn unblock_table_executes_the_operators_decision() {
+        let c = ControlEnvelope::unblock_table(
+            edge_protocol::ids::new_uuid_v7(1_700_000_000_000, [3; 10]),
+            "t",
+            UnblockAction::Skip,
+            17,
+            "2026-01-01T00:00:00Z",
+        );
+        assert_eq!(
+            decide(&c, None, &ControlFacts::default()),
+            ControlDecision::Execute(ControlAction::Unblock {
+                table: "t".into(),
+                action: UnblockAction::Skip,
+                commit_seq: 17,
+            })
+        );
+        let mut incomplete = c;
+        incomplete.commit_seq = None;
+        assert!(matches!(
+            decide(&incomplete, None, &ControlFacts::default()),
+            ControlDecision::AckOnly(_)
         ));
     }
 }

@@ -1,4 +1,5 @@
-//! `edge-agent status` and `edge-agent check` (agent.md §6): what the agent has done so far, and
+//! `edge-agent status` and `edge-agent check` (agent.md §6): what the agent has done so far
+//! (including the tables it blocked itself, [`blocks`]: reason and the entry's `commit_seq`), and
 //! whether a config can run. Neither touches the source database: it is opened read-only (no
 //! triggers installed), and journal sizes come from the same query the daemon's retention uses
 //! ([`journal_stats`]). `status` opens `state.db` as the daemon does (bringing an older file's
@@ -13,6 +14,7 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use thiserror::Error;
 
+use crate::blocks;
 use crate::capture::journal::journal_stats;
 use crate::capture::schema::{enrol, list_user_tables, Enrolment};
 use crate::mqtt::{self, MqttError};
@@ -227,6 +229,10 @@ pub fn status(config: &Path, json: bool) -> Result<(), StatusError> {
     crate::control_store::init(&state)?;
     let device_unknown = crate::control_store::device_unknown(&state)?
         .map(|(reason, at)| serde_json::json!({"reason": reason, "issued_at": at}));
+    let blocked: BTreeMap<String, blocks::Block> = blocks::list(&state)?
+        .into_iter()
+        .map(|b| (b.table.clone(), b))
+        .collect();
     let mut tables = Vec::new();
     for t in state.tables()? {
         let (depth, bytes) = journal.get(&t.table_name).copied().unwrap_or((0, 0));
@@ -258,8 +264,10 @@ pub fn status(config: &Path, json: bool) -> Result<(), StatusError> {
             "paused": t.paused,
             "pause_watermark": t.pause_watermark,
             "needs_snapshot": t.needs_snapshot,
+            "blocked": blocked.get(&t.table_name).map(block_json),
         }));
     }
+    let blocked_list: Vec<_> = blocked.values().map(block_json).collect();
     let counters: Vec<_> = state
         .counters()?
         .into_iter()
@@ -272,6 +280,7 @@ pub fn status(config: &Path, json: bool) -> Result<(), StatusError> {
         "last_ack_at": last_ack,
         "device_unknown": device_unknown,
         "tables": tables,
+        "blocked_tables": blocked_list,
         "counters": counters,
     });
     if json {
@@ -280,6 +289,17 @@ pub fn status(config: &Path, json: bool) -> Result<(), StatusError> {
     }
     print_text(&settings, &doc, outbox.len());
     Ok(())
+}
+
+/// A block as `status --json` shows it (`blocked` of a table, and `blocked_tables`).
+fn block_json(b: &blocks::Block) -> serde_json::Value {
+    serde_json::json!({
+        "table": b.table,
+        "reason": b.reason,
+        "commit_seq": b.commit_seq,
+        "detail": b.detail,
+        "blocked_at_ms": b.blocked_at_ms,
+    })
 }
 
 /// The human-readable `status`.
@@ -328,5 +348,18 @@ fn print_text(settings: &Settings, doc: &serde_json::Value, unacked: usize) {
         if let Some(reason) = t["reason"].as_str() {
             println!("    not enrolled: {reason}");
         }
+    }
+    for b in doc["blocked_tables"].as_array().into_iter().flatten() {
+        println!(
+            "BLOCKED {} at commit_seq {}: {}{} (edgectl lineages unblock ID --retry | --skip {})",
+            b["table"].as_str().unwrap_or(""),
+            b["commit_seq"],
+            b["reason"].as_str().unwrap_or(""),
+            b["detail"]
+                .as_str()
+                .map(|d| format!(" — {d}"))
+                .unwrap_or_default(),
+            b["commit_seq"],
+        );
     }
 }

@@ -30,6 +30,8 @@ pub enum ControlKind {
     UploadResult,
     /// What the cloud grants after a `hello` (edge-policies §0); staleness family `wire`.
     SetWireOptions,
+    /// An operator's decision about a table the device blocked (reliability.md §2).
+    UnblockTable,
 }
 
 impl ControlKind {
@@ -40,6 +42,7 @@ impl ControlKind {
             ControlKind::UrlGrant => "url_grant",
             ControlKind::UploadResult => "upload_result",
             ControlKind::SetWireOptions => "set_wire_options",
+            ControlKind::UnblockTable => "unblock_table",
         }
     }
 
@@ -50,6 +53,35 @@ impl ControlKind {
             "url_grant" => Some(ControlKind::UrlGrant),
             "upload_result" => Some(ControlKind::UploadResult),
             "set_wire_options" => Some(ControlKind::SetWireOptions),
+            "unblock_table" => Some(ControlKind::UnblockTable),
+            _ => None,
+        }
+    }
+}
+
+/// `unblock_table.action`: what the operator decided about the blocking entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnblockAction {
+    /// Clear the block; the device tries the entry again.
+    Retry,
+    /// Drop exactly the entry `commit_seq`; the cloud keeps it as a dead letter
+    /// `skipped_by_operator`.
+    Skip,
+}
+
+impl UnblockAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UnblockAction::Retry => "retry",
+            UnblockAction::Skip => "skip",
+        }
+    }
+
+    pub fn from_wire(s: &str) -> Option<UnblockAction> {
+        match s {
+            "retry" => Some(UnblockAction::Retry),
+            "skip" => Some(UnblockAction::Skip),
             _ => None,
         }
     }
@@ -113,6 +145,7 @@ impl ControlKind {
             ControlKind::PauseLineage | ControlKind::ResumeLineage => Some(ControlFamily::Lineage),
             ControlKind::UrlGrant | ControlKind::UploadResult => Some(ControlFamily::Upload),
             ControlKind::SetWireOptions => Some(ControlFamily::Wire),
+            ControlKind::UnblockTable => Some(ControlFamily::Block),
         }
     }
 }
@@ -265,6 +298,12 @@ pub struct ControlEnvelope {
     pub features: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_decompressed_bytes: Option<i64>,
+    /// `unblock_table`: the operator's decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<UnblockAction>,
+    /// `unblock_table`: the blocking entry's `commit_seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_seq: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
 }
@@ -288,6 +327,8 @@ impl ControlEnvelope {
             content_encodings: None,
             features: None,
             max_decompressed_bytes: None,
+            action: None,
+            commit_seq: None,
             signature: None,
         }
     }
@@ -314,6 +355,23 @@ impl ControlEnvelope {
             content_encodings: self.content_encodings.clone().unwrap_or_default(),
             features: self.features.clone().unwrap_or_default(),
             max_decompressed_bytes: self.max_decompressed_bytes,
+        }
+    }
+
+    /// `unblock_table` for `source_table`: `action` on the entry `commit_seq` (unsigned).
+    pub fn unblock_table(
+        control_id: Uuid,
+        source_table: impl Into<String>,
+        action: UnblockAction,
+        commit_seq: i64,
+        issued_at: impl Into<String>,
+    ) -> Self {
+        ControlEnvelope {
+            source_table: Some(source_table.into()),
+            action: Some(action),
+            commit_seq: Some(commit_seq),
+            issued_at: Some(issued_at.into()),
+            ..Self::bare(control_id, ControlKind::UnblockTable)
         }
     }
 
@@ -445,6 +503,8 @@ impl ControlEnvelope {
             "max_decompressed_bytes",
             self.max_decompressed_bytes.map(Value::from),
         );
+        opt("action", self.action.map(|a| Value::from(a.as_str())));
+        opt("commit_seq", self.commit_seq.map(Value::from));
         canonical_json(&Value::Object(map))
     }
 }
@@ -508,13 +568,26 @@ pub fn verify(envelope: &ControlEnvelope, key: &[u8]) -> Result<(), SignatureErr
 }
 
 /// Ack of a control on `sync/ingest/ack`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct IngestAck {
     pub format_version: u32,
     pub control_id: Uuid,
     /// `applied` | `rejected` (edge-policies §0); absent = applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<AckResult>,
+    /// The ack of an `unblock_table` skip carries the dropped journal entry, which the cloud
+    /// records as a dead letter `skipped_by_operator` (reliability.md §2). Omitted otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_entry: Option<SkippedEntry>,
+}
+
+/// A journal entry an operator skipped, as the device held it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SkippedEntry {
+    pub source_table: String,
+    pub commit_seq: i64,
+    /// The entry's bytes as text (the journal row as a JSON object, or the row's line).
+    pub entry: String,
 }
 
 impl IngestAck {
@@ -523,7 +596,14 @@ impl IngestAck {
             format_version: FORMAT_VERSION,
             control_id,
             result: None,
+            skipped_entry: None,
         }
+    }
+
+    /// The ack of a skip, carrying the dropped entry.
+    pub fn with_skipped(mut self, entry: SkippedEntry) -> Self {
+        self.skipped_entry = Some(entry);
+        self
     }
 
     /// An ack saying what was done with a control of the negotiated kinds.

@@ -18,6 +18,14 @@ pub struct SchemaObservation {
     pub observed_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_columns: Option<SchemaColumns>,
+    /// Set while the device has blocked the table itself (reliability.md §2 "Blocked tables"):
+    /// `undecodable_journal_entry`, `spill_row_too_large`, `upload_failed:<code>`, …; omitted
+    /// when the table is not blocked (an observation without it clears a block in the cloud).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_reason: Option<String>,
+    /// The blocking journal entry's `commit_seq` (with `blocked_reason`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_commit_seq: Option<i64>,
 }
 
 impl SchemaObservation {
@@ -29,6 +37,15 @@ impl SchemaObservation {
             schema_hash: schema_columns.schema_hash(),
             observed_at: observed_at.into(),
             schema_columns: Some(schema_columns),
+            blocked_reason: None,
+            blocked_commit_seq: None,
         }
+    }
+
+    /// The same observation reporting the table blocked by the device at `commit_seq`.
+    pub fn blocked(mut self, reason: impl Into<String>, commit_seq: i64) -> Self {
+        self.blocked_reason = Some(reason.into());
+        self.blocked_commit_seq = Some(commit_seq);
+        self
     }
 }

@@ -86,8 +86,28 @@ impl Daemon {
             }
             ControlDecision::AckOnly(why) => {
                 info!(control_id = %id, reason = %why, "control acked, not executed");
-                self.ack_control(id, client)?;
+                if envelope.control_kind == ControlKind::UnblockTable {
+                    // A redelivered skip is acked with its entry again.
+                    self.ack_unblock(id, client)?;
+                } else {
+                    self.ack_control(id, client)?;
+                }
                 return Ok(());
+            }
+            ControlDecision::Execute(ControlAction::Unblock {
+                table,
+                action,
+                commit_seq,
+            }) => {
+                // Effect and handled id in one transaction, then the ack (reliability.md §1).
+                return self.on_unblock(
+                    id,
+                    envelope.issued_at.as_deref(),
+                    &table,
+                    action,
+                    commit_seq,
+                    client,
+                );
             }
             ControlDecision::Execute(action) => action,
         };
@@ -126,6 +146,8 @@ impl Daemon {
             // The spill's phase lives in memory (a restart asks for a new URL, and a finalized
             // batch's `url_request` is answered with its `upload_result` again).
             ControlAction::UrlGrant { .. } | ControlAction::UploadResult { .. } => {}
+            // `on_unblock` saves it with the handled id in its own transaction.
+            ControlAction::Unblock { .. } => {}
             ControlAction::SetWireOptions { options } => {
                 crate::wire_options::store(&self.state, options)?
             }
@@ -161,6 +183,8 @@ impl Daemon {
                 batch_id,
                 failure,
             } => self.on_upload_result(table, *batch_id, failure.as_ref())?,
+            // Handled in `on_unblock`, before the ack.
+            ControlAction::Unblock { .. } => {}
             ControlAction::SetWireOptions { options } => {
                 info!(features = ?options.features, "set_wire_options applied");
             }

@@ -1,5 +1,6 @@
 //! The drain, the hot path: journal read → batches fixed into the outbox → handed to the
-//! client within `max_inflight` and the token bucket.
+//! client within `max_inflight` and the token bucket. Tables behind a spill or blocked by the
+//! device ([`crate::blocks`], see `daemon/blocked.rs`) are not read.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use uuid::Uuid;
 
 use super::{now_rfc3339, Daemon, DaemonError};
 use crate::batcher::build_batches;
-use crate::capture::journal::PendingRead;
+use crate::capture::journal::{PendingRead, Undecodable};
 use crate::capture::CaptureError;
 use crate::mqtt::Publisher;
 use crate::outbox::{BatchKind, Tracked};
@@ -44,7 +45,7 @@ impl Daemon {
     /// Reads the journal (and telemetry tables) into new fixed batches.
     fn flush_once(&mut self, client: &Publisher) -> Result<(), DaemonError> {
         let max_payload = self.settings.replication.max_payload_bytes;
-        let blocked = self.spill_tables();
+        let blocked = self.held_tables()?;
         let mut reads = Vec::new();
         for table in self.reader.catch_up_tables(&blocked) {
             let acked = self.state.last_acked(&table)?;
@@ -61,13 +62,24 @@ impl Daemon {
             .read_pending(&self.state, &self.reader.global_read(&blocked))?;
         self.reader.global_done(&read);
         reads.push(read);
+        // An entry the reader cannot decode blocks only its table (reliability.md §6): the
+        // entries of the table before it are fixed as usual, nothing after it is read until an
+        // operator retries or skips it, and every other table reads on.
+        let undecodable: Vec<Undecodable> = reads
+            .iter_mut()
+            .flat_map(|r| std::mem::take(&mut r.undecodable))
+            .collect();
         // One state.db transaction for everything fixed by this flush (one fsync, not one per
         // batch); rolled back as a whole on error so nothing half-fixed is left behind.
         let mut new = Vec::new();
         let mut new_spills = Vec::new();
-        self.in_state_transaction(|d| {
-            d.fix_all(client, reads, max_payload, &mut new, &mut new_spills)
+        let newly_blocked = self.in_state_transaction(|d| {
+            d.fix_all(client, reads, max_payload, &mut new, &mut new_spills)?;
+            d.block_undecodable(&undecodable)
         })?;
+        for table in newly_blocked {
+            self.announce_block(&table, client)?;
+        }
         for t in new {
             debug!(table = %t.table, batch_id = %t.batch_id, bytes = t.bytes, "batch fixed");
             self.outbox.add(t);
@@ -86,7 +98,7 @@ impl Daemon {
         new: &mut Vec<Tracked>,
         new_spills: &mut Vec<Spill>,
     ) -> Result<(), DaemonError> {
-        let mut blocked = self.spill_tables();
+        let mut blocked = self.held_tables()?;
         for read in reads {
             for mut group in read.groups {
                 if blocked.contains(&group.table) {

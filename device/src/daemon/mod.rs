@@ -29,8 +29,10 @@
 //!
 //! Rooms: this file holds the loop, start-up and the MQTT event handlers; `drain` the hot path
 //! (journal read → batches fixed into the outbox → handed to the client), `controls` the
-//! control handlers, `uploads` the spill uploads.
+//! control handlers, `uploads` the spill uploads, `blocked` the tables the device blocked
+//! itself (an undecodable entry: only that table stops; `unblock_table`).
 
+mod blocked;
 mod controls;
 mod drain;
 mod uploads;
@@ -405,6 +407,7 @@ impl Daemon {
             MqttEvent::Connected { session_present } => {
                 self.outbox.on_connack(session_present);
                 self.send_hello(client)?;
+                self.announce_blocks(client)?;
                 if !session_present {
                     let now = Instant::now();
                     for s in self.spills.values_mut() {

@@ -27,6 +27,8 @@
 //! - [`dead_letters`] — messages no handler could take, kept for the operator
 //! - [`presence`] — live runners and the identity of their spill directories (one object store
 //!   per database)
+//! - [`device_block`] — a table the device blocked itself, on its lineage; the operator's
+//!   `unblock_table` control; a skipped entry's `skipped_by_operator` dead letter
 //! - [`review`] — review transitions of both kinds (claim, reject, approve); per-device approval
 //! - [`approval`] — the steps of applying an approval plan, shared by both kinds of review
 //! - [`coalesce`] — registry coalescing: intake and adoption, registry reviews, consolidation
@@ -41,6 +43,7 @@ pub mod backpressure;
 pub mod coalesce;
 pub mod controls;
 pub mod dead_letters;
+pub mod device_block;
 pub mod drain;
 pub mod error;
 pub mod forwarding;

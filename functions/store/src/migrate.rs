@@ -69,6 +69,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "mirror_owners",
         sql: include_str!("../migrations/0010_mirror_owners.sql"),
     },
+    Migration {
+        version: 11,
+        name: "device_blocks",
+        sql: include_str!("../migrations/0011_device_blocks.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration advisory lock.

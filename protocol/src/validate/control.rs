@@ -8,7 +8,7 @@ use super::rejection::{malformed, Rejection};
 use super::schema::check_schema_hash;
 use crate::control::{
     AckResult, ControlEnvelope, ControlKind, DeviceUnknown, IngestAck, IngestRequest, RequestKind,
-    SegmentKind, UploadOutcome, DEVICE_UNKNOWN,
+    SegmentKind, SkippedEntry, UnblockAction, UploadOutcome, DEVICE_UNKNOWN,
 };
 use crate::ids::{parse_uuid_hyphenated, parse_uuid_v7};
 use crate::timestamp;
@@ -29,10 +29,40 @@ pub fn decode_ingest_ack(bytes: &[u8]) -> Result<IngestAck, Rejection> {
         Some(Value::String(s)) if s == "rejected" => Some(AckResult::Rejected),
         Some(_) => return Err(malformed("result is not applied or rejected")),
     };
+    let skipped_entry = match map.get("skipped_entry") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(skipped_entry(v)?),
+    };
     Ok(IngestAck {
         format_version,
         control_id,
         result,
+        skipped_entry,
+    })
+}
+
+fn skipped_entry(v: &Value) -> Result<SkippedEntry, Rejection> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| malformed("skipped_entry is not an object"))?;
+    let source_table = obj
+        .get("source_table")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty() && !t.contains('\0'))
+        .ok_or_else(|| malformed("skipped_entry.source_table is missing or not a table name"))?;
+    let commit_seq = obj
+        .get("commit_seq")
+        .and_then(Value::as_i64)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| malformed("skipped_entry.commit_seq is not a positive integer"))?;
+    let entry = obj
+        .get("entry")
+        .and_then(Value::as_str)
+        .ok_or_else(|| malformed("skipped_entry.entry is missing or not a string"))?;
+    Ok(SkippedEntry {
+        source_table: source_table.to_owned(),
+        commit_seq,
+        entry: entry.to_owned(),
     })
 }
 
@@ -161,6 +191,21 @@ pub fn decode_control_envelope(bytes: &[u8]) -> Result<ControlEnvelope, Rejectio
         Some(Value::Bool(b)) => Some(*b),
         Some(_) => return Err(malformed("retryable is not a boolean")),
     };
+    let action = match map.get("action") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_str()
+                .and_then(UnblockAction::from_wire)
+                .ok_or_else(|| malformed("action is not retry or skip"))?,
+        ),
+    };
+    let commit_seq = match map.get("commit_seq") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_i64()
+                .ok_or_else(|| malformed("commit_seq is not an integer"))?,
+        ),
+    };
     let signature = opt_string("signature")?;
     let opt_list = |key: &str| -> Result<Option<Vec<String>>, Rejection> {
         match map.get(key) {
@@ -200,6 +245,17 @@ pub fn decode_control_envelope(bytes: &[u8]) -> Result<ControlEnvelope, Rejectio
         ControlKind::SetWireOptions => {
             if features.is_none() {
                 return Err(missing("features"));
+            }
+        }
+        ControlKind::UnblockTable => {
+            if source_table.as_deref().is_none_or(str::is_empty) {
+                return Err(missing("source_table"));
+            }
+            if action.is_none() {
+                return Err(missing("action"));
+            }
+            if commit_seq.is_none() {
+                return Err(missing("commit_seq"));
             }
         }
         ControlKind::UrlGrant => {
@@ -243,6 +299,8 @@ pub fn decode_control_envelope(bytes: &[u8]) -> Result<ControlEnvelope, Rejectio
         content_encodings,
         features,
         max_decompressed_bytes,
+        action,
+        commit_seq,
         signature,
     })
 }
@@ -311,5 +369,82 @@ mod hello_tests {
         assert_eq!(request_kind_of(&bytes).as_deref(), Some("hello"));
         // What a cloud without negotiation does with it: a named rejection, nothing granted.
         assert!(decode_ingest_request(&bytes).is_err());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::control::{sign_in_place, verify};
+    use crate::ids::new_uuid_v7;
+
+    #[test]
+    fn an_unblock_table_control_round_trips_and_is_signed_over_its_decision() {
+        let mut env = ControlEnvelope::unblock_table(
+            new_uuid_v7(1_777_366_800_000, [4; 10]),
+            "readings",
+            UnblockAction::Skip,
+            42,
+            "2026-04-28T09:00:00Z",
+        );
+        sign_in_place(&mut env, b"k");
+        let bytes = serde_json::to_vec(&env).unwrap();
+        let back = decode_control_envelope(&bytes).unwrap();
+        assert_eq!(back, env);
+        assert_eq!(verify(&back, b"k"), Ok(()));
+        let mut tampered = back.clone();
+        tampered.commit_seq = Some(43);
+        assert!(verify(&tampered, b"k").is_err(), "commit_seq is signed");
+        tampered = back;
+        tampered.action = Some(UnblockAction::Retry);
+        assert!(verify(&tampered, b"k").is_err(), "action is signed");
+    }
+
+    #[test]
+    fn an_unblock_table_control_needs_its_table_action_and_entry() {
+        let id = new_uuid_v7(1, [1; 10]);
+        for (body, needs) in [
+            (
+                serde_json::json!({"control_id": id, "control_kind": "unblock_table", "action": "retry", "commit_seq": 1}),
+                "source_table",
+            ),
+            (
+                serde_json::json!({"control_id": id, "control_kind": "unblock_table", "source_table": "t", "commit_seq": 1}),
+                "action",
+            ),
+            (
+                serde_json::json!({"control_id": id, "control_kind": "unblock_table", "source_table": "t", "action": "skip"}),
+                "commit_seq",
+            ),
+        ] {
+            let err = decode_control_envelope(body.to_string().as_bytes()).unwrap_err();
+            assert!(err.message.contains(needs), "{}", err.message);
+        }
+        let bad = serde_json::json!({"control_id": id, "control_kind": "unblock_table",
+            "source_table": "t", "action": "drop", "commit_seq": 1});
+        assert!(decode_control_envelope(bad.to_string().as_bytes()).is_err());
+    }
+
+    #[test]
+    fn an_ack_may_carry_the_skipped_entry() {
+        let id = new_uuid_v7(1, [1; 10]);
+        let plain = IngestAck::new(id);
+        let text = serde_json::to_string(&plain).unwrap();
+        assert!(
+            !text.contains("skipped_entry"),
+            "omitted when absent: {text}"
+        );
+        assert_eq!(decode_ingest_ack(text.as_bytes()).unwrap(), plain);
+        let skip = plain.with_skipped(SkippedEntry {
+            source_table: "t".into(),
+            commit_seq: 7,
+            entry: "{\"row\":\"[1,\"}".into(),
+        });
+        let bytes = serde_json::to_vec(&skip).unwrap();
+        assert_eq!(decode_ingest_ack(&bytes).unwrap(), skip);
+        let bad = serde_json::json!({"format_version": 1, "control_id": id,
+            "skipped_entry": {"source_table": "t", "commit_seq": 0, "entry": ""}});
+        assert!(decode_ingest_ack(bad.to_string().as_bytes()).is_err());
     }
 }

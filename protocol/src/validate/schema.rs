@@ -9,6 +9,9 @@ use crate::fingerprint::{is_schema_hash, Affinity, ColumnFingerprint, SchemaColu
 use crate::schema::SchemaObservation;
 use crate::timestamp;
 
+/// Longest `blocked_reason` accepted (a reason code, `upload_failed:<code>` at most).
+pub const MAX_BLOCKED_REASON_BYTES: usize = 256;
+
 pub(super) fn check_schema_hash(map: &Map<String, Value>) -> Result<String, Rejection> {
     match map.get("schema_hash").and_then(Value::as_str) {
         Some(s) if is_schema_hash(s) => Ok(s.to_owned()),
@@ -104,11 +107,82 @@ pub fn decode_schema_observation(bytes: &[u8]) -> Result<SchemaObservation, Reje
     let schema_columns = schema_columns(&map, &source_table, &schema_hash)?;
     let observed_at = req_string(&map, "observed_at")?;
     timestamp::parse(&observed_at).map_err(|e| malformed(format!("observed_at: {e}")))?;
+    let blocked_reason = match map.get("blocked_reason") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_BLOCKED_REASON_BYTES => {
+            Some(s.clone())
+        }
+        Some(_) => {
+            return Err(malformed(format!(
+                "blocked_reason is not a string of 1 to {MAX_BLOCKED_REASON_BYTES} bytes"
+            )))
+        }
+    };
+    let blocked_commit_seq = match map.get("blocked_commit_seq") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_i64()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| malformed("blocked_commit_seq is not a positive integer"))?,
+        ),
+    };
+    if blocked_reason.is_some() != blocked_commit_seq.is_some() {
+        return Err(malformed(
+            "blocked_reason and blocked_commit_seq come together or not at all",
+        ));
+    }
     Ok(SchemaObservation {
         format_version,
         source_table,
         schema_hash,
         observed_at,
         schema_columns,
+        blocked_reason,
+        blocked_commit_seq,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::fingerprint::{Affinity, ColumnFingerprint};
+
+    fn observation() -> SchemaObservation {
+        SchemaObservation::new(
+            SchemaColumns::new(
+                "t",
+                vec![ColumnFingerprint {
+                    name: "id".into(),
+                    decl_type_affinity: Affinity::Integer,
+                    pk_ordinal: 1,
+                    not_null: true,
+                }],
+            ),
+            "2026-04-28T09:00:00Z",
+        )
+    }
+
+    #[test]
+    fn an_observation_carries_the_devices_block_or_omits_it() {
+        let plain = observation();
+        let text = serde_json::to_string(&plain).unwrap();
+        assert!(!text.contains("blocked"), "{text}");
+        assert_eq!(decode_schema_observation(text.as_bytes()).unwrap(), plain);
+        let blocked = observation().blocked("undecodable_journal_entry", 12);
+        let bytes = serde_json::to_vec(&blocked).unwrap();
+        let back = decode_schema_observation(&bytes).unwrap();
+        assert_eq!(
+            back.blocked_reason.as_deref(),
+            Some("undecodable_journal_entry")
+        );
+        assert_eq!(back.blocked_commit_seq, Some(12));
+        // Half a block, or a non-positive entry, is malformed.
+        let mut half: Value = serde_json::to_value(&blocked).unwrap();
+        half.as_object_mut().unwrap().remove("blocked_commit_seq");
+        assert!(decode_schema_observation(half.to_string().as_bytes()).is_err());
+        let mut zero: Value = serde_json::to_value(&blocked).unwrap();
+        zero["blocked_commit_seq"] = 0.into();
+        assert!(decode_schema_observation(zero.to_string().as_bytes()).is_err());
+    }
 }

@@ -1,7 +1,7 @@
 //! Shared set-up of the cross-component tests: the whole local stack in one test — a fresh
 //! PostgreSQL database, a mosquitto broker with mTLS + ACL, the runner (`edge-cloud run`'s
 //! library entry point) as `edge-service`, and the real agent on a real SQLite file.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 mod uploads;
 pub use uploads::SPILL_SECRET;

@@ -30,6 +30,7 @@ use super::codec::to_sql;
 use super::ident::quote_ident;
 use super::triggers::{row_image_expr, OP_INSERT, OP_UPDATE};
 use super::{Capture, CaptureError, RowsEntry, StoredSchema};
+use crate::blocks;
 use crate::state::{counter, StateDb};
 
 /// Rows deleted per transaction when acknowledging: small enough that one transaction holds the
@@ -116,6 +117,56 @@ pub struct PendingRead {
     pub refreshed: usize,
     /// Entries whose row no longer exists (nothing to send for them).
     pub superseded: usize,
+    /// Entries that cannot be decoded (at most one per table: nothing of that table after it
+    /// is in this read). The caller blocks the table ([`crate::blocks`]).
+    pub undecodable: Vec<Undecodable>,
+}
+
+/// A journal entry the reader cannot decode: it blocks only its table (reliability.md §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undecodable {
+    pub table: String,
+    pub commit_seq: i64,
+    /// Why (the decoder's message).
+    pub error: String,
+    /// The journal row as stored, as a JSON object (`commit_seq`, `schema_id`, `op`, `pk`,
+    /// `row`, `source_table`): the bytes an operator's skip sends to the cloud's dead letter.
+    pub entry: Vec<u8>,
+}
+
+/// True for errors of one entry's data (it cannot be decoded or encoded), as opposed to the
+/// database or the state store failing.
+fn is_data_error(e: &CaptureError) -> bool {
+    matches!(
+        e,
+        CaptureError::Codec { .. } | CaptureError::BadEntry { .. }
+    )
+}
+
+/// A journal row as stored, as a JSON object (see [`Undecodable::entry`]).
+fn entry_json(raw: &RawEntry, table: &str) -> Vec<u8> {
+    serde_json::json!({
+        "commit_seq": raw.commit_seq,
+        "schema_id": raw.schema_id,
+        "op": raw.op,
+        "pk": raw.pk,
+        "row": raw.row,
+        "source_table": table,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// What one journal entry produces.
+enum Produced {
+    /// A change under the schema it was captured with, or (`Some`) under the current one.
+    Change(PendingChange, Option<(String, SchemaColumns)>),
+    /// Re-read from the live row under the current schema.
+    Refreshed(PendingChange, (String, SchemaColumns)),
+    /// The row no longer exists (a later delete covers it).
+    Gone,
+    /// The table is no longer captured.
+    Nothing,
 }
 
 /// Journal size of one table.
@@ -144,6 +195,12 @@ impl Capture {
             .flat_map(|t| self.schema_ids_of(t))
             .collect();
         let raws = self.raw_entries(opts.after_seq, opts.max_entries, &skip_ids)?;
+        let skipped = match state.journal_epoch()? {
+            Some(epoch) => blocks::skipped(state, &epoch.to_string())?,
+            None => BTreeMap::new(),
+        };
+        // Tables stopped at an undecodable entry in this read.
+        let mut stopped: BTreeSet<String> = BTreeSet::new();
         let mut out = PendingRead {
             last_seq: opts.after_seq,
             ..PendingRead::default()
@@ -173,7 +230,9 @@ impl Capture {
             if opts.skip_tables.contains(&schema.table) {
                 continue;
             }
-            if raw.commit_seq <= acked.get(&schema.table).copied().unwrap_or(0) {
+            if raw.commit_seq <= acked.get(&schema.table).copied().unwrap_or(0)
+                || stopped.contains(&schema.table)
+            {
                 continue;
             }
             match out.covered.get_mut(&schema.table) {
@@ -182,43 +241,41 @@ impl Capture {
                     out.covered.insert(schema.table.clone(), raw.commit_seq);
                 }
             }
-            let outdated = self
-                .catalog
-                .rows
+            if skipped
                 .get(&schema.table)
-                .is_some_and(|cur| cur.table.schema_hash != schema.schema_hash);
-            // `None`: under the schema it was captured with.
-            let (pending, under_current) = if outdated {
-                let decoded = decode_entry(&raw, schema)?;
-                let Some(cur) = self.catalog.rows.get(&schema.table).cloned() else {
-                    continue;
-                };
-                match self.refresh(&cur, schema, decoded)? {
-                    Refreshed::Current(change) => {
-                        out.refreshed += 1;
-                        (
-                            encode_change(&change)?,
-                            Some((cur.table.schema_hash.clone(), cur.table.schema.clone())),
-                        )
-                    }
-                    Refreshed::Gone => {
-                        out.superseded += 1;
-                        continue;
-                    }
-                    Refreshed::AsCaptured(change) => (encode_change(&change)?, None),
+                .is_some_and(|seqs| seqs.contains(&raw.commit_seq))
+            {
+                // Skipped by an operator (`unblock_table` skip): no change; a later
+                // acknowledgement of the table deletes it with the rest.
+                continue;
+            }
+            let (pending, under_current) = match self.pending_of(&raw, schema, layout) {
+                Ok(Produced::Change(pending, under_current)) => (pending, under_current),
+                Ok(Produced::Refreshed(pending, current)) => {
+                    out.refreshed += 1;
+                    (pending, Some(current))
                 }
-            } else if let Some(pending) = encode_entry(&raw, schema, layout) {
-                // The common case: straight from the journal's text to the wire's.
-                (pending, None)
-            } else {
-                let decoded = decode_entry(&raw, schema)?;
-                let change = RowChange {
-                    commit_seq: decoded.commit_seq,
-                    op: decoded.op,
-                    pk: decoded.pk,
-                    row: decoded.row,
-                };
-                (encode_change(&change)?, None)
+                Ok(Produced::Gone) => {
+                    out.superseded += 1;
+                    continue;
+                }
+                Ok(Produced::Nothing) => continue,
+                Err(e) if is_data_error(&e) => {
+                    // Blocks only this table (reliability.md §6): nothing of it after this
+                    // entry is read now; the other tables read on.
+                    stopped.insert(schema.table.clone());
+                    if let Some(c) = out.covered.get_mut(&schema.table) {
+                        *c = raw.commit_seq - 1;
+                    }
+                    out.undecodable.push(Undecodable {
+                        table: schema.table.clone(),
+                        commit_seq: raw.commit_seq,
+                        error: e.to_string(),
+                        entry: entry_json(&raw, &schema.table),
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let hash = under_current
                 .as_ref()
@@ -254,6 +311,46 @@ impl Capture {
             state.bump_counter(counter::REFRESHED_ENTRIES, "", out.refreshed as i64)?;
         }
         Ok(out)
+    }
+
+    /// The change one journal entry produces (decoded, refreshed or straight from its text).
+    fn pending_of(
+        &self,
+        raw: &RawEntry,
+        schema: &StoredSchema,
+        layout: &EntryLayout,
+    ) -> Result<Produced, CaptureError> {
+        let outdated = self
+            .catalog
+            .rows
+            .get(&schema.table)
+            .is_some_and(|cur| cur.table.schema_hash != schema.schema_hash);
+        if outdated {
+            let decoded = decode_entry(raw, schema)?;
+            let Some(cur) = self.catalog.rows.get(&schema.table).cloned() else {
+                return Ok(Produced::Nothing);
+            };
+            return Ok(match self.refresh(&cur, schema, decoded)? {
+                Refreshed::Current(change) => Produced::Refreshed(
+                    encode_change(&change)?,
+                    (cur.table.schema_hash.clone(), cur.table.schema.clone()),
+                ),
+                Refreshed::Gone => Produced::Gone,
+                Refreshed::AsCaptured(change) => Produced::Change(encode_change(&change)?, None),
+            });
+        }
+        if let Some(pending) = encode_entry(raw, schema, layout) {
+            // The common case: straight from the journal's text to the wire's.
+            return Ok(Produced::Change(pending, None));
+        }
+        let decoded = decode_entry(raw, schema)?;
+        let change = RowChange {
+            commit_seq: decoded.commit_seq,
+            op: decoded.op,
+            pk: decoded.pk,
+            row: decoded.row,
+        };
+        Ok(Produced::Change(encode_change(&change)?, None))
     }
 
     pub(crate) fn raw_entries(

@@ -168,6 +168,48 @@ pub struct CloseBody {
     pub reason: Option<String>,
 }
 
+/// `unblock_table.action` as the API takes it.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UnblockActionBody {
+    /// Clear the block; the device tries the entry again.
+    Retry,
+    /// Drop exactly that entry; the cloud keeps it as a dead letter `skipped_by_operator`.
+    Skip,
+}
+
+/// Unblock body: the decision about the entry that blocks the lineage's table on the device
+/// (`device_block.commit_seq`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnblockBody {
+    pub action: UnblockActionBody,
+    /// The blocking entry's `commit_seq` (`device_block.commit_seq` of the lineage).
+    #[schema(minimum = 1)]
+    pub commit_seq: i64,
+}
+
+impl RequestBody for UnblockBody {
+    /// A body that is not a valid decision is 422 `invalid_body`.
+    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let b: UnblockBody = serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                format!("request body is not valid: {e}"),
+            )
+        })?;
+        if b.commit_seq < 1 {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "commit_seq must be a positive integer",
+            ));
+        }
+        Ok(b)
+    }
+}
+
 /// Consolidate body.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -283,7 +325,7 @@ pub fn column_actions(body: Vec<ColumnActionBody>) -> Vec<ColumnAction> {
 }
 
 /// The bodies that take no field but their own (`deny_unknown_fields`).
-const CLOSED: [&str; 10] = [
+const CLOSED: [&str; 11] = [
     "ClaimBody",
     "ApproveBody",
     "ColumnActionBody",
@@ -294,6 +336,7 @@ const CLOSED: [&str; 10] = [
     "CloseBody",
     "RegistryRejectBody",
     "ConsolidateBody",
+    "UnblockBody",
 ];
 
 /// The rules of the bodies utoipa cannot state, added to their generated schemas: no unknown

@@ -29,6 +29,7 @@ mod telemetry;
 pub mod upload;
 
 use edge_cloud_core::ingress::{admit, Admitted, IngressEnvelope};
+use edge_cloud_store::device_block;
 use edge_cloud_store::mirror::ack_control;
 use edge_cloud_store::registry::device_by_name;
 use edge_cloud_store::tokio_postgres::Transaction;
@@ -136,6 +137,31 @@ async fn intake_known(
         }
         Ok(DevicePayload::Schema(obs)) => schema::observe_schema(tx, &device, obs).await,
         Ok(DevicePayload::Ack(ack)) => {
+            if let Some(entry) = &ack.skipped_entry {
+                // The ack of an `unblock_table` skip: the dropped entry becomes a dead letter
+                // in the same transaction as the ack (reliability.md §2).
+                let arrival = device_block::AckArrival {
+                    transport: "control_ack",
+                    topic: Some(a.topic.kind.suffix()),
+                };
+                match device_block::record_skipped(
+                    tx,
+                    device.device_id,
+                    ack.control_id,
+                    entry,
+                    arrival,
+                )
+                .await?
+                {
+                    Some(id) => {
+                        tracing::warn!(device = a.device_name(), table = %entry.source_table,
+                        commit_seq = entry.commit_seq, dead_letter = id,
+                        "journal entry skipped by an operator: kept as a dead letter")
+                    }
+                    None => tracing::warn!(device = a.device_name(), control_id = %ack.control_id,
+                        "ack carries a skipped entry that matches no unblock_table skip; ignored"),
+                }
+            }
             let known = ack_control(tx, device.device_id, ack.control_id).await?;
             Ok(Outcome::ControlAcked {
                 control_id: ack.control_id,

@@ -6,6 +6,7 @@ use edge_cloud_core::classify::{classify, ClassifyPolicy, SchemaClass};
 use edge_cloud_core::coalesce::RegistryScope;
 use edge_cloud_core::intake::{plan_intake, BindingsOf, StagingReason};
 use edge_cloud_store::coalesce::open_registry_review;
+use edge_cloud_store::device_block;
 use edge_cloud_store::lineage::{
     bindings, open_review, pause_lineage, record_schema_version, schema_columns, upsert_lineage,
     Lineage,
@@ -140,7 +141,9 @@ pub(super) async fn classify_batch(
 }
 
 /// Schema observations (protocol §5) are advisory: record the hash (and its columns) for the
-/// lineage, so a later batch without `schema_columns` can still be classified.
+/// lineage, so a later batch without `schema_columns` can still be classified. The device's
+/// block of the table (`blocked_reason`, `blocked_commit_seq`) is recorded on the lineage, and
+/// cleared by an observation without it.
 pub(super) async fn observe_schema(
     tx: &Transaction<'_>,
     device: &Device,
@@ -153,6 +156,13 @@ pub(super) async fn observe_schema(
         &obs.source_table,
         "rows",
         &obs.schema_hash,
+    )
+    .await?;
+    // The device's own block of the table (reliability.md §2), or its end.
+    device_block::record(
+        tx,
+        lineage.id,
+        obs.blocked_reason.as_deref().zip(obs.blocked_commit_seq),
     )
     .await?;
     if let Some(cols) = &obs.schema_columns {

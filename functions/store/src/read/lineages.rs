@@ -6,6 +6,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
+use crate::device_block::{self, DeviceBlock};
 use crate::error::OpError;
 use crate::read::page::page_with_total;
 use crate::scope::{ts, Page, Scope};
@@ -32,13 +33,17 @@ pub struct LineageView {
     pub materialization_last_error: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// Set while the device has blocked the table itself (reliability.md §2): an entry it
+    /// cannot decode or upload; decide with `POST …/unblock`.
+    pub device_block: Option<DeviceBlock>,
 }
 
 const LINEAGE_VIEW: &str = "l.id, l.org_id, l.project_id, l.fleet_id, l.device_id, \
      l.source_table, l.kind, l.status, l.pause_reason, l.device_pause_reason, \
      l.mirror_table_name, l.current_schema_hash, l.approved_schema_hash, l.staged_row_count, \
      l.staged_bytes, l.materialization_failure_count, l.materialization_last_error, \
-     l.created_at, l.updated_at";
+     l.created_at, l.updated_at, l.device_block_reason, l.device_block_commit_seq, \
+     l.device_block_at";
 
 fn lineage_view(r: &tokio_postgres::Row) -> LineageView {
     LineageView {
@@ -61,6 +66,7 @@ fn lineage_view(r: &tokio_postgres::Row) -> LineageView {
         materialization_last_error: r.get(16),
         created_at: ts(r.get(17)),
         updated_at: ts(r.get(18)),
+        device_block: device_block::from_columns(r, 19),
     }
 }
 

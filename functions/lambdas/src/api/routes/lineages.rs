@@ -1,5 +1,5 @@
-//! Lineages: the list, one lineage, its staged and mirror rows; delete and
-//! reset-materialization.
+//! Lineages: the list, one lineage, its staged and mirror rows; delete,
+//! reset-materialization and unblock (the operator's decision about a table the device blocked).
 
 use std::sync::Arc;
 
@@ -12,12 +12,15 @@ use uuid::Uuid;
 
 use edge_cloud_core::backpressure::ResetRefusal;
 use edge_cloud_store::backpressure::reset_materialization;
+use edge_cloud_store::device_block;
 use edge_cloud_store::error::ResetError;
 use edge_cloud_store::lineage::delete_lineage as delete_lineage_store;
 use edge_cloud_store::read::{self as query, LineageFilter};
+use edge_cloud_store::registry::device_by_id;
+use edge_protocol::control::UnblockAction;
 
 use crate::api::answer::{Answer, ApiError, Success};
-use crate::api::body::NoBody;
+use crate::api::body::{NoBody, UnblockActionBody, UnblockBody};
 use crate::api::docs::{Envelope, ErrorBody, ListLineages};
 use crate::api::extract::{list_meta, page, uuid_param, Id, Lineage, PageQuery, Read};
 use crate::api::mutation::Mutation;
@@ -187,6 +190,71 @@ pub async fn reset(
                 }
                 Err(ResetError::Store(e)) => Err(e.into()),
             }
+        })
+    })
+    .await
+}
+
+/// Decides about the entry that blocks the lineage's table on the device (reliability.md §2,
+/// `device_block`): `retry` clears the block and the device tries the entry again; `skip` drops
+/// exactly that entry, which the cloud keeps as a dead letter `skipped_by_operator` with its
+/// bytes. Sends the signed control `unblock_table`; `device_block` goes when the device reports
+/// the table unblocked.
+#[utoipa::path(post, path = "/core/api/v1/projects/{project_id}/edge/lineages/{lineage_id}/unblock", tag = "lineages",
+    params(("project_id" = Uuid, Path), ("lineage_id" = Uuid, Path)),
+    request_body = UnblockBody,
+    responses((status = 200, description = "`data`: {lineage_id, control_id, action, commit_seq}"),
+        (status = 409, description = "the lineage has no device block (`lineage_not_blocked`), or it blocks at another entry (`commit_seq_mismatch`)", body = ErrorBody),
+        (status = 422, description = "not a decision (`invalid_body`)", body = ErrorBody)))]
+pub async fn unblock(
+    State(api): State<Arc<Api>>,
+    Id(l, _): Id<Lineage>,
+    m: Mutation<UnblockBody>,
+) -> Answer {
+    m.commit(&api, None, move |tx, s, _, body| {
+        Box::pin(async move {
+            let view = query::lineage(tx, s, l).await?;
+            let Some(block) = device_block::current(tx, l).await? else {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "lineage_not_blocked",
+                    "the device has not blocked this lineage's table",
+                ));
+            };
+            if block.commit_seq != body.commit_seq {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "commit_seq_mismatch",
+                    format!(
+                        "the table is blocked at commit_seq {}, not {}",
+                        block.commit_seq, body.commit_seq
+                    ),
+                ));
+            }
+            let device = device_by_id(tx, view.device_id)
+                .await?
+                .ok_or(ApiError::not_found("device"))?;
+            let action = match body.action {
+                UnblockActionBody::Retry => UnblockAction::Retry,
+                UnblockActionBody::Skip => UnblockAction::Skip,
+            };
+            let issued = device_block::issue_unblock(
+                tx,
+                &device,
+                l,
+                &view.source_table,
+                action,
+                body.commit_seq,
+                time::OffsetDateTime::now_utc(),
+                Uuid::now_v7(),
+            )
+            .await?;
+            Ok(Success::data(json!({
+                "lineage_id": l,
+                "control_id": issued.control_id,
+                "action": action.as_str(),
+                "commit_seq": body.commit_seq,
+            })))
         })
     })
     .await

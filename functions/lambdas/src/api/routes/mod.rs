@@ -10,7 +10,7 @@
 //! - `GET /openapi.json`: the document (no auth; any other method is a 404).
 //!
 //! # Layout
-//! - [`lineages`] — lineages, staged and mirror rows, delete, reset-materialization
+//! - [`lineages`] — lineages, staged and mirror rows, delete, reset-materialization, unblock
 //! - [`reviews`] — schema reviews and the dry-run classification
 //! - [`registry`] — registry entries and reviews, shared mirrors, consolidation
 //! - [`policy`] — the project policy
@@ -51,6 +51,7 @@ fn built() -> &'static (Router<Arc<Api>>, Value) {
             .routes(routes!(lineages::staged_rows))
             .routes(routes!(lineages::mirror_rows))
             .routes(routes!(lineages::reset))
+            .routes(routes!(lineages::unblock))
             .routes(routes!(reviews::list_reviews))
             .routes(routes!(reviews::get_review))
             .routes(routes!(reviews::claim))
