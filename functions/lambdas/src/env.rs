@@ -335,6 +335,7 @@ fn control_transport() -> Result<ControlTransport, EnvError> {
             key: required("EDGE_MQTT_KEY")?.into(),
             client_id: std::env::var("EDGE_MQTT_CLIENT_ID")
                 .unwrap_or_else(|_| "edge-sweep".to_owned()),
+            share_group: None,
         })),
         "none" => Ok(ControlTransport::None),
         other => Err(EnvError::Transport(other.to_owned())),

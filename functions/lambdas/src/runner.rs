@@ -1,7 +1,6 @@
 //! The local runner's MQTT side (cloud.md §12): plays IoT Core's topic rule against mosquitto.
 //!
-//! It subscribes as the service identity with a shared subscription (`$share/edge-cloud/…`), so
-//! several runners split the load, builds the same [`IngressEnvelope`] the AWS rule builds and
+//! It subscribes as the service identity with plain persistent subscriptions, builds the same [`IngressEnvelope`] the AWS rule builds and
 //! calls the same [`crate::ingest::handle`]. Acks are manual (reliability.md §1): a PUBLISH is
 //! PUBACKed, in arrival order, only once its outcome is committed; a retryable failure is
 //! retried in place with backoff, without a limit, before the next message is taken (the broker
@@ -34,7 +33,14 @@ use crate::Deps;
 /// write every control topic).
 pub const SERVICE_IDENTITY: &str = "edge-service";
 
-/// Share group of the runners' subscriptions.
+/// The share group runners join when asked to split the load (`--share-group edge-cloud`).
+///
+/// Not the default, because mosquitto 2.0.11 (Debian 12) restores a persistent session's
+/// `$share/…` subscription from its persistence file only when the client subscribes again:
+/// a device's message published between a broker restart and the runner's reconnect matches no
+/// subscriber and is dropped, although the device got its PUBACK (docs/reliability.md
+/// "Several runners"). A plain subscription is restored with the session. Several runners
+/// without a share group each take every message; the ledger makes every second copy a no-op.
 pub const SHARE_GROUP: &str = "edge-cloud";
 
 /// Errors that stop the runner.
@@ -64,6 +70,8 @@ pub struct MqttSettings {
     pub key: std::path::PathBuf,
     /// MQTT client id (the certificate CN is what the broker authorizes).
     pub client_id: String,
+    /// `$share/{group}/…` subscriptions instead of plain ones (see [`SHARE_GROUP`]).
+    pub share_group: Option<String>,
 }
 
 fn tls_err(path: &std::path::Path, message: impl ToString) -> RunnerError {
@@ -117,11 +125,14 @@ pub fn mqtt_options(s: &MqttSettings) -> Result<MqttOptions, RunnerError> {
 }
 
 /// Subscriptions: every device → cloud topic of every device, shared across runners.
-pub fn subscriptions() -> Vec<String> {
+pub fn subscriptions(share_group: Option<&str>) -> Vec<String> {
     TopicKind::ALL
         .into_iter()
         .filter(TopicKind::is_device_to_cloud)
-        .map(|k| format!("$share/{SHARE_GROUP}/+/+/{}", k.suffix()))
+        .map(|k| match share_group {
+            Some(group) => format!("$share/{group}/+/+/{}", k.suffix()),
+            None => format!("+/+/{}", k.suffix()),
+        })
         .collect()
 }
 
@@ -194,6 +205,7 @@ pub async fn run(
         events,
         received,
         settings.url.clone(),
+        settings.share_group.clone(),
     ));
     tokio::pin!(shutdown);
     let result = loop {
@@ -227,12 +239,13 @@ async fn poll_loop(
     mut events: EventLoop,
     received: tokio::sync::mpsc::UnboundedSender<Publish>,
     url: String,
+    share_group: Option<String>,
 ) {
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!(%url, "connected; subscribing");
-                for topic in subscriptions() {
+                for topic in subscriptions(share_group.as_deref()) {
                     if let Err(e) = client.subscribe(topic, QoS::AtLeastOnce).await {
                         tracing::error!(error = %e, "subscribing");
                     }
@@ -305,8 +318,10 @@ mod tests {
         let env = envelope_for("acme/gw-07/sync/rows/batch", b"{}", 5);
         assert_eq!(env.client_id, "gw-07");
         assert_eq!(env.payload_b64, "e30=");
-        assert!(subscriptions().contains(&"$share/edge-cloud/+/+/sync/rows/batch".to_owned()));
-        assert_eq!(subscriptions().len(), 5);
+        assert!(subscriptions(None).contains(&"+/+/sync/rows/batch".to_owned()));
+        assert!(subscriptions(Some(SHARE_GROUP))
+            .contains(&"$share/edge-cloud/+/+/sync/rows/batch".to_owned()));
+        assert_eq!(subscriptions(None).len(), 5);
     }
 
     #[test]

@@ -273,13 +273,14 @@ async fn backpressure_pauses_the_device_over_mqtt_and_the_sweep_resumes_it_below
             cert: service.cert_path().to_path_buf(),
             key: service.key_path().to_path_buf(),
             client_id: "edge-service".into(),
+            share_group: None,
         },
         async {
             let _ = stopped.await;
         },
     ));
     // Publishing before the runner subscribed would lose the batch (mosquitto drops it).
-    let topics = edge_functions::runner::subscriptions().len();
+    let topics = edge_functions::runner::subscriptions(None).len();
     wait_for(DEADLINE, "the runner's subscriptions", || async {
         broker.subacks_sent_to("edge-service") >= topics
     })

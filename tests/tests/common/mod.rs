@@ -286,6 +286,7 @@ impl Stack {
                 cert: service.cert_path().to_path_buf(),
                 key: service.key_path().to_path_buf(),
                 client_id: "edge-service-e2e".into(),
+                share_group: None,
             },
             async move {
                 let _ = runner_stopped.await;
@@ -293,7 +294,7 @@ impl Stack {
         ));
         // The agent must not publish before the runner has subscribed (see
         // `Broker::subacks_sent_to`).
-        let topics = edge_functions::runner::subscriptions().len();
+        let topics = edge_functions::runner::subscriptions(None).len();
         edge_e2e::wait_for(
             Duration::from_secs(30),
             "the runner's subscriptions",

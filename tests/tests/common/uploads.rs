@@ -38,12 +38,13 @@ impl Stack {
                 cert: service.cert_path().to_path_buf(),
                 key: service.key_path().to_path_buf(),
                 client_id: "edge-service-e2e".into(),
+                share_group: None,
             },
             async move {
                 let _ = stopped.await;
             },
         ));
-        let topics = edge_functions::runner::subscriptions().len();
+        let topics = edge_functions::runner::subscriptions(None).len();
         let broker = &self.broker;
         edge_e2e::wait_for(
             Duration::from_secs(30),

@@ -148,6 +148,12 @@ pub enum Command {
         /// Longest pause (milliseconds) between two pieces of a request body.
         #[arg(long, env = "EDGE_HTTP_BODY_TIMEOUT_MS", default_value_t = 30_000)]
         http_body_timeout_ms: u64,
+        /// Split the device messages with the other runners of this MQTT share group
+        /// (`$share/GROUP/…`) instead of every runner taking every message. With mosquitto 2.0.11
+        /// a broker restart then drops what devices publish before the runners reconnect (see
+        /// docs/reliability.md "Several runners").
+        #[arg(long, env = "EDGE_RUNNER_SHARE_GROUP")]
+        share_group: Option<String>,
     },
     /// Ingress messages whose handling failed permanently, parked instead of dropped.
     DeadLetters {
@@ -206,6 +212,7 @@ pub async fn execute(cli: Cli) -> Result<(), CommandError> {
             http_max_connections,
             http_header_timeout_ms,
             http_body_timeout_ms,
+            share_group,
         } => {
             let settings = RunnerSettings {
                 database_url: Secret::new(database_url),
@@ -216,6 +223,7 @@ pub async fn execute(cli: Cli) -> Result<(), CommandError> {
                     cert,
                     key,
                     client_id,
+                    share_group: share_group.filter(|g| !g.trim().is_empty()),
                 },
                 http,
                 jwt_secret: jwt_secret.map(Secret::new),
