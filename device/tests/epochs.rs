@@ -148,6 +148,8 @@ fn defect_7_agent_process_under_faketime_keeps_epochs_increasing() {
         };
         let out = cmd
             .args(["snapshot", "--config", config.to_str().unwrap()])
+            // signed_control is on by default (reliability.md §7): the key must be there.
+            .env("OMEGA_AUTH_TOKEN", "00".repeat(32))
             .output()
             .unwrap();
         assert!(

@@ -608,6 +608,10 @@ async fn next_request(
             continue;
         };
         if m.topic.ends_with("sync/ingest/request") {
+            // The agent's `hello` (edge-policies §0) shares the topic; this cloud ignores it.
+            if edge_protocol::validate::request_kind_of(&m.payload).as_deref() == Some("hello") {
+                continue;
+            }
             let r: IngestRequest = serde_json::from_slice(&m.payload).unwrap();
             order.push(format!("{:?}", r.request_kind));
             if r.request_kind == kind {

@@ -169,6 +169,15 @@ async fn every_rejection_code_is_recorded_in_the_ledger() {
     let mut v = good(e.id());
     v["source_table"] = json!("device\u{0}state");
     check(e.rows(&v).await, RejectionCode::InvalidIdentifier);
+    // An end marker that still carries rows (edge-policies §5).
+    let mut v = good(e.id());
+    v["snapshot_id"] = json!(e.id().to_string());
+    v["snapshot_start_seq"] = v["first_commit_seq"].clone();
+    v["snapshot_chunk"] = json!(1);
+    v["snapshot_chunk_count"] = json!(1);
+    v["snapshot_row_count"] = json!(1);
+    v["snapshot_end"] = json!("complete");
+    check(e.rows(&v).await, RejectionCode::InvalidSnapshot);
     check(
         e.send_as(
             "ghost",

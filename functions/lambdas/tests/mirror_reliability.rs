@@ -296,7 +296,7 @@ async fn defect4_migration_records_owners_and_reports_collisions() {
     let old = "edge_mirror_0193a000_device_state";
     e.client
         .batch_execute(&format!(
-            "DROP TABLE edge_mirror_tables; DELETE FROM schema_migrations WHERE version = 8; \
+            "DROP TABLE edge_mirror_tables; DELETE FROM schema_migrations WHERE version = 10; \
              UPDATE edge_table_lineages SET mirror_table_name = '{old}', \
                  created_at = now() - interval '1 day' WHERE id = '{la}'; \
              UPDATE edge_table_lineages SET mirror_table_name = '{old}' WHERE id = '{lb}'; \
@@ -309,7 +309,7 @@ async fn defect4_migration_records_owners_and_reports_collisions() {
     let applied = edge_functions::store::migrate::migrate(&mut c)
         .await
         .unwrap();
-    assert_eq!(applied, vec![8]);
+    assert_eq!(applied, vec![10]);
     let owner: Uuid = e
         .client
         .query_one(

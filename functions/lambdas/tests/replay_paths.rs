@@ -264,10 +264,12 @@ async fn replay_across_an_epoch_boundary_leaves_misfits_and_unbound_rows_staged(
             .await,
         i64::from(misfits) + i64::try_from(unbound).unwrap()
     );
-    assert!(
+    // The misfits are staged `materialization_failed`; the chunks also materialized rows, which
+    // ends the breaker's streak (reliability.md §6: one unfit row never pauses healthy traffic).
+    assert_eq!(
         e.scalar_i64("SELECT materialization_failure_count::bigint FROM edge_table_lineages")
-            .await
-            >= 1
+            .await,
+        0
     );
     assert_eq!(
         e.scalar_i64("SELECT rows_replayed FROM edge_replay_intents")
