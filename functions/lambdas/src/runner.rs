@@ -188,6 +188,10 @@ pub async fn run(
     let mut options = mqtt_options(&settings)?;
     options.set_manual_acks(true);
     let (client, events) = AsyncClient::new(options, 64);
+    // What ingest publishes itself (`device_unknown`, reliability.md §7) goes out on the
+    // runner's own connection, as the Lambda's goes through the IoT data plane.
+    let mut deps = deps;
+    deps.publisher = crate::env::ConfiguredPublisher::Mqtt(MqttPublisher::new(client.clone()));
     // Sweep (resume + control re-sends, through the same trait the Lambda uses) and replay run
     // beside the subscription; both are idempotent, so aborting them at shutdown is safe.
     let controls = tokio::spawn(crate::sweep::sweep_loop(
