@@ -27,6 +27,8 @@
 //! - [`dead_letters`] — messages no handler could take, kept for the operator
 //! - [`presence`] — live runners and the identity of their spill directories (one object store
 //!   per database)
+//! - [`snapshot_runs`] — re-snapshot runs and their chunks, the ghost-row sweep, batches of a
+//!   stale journal epoch (edge-policies §5, reliability.md §5)
 //! - [`device_block`] — a table the device blocked itself, on its lineage; the operator's
 //!   `unblock_table` control; a skipped entry's `skipped_by_operator` dead letter
 //! - [`review`] — review transitions of both kinds (claim, reject, approve); per-device approval
