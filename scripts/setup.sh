@@ -28,6 +28,10 @@ declare -A APT_WANTS=(
   [setpriv]=util-linux
   # RS256 API tests generate their RSA key with the CLI (tests/auth_rs256.rs)
   [openssl]=openssl
+  # issue 13: the system libsqlite3 3.40 as the application's writer (device/tests/sqlite_versions.rs,
+  # tests/tests/e2e_blocks.rs) and a clock set back (device/tests/epochs.rs, scripts/chaos.sh)
+  [sqlite3]=sqlite3
+  [faketime]=faketime
 )
 missing=()
 for bin in "${!APT_WANTS[@]}"; do
