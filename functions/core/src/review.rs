@@ -256,6 +256,24 @@ pub struct ApprovalTarget<'a> {
     pub default_mirror: Option<&'a str>,
 }
 
+/// The lineage's approved schema after approving a review of `approving`: normally that
+/// schema; but when the device is already on another approved schema (`approved` equals
+/// `current`, the schema of its last batch), approving an older review binds that schema's
+/// backlog and leaves the approved schema where the device is. Two reviews of one lineage can be
+/// queued at once (an ADD COLUMN before the first review is decided) and decided in any order;
+/// moving the approved schema back would diff the next change against a schema the device left
+/// and hide the newer columns' bindings from the lineage views.
+pub fn approved_schema_after<'a>(
+    approved: Option<&'a str>,
+    current: Option<&str>,
+    approving: &'a str,
+) -> &'a str {
+    match approved {
+        Some(a) if Some(a) == current && Some(approving) != current => a,
+        _ => approving,
+    }
+}
+
 /// Validates the column actions against the reviewed schema and the policy (module docs).
 pub fn plan_approval(
     target: ApprovalTarget<'_>,
@@ -447,6 +465,17 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use edge_protocol::fingerprint::ColumnFingerprint;
+
+    #[test]
+    fn approving_an_older_schema_keeps_the_approved_schema_the_device_is_on() {
+        // First approval; in order; newest first then the older one; the device went back.
+        assert_eq!(approved_schema_after(None, Some("b"), "a"), "a");
+        assert_eq!(approved_schema_after(Some("a"), Some("b"), "b"), "b");
+        assert_eq!(approved_schema_after(Some("b"), Some("b"), "a"), "b");
+        assert_eq!(approved_schema_after(Some("b"), Some("a"), "a"), "a");
+        // Neither is where the device is: the latest decision wins.
+        assert_eq!(approved_schema_after(Some("a"), Some("c"), "b"), "b");
+    }
 
     /// `device_state` with a NOT NULL `mode`, so deferring `mode` blocks activation.
     fn schema_with_required_mode() -> SchemaColumns {

@@ -93,8 +93,8 @@ async fn lineage_of(e: &Env, device: Uuid, table: &str) -> Uuid {
         .get(0)
 }
 
-/// Claims and approves the lineage's open review, every column mirrored, into `mirror` when
-/// given.
+/// Claims and approves the lineage's open review of `schema`, every column mirrored, into
+/// `mirror` when given.
 async fn approve_all(
     e: &Env,
     scope: Scope,
@@ -105,8 +105,9 @@ async fn approve_all(
     let review: Uuid = e
         .client
         .query_one(
-            "SELECT id FROM edge_schema_reviews WHERE lineage_id = $1 AND state = 'queued'",
-            &[&lineage],
+            "SELECT id FROM edge_schema_reviews \
+             WHERE lineage_id = $1 AND schema_hash = $2 AND state = 'queued'",
+            &[&lineage, &schema.schema_hash()],
         )
         .await
         .unwrap()
@@ -700,4 +701,100 @@ async fn defect12_unfit_rows_are_staged_without_pausing_healthy_traffic() {
         (status.as_str(), reason.as_deref()),
         ("paused", Some("circuit_breaker"))
     );
+}
+
+/// Found by the soak (docs/reliability.md §6): two reviews of one lineage queued at once (the
+/// application ran an ADD COLUMN before the first review was decided), approved newest first.
+/// Approving the older schema must bind its backlog, not move the lineage's approved schema
+/// back: the newer column stays bound, the rows keep filling it.
+#[tokio::test]
+async fn approving_an_older_review_after_a_newer_one_keeps_the_newer_schema_approved() {
+    let e = env().await;
+    let old = device_state();
+    let new = SchemaColumns::new(
+        "device_state",
+        [old.columns.clone(), vec![col("added col", "TEXT", 0, 0)]].concat(),
+    );
+    let b = row_batch(Uuid::now_v7(), e.id(), &old, true, &[ins(1, 1, "on", 1.5)]);
+    e.rows(&b).await;
+    let b = row_batch(
+        Uuid::now_v7(),
+        e.id(),
+        &new,
+        true,
+        &[(
+            2,
+            "insert",
+            json!({"id": 2}),
+            json!({"id": 2, "mode": "off", "setpoint": 2.5, "added col": "during review"}),
+        )],
+    );
+    e.rows(&b).await;
+    let l = lineage_of(&e, e.device.device_id, "device_state").await;
+    let queued = e
+        .scalar_i64("SELECT count(*) FROM edge_schema_reviews WHERE state = 'queued'")
+        .await;
+    assert_eq!(queued, 2, "one review per schema");
+
+    let out = approve_all(&e, scope_of(&e.device), l, &new, None)
+        .await
+        .unwrap();
+    replay(&e, l).await;
+    approve_all(&e, scope_of(&e.device), l, &old, None)
+        .await
+        .unwrap();
+    replay(&e, l).await;
+    let table = out.mirror_table_name.unwrap();
+
+    let approved: Option<String> = e
+        .client
+        .query_one(
+            "SELECT approved_schema_hash FROM edge_table_lineages WHERE id = $1",
+            &[&l],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        approved.as_deref(),
+        Some(new.schema_hash().as_str()),
+        "the device is on the newer schema: it stays the approved one"
+    );
+    // A later row of the newer schema fills the newer column.
+    let b = row_batch(
+        Uuid::now_v7(),
+        e.id(),
+        &new,
+        true,
+        &[(
+            3,
+            "insert",
+            json!({"id": 3}),
+            json!({"id": 3, "mode": "on", "setpoint": 3.5, "added col": "after"}),
+        )],
+    );
+    let (m, st, f) = accepted_counts(&e.rows(&b).await);
+    assert_eq!((m, st, f), (1, 0, 0));
+    let rows = e
+        .client
+        .query(
+            &format!("SELECT id, mode, \"added col\" FROM {table} ORDER BY id"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(i64, Option<String>, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, Some("on".into()), None),
+            (2, Some("off".into()), Some("during review".into())),
+            (3, Some("on".into()), Some("after".into())),
+        ]
+    );
+    let (status, _, staged, _) = lineage_row(&e, l).await;
+    assert_eq!((status.as_str(), staged), ("active", 0));
 }

@@ -28,6 +28,8 @@ pub struct Lineage {
     pub mirror_table_name: Option<String>,
     pub last_batch_seq: Option<i64>,
     pub last_batch_id: Option<Uuid>,
+    /// The schema of the last batch or observation the device sent.
+    pub current_schema_hash: Option<String>,
 }
 
 impl Lineage {
@@ -37,7 +39,7 @@ impl Lineage {
 }
 
 const LINEAGE_COLUMNS: &str = "id, device_id, source_table, kind, status, pause_reason, \
-     approved_schema_hash, mirror_table_name, last_batch_seq, last_batch_id";
+     approved_schema_hash, mirror_table_name, last_batch_seq, last_batch_id, current_schema_hash";
 
 fn lineage_from_row(r: &tokio_postgres::Row) -> Lineage {
     Lineage {
@@ -51,6 +53,7 @@ fn lineage_from_row(r: &tokio_postgres::Row) -> Lineage {
         mirror_table_name: r.get(7),
         last_batch_seq: r.get(8),
         last_batch_id: r.get(9),
+        current_schema_hash: r.get(10),
     }
 }
 

@@ -10,7 +10,8 @@
 //! steps: [`crate::approval`]).
 
 use edge_cloud_core::review::{
-    transition, ApprovalPolicy, ApprovalTarget, ColumnAction, ReviewAction, ReviewState,
+    approved_schema_after, transition, ApprovalPolicy, ApprovalTarget, ColumnAction, ReviewAction,
+    ReviewState,
 };
 use edge_protocol::fingerprint::{ColumnFingerprint, SchemaColumns};
 use std::future::Future;
@@ -254,6 +255,11 @@ impl Approve for DeviceReview {
         let activate =
             plan.activates() && lineage.pause_reason.as_deref() != Some("circuit_breaker");
         let mirror_name = plan.mirror.as_ref().map(|t| t.name.clone());
+        let approved = approved_schema_after(
+            lineage.approved_schema_hash.as_deref(),
+            lineage.current_schema_hash.as_deref(),
+            &r.schema_hash,
+        );
         let status: String = c
             .query_one(
                 "UPDATE edge_table_lineages SET approved_schema_hash = $2, \
@@ -263,7 +269,7 @@ impl Approve for DeviceReview {
                          ELSE COALESCE(pause_reason, 'schema_review') END, \
                      updated_at = now() \
                  WHERE id = $1 RETURNING status",
-                &[&lineage.id, &r.schema_hash, &mirror_name, &activate],
+                &[&lineage.id, &approved, &mirror_name, &activate],
             )
             .await?
             .get(0);
