@@ -214,7 +214,9 @@ pub fn restore(state: &StateDb, epoch: Uuid, now: Instant) -> Result<Restored, S
             // cloud takes the table's current one (right unless the schema changed since).
             restored.spills.insert(
                 e.batch_id,
-                Spill::new(e.batch_id, e.table_name, e.last_seq, now).with_header(e.epoch, None),
+                Spill::new(e.batch_id, e.table_name, e.last_seq, now)
+                    .with_header(e.epoch, None)
+                    .with_length(e.payload.len()),
             );
             continue;
         }

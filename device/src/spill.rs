@@ -180,6 +180,9 @@ pub struct Spill {
     /// of a new epoch or precedes a schema change.
     pub journal_epoch: Option<Uuid>,
     pub schema_hash: Option<String>,
+    /// The object's size in bytes, sent as `content_length` (reliability §7): the cloud signs
+    /// the upload URL for exactly that length.
+    pub content_length: Option<u64>,
 }
 
 impl Spill {
@@ -192,7 +195,14 @@ impl Spill {
             failures: 0,
             journal_epoch: None,
             schema_hash: None,
+            content_length: None,
         }
+    }
+
+    /// The same spill with its object's size (see the field).
+    pub fn with_length(mut self, object_bytes: usize) -> Self {
+        self.content_length = u64::try_from(object_bytes).ok();
+        self
     }
 
     /// The same spill with its batch header (see the fields).

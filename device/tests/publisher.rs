@@ -725,6 +725,10 @@ async fn oversized_row_goes_through_the_spill_flow_across_a_restart() {
         again.journal_epoch, first.journal_epoch,
         "the epoch is restored from state.db"
     );
+    assert_eq!(
+        again.content_length, first.content_length,
+        "the object's size is restored with it"
+    );
 
     // An expired grant: the agent asks again.
     let control_topic = format!("{ROOT}/sync/ingest/control");
@@ -816,6 +820,8 @@ async fn oversized_row_goes_through_the_spill_flow_across_a_restart() {
         .collect();
     assert_eq!(puts.len(), 2, "one refused PUT and one accepted");
     assert_eq!(puts[0].2, puts[1].2);
+    // Every request names the object's exact size (reliability §7: the URL is signed for it).
+    assert_eq!(first.content_length, Some(puts[1].2.len() as u64));
     let rows = edge_agent::spill::decode(&puts[1].2).unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].commit_seq, spilled_seq);

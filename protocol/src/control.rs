@@ -628,6 +628,9 @@ pub enum AckResult {
 /// The object's lines are bare row-batch rows, so the batch header they need in the cloud
 /// (journal epoch, schema hash) travels here when the device knows it. Both are optional
 /// additions to §7: a cloud that gets neither infers them from what the device sent before.
+/// `content_length` (reliability §7) is the object's exact size in bytes, fixed before the first
+/// `url_request`: the grant's URL is signed for that length only, so a leaked URL cannot take
+/// a bigger object; a request without it gets a URL bounded only by the store's size limit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct IngestRequest {
     pub format_version: u32,
@@ -639,6 +642,8 @@ pub struct IngestRequest {
     pub journal_epoch: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_length: Option<u64>,
 }
 
 impl IngestRequest {
@@ -656,6 +661,7 @@ impl IngestRequest {
             batch_id,
             journal_epoch: None,
             schema_hash: None,
+            content_length: None,
         }
     }
 }

@@ -164,6 +164,7 @@ impl Daemon {
                     }
                     let object = spill::encode_json(std::slice::from_ref(&change.json))?;
                     let id = Uuid::now_v7();
+                    let object_bytes = object.len();
                     info!(table = %group.table, commit_seq = change.commit_seq, batch_id = %id,
                         object_bytes = object.len(),
                         "row larger than max_payload_bytes: sending it as a spill upload");
@@ -179,7 +180,8 @@ impl Daemon {
                     blocked.insert(group.table.clone());
                     new_spills.push(
                         Spill::new(id, group.table.clone(), change.commit_seq, Instant::now())
-                            .with_header(Some(self.epoch), Some(group.schema_hash.clone())),
+                            .with_header(Some(self.epoch), Some(group.schema_hash.clone()))
+                            .with_length(object_bytes),
                     );
                 }
             }

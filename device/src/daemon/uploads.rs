@@ -191,6 +191,7 @@ impl Daemon {
                 IngestRequest::new(kind, s.table.clone(), SegmentKind::PayloadSpill, id);
             request.journal_epoch = s.journal_epoch;
             request.schema_hash = s.schema_hash.clone();
+            request.content_length = s.content_length;
             let payload = serde_json::to_vec(&request)?;
             if client.publish(TopicKind::IngestRequest, payload).is_err() {
                 // Client queue full: try again shortly.

@@ -195,7 +195,7 @@ pub enum TokenError {
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn token_mac(secret: &[u8], key: &str, expires_unix: i64) -> HmacSha256 {
+fn token_mac(secret: &[u8], key: &str, expires_unix: i64, length: Option<u64>) -> HmacSha256 {
     // Keyed by SHA-256(secret) in a zero-padded block: any secret length works and the
     // infallible constructor needs no invented error path.
     let mut block = Key::<HmacSha256>::default();
@@ -206,25 +206,36 @@ fn token_mac(secret: &[u8], key: &str, expires_unix: i64) -> HmacSha256 {
     mac.update(key.as_bytes());
     mac.update(b"\n");
     mac.update(expires_unix.to_string().as_bytes());
+    if let Some(n) = length {
+        // The length is signed like S3 signs `content-length`: a URL for N bytes takes N only.
+        mac.update(b"\nlength=");
+        mac.update(n.to_string().as_bytes());
+    }
     mac
 }
 
-/// Hex signature of an upload of `key` valid until `expires_unix`.
-pub fn sign_upload(secret: &[u8], key: &str, expires_unix: i64) -> String {
-    hex::encode(token_mac(secret, key, expires_unix).finalize().into_bytes())
+/// Hex signature of an upload of `key` valid until `expires_unix`, for exactly `length` bytes
+/// when given.
+pub fn sign_upload(secret: &[u8], key: &str, expires_unix: i64, length: Option<u64>) -> String {
+    hex::encode(
+        token_mac(secret, key, expires_unix, length)
+            .finalize()
+            .into_bytes(),
+    )
 }
 
 /// Checks an upload token at `now_unix`: a forged signature is reported before expiry, so a
-/// guessed URL learns nothing about which keys exist.
+/// guessed URL learns nothing about which keys exist. `length` is the URL's signed length.
 pub fn verify_upload(
     secret: &[u8],
     key: &str,
     expires_unix: i64,
+    length: Option<u64>,
     signature_hex: &str,
     now_unix: i64,
 ) -> Result<(), TokenError> {
     let given = hex::decode(signature_hex).map_err(|_| TokenError::Forged)?;
-    token_mac(secret, key, expires_unix)
+    token_mac(secret, key, expires_unix, length)
         .verify_slice(&given)
         .map_err(|_| TokenError::Forged)?;
     if now_unix >= expires_unix {
@@ -331,28 +342,48 @@ mod tests {
     fn upload_tokens_expire_and_cannot_be_forged() {
         let key = object_key(Uuid::nil(), new_uuid_v7(5, [5; 10]));
         assert!(is_object_key(&key));
-        let sig = sign_upload(b"secret", &key, 1_000);
-        assert_eq!(verify_upload(b"secret", &key, 1_000, &sig, 999), Ok(()));
+        let sig = sign_upload(b"secret", &key, 1_000, None);
         assert_eq!(
-            verify_upload(b"secret", &key, 1_000, &sig, 1_000),
+            verify_upload(b"secret", &key, 1_000, None, &sig, 999),
+            Ok(())
+        );
+        assert_eq!(
+            verify_upload(b"secret", &key, 1_000, None, &sig, 1_000),
             Err(TokenError::Expired)
         );
         // A later expiry with the old signature, another key, another secret, junk.
         assert_eq!(
-            verify_upload(b"secret", &key, 2_000, &sig, 999),
+            verify_upload(b"secret", &key, 2_000, None, &sig, 999),
             Err(TokenError::Forged)
         );
         let other = object_key(Uuid::nil(), new_uuid_v7(6, [6; 10]));
         assert_eq!(
-            verify_upload(b"secret", &other, 1_000, &sig, 999),
+            verify_upload(b"secret", &other, 1_000, None, &sig, 999),
             Err(TokenError::Forged)
         );
         assert_eq!(
-            verify_upload(b"other", &key, 1_000, &sig, 999),
+            verify_upload(b"other", &key, 1_000, None, &sig, 999),
             Err(TokenError::Forged)
         );
         assert_eq!(
-            verify_upload(b"secret", &key, 1_000, "zz", 999),
+            verify_upload(b"secret", &key, 1_000, None, "zz", 999),
+            Err(TokenError::Forged)
+        );
+        // A length-bound URL: the length is part of what is signed; dropping or changing it
+        // does not verify, and an unbound signature does not verify with a length added.
+        let bound = sign_upload(b"secret", &key, 1_000, Some(4096));
+        assert_eq!(
+            verify_upload(b"secret", &key, 1_000, Some(4096), &bound, 999),
+            Ok(())
+        );
+        for length in [None, Some(4097), Some(0)] {
+            assert_eq!(
+                verify_upload(b"secret", &key, 1_000, length, &bound, 999),
+                Err(TokenError::Forged)
+            );
+        }
+        assert_eq!(
+            verify_upload(b"secret", &key, 1_000, Some(4096), &sig, 999),
             Err(TokenError::Forged)
         );
     }

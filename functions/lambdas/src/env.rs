@@ -404,10 +404,11 @@ impl ObjectStore for Objects {
         &self,
         key: &str,
         expires_at: OffsetDateTime,
+        content_length: Option<u64>,
     ) -> Result<String, ObjectError> {
         match self {
-            Objects::Local(o) => o.presign_put(key, expires_at).await,
-            Objects::S3(o) => o.presign_put(key, expires_at).await,
+            Objects::Local(o) => o.presign_put(key, expires_at, content_length).await,
+            Objects::S3(o) => o.presign_put(key, expires_at, content_length).await,
         }
     }
 

@@ -721,3 +721,165 @@ async fn large_objects_are_processed_in_chunks_in_one_transaction() {
     );
     assert_eq!(mirror_row(e, 100_000).await, None);
 }
+
+/// A `url_request` with `content_length` (reliability §7).
+fn sized_request(batch_id: Uuid, content_length: u64) -> Vec<u8> {
+    json!({"format_version": 1, "request_kind": "url_request", "source_table": "device_state",
+           "segment_kind": "payload_spill", "batch_id": batch_id.to_string(),
+           "content_length": content_length})
+    .to_string()
+    .into_bytes()
+}
+
+/// Reliability §7 (defect 16, presigned PUT size): the device sends the object's size with its
+/// `url_request`; the URL is signed for exactly that length, so a leaked URL cannot take
+/// another object, and a size over the limit is refused before any URL exists.
+#[tokio::test]
+async fn presigned_put_urls_take_the_requested_length_only() {
+    let s = spill_env().await;
+    let e = &s.e;
+    with_lineage(e).await;
+    let batch = e.id();
+    let body = object(&[ins(2, 2, "sized", 1.0)]);
+    let n = body.len() as u64;
+    let o = e
+        .send("sync/ingest/request", &sized_request(batch, n))
+        .await;
+    assert!(matches!(o, Outcome::UploadGranted { .. }), "{o:?}");
+    let url = grant_of(e, batch).await.presigned_url.unwrap();
+    assert!(url.contains(&format!("&length={n}&")), "{url}");
+    // Another length under the same URL; the signed length edited; no length at all.
+    let longer = [body.clone(), vec![0u8; 64]].concat();
+    assert_eq!(put(s.addr, &url, &longer, None).await, 403);
+    assert_eq!(put(s.addr, &url, &body[..body.len() - 1], None).await, 403);
+    let edited = url.replace(&format!("length={n}"), &format!("length={}", n + 64));
+    assert_eq!(put(s.addr, &edited, &longer, None).await, 403);
+    assert_eq!(put_chunked(s.addr, &url, &body).await, 411);
+    let stripped = url.replace(&format!("&length={n}"), "");
+    assert_eq!(put(s.addr, &stripped, &longer, None).await, 403);
+    let key = object_key(e.device.device_id, batch);
+    assert!(!s.objects.dir().join(&key).exists(), "nothing stored");
+    // The length it was granted for.
+    assert_eq!(put(s.addr, &url, &body, None).await, 200);
+    let o = e
+        .send(
+            "sync/ingest/request",
+            &request("finalize", batch, "device_state"),
+        )
+        .await;
+    assert!(
+        matches!(
+            o,
+            Outcome::Accepted {
+                materialized: 1,
+                ..
+            }
+        ),
+        "{o:?}"
+    );
+    assert_eq!(
+        mirror_row(e, 2).await.map(|r| r.0).as_deref(),
+        Some("sized")
+    );
+
+    // Over the protocol's 1 GiB: no URL; a failed, not retryable result blocks the table on
+    // the device instead of a request every 30 s.
+    let huge = e.id();
+    let o = e
+        .send("sync/ingest/request", &sized_request(huge, (1 << 30) + 1))
+        .await;
+    assert_eq!(
+        o,
+        Outcome::UploadNotGranted {
+            batch_id: huge,
+            code: SpillCode::ObjectTooLarge
+        }
+    );
+    let r = result_of(e, huge).await;
+    assert_eq!(r.outcome, Some(UploadOutcome::Failed));
+    assert_eq!(r.code.as_deref(), Some("spill_object_too_large"));
+    assert_eq!(r.retryable, Some(false));
+    assert_eq!(
+        e.scalar_i64(&format!(
+            "SELECT count(*) FROM edge_pending_controls WHERE control_kind = 'url_grant' \
+             AND envelope->>'batch_id' = '{huge}'"
+        ))
+        .await,
+        0
+    );
+    // A content_length that is not a byte count is a named rejection.
+    let bad = json!({"format_version": 1, "request_kind": "url_request",
+        "source_table": "device_state", "segment_kind": "payload_spill",
+        "batch_id": e.id().to_string(), "content_length": -5});
+    let o = e
+        .send("sync/ingest/request", bad.to_string().as_bytes())
+        .await;
+    assert!(
+        matches!(&o, Outcome::Rejected { message, .. } if message.contains("content_length")),
+        "{o:?}"
+    );
+}
+
+/// Reliability §7: a device holds at most `MAX_OPEN_UPLOADS_PER_DEVICE` open uploads; the next
+/// request gets no grant (retryable) until one of them is finalized.
+#[tokio::test]
+async fn a_device_holds_at_most_sixteen_open_uploads() {
+    let s = spill_env().await;
+    let e = &s.e;
+    with_lineage(e).await;
+    let cap = edge_cloud_core::spill::MAX_OPEN_UPLOADS_PER_DEVICE;
+    assert_eq!(cap, 16);
+    let batches: Vec<Uuid> = (0..cap).map(|_| e.id()).collect();
+    for b in &batches {
+        let o = e
+            .send(
+                "sync/ingest/request",
+                &request("url_request", *b, "device_state"),
+            )
+            .await;
+        assert!(matches!(o, Outcome::UploadGranted { .. }), "{o:?}");
+    }
+    let extra = e.id();
+    let o = e
+        .send(
+            "sync/ingest/request",
+            &request("url_request", extra, "device_state"),
+        )
+        .await;
+    assert_eq!(
+        o,
+        Outcome::UploadNotGranted {
+            batch_id: extra,
+            code: SpillCode::TooManyOpenUploads
+        }
+    );
+    assert!(SpillCode::TooManyOpenUploads.retryable());
+    // An open upload asking again is not a new one: still served.
+    let again = e
+        .send(
+            "sync/ingest/request",
+            &request("url_request", batches[0], "device_state"),
+        )
+        .await;
+    assert!(matches!(again, Outcome::UploadGranted { .. }), "{again:?}");
+    // One finalized frees a slot.
+    let url = grant_of(e, batches[0]).await.presigned_url.unwrap();
+    assert_eq!(
+        put(s.addr, &url, &object(&[ins(2, 2, "freed", 1.0)]), None).await,
+        200
+    );
+    let o = e
+        .send(
+            "sync/ingest/request",
+            &request("finalize", batches[0], "device_state"),
+        )
+        .await;
+    assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
+    let o = e
+        .send(
+            "sync/ingest/request",
+            &request("url_request", extra, "device_state"),
+        )
+        .await;
+    assert!(matches!(o, Outcome::UploadGranted { .. }), "{o:?}");
+}

@@ -91,6 +91,13 @@ pub fn decode_ingest_request(bytes: &[u8]) -> Result<IngestRequest, Rejection> {
         None | Some(Value::Null) => None,
         Some(_) => Some(check_schema_hash(&map)?),
     };
+    let content_length = match map.get("content_length") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| malformed("content_length is not a byte count"))?,
+        ),
+    };
     Ok(IngestRequest {
         format_version,
         request_kind,
@@ -99,6 +106,7 @@ pub fn decode_ingest_request(bytes: &[u8]) -> Result<IngestRequest, Rejection> {
         batch_id,
         journal_epoch,
         schema_hash,
+        content_length,
     })
 }
 

@@ -49,6 +49,7 @@ impl ObjectStore for S3Objects {
         &self,
         key: &str,
         expires_at: OffsetDateTime,
+        content_length: Option<u64>,
     ) -> Result<String, ObjectError> {
         let secs = (expires_at - OffsetDateTime::now_utc())
             .whole_seconds()
@@ -60,6 +61,9 @@ impl ObjectStore for S3Objects {
             .put_object()
             .bucket(&self.bucket)
             .key(key)
+            // Signed as the `content-length` header (X-Amz-SignedHeaders): S3 refuses a PUT
+            // of any other length with SignatureDoesNotMatch.
+            .set_content_length(content_length.and_then(|n| i64::try_from(n).ok()))
             .presigned(config)
             .await
             .map_err(|e| unavailable("s3:PutObject (presign)", e))?;
@@ -164,7 +168,7 @@ mod tests {
         let key = edge_cloud_core::spill::object_key(uuid::Uuid::nil(), uuid::Uuid::nil());
         let expires = OffsetDateTime::now_utc()
             + time::Duration::seconds(edge_cloud_core::spill::URL_TTL_SECONDS);
-        let url = store.presign_put(&key, expires).await.unwrap();
+        let url = store.presign_put(&key, expires, None).await.unwrap();
         assert!(
             url.starts_with("https://spill-bucket.s3.eu-west-1.amazonaws.com/spill/"),
             "{url}"
@@ -177,5 +181,34 @@ mod tests {
         );
         assert!(url.contains("X-Amz-Signature="), "{url}");
         assert!(url.contains("x-id=PutObject"), "{url}");
+        assert!(url.contains("X-Amz-SignedHeaders=host&"), "{url}");
+    }
+
+    /// Reliability §7: a grant for an object of known size is signed with its
+    /// `content-length`, so S3 takes that length only (SignatureDoesNotMatch otherwise).
+    #[tokio::test]
+    async fn presigned_put_urls_sign_the_content_length_when_it_is_known() {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(Credentials::new(
+                "AKIDEXAMPLE",
+                "secret",
+                None,
+                None,
+                "test",
+            ))
+            .build();
+        let store = S3Objects::from_client(aws_sdk_s3::Client::from_conf(conf), "spill-bucket");
+        let key = edge_cloud_core::spill::object_key(uuid::Uuid::nil(), uuid::Uuid::nil());
+        let expires = OffsetDateTime::now_utc() + time::Duration::seconds(60);
+        let a = store.presign_put(&key, expires, Some(4096)).await.unwrap();
+        assert!(
+            a.contains("X-Amz-SignedHeaders=content-length%3Bhost"),
+            "{a}"
+        );
+        let b = store.presign_put(&key, expires, Some(4097)).await.unwrap();
+        let sig = |u: &str| u.split("X-Amz-Signature=").nth(1).map(str::to_owned);
+        assert_ne!(sig(&a), sig(&b), "the length is part of the signature");
     }
 }

@@ -163,6 +163,22 @@ async fn grant(
             batch_id: req.batch_id,
         });
     }
+    if req.content_length.is_some_and(|n| n > MAX_OBJECT_BYTES) {
+        // Never granted: the finalize would refuse it anyway. Answered with a failed result,
+        // not retryable, so the device blocks the table instead of asking every 30 s.
+        issue_result(
+            tx,
+            device,
+            &req.source_table,
+            req.batch_id,
+            Some(SpillCode::ObjectTooLarge),
+        )
+        .await?;
+        return Ok(Outcome::UploadNotGranted {
+            batch_id: req.batch_id,
+            code: SpillCode::ObjectTooLarge,
+        });
+    }
     let reopening = existing.as_ref().is_none_or(|u| u.status == "failed");
     if reopening
         && open_uploads(tx, device.device_id, req.batch_id).await? >= MAX_OPEN_UPLOADS_PER_DEVICE
@@ -206,7 +222,7 @@ async fn grant(
     }
     let expires_at = now + time::Duration::seconds(URL_TTL_SECONDS);
     let url = objects
-        .presign_put(&key, expires_at)
+        .presign_put(&key, expires_at, req.content_length)
         .await
         .map_err(HandlerError::Object)?;
     let issued = issue_url_grant(

@@ -72,12 +72,20 @@ impl LocalObjects {
         self.dir.join(key)
     }
 
-    /// The signed URL of `key` valid until `expires_unix` (what a grant carries).
+    /// The signed URL of `key` valid until `expires_unix`, for any length up to the limit (what
+    /// a grant for a request without `content_length` carries).
     pub fn url(&self, key: &str, expires_unix: i64) -> String {
+        self.signed_url(key, expires_unix, None)
+    }
+
+    /// The signed URL of `key` valid until `expires_unix`, for exactly `length` bytes when
+    /// given (the length is signed: the endpoint refuses any other Content-Length).
+    pub fn signed_url(&self, key: &str, expires_unix: i64, length: Option<u64>) -> String {
+        let length_param = length.map(|n| format!("&length={n}")).unwrap_or_default();
         format!(
-            "{}/{key}?expires={expires_unix}&signature={}",
+            "{}/{key}?expires={expires_unix}{length_param}&signature={}",
             self.base_url,
-            sign_upload(&self.secret, key, expires_unix)
+            sign_upload(&self.secret, key, expires_unix, length)
         )
     }
 }
@@ -87,8 +95,9 @@ impl ObjectStore for LocalObjects {
         &self,
         key: &str,
         expires_at: OffsetDateTime,
+        content_length: Option<u64>,
     ) -> Result<String, ObjectError> {
-        Ok(self.url(key, expires_at.unix_timestamp()))
+        Ok(self.signed_url(key, expires_at.unix_timestamp(), content_length))
     }
 
     async fn discard(&self, key: &str) -> Result<(), ObjectError> {
@@ -149,7 +158,19 @@ pub async fn serve_upload(objects: &LocalObjects, req: Request, now_unix: i64) -
     ) else {
         return reply(StatusCode::FORBIDDEN, "upload URL is not signed");
     };
-    if let Err(e) = verify_upload(&objects.secret, &key, expires, signature, now_unix) {
+    let signed_length = match param("length").map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return reply(StatusCode::FORBIDDEN, "upload URL is not signed"),
+    };
+    if let Err(e) = verify_upload(
+        &objects.secret,
+        &key,
+        expires,
+        signed_length,
+        signature,
+        now_unix,
+    ) {
         tracing::warn!(%key, error = %e, "upload refused");
         return reply(StatusCode::FORBIDDEN, &e.to_string());
     }
@@ -161,7 +182,25 @@ pub async fn serve_upload(objects: &LocalObjects, req: Request, now_unix: i64) -
     if declared.is_some_and(|n| n > objects.max_bytes) {
         return reply(StatusCode::PAYLOAD_TOO_LARGE, "object over the size limit");
     }
-    match store(objects, &key, req.into_body()).await {
+    if let Some(n) = signed_length {
+        // As S3 with a signed content-length (reliability §7): that length or nothing.
+        match declared {
+            None => {
+                return reply(
+                    StatusCode::LENGTH_REQUIRED,
+                    &format!("upload URL is for {n} bytes: send Content-Length"),
+                )
+            }
+            Some(d) if d != n => {
+                return reply(
+                    StatusCode::FORBIDDEN,
+                    &format!("upload URL is for {n} bytes, Content-Length is {d}"),
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    match store(objects, &key, req.into_body(), signed_length).await {
         Ok(bytes) => {
             tracing::info!(%key, bytes, "spill object stored");
             reply(StatusCode::OK, "stored")
@@ -170,6 +209,10 @@ pub async fn serve_upload(objects: &LocalObjects, req: Request, now_unix: i64) -
             reply(StatusCode::PAYLOAD_TOO_LARGE, "object over the size limit")
         }
         Err(StoreFailure::Body(e)) => reply(StatusCode::BAD_REQUEST, &format!("body: {e}")),
+        Err(StoreFailure::LengthMismatch { signed, got }) => reply(
+            StatusCode::BAD_REQUEST,
+            &format!("upload URL is for {signed} bytes, the body had {got}"),
+        ),
         Err(StoreFailure::Io(e)) => {
             tracing::error!(%key, error = %e, "spill object could not be written");
             reply(
@@ -183,11 +226,19 @@ pub async fn serve_upload(objects: &LocalObjects, req: Request, now_unix: i64) -
 enum StoreFailure {
     TooLarge,
     Body(String),
+    LengthMismatch { signed: u64, got: u64 },
     Io(std::io::Error),
 }
 
-/// Streams `body` to a temporary file beside the object, then renames it into place.
-async fn store(objects: &LocalObjects, key: &str, mut body: Body) -> Result<u64, StoreFailure> {
+/// Streams `body` to a temporary file beside the object, then renames it into place; a body
+/// of another length than `exact` (the URL's signed length) is never stored.
+async fn store(
+    objects: &LocalObjects,
+    key: &str,
+    mut body: Body,
+    exact: Option<u64>,
+) -> Result<u64, StoreFailure> {
+    let limit = exact.map_or(objects.max_bytes, |n| n.min(objects.max_bytes));
     let path = objects.path_of(key);
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent)
@@ -204,11 +255,25 @@ async fn store(objects: &LocalObjects, key: &str, mut body: Body) -> Result<u64,
             let frame = frame.map_err(|e| StoreFailure::Body(e.to_string()))?;
             if let Ok(data) = frame.into_data() {
                 written += data.len() as u64;
-                if written > objects.max_bytes {
-                    return Err(StoreFailure::TooLarge);
+                if written > limit {
+                    return Err(match exact {
+                        Some(signed) if written <= objects.max_bytes => {
+                            StoreFailure::LengthMismatch {
+                                signed,
+                                got: written,
+                            }
+                        }
+                        _ => StoreFailure::TooLarge,
+                    });
                 }
                 file.write_all(&data).await.map_err(StoreFailure::Io)?;
             }
+        }
+        if let Some(signed) = exact.filter(|&n| n != written) {
+            return Err(StoreFailure::LengthMismatch {
+                signed,
+                got: written,
+            });
         }
         file.sync_all().await.map_err(StoreFailure::Io)?;
         Ok(written)

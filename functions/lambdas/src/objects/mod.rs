@@ -49,11 +49,14 @@ impl std::fmt::Debug for ObjectReader {
 /// Where upload objects live. One trait, two real backends: [`crate::aws::s3::S3Objects`] and
 /// [`local::LocalObjects`].
 pub trait ObjectStore: Send + Sync {
-    /// A URL the device can HTTP PUT the object `key` to until `expires_at`.
+    /// A URL the device can HTTP PUT the object `key` to until `expires_at`; signed for
+    /// exactly `content_length` bytes when given (reliability §7: the store refuses any other
+    /// length), else bounded by the store's size limit only.
     fn presign_put(
         &self,
         key: &str,
         expires_at: OffsetDateTime,
+        content_length: Option<u64>,
     ) -> impl Future<Output = Result<String, ObjectError>> + Send;
 
     /// Drops an object whose rows are committed (best effort; a store may leave it to its
