@@ -687,6 +687,63 @@ async fn telemetry_materializes_after_approval() {
     );
 }
 
+/// Reliability §5: after a rowid reset the agent re-reads a telemetry table from the start
+/// and sends readings the cloud already has under a new batch id; they are stored once.
+#[tokio::test]
+async fn telemetry_re_read_after_a_reset_is_stored_once() {
+    let e = env().await;
+    e.send(
+        "sync/telemetry/batch",
+        telemetry_batch(e.id(), 1, &[21.5, 22.0])
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    e.approve("temps").await;
+    // The re-read: both readings again (same ts, same values) and a new one.
+    let (_, m, _, _) = accepted(
+        &e.send(
+            "sync/telemetry/batch",
+            telemetry_batch(e.id(), 2, &[21.5, 22.0, 23.5])
+                .to_string()
+                .as_bytes(),
+        )
+        .await,
+    );
+    assert_eq!(m, 3, "the batch is accepted whole");
+    let stored: Vec<(String, f64)> = e
+        .client
+        .query(
+            "SELECT to_char(ts AT TIME ZONE 'UTC', 'HH24:MI:SS'), value_numeric \
+             FROM telemetry_data_point_value ORDER BY ts, value_numeric",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            ("09:00:00".to_owned(), 21.5),
+            ("09:00:01".to_owned(), 22.0),
+            ("09:00:02".to_owned(), 23.5)
+        ]
+    );
+    // A different value at a stored instant is a reading of its own.
+    e.send(
+        "sync/telemetry/batch",
+        telemetry_batch(e.id(), 3, &[30.0]).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        e.scalar_i64("SELECT count(*) FROM telemetry_data_point_value")
+            .await,
+        4
+    );
+}
+
 #[tokio::test]
 async fn ingress_drops_identity_mismatch() {
     let e = env().await;

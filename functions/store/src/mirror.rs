@@ -175,7 +175,10 @@ pub struct TelemetryValue {
 }
 
 /// Inserts values of one batch; a redelivered batch writes nothing twice (key includes
-/// batch id and row index).
+/// batch id and row index), and a value another batch of the device already stored — same data
+/// point, `ts`, `row_id` and value — is not stored again: the agent re-reads a telemetry table
+/// from the start when its rowids went back (reliability §5), and those readings arrive under a
+/// new batch id.
 pub async fn insert_telemetry_values<C: GenericClient>(
     c: &C,
     device_id: Uuid,
@@ -200,6 +203,13 @@ pub async fn insert_telemetry_values<C: GenericClient>(
              FROM unnest($3::uuid[], $4::timestamptz[], $5::integer[], \
                  $6::double precision[], $7::text[], $8::jsonb[], $9::text[]) \
                  AS u(dp, ts, i, n, t, j, r) \
+             WHERE NOT EXISTS (SELECT 1 FROM telemetry_data_point_value v \
+                 WHERE v.data_point_id = u.dp AND v.ts = u.ts AND v.batch_id <> $2 \
+                   AND v.device_id = $1 \
+                   AND v.row_id IS NOT DISTINCT FROM u.r \
+                   AND v.value_numeric IS NOT DISTINCT FROM u.n \
+                   AND v.value_text IS NOT DISTINCT FROM u.t \
+                   AND v.value_json IS NOT DISTINCT FROM u.j) \
              ON CONFLICT DO NOTHING",
         &[
             (&device_id, Type::UUID),
