@@ -703,6 +703,28 @@ async fn defect12_unfit_rows_are_staged_without_pausing_healthy_traffic() {
     );
 }
 
+/// One insert of `device_state` + `added col` at commit_seq = id, setpoint id + 0.5.
+fn with_added(
+    epoch: Uuid,
+    schema: &SchemaColumns,
+    id: i64,
+    mode: &str,
+    added: &str,
+) -> serde_json::Value {
+    row_batch(
+        Uuid::now_v7(),
+        epoch,
+        schema,
+        true,
+        &[(
+            id,
+            "insert",
+            json!({"id": id}),
+            json!({"id": id, "mode": mode, "setpoint": id as f64 + 0.5, "added col": added}),
+        )],
+    )
+}
+
 /// Found by the soak (docs/reliability.md §6): two reviews of one lineage queued at once (the
 /// application ran an ADD COLUMN before the first review was decided), approved newest first.
 /// Approving the older schema must bind its backlog, not move the lineage's approved schema
@@ -715,21 +737,11 @@ async fn approving_an_older_review_after_a_newer_one_keeps_the_newer_schema_appr
         "device_state",
         [old.columns.clone(), vec![col("added col", "TEXT", 0, 0)]].concat(),
     );
-    let b = row_batch(Uuid::now_v7(), e.id(), &old, true, &[ins(1, 1, "on", 1.5)]);
+    let epoch = e.id();
+    let b = row_batch(Uuid::now_v7(), epoch, &old, true, &[ins(1, 1, "on", 1.5)]);
     e.rows(&b).await;
-    let b = row_batch(
-        Uuid::now_v7(),
-        e.id(),
-        &new,
-        true,
-        &[(
-            2,
-            "insert",
-            json!({"id": 2}),
-            json!({"id": 2, "mode": "off", "setpoint": 2.5, "added col": "during review"}),
-        )],
-    );
-    e.rows(&b).await;
+    e.rows(&with_added(epoch, &new, 2, "off", "during review"))
+        .await;
     let l = lineage_of(&e, e.device.device_id, "device_state").await;
     let queued = e
         .scalar_i64("SELECT count(*) FROM edge_schema_reviews WHERE state = 'queued'")
@@ -761,19 +773,7 @@ async fn approving_an_older_review_after_a_newer_one_keeps_the_newer_schema_appr
         "the device is on the newer schema: it stays the approved one"
     );
     // A later row of the newer schema fills the newer column.
-    let b = row_batch(
-        Uuid::now_v7(),
-        e.id(),
-        &new,
-        true,
-        &[(
-            3,
-            "insert",
-            json!({"id": 3}),
-            json!({"id": 3, "mode": "on", "setpoint": 3.5, "added col": "after"}),
-        )],
-    );
-    let (m, st, f) = accepted_counts(&e.rows(&b).await);
+    let (m, st, f) = accepted_counts(&e.rows(&with_added(epoch, &new, 3, "on", "after")).await);
     assert_eq!((m, st, f), (1, 0, 0));
     let rows = e
         .client

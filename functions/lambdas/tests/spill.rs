@@ -62,6 +62,15 @@ fn request(kind: &str, batch_id: Uuid, table: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `url_request` / `finalize` of `batch_id` for `device_state`.
+async fn ask(e: &Env, kind: &str, batch_id: Uuid) -> Outcome {
+    e.send(
+        "sync/ingest/request",
+        &request(kind, batch_id, "device_state"),
+    )
+    .await
+}
+
 /// zstd JSON Lines, as the agent builds them.
 fn object(rows: &[Change]) -> Vec<u8> {
     let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
@@ -184,12 +193,7 @@ async fn request_grant_put_finalize_materializes_and_duplicates_are_harmless() {
     let big = "x".repeat(300_000);
     let rows = [ins(2, 2, &big, 1.0), ins(3, 3, "cool", 2.0)];
 
-    let o = e
-        .send(
-            "sync/ingest/request",
-            &request("url_request", batch, "device_state"),
-        )
-        .await;
+    let o = ask(e, "url_request", batch).await;
     assert!(
         matches!(o, Outcome::UploadGranted { batch_id, .. } if batch_id == batch),
         "{o:?}"
@@ -197,12 +201,7 @@ async fn request_grant_put_finalize_materializes_and_duplicates_are_harmless() {
     let g = grant_of(e, batch).await;
     verify(&g, &e.device.control_key).unwrap();
     // The device asks again before the grant reached it: the same (unacked) grant is re-sent.
-    let again = e
-        .send(
-            "sync/ingest/request",
-            &request("url_request", batch, "device_state"),
-        )
-        .await;
+    let again = ask(e, "url_request", batch).await;
     assert_eq!(
         again,
         Outcome::UploadGranted {
@@ -219,12 +218,7 @@ async fn request_grant_put_finalize_materializes_and_duplicates_are_harmless() {
     assert_eq!((expires - issued).whole_seconds(), 15 * 60);
 
     assert_eq!(put(s.addr, &url, &object(&rows), None).await, 200);
-    let o = e
-        .send(
-            "sync/ingest/request",
-            &request("finalize", batch, "device_state"),
-        )
-        .await;
+    let o = ask(e, "finalize", batch).await;
     match &o {
         Outcome::Accepted {
             batch_id,
@@ -265,19 +259,9 @@ async fn request_grant_put_finalize_materializes_and_duplicates_are_harmless() {
     );
 
     // Duplicate finalize (QoS 1 redelivery): a no-op. A late url_request: no new grant.
-    let o = e
-        .send(
-            "sync/ingest/request",
-            &request("finalize", batch, "device_state"),
-        )
-        .await;
+    let o = ask(e, "finalize", batch).await;
     assert_eq!(o, Outcome::Duplicate { batch_id: batch });
-    let o = e
-        .send(
-            "sync/ingest/request",
-            &request("url_request", batch, "device_state"),
-        )
-        .await;
+    let o = ask(e, "url_request", batch).await;
     assert_eq!(o, Outcome::Duplicate { batch_id: batch });
     assert_eq!(
         e.scalar_i64("SELECT count(*) FROM edge_export_segments WHERE kind = 'spill'")
@@ -545,12 +529,7 @@ async fn requests_without_a_known_header_or_store_get_no_grant() {
     let e = &s.e;
     let batch = e.id();
     // Nothing known of the device yet.
-    let o = e
-        .send(
-            "sync/ingest/request",
-            &request("url_request", batch, "device_state"),
-        )
-        .await;
+    let o = ask(e, "url_request", batch).await;
     assert_eq!(
         o,
         Outcome::UploadNotGranted {
@@ -569,12 +548,7 @@ async fn requests_without_a_known_header_or_store_get_no_grant() {
         &[(1, "insert", json!({"id": 1}), json!({"id": 1}))],
     );
     e.rows(&b).await;
-    let o = e
-        .send(
-            "sync/ingest/request",
-            &request("url_request", batch, "device_state"),
-        )
-        .await;
+    let o = ask(e, "url_request", batch).await;
     assert_eq!(
         o,
         Outcome::UploadNotGranted {
@@ -588,12 +562,7 @@ async fn requests_without_a_known_header_or_store_get_no_grant() {
         "schema_columns": device_state()});
     e.send("sync/schema/observe", obs.to_string().as_bytes())
         .await;
-    let o = e
-        .send(
-            "sync/ingest/request",
-            &request("url_request", batch, "device_state"),
-        )
-        .await;
+    let o = ask(e, "url_request", batch).await;
     assert!(matches!(o, Outcome::UploadGranted { .. }), "{o:?}");
     // Rows of a spill into a lineage under review are staged, like a batch's.
     let url = grant_of(e, batch).await.presigned_url.unwrap();
@@ -601,12 +570,7 @@ async fn requests_without_a_known_header_or_store_get_no_grant() {
         put(s.addr, &url, &object(&[ins(5, 5, "m", 1.0)]), None).await,
         200
     );
-    let o = e
-        .send(
-            "sync/ingest/request",
-            &request("finalize", batch, "device_state"),
-        )
-        .await;
+    let o = ask(e, "finalize", batch).await;
     assert!(
         matches!(
             o,
@@ -657,21 +621,11 @@ async fn large_objects_are_processed_in_chunks_in_one_transaction() {
     let rows: Vec<Change> = (0..n)
         .map(|i| ins(10 + i, 10 + i, &format!("m{i}"), i as f64))
         .collect();
-    let o = e
-        .send(
-            "sync/ingest/request",
-            &request("url_request", batch, "device_state"),
-        )
-        .await;
+    let o = ask(e, "url_request", batch).await;
     assert!(matches!(o, Outcome::UploadGranted { .. }), "{o:?}");
     let url = grant_of(e, batch).await.presigned_url.unwrap();
     assert_eq!(put(s.addr, &url, &object(&rows), None).await, 200);
-    let o = e
-        .send(
-            "sync/ingest/request",
-            &request("finalize", batch, "device_state"),
-        )
-        .await;
+    let o = ask(e, "finalize", batch).await;
     assert!(
         matches!(o, Outcome::Accepted { materialized, staged: 0, .. } if materialized == n),
         "{o:?}"
@@ -696,19 +650,10 @@ async fn large_objects_are_processed_in_chunks_in_one_transaction() {
         .collect();
     let last = rows.len() - 1;
     rows[last].0 = 100_000; // repeats the first commit_seq, in the last chunk
-    e.send(
-        "sync/ingest/request",
-        &request("url_request", batch, "device_state"),
-    )
-    .await;
+    ask(e, "url_request", batch).await;
     let url = grant_of(e, batch).await.presigned_url.unwrap();
     assert_eq!(put(s.addr, &url, &object(&rows), None).await, 200);
-    let o = e
-        .send(
-            "sync/ingest/request",
-            &request("finalize", batch, "device_state"),
-        )
-        .await;
+    let o = ask(e, "finalize", batch).await;
     assert!(
         matches!(
             o,
@@ -761,12 +706,7 @@ async fn presigned_put_urls_take_the_requested_length_only() {
     assert!(!s.objects.dir().join(&key).exists(), "nothing stored");
     // The length it was granted for.
     assert_eq!(put(s.addr, &url, &body, None).await, 200);
-    let o = e
-        .send(
-            "sync/ingest/request",
-            &request("finalize", batch, "device_state"),
-        )
-        .await;
+    let o = ask(e, "finalize", batch).await;
     assert!(
         matches!(
             o,
@@ -831,21 +771,11 @@ async fn a_device_holds_at_most_sixteen_open_uploads() {
     assert_eq!(cap, 16);
     let batches: Vec<Uuid> = (0..cap).map(|_| e.id()).collect();
     for b in &batches {
-        let o = e
-            .send(
-                "sync/ingest/request",
-                &request("url_request", *b, "device_state"),
-            )
-            .await;
+        let o = ask(e, "url_request", *b).await;
         assert!(matches!(o, Outcome::UploadGranted { .. }), "{o:?}");
     }
     let extra = e.id();
-    let o = e
-        .send(
-            "sync/ingest/request",
-            &request("url_request", extra, "device_state"),
-        )
-        .await;
+    let o = ask(e, "url_request", extra).await;
     assert_eq!(
         o,
         Outcome::UploadNotGranted {
@@ -855,12 +785,7 @@ async fn a_device_holds_at_most_sixteen_open_uploads() {
     );
     assert!(SpillCode::TooManyOpenUploads.retryable());
     // An open upload asking again is not a new one: still served.
-    let again = e
-        .send(
-            "sync/ingest/request",
-            &request("url_request", batches[0], "device_state"),
-        )
-        .await;
+    let again = ask(e, "url_request", batches[0]).await;
     assert!(matches!(again, Outcome::UploadGranted { .. }), "{again:?}");
     // One finalized frees a slot.
     let url = grant_of(e, batches[0]).await.presigned_url.unwrap();
@@ -868,18 +793,8 @@ async fn a_device_holds_at_most_sixteen_open_uploads() {
         put(s.addr, &url, &object(&[ins(2, 2, "freed", 1.0)]), None).await,
         200
     );
-    let o = e
-        .send(
-            "sync/ingest/request",
-            &request("finalize", batches[0], "device_state"),
-        )
-        .await;
+    let o = ask(e, "finalize", batches[0]).await;
     assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
-    let o = e
-        .send(
-            "sync/ingest/request",
-            &request("url_request", extra, "device_state"),
-        )
-        .await;
+    let o = ask(e, "url_request", extra).await;
     assert!(matches!(o, Outcome::UploadGranted { .. }), "{o:?}");
 }

@@ -150,9 +150,8 @@ mod tests {
     use super::*;
     use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 
-    /// Presigning is local SigV4 signing: no network, so the URL the device gets is checkable.
-    #[tokio::test]
-    async fn presigned_put_urls_name_the_key_and_expire_in_15_minutes() {
+    /// A store over a client with static credentials: presigning needs no network.
+    fn offline_store() -> S3Objects {
         let conf = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("eu-west-1"))
@@ -164,7 +163,13 @@ mod tests {
                 "test",
             ))
             .build();
-        let store = S3Objects::from_client(aws_sdk_s3::Client::from_conf(conf), "spill-bucket");
+        S3Objects::from_client(aws_sdk_s3::Client::from_conf(conf), "spill-bucket")
+    }
+
+    /// Presigning is local SigV4 signing: no network, so the URL the device gets is checkable.
+    #[tokio::test]
+    async fn presigned_put_urls_name_the_key_and_expire_in_15_minutes() {
+        let store = offline_store();
         let key = edge_cloud_core::spill::object_key(uuid::Uuid::nil(), uuid::Uuid::nil());
         let expires = OffsetDateTime::now_utc()
             + time::Duration::seconds(edge_cloud_core::spill::URL_TTL_SECONDS);
@@ -188,18 +193,7 @@ mod tests {
     /// `content-length`, so S3 takes that length only (SignatureDoesNotMatch otherwise).
     #[tokio::test]
     async fn presigned_put_urls_sign_the_content_length_when_it_is_known() {
-        let conf = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("eu-west-1"))
-            .credentials_provider(Credentials::new(
-                "AKIDEXAMPLE",
-                "secret",
-                None,
-                None,
-                "test",
-            ))
-            .build();
-        let store = S3Objects::from_client(aws_sdk_s3::Client::from_conf(conf), "spill-bucket");
+        let store = offline_store();
         let key = edge_cloud_core::spill::object_key(uuid::Uuid::nil(), uuid::Uuid::nil());
         let expires = OffsetDateTime::now_utc() + time::Duration::seconds(60);
         let a = store.presign_put(&key, expires, Some(4096)).await.unwrap();
