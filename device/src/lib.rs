@@ -34,7 +34,8 @@
 //!   [`control_store`] — the last applied `issued_at` per table and control family, the last
 //!   `device_unknown` (state.db, with its migration); [`rate`] — token bucket
 //! - [`mqtt`] — rumqttc + rustls mTLS, the MQTT side, and the one [`mqtt::Publisher::publish`];
-//!   [`daemon`] — the select! loop and its handlers (drain, controls, uploads)
+//!   [`daemon`] — the select! loop and its handlers (drain, controls, uploads), started over
+//!   in-process after a storage failure (`daemon::run_supervised`)
 //! - [`spill`] — protocol §7 uploads: zstd JSON Lines objects, the per-spill state machine
 //!   (pure) and the blocking HTTP PUT (ureq + rustls) run off the loop
 //! - [`status`] — the `status` and `check` commands (the source database read-only)

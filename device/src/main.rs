@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use edge_agent::capture::{Capture, SystemIds};
-use edge_agent::daemon::Daemon;
 use edge_agent::settings::Settings;
 use edge_agent::state::StateDb;
 use edge_agent::{mqtt, status};
@@ -107,8 +106,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let daemon = Daemon::open(settings)?;
-        daemon.run(shutdown_signal()).await?;
+        edge_agent::daemon::run_supervised(settings, shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -183,6 +183,15 @@ pub struct Connection {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A connection dropped without [`Connection::abort`] (the daemon ended with an error and is
+/// started over, `daemon::run_supervised`) stops its thread too: a second session under the
+/// same client id would take the new one's place at the broker, back and forth.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
 impl Connection {
     /// Stops the event-loop thread (after a DISCONNECT was given a moment to go out).
     pub fn abort(&mut self) {

@@ -108,6 +108,13 @@ rate_limit = false
         }
     }
 
+    /// The process is still running (it did not exit by itself).
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
@@ -298,6 +305,52 @@ async fn controls_acked_before_their_effect_is_saved_lose_a_resume() {
         agent.state_value("SELECT paused FROM tables WHERE table_name = 'a'"),
         Some(0),
         "{}",
+        agent.log()
+    );
+}
+
+/// Found by the soak (docs/reliability.md §6): state.db full at the commit of a PUBACK turn
+/// ended the agent (`edge-agent: error: state.db: database or disk is full`), and a supervisor's
+/// start limit can then keep it down after the disk has room again. A storage failure now starts
+/// the daemon over from state.db in the same process; nothing is lost, and the PUBACKed batch
+/// whose ack could not be recorded is sent again (same id: a duplicate the cloud ignores).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_db_full_at_an_ack_commit_does_not_end_the_agent() {
+    let pki = Pki::generate();
+    let broker = Broker::start(&pki);
+    let mut agent = Agent::new(&broker, &pki);
+    let mut svc = service(&broker, &pki).await;
+    let mut seen = Seen::default();
+    let db = agent.db();
+    db.execute("INSERT INTO a VALUES (1, 'a1')", []).unwrap();
+    agent.start_with(Some("agent-commit-acks-disk-full=1*return"));
+    drain_until(&mut svc, &mut seen, Duration::from_secs(30), "a1", |s| {
+        s.a.len() == 1
+    })
+    .await;
+    wait_for(
+        Duration::from_secs(20),
+        "the start-over after the failure",
+        || {
+            agent
+                .log()
+                .contains("starting over after a storage failure")
+                || !agent.running()
+        },
+    );
+    assert!(agent.running(), "the agent exited: {}", agent.log());
+    db.execute("INSERT INTO a VALUES (2, 'a2')", []).unwrap();
+    drain_until(&mut svc, &mut seen, Duration::from_secs(30), "a2", |s| {
+        s.a.len() == 2
+    })
+    .await;
+    wait_for(Duration::from_secs(20), "a1 and a2 acknowledged", || {
+        agent.state_value("SELECT last_acked_seq FROM tables WHERE table_name = 'a'") == Some(2)
+    });
+    assert!(agent.running(), "{}", agent.log());
+    assert!(
+        agent.log().contains("database or disk is full"),
+        "the failure is logged: {}",
         agent.log()
     );
 }

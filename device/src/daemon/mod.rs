@@ -35,7 +35,10 @@
 mod blocked;
 mod controls;
 mod drain;
+mod supervise;
 mod uploads;
+
+pub use supervise::run_supervised;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -455,6 +458,14 @@ impl Daemon {
         if self.acked.is_empty() {
             return Ok(());
         }
+        // A full disk under state.db at this commit (the fault suite's disk-full fault hit
+        // exactly here); `return` fails it with SQLITE_FULL (tests only, see `fail`).
+        fail::fail_point!("agent-commit-acks-disk-full", |_| Err(DaemonError::State(
+            StateError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                Some("injected: database or disk is full".into()),
+            ))
+        )));
         let acked = std::mem::take(&mut self.acked);
         // No fsync for this commit (state.db is FULL otherwise): lost at a power cut, it only
         // brings the outbox rows back, re-sent with identical ids and bytes (deduplicated).
