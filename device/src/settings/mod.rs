@@ -38,7 +38,10 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-pub use capture::{CaptureConfig, Strategy, TableConfig, DEFAULT_LOCAL_RETENTION_BYTES};
+pub use capture::{
+    CaptureConfig, Strategy, TableConfig, DEFAULT_LOCAL_RETENTION_BYTES,
+    DEFAULT_SNAPSHOT_CHUNK_ROWS,
+};
 pub use read::{parse_broker_url, parse_duration};
 
 /// The one error of settings: which key, and what is wrong with it.
