@@ -111,9 +111,9 @@ async fn defect_10_restore_from_backup_leaves_no_ghost_rows() {
     stack.start_agent(&replication(7, ""));
     // Rows 31..35 exist only in the mirror now: the marked re-snapshot of the new epoch sweeps
     // them; 1..3 come back, 10 is 'orig' again.
+    stack.assert_mirror_converges("items", &["id"]).await;
     let swept = wait_swept(&stack, 5).await;
     assert_eq!(swept, 5, "exactly the rows the restored database lacks");
-    stack.assert_mirror_converges("items", &["id"]).await;
     let runs = scalar(
         &stack,
         "SELECT count(*) FROM edge_snapshot_runs WHERE state = 'swept' AND chunk_count = 5 \
@@ -144,9 +144,9 @@ async fn defect_10_retention_drop_resnapshot_sweeps_the_dropped_delete() {
     let big = "x".repeat(4000);
     insert_items(&stack.app, 100..=399, &big);
     stack.start_agent(&replication(50, "local_retention_bytes = 1048576"));
+    stack.assert_mirror_converges("items", &["id"]).await;
     let swept = wait_swept(&stack, 1).await;
     assert_eq!(swept, 1, "the row whose delete was dropped");
-    stack.assert_mirror_converges("items", &["id"]).await;
     let dropped: i64 = scalar(
         &stack,
         "SELECT count(*) FROM edge_snapshot_runs WHERE state = 'swept' AND row_count = 309",
