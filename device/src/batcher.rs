@@ -5,12 +5,19 @@
 //! first estimated from the per-change sizes the journal reader reports, then each batch is
 //! encoded and checked; one that still overflows is split in half. A single change that cannot
 //! fit any batch is returned separately for the spill flow (protocol §7) — never dropped.
+//!
+//! A snapshot chunk's group (edge-policies §5) gives batches that all carry the chunk's
+//! snapshot fields (a chunk larger than one batch spans several with the same
+//! `snapshot_chunk`, which the cloud records once); an end-marker group gives the one
+//! `rows: []` batch whose first/last_commit_seq are `snapshot_start_seq` on the wire, while its
+//! [`BuiltBatch`] seqs are the marker's journal seq (what its acknowledgement covers).
 
 use std::collections::BTreeMap;
 
 use edge_protocol::batch::RowBatch;
 use edge_protocol::fingerprint::SchemaColumns;
 use edge_protocol::limits::MAX_ROWS_PER_BATCH;
+use edge_protocol::wire::SnapshotFields;
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -69,6 +76,7 @@ struct Ctx<'a> {
     table: &'a str,
     hash: &'a str,
     columns: &'a SchemaColumns,
+    snapshot: Option<&'a SnapshotFields>,
     max_bytes: usize,
 }
 
@@ -101,8 +109,24 @@ fn encode(
         return Err(BatchError::Layout);
     };
     let rows_len: usize = rows.iter().map(|r| r.json.len() + 1).sum();
-    let mut out = Vec::with_capacity(envelope.len() + rows_len);
-    out.extend_from_slice(prefix);
+    let mut out = Vec::with_capacity(envelope.len() + rows_len + 160);
+    match ctx.snapshot {
+        // The snapshot fields go first (key order means nothing in JSON): `rows` stays last.
+        Some(f) => {
+            let fields = serde_json::to_vec(f)?;
+            let (Some(inner), Some(rest)) = (
+                fields.strip_prefix(b"{").and_then(|x| x.strip_suffix(b"}")),
+                prefix.strip_prefix(b"{"),
+            ) else {
+                return Err(BatchError::Layout);
+            };
+            out.push(b'{');
+            out.extend_from_slice(inner);
+            out.push(b',');
+            out.extend_from_slice(rest);
+        }
+        None => out.extend_from_slice(prefix),
+    }
     out.push(b'[');
     for (i, r) in rows.iter().enumerate() {
         if i > 0 {
@@ -130,8 +154,12 @@ pub fn build_batches(
         table: &group.table,
         hash: &group.schema_hash,
         columns: &group.schema_columns,
+        snapshot: group.snapshot.as_ref(),
         max_bytes: max_payload_bytes,
     };
+    if let (Some(seq), Some(fields)) = (group.end_marker_seq, ctx.snapshot) {
+        return end_marker(&ctx, seq, fields, with_schema, new_id);
+    }
     // Envelope size without rows (with schema when asked), plus room for the seq numbers.
     let overhead = encode(&ctx, Uuid::nil(), with_schema, &[])?.len() + 40;
     let mut out = Built::default();
@@ -166,6 +194,40 @@ pub fn build_batches(
         emit(&ctx, current, schema_pending, new_id, &mut out)?;
     }
     Ok(out)
+}
+
+/// The end-marker batch of a snapshot run: `rows: []`, first/last_commit_seq =
+/// `snapshot_start_seq` (edge-policies §5); acknowledged up to the marker's journal seq `seq`.
+fn end_marker(
+    ctx: &Ctx<'_>,
+    seq: i64,
+    fields: &SnapshotFields,
+    with_schema: bool,
+    new_id: &mut dyn FnMut() -> Uuid,
+) -> Result<Built, BatchError> {
+    let id = new_id();
+    let mut batch = RowBatch::new(
+        id,
+        ctx.epoch,
+        ctx.table,
+        ctx.hash,
+        with_schema.then(|| ctx.columns.clone()),
+        Vec::new(),
+    );
+    batch.first_commit_seq = fields.snapshot_start_seq;
+    batch.last_commit_seq = fields.snapshot_start_seq;
+    batch.snapshot = Some(fields.clone());
+    Ok(Built {
+        batches: vec![BuiltBatch {
+            batch_id: id,
+            table: ctx.table.to_owned(),
+            first_seq: seq,
+            last_seq: seq,
+            rows: 0,
+            payload: serde_json::to_vec(&batch)?,
+        }],
+        oversized: Vec::new(),
+    })
 }
 
 /// Encodes `rows` as one batch, halving until every piece fits (the size estimate is exact up
@@ -232,6 +294,8 @@ mod tests {
             schema_hash: columns.schema_hash(),
             schema_columns: columns,
             changes,
+            snapshot: None,
+            end_marker_seq: None,
         }
     }
 

@@ -16,10 +16,10 @@
 //! # Layout
 //! - [`settings`] — TOML + `OMEGA_*` env → validated [`settings::Settings`] (errors name the key);
 //!   [`settings::CaptureConfig`]: table strategies, include_columns, ts_column,
-//!   snapshot_on_first_run, local_retention_bytes
+//!   snapshot_on_first_run, snapshot_chunk_rows, local_retention_bytes
 //! - [`capture`] — discovery ([`capture::schema`]), trigger SQL ([`capture::triggers`], pure),
 //!   identifier quoting ([`capture::ident`]), journal reading / acking ([`capture::journal`]),
-//!   snapshots ([`capture::snapshot`]), retention ([`capture::retention`]), telemetry reader
+//!   snapshots, marked runs and their journal markers ([`capture::snapshot`]), retention ([`capture::retention`]), telemetry reader
 //!   ([`capture::telemetry`])
 //! - [`state`] — state.db: epoch, instance id, cursors, schema hashes, snapshot flags, pauses,
 //!   handled controls, telemetry progress, counters, the one `meta` table

@@ -139,6 +139,9 @@ impl Reader {
     pub fn drop_fixed(&self, group: &mut ChangeGroup) {
         let done = self.fixed(&group.table);
         group.changes.retain(|c| c.commit_seq > done);
+        if group.end_marker_seq.is_some_and(|seq| seq <= done) {
+            group.end_marker_seq = None;
+        }
     }
 
     /// The tables catching up this turn: not paused and not `blocked` by a spill upload.
@@ -265,6 +268,8 @@ mod tests {
             schema_hash: "h".into(),
             schema_columns: SchemaColumns::new(table, Vec::new()),
             changes: seqs.iter().copied().map(change).collect(),
+            snapshot: None,
+            end_marker_seq: None,
         }
     }
 

@@ -421,11 +421,21 @@ impl StateDb {
         Ok(())
     }
 
+    /// Marks (or clears) `table`'s pending snapshot; the cursor restarts. A marked run in
+    /// progress (edge-policies §5: its cursor holds `run`) is replaced by the new one: its cursor
+    /// keeps only `{"abort": run}`, so the next snapshot step sends its `aborted` end marker
+    /// before starting afresh (`capture::snapshot`). Clearing drops the cursor.
     pub fn set_needs_snapshot(&self, table: &str, needs: bool) -> Result<(), StateError> {
         self.conn.execute(
             "INSERT INTO tables(table_name, needs_snapshot) VALUES(?1, ?2) \
              ON CONFLICT(table_name) DO UPDATE SET needs_snapshot = excluded.needs_snapshot, \
-             snapshot_cursor = NULL",
+             snapshot_cursor = CASE \
+               WHEN NOT excluded.needs_snapshot OR NOT json_valid(snapshot_cursor) THEN NULL \
+               WHEN json_type(snapshot_cursor, '$.run') = 'object' \
+                 THEN json_object('abort', json_extract(snapshot_cursor, '$.run')) \
+               WHEN json_type(snapshot_cursor, '$.abort') = 'object' \
+                 THEN json_object('abort', json_extract(snapshot_cursor, '$.abort')) \
+               ELSE NULL END",
             params![table, needs],
         )?;
         Ok(())

@@ -242,6 +242,8 @@ CREATE TABLE IF NOT EXISTS \"__omega_journal\" (
     op INTEGER NOT NULL,
     pk TEXT,
     row TEXT);
+CREATE INDEX IF NOT EXISTS \"__omega_journal_markers\" ON \"__omega_journal\"(commit_seq)
+    WHERE op = 4;
 ";
 
 /// Opens a connection to the source database configured the way the agent needs it.

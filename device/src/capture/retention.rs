@@ -16,6 +16,7 @@ use tracing::warn;
 use edge_protocol::value::Row;
 
 use super::journal::{decode_entry, RawEntry, ENTRY_OVERHEAD_BYTES};
+use super::triggers::OP_SNAPSHOT_MARKER;
 use super::{Capture, CaptureError};
 use crate::state::{counter, StateDb};
 
@@ -208,7 +209,8 @@ impl Capture {
         let list: Vec<String> = ids.iter().map(i64::to_string).collect();
         let sql = format!(
             "SELECT commit_seq, schema_id, op, pk, row FROM \"__omega_journal\" \
-             WHERE commit_seq > ?1 AND schema_id IN ({}) ORDER BY commit_seq",
+             WHERE commit_seq > ?1 AND schema_id IN ({}) AND op <> {OP_SNAPSHOT_MARKER} \
+             ORDER BY commit_seq",
             list.join(",")
         );
         let raws: Vec<RawEntry> = {

@@ -44,6 +44,10 @@ pub const OP_INSERT: i64 = 1;
 pub const OP_UPDATE: i64 = 2;
 /// Journal `op` code of a delete (also the first half of a primary-key-changing update).
 pub const OP_DELETE: i64 = 3;
+/// Journal `op` code of a snapshot marker the agent writes itself (never a trigger): a chunk's
+/// marker above the rows it reserved, or a run's end marker ([`crate::capture::snapshot`]).
+/// Readers skip it: it is never a row on the wire.
+pub const OP_SNAPSHOT_MARKER: i64 = 4;
 
 /// Prefix of every trigger the agent owns; anything else is the application's.
 pub const TRIGGER_PREFIX: &str = "__omega_trg_";

@@ -105,7 +105,8 @@ impl Daemon {
                     continue;
                 }
                 self.reader.drop_fixed(&mut group);
-                if group.changes.is_empty() {
+                // An end-marker group (edge-policies §5) has no changes but is a batch.
+                if group.changes.is_empty() && group.end_marker_seq.is_none() {
                     continue;
                 }
                 let with_schema = self.announcer.needs(&group.table, &group.schema_hash);

@@ -384,11 +384,10 @@ impl Daemon {
         let Some(table) = tables.into_iter().find(|t| !self.reader.is_paused(t)) else {
             return Ok(false);
         };
-        let step = self.capture.snapshot_step(
-            &self.state,
-            &table,
-            crate::capture::snapshot::DEFAULT_CHUNK_ROWS,
-        )?;
+        let chunk_rows = self.capture.config().snapshot_chunk_rows;
+        let step = self
+            .capture
+            .snapshot_step(&self.state, &table, chunk_rows)?;
         Ok(step.rows > 0 || !step.done)
     }
 

@@ -40,6 +40,9 @@ impl Strategy {
     }
 }
 
+/// `snapshot_chunk_rows` when not configured (edge-policies §5).
+pub const DEFAULT_SNAPSHOT_CHUNK_ROWS: usize = 1000;
+
 /// Per-table settings (`[sqlite-replication.table_strategies.<table>]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableConfig {
@@ -61,6 +64,9 @@ pub struct CaptureConfig {
     pub snapshot_on_first_run: bool,
     /// Bound on the journal's pending bytes before retention coalesces/drops (agent.md §4).
     pub local_retention_bytes: u64,
+    /// Rows per snapshot chunk (`sqlite-replication.snapshot_chunk_rows`, edge-policies §5
+    /// default 1000): each chunk is one short `BEGIN IMMEDIATE` on the application's database.
+    pub snapshot_chunk_rows: usize,
     /// The operator confirms the application's SQLite, older than 3.38, has JSON1 compiled in
     /// (`sqlite-replication.app_sqlite_has_json1`; reliability.md §6, `capture::compat`).
     pub app_sqlite_has_json1: bool,
@@ -73,6 +79,7 @@ impl Default for CaptureConfig {
             snapshot_on_first_run: true,
             app_sqlite_has_json1: false,
             local_retention_bytes: DEFAULT_LOCAL_RETENTION_BYTES,
+            snapshot_chunk_rows: DEFAULT_SNAPSHOT_CHUNK_ROWS,
         }
     }
 }

@@ -38,7 +38,10 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-pub use capture::{CaptureConfig, Strategy, TableConfig, DEFAULT_LOCAL_RETENTION_BYTES};
+pub use capture::{
+    CaptureConfig, Strategy, TableConfig, DEFAULT_LOCAL_RETENTION_BYTES,
+    DEFAULT_SNAPSHOT_CHUNK_ROWS,
+};
 pub use read::{parse_broker_url, parse_duration};
 
 /// The one error of settings: which key, and what is wrong with it.
@@ -277,7 +280,22 @@ state_db_path = "/var/lib/edge-agent/state.db"
         assert!(s.replication.rate_limit);
         assert_eq!(s.replication.capture.local_retention_bytes, 268_435_456);
         assert!(s.replication.capture.snapshot_on_first_run);
+        assert_eq!(s.replication.capture.snapshot_chunk_rows, 1000);
         assert!(s.security.signed_control);
+    }
+
+    #[test]
+    fn snapshot_chunk_rows_is_read_and_must_be_positive() {
+        let with = |v: &str| {
+            MINIMAL.replace(
+                "[sqlite-replication]",
+                &format!("[sqlite-replication]\nsnapshot_chunk_rows = {v}"),
+            )
+        };
+        let s = load(&with("7"), &[]).unwrap();
+        assert_eq!(s.replication.capture.snapshot_chunk_rows, 7);
+        let e = load(&with("0"), &[]).unwrap_err().to_string();
+        assert!(e.contains("snapshot_chunk_rows"), "{e}");
     }
 
     #[test]

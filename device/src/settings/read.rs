@@ -11,7 +11,7 @@ use toml::{Table, Value};
 use super::{
     generic_env_name, BrokerUrl, CaptureConfig, ConnectionSettings, ReplicationSettings, Secret,
     SecuritySettings, Settings, SettingsError, Strategy, TableConfig, AUTH_TOKEN_ENV,
-    DEFAULT_LOCAL_RETENTION_BYTES, NAMED_ENV,
+    DEFAULT_LOCAL_RETENTION_BYTES, DEFAULT_SNAPSHOT_CHUNK_ROWS, NAMED_ENV,
 };
 
 const CONNECTION_KEYS: &[&str] = &[
@@ -34,6 +34,7 @@ const REPLICATION_KEYS: &[&str] = &[
     "max_payload_bytes",
     "local_retention_bytes",
     "snapshot_on_first_run",
+    "snapshot_chunk_rows",
     "app_sqlite_has_json1",
     "max_inflight",
     "low_latency",
@@ -451,6 +452,10 @@ fn read_replication(r: &Reader<'_>) -> Result<ReplicationSettings, SettingsError
         local_retention_bytes: r
             .uint(S, "local_retention_bytes", 1024 * 1024)?
             .unwrap_or(DEFAULT_LOCAL_RETENTION_BYTES),
+        snapshot_chunk_rows: r
+            .uint(S, "snapshot_chunk_rows", 1)?
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+            .unwrap_or(DEFAULT_SNAPSHOT_CHUNK_ROWS),
     };
     Ok(ReplicationSettings {
         source_db_path: r.path(S, "source_db_path")?,

@@ -350,6 +350,15 @@ impl Stack {
         self.agent = Some((stop, handle));
     }
 
+    /// Stops the agent cleanly (checking it did not fail); [`Stack::start_agent`] starts it
+    /// again on the same state.db and source.db.
+    pub async fn stop_agent(&mut self) {
+        if let Some((stop, handle)) = self.agent.take() {
+            stop.send(()).unwrap();
+            handle.await.unwrap().unwrap();
+        }
+    }
+
     /// Waits until the lineage of `table` exists and returns its id.
     pub async fn lineage_id(&self, table: &str) -> Uuid {
         let pg = &self.pg;

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use edge_protocol::batch::{Op, RowChange};
 use edge_protocol::fingerprint::SchemaColumns;
+use edge_protocol::wire::SnapshotFields;
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter};
 use tracing::debug;
@@ -28,7 +29,8 @@ use entry::{encode_change, encode_entry, DecodedEntry, EntryLayout};
 
 use super::codec::to_sql;
 use super::ident::quote_ident;
-use super::triggers::{row_image_expr, OP_INSERT, OP_UPDATE};
+use super::snapshot::Marker;
+use super::triggers::{row_image_expr, OP_INSERT, OP_SNAPSHOT_MARKER, OP_UPDATE};
 use super::{Capture, CaptureError, RowsEntry, StoredSchema};
 use crate::blocks;
 use crate::state::{counter, StateDb};
@@ -87,12 +89,19 @@ impl PendingChange {
 }
 
 /// Consecutive changes of one table under one schema hash (one batch's worth, or more).
+///
+/// With `snapshot_markers` granted, the rows of one snapshot chunk form their own group
+/// (`snapshot` = the chunk's fields; never mixed with live changes), and a run's end marker is
+/// a group without changes whose `end_marker_seq` is the marker's own journal seq (what its
+/// acknowledgement covers) and whose `snapshot` holds the end fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChangeGroup {
     pub table: String,
     pub schema_hash: String,
     pub schema_columns: SchemaColumns,
     pub changes: Vec<PendingChange>,
+    pub snapshot: Option<SnapshotFields>,
+    pub end_marker_seq: Option<i64>,
 }
 
 impl ChangeGroup {
@@ -194,7 +203,29 @@ impl Capture {
             .iter()
             .flat_map(|t| self.schema_ids_of(t))
             .collect();
-        let raws = self.raw_entries(opts.after_seq, opts.max_entries, &skip_ids)?;
+        // Snapshot fields only once the cloud granted them (edge-policies §0): without the grant
+        // markers are skipped like any marker and chunk rows travel as plain inserts.
+        let marked = crate::wire_options::snapshot_markers(state)?;
+        let (raws, markers) =
+            self.raw_entries(opts.after_seq, opts.max_entries, &skip_ids, marked)?;
+        // Chunk markers above the rows read: (table, first_seq, marker seq, fields).
+        let chunks: Vec<(String, i64, i64, SnapshotFields)> = markers
+            .iter()
+            .filter_map(|m| {
+                let table = self
+                    .stored_schema(m.schema_id)
+                    .ok()
+                    .flatten()?
+                    .table
+                    .clone();
+                match Marker::parse(m.row.as_deref())? {
+                    c @ Marker::Chunk { first_seq, .. } => {
+                        Some((table, first_seq, m.commit_seq, c.fields()))
+                    }
+                    Marker::End { .. } => None,
+                }
+            })
+            .collect();
         let skipped = match state.journal_epoch()? {
             Some(epoch) => blocks::skipped(state, &epoch.to_string())?,
             None => BTreeMap::new(),
@@ -241,6 +272,24 @@ impl Capture {
                     out.covered.insert(schema.table.clone(), raw.commit_seq);
                 }
             }
+            if raw.op == OP_SNAPSHOT_MARKER {
+                // Never a row on the wire, never a block: a chunk marker only delimits rows
+                // (found above), an end marker becomes its run's end-marker batch.
+                if let (true, Some(end @ Marker::End { .. })) =
+                    (marked, Marker::parse(raw.row.as_deref()))
+                {
+                    let (schema_hash, schema_columns) = self.current_schema_of(schema);
+                    out.groups.push(ChangeGroup {
+                        table: schema.table.clone(),
+                        schema_hash,
+                        schema_columns,
+                        changes: Vec::new(),
+                        snapshot: Some(end.fields()),
+                        end_marker_seq: Some(raw.commit_seq),
+                    });
+                }
+                continue;
+            }
             if skipped
                 .get(&schema.table)
                 .is_some_and(|seqs| seqs.contains(&raw.commit_seq))
@@ -280,10 +329,30 @@ impl Capture {
             let hash = under_current
                 .as_ref()
                 .map_or(schema.schema_hash.as_str(), |(h, _)| h.as_str());
+            let snapshot = chunks
+                .iter()
+                .find(|(t, first, marker, _)| {
+                    *t == schema.table && *first <= raw.commit_seq && raw.commit_seq < *marker
+                })
+                .map(|(_, _, _, f)| f.clone());
+            // The group of this table, hash and chunk — unless a group of the table with other
+            // snapshot fields (another chunk, live changes, an end marker) came after it: a
+            // chunk's batches never mix with live changes and keep their order.
             let idx = out
                 .groups
                 .iter()
-                .rposition(|g| g.table == schema.table && g.schema_hash == hash);
+                .rposition(|g| {
+                    g.table == schema.table
+                        && g.schema_hash == hash
+                        && g.snapshot == snapshot
+                        && g.end_marker_seq.is_none()
+                })
+                .filter(|&i| {
+                    out.groups[i + 1..]
+                        .iter()
+                        .filter(|g| g.table == schema.table)
+                        .all(|g| g.snapshot == snapshot && g.end_marker_seq.is_none())
+                });
             let idx = match idx {
                 Some(i) => i,
                 None => {
@@ -295,6 +364,8 @@ impl Capture {
                         schema_hash,
                         schema_columns,
                         changes: Vec::new(),
+                        snapshot,
+                        end_marker_seq: None,
                     });
                     out.groups.len() - 1
                 }
@@ -353,12 +424,25 @@ impl Capture {
         Ok(Produced::Change(encode_change(&change)?, None))
     }
 
+    /// The table's current hash and columns when it is still enrolled (the end marker goes
+    /// under the hash its chunks were refreshed to), else the marker's own.
+    fn current_schema_of(&self, schema: &StoredSchema) -> (String, SchemaColumns) {
+        match self.catalog.rows.get(&schema.table) {
+            Some(cur) => (cur.table.schema_hash.clone(), cur.table.schema.clone()),
+            None => (schema.schema_hash.clone(), schema.schema_columns.clone()),
+        }
+    }
+
+    /// Journal entries after `after_seq` (at most `max_entries`) and, when `with_markers`, the
+    /// snapshot chunk markers after `after_seq` whose rows may be among them — from one read
+    /// snapshot, so every row read has its marker (they commit together).
     pub(crate) fn raw_entries(
         &self,
         after_seq: i64,
         max_entries: usize,
         skip_schema_ids: &[i64],
-    ) -> Result<Vec<RawEntry>, CaptureError> {
+        with_markers: bool,
+    ) -> Result<(Vec<RawEntry>, Vec<RawEntry>), CaptureError> {
         let skip = if skip_schema_ids.is_empty() {
             String::new()
         } else {
@@ -387,8 +471,28 @@ impl Capture {
                 .collect::<Result<Vec<_>, _>>()?;
             rows
         };
+        let mut markers = Vec::new();
+        if let (true, Some(last)) = (with_markers, rows.last().map(|r| r.commit_seq)) {
+            // Through the partial index on markers; markers come in seq order, and a chunk
+            // marker whose first row lies beyond the last entry read ends the walk.
+            let mut stmt = snapshot.prepare(&format!(
+                "SELECT commit_seq, schema_id, op, pk, row FROM \"__omega_journal\" \
+                 WHERE op = {OP_SNAPSHOT_MARKER} AND commit_seq > ?1 ORDER BY commit_seq"
+            ))?;
+            let mut found = stmt.query(params![after_seq])?;
+            while let Some(r) = found.next()? {
+                let m = RawEntry::from_row(r)?;
+                if m.commit_seq > last {
+                    match Marker::parse(m.row.as_deref()) {
+                        Some(Marker::Chunk { first_seq, .. }) if first_seq <= last => {}
+                        _ => break,
+                    }
+                }
+                markers.push(m);
+            }
+        }
         snapshot.commit()?;
-        Ok(rows)
+        Ok((rows, markers))
     }
 
     /// Re-reads the live row for an entry captured under an outdated schema.
