@@ -73,6 +73,8 @@ pub mod counter {
     pub const SCHEMA_CHANGES: &str = "schema_changes";
     pub const SNAPSHOT_ROWS: &str = "snapshot_rows";
     pub const REFRESHED_ENTRIES: &str = "refreshed_entries";
+    /// Journal entries naming a schema_id with no schema, skipped by the reader.
+    pub const UNKNOWN_SCHEMA_ENTRIES: &str = "journal_unknown_schema_entries";
     pub const TELEMETRY_SKIPPED: &str = "telemetry_rows_skipped";
 }
 

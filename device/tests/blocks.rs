@@ -93,3 +93,35 @@ fn an_entry_skipped_by_an_operator_is_read_as_no_change() {
         .collect();
     assert_eq!(bad, vec![seq + 1]);
 }
+
+/// Reliability §6 (the agent never stops on bad data): a journal entry naming a `schema_id` the
+/// agent has no schema for has no table to block. It used to end the read with an error — the
+/// daemon's loop returned it and the agent exited, again at every start. Now it is skipped and
+/// counted; every table reads on.
+#[test]
+fn journal_entry_of_an_unknown_schema_is_skipped_and_counted_not_fatal() {
+    let mut env = Env::new();
+    let (state, mut capture) = setup(&mut env);
+    let app = env.app();
+    app.execute_batch(
+        "INSERT INTO good VALUES (1, 'a');
+         INSERT INTO __omega_journal(schema_id, op, pk, row) VALUES (987654, 1, NULL, '[1]');
+         INSERT INTO good VALUES (2, 'b'); INSERT INTO bad VALUES (1, 0.5);",
+    )
+    .unwrap();
+    let read = read_all(&mut capture, &state);
+    assert_eq!(changes_of(&read, "good").len(), 2);
+    assert_eq!(changes_of(&read, "bad").len(), 1);
+    assert_eq!(read.unknown_schema.len(), 1);
+    assert_eq!(read.unknown_schema[0].1, 987654);
+    assert!(read.undecodable.is_empty());
+    let counted: i64 = state
+        .conn()
+        .query_row(
+            "SELECT value FROM counters WHERE name = 'journal_unknown_schema_entries'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(counted, 1);
+}

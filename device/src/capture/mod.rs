@@ -72,8 +72,6 @@ pub enum CaptureError {
         #[source]
         source: CodecError,
     },
-    #[error("journal entry {commit_seq} references unknown schema_id {schema_id}")]
-    UnknownSchema { commit_seq: i64, schema_id: i64 },
     #[error("journal entry {commit_seq}: {what}")]
     BadEntry { commit_seq: i64, what: String },
     #[error("table {table:?} is not enrolled for {strategy} capture")]

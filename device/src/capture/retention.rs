@@ -220,13 +220,10 @@ impl Capture {
         };
         let mut out = Vec::with_capacity(raws.len());
         for raw in raws {
-            let schema =
-                self.stored_schema(raw.schema_id)?
-                    .cloned()
-                    .ok_or(CaptureError::UnknownSchema {
-                        commit_seq: raw.commit_seq,
-                        schema_id: raw.schema_id,
-                    })?;
+            // An entry of an unknown schema has no table and no key (the reader skips it too).
+            let Some(schema) = self.stored_schema(raw.schema_id)?.cloned() else {
+                continue;
+            };
             let d = decode_entry(&raw, &schema)?;
             out.push((d.commit_seq, key_text(&d.pk)));
         }

@@ -18,7 +18,7 @@ use edge_protocol::fingerprint::SchemaColumns;
 use edge_protocol::wire::SnapshotFields;
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter};
-use tracing::debug;
+use tracing::{debug, error};
 
 mod ack;
 mod entry;
@@ -129,6 +129,10 @@ pub struct PendingRead {
     /// Entries that cannot be decoded (at most one per table: nothing of that table after it
     /// is in this read). The caller blocks the table ([`crate::blocks`]).
     pub undecodable: Vec<Undecodable>,
+    /// Entries naming a `schema_id` the agent has no schema for, as (commit_seq, schema_id):
+    /// written by hand or left by a damaged `__omega_schemas`. Skipped; the caller logs and
+    /// counts them.
+    pub unknown_schema: Vec<(i64, i64)>,
 }
 
 /// A journal entry the reader cannot decode: it blocks only its table (reliability.md §6).
@@ -245,12 +249,13 @@ impl Capture {
             let cached = match schemas.get(&raw.schema_id) {
                 Some(s) => s.clone(),
                 None => {
-                    let s = self.stored_schema(raw.schema_id)?.cloned().ok_or(
-                        CaptureError::UnknownSchema {
-                            commit_seq: raw.commit_seq,
-                            schema_id: raw.schema_id,
-                        },
-                    )?;
+                    let Some(s) = self.stored_schema(raw.schema_id)?.cloned() else {
+                        // No schema, so no table to block (reliability §6: bad data never
+                        // stops the agent): counted and left in the journal, which a later
+                        // schema row could still explain.
+                        out.unknown_schema.push((raw.commit_seq, raw.schema_id));
+                        continue;
+                    };
                     let layout = EntryLayout::new(&s);
                     let s = std::rc::Rc::new((s, layout));
                     schemas.insert(raw.schema_id, s.clone());
@@ -380,6 +385,19 @@ impl Capture {
                 "entries re-read under the current schema"
             );
             state.bump_counter(counter::REFRESHED_ENTRIES, "", out.refreshed as i64)?;
+        }
+        if let Some(&(commit_seq, schema_id)) = out.unknown_schema.first() {
+            error!(
+                entries = out.unknown_schema.len(),
+                commit_seq,
+                schema_id,
+                "journal entries of an unknown schema_id skipped (no table to send them under)"
+            );
+            state.bump_counter(
+                counter::UNKNOWN_SCHEMA_ENTRIES,
+                "",
+                out.unknown_schema.len() as i64,
+            )?;
         }
         Ok(out)
     }
