@@ -371,3 +371,65 @@ async fn hello_is_answered_with_a_signed_set_wire_options_once() {
         1
     );
 }
+
+/// A chunk larger than one batch travels in several batches with the same `snapshot_chunk`.
+/// When a later one of them has a row that fails to materialize, the run must not sweep: that
+/// row's mirror version is still the old one, below the snapshot's start, and the sweep would
+/// tombstone a row the device has (the chunk used to be recorded from its first batch only).
+#[tokio::test]
+async fn a_failed_row_in_a_later_batch_of_a_chunk_stops_the_sweep() {
+    let e = env().await;
+    let epoch = e.id();
+    before_restore(&e, epoch).await;
+    let snap = e.id();
+    accepted(
+        &e.rows(&chunk(
+            row_batch(
+                e.id(),
+                epoch,
+                &device_state(),
+                false,
+                &[ins(10, 1, "snap", 0.0), ins(11, 2, "snap", 0.0)],
+            ),
+            snap,
+            10,
+            0,
+        ))
+        .await,
+    );
+    let unfit: Change = (
+        12,
+        "insert",
+        json!({"id": 3}),
+        json!({"id": 3, "mode": "snap", "setpoint": "not a number"}),
+    );
+    let o = e
+        .rows(&chunk(
+            row_batch(e.id(), epoch, &device_state(), false, &[unfit]),
+            snap,
+            10,
+            0,
+        ))
+        .await;
+    assert!(
+        matches!(o, Outcome::Accepted { failed: 1, .. }),
+        "the row is set aside as materialization_failed: {o:?}"
+    );
+    accepted(
+        &e.rows(&end_marker(&e, epoch, snap, 10, 1, 3, "complete"))
+            .await,
+    );
+    let ids: Vec<i64> = live(&e).await.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        ids,
+        vec![1, 2, 3, 4, 5, 6],
+        "no sweep while a chunk row failed"
+    );
+    let state: String = e
+        .client
+        .query_one("SELECT state FROM edge_snapshot_runs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "incomplete");
+}

@@ -73,7 +73,10 @@ async fn ensure_run<C: GenericClient>(c: &C, k: &RunKey) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Records chunk `chunk` (seqs `first..=last`) of a run.
+/// Records a batch of chunk `chunk` (seqs `first..=last`) of a run. A chunk larger than one
+/// batch arrives in several: the chunk covers all their seqs and takes the worst outcome of
+/// them (failed > staged > materialized), so one failed row anywhere in it stops the sweep,
+/// which would otherwise tombstone that row's older mirror version.
 pub async fn record_chunk<C: GenericClient>(
     c: &C,
     k: &RunKey,
@@ -86,7 +89,14 @@ pub async fn record_chunk<C: GenericClient>(
     ensure_run(c, k).await?;
     c.execute(
         "INSERT INTO edge_snapshot_chunks (snapshot_id, chunk, batch_id, first_seq, last_seq, \
-             status) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (snapshot_id, chunk) DO NOTHING",
+             status) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (snapshot_id, chunk) DO UPDATE SET \
+             first_seq = least(edge_snapshot_chunks.first_seq, EXCLUDED.first_seq), \
+             last_seq = greatest(edge_snapshot_chunks.last_seq, EXCLUDED.last_seq), \
+             status = CASE \
+                 WHEN 'failed' IN (edge_snapshot_chunks.status, EXCLUDED.status) THEN 'failed' \
+                 WHEN 'staged' IN (edge_snapshot_chunks.status, EXCLUDED.status) THEN 'staged' \
+                 ELSE 'materialized' END",
         &[
             &k.snapshot_id,
             &chunk,
