@@ -83,6 +83,18 @@ struct Ctx<'a> {
 /// The end of an encoded batch whose `rows` is empty: `rows` is the struct's last field.
 const EMPTY_ROWS_TAIL: &[u8] = b"[]}";
 
+/// The batch header of `ctx` under `id`, without rows.
+fn empty_batch(ctx: &Ctx<'_>, id: Uuid, with_schema: bool) -> RowBatch {
+    RowBatch::new(
+        id,
+        ctx.epoch,
+        ctx.table,
+        ctx.hash,
+        with_schema.then(|| ctx.columns.clone()),
+        Vec::new(),
+    )
+}
+
 /// Encodes a batch of already encoded changes.
 ///
 /// The envelope is serialised by serde with an empty `rows` array and the changes' bytes are
@@ -94,14 +106,7 @@ fn encode(
     with_schema: bool,
     rows: &[PendingChange],
 ) -> Result<Vec<u8>, BatchError> {
-    let mut batch = RowBatch::new(
-        id,
-        ctx.epoch,
-        ctx.table,
-        ctx.hash,
-        with_schema.then(|| ctx.columns.clone()),
-        Vec::new(),
-    );
+    let mut batch = empty_batch(ctx, id, with_schema);
     batch.first_commit_seq = rows.iter().map(|r| r.commit_seq).min().unwrap_or(0);
     batch.last_commit_seq = rows.iter().map(|r| r.commit_seq).max().unwrap_or(0);
     let envelope = serde_json::to_vec(&batch)?;
@@ -206,14 +211,7 @@ fn end_marker(
     new_id: &mut dyn FnMut() -> Uuid,
 ) -> Result<Built, BatchError> {
     let id = new_id();
-    let mut batch = RowBatch::new(
-        id,
-        ctx.epoch,
-        ctx.table,
-        ctx.hash,
-        with_schema.then(|| ctx.columns.clone()),
-        Vec::new(),
-    );
+    let mut batch = empty_batch(ctx, id, with_schema);
     batch.first_commit_seq = fields.snapshot_start_seq;
     batch.last_commit_seq = fields.snapshot_start_seq;
     batch.snapshot = Some(fields.clone());

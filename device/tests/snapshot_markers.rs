@@ -62,13 +62,38 @@ fn open(env: &mut Env, state: &mut StateDb) -> Capture {
     env.capture(state, no_snapshot())
 }
 
+/// A table `t` with `rows` rows, captured, and (when `granted`) `snapshot_markers` granted.
+struct Setup {
+    _env: Env,
+    app: rusqlite::Connection,
+    state: StateDb,
+    cap: Capture,
+}
+
+fn setup(rows: i64, granted: bool) -> Setup {
+    let mut env = Env::new();
+    let app = table_with_rows(&env, rows);
+    let mut state = env.state();
+    let cap = open(&mut env, &mut state);
+    if granted {
+        grant(&state);
+    }
+    Setup {
+        _env: env,
+        app,
+        state,
+        cap,
+    }
+}
+
 #[test]
 fn defect_10_marked_chunks_carry_fields_and_end_with_a_complete_marker() {
-    let mut env = Env::new();
-    let app = table_with_rows(&env, 7);
-    let mut state = env.state();
-    let mut cap = open(&mut env, &mut state);
-    grant(&state);
+    let Setup {
+        app,
+        state,
+        mut cap,
+        _env,
+    } = setup(7, true);
     cap.request_snapshot(&state, "t").unwrap();
     // Chunk 0, then a live write between chunks (a later seq: it wins), then the rest.
     assert_eq!(cap.snapshot_step(&state, "t", 3).unwrap().rows, 3);
@@ -150,10 +175,12 @@ fn defect_10_marked_chunks_carry_fields_and_end_with_a_complete_marker() {
 
 #[test]
 fn defect_10_without_the_grant_snapshots_stay_unmarked() {
-    let mut env = Env::new();
-    let app = table_with_rows(&env, 7);
-    let mut state = env.state();
-    let mut cap = open(&mut env, &mut state);
+    let Setup {
+        app,
+        state,
+        mut cap,
+        _env,
+    } = setup(7, false);
     cap.run_snapshot(&state, "t", 3).unwrap();
     assert_eq!(markers_in_journal(&app), 0);
     let read = read_all(&mut cap, &state);
@@ -183,11 +210,12 @@ fn defect_10_without_the_grant_snapshots_stay_unmarked() {
 
 #[test]
 fn defect_10_an_empty_table_ends_a_run_with_zero_chunks() {
-    let mut env = Env::new();
-    let app = table_with_rows(&env, 0);
-    let mut state = env.state();
-    let mut cap = open(&mut env, &mut state);
-    grant(&state);
+    let Setup {
+        app,
+        state,
+        mut cap,
+        _env,
+    } = setup(0, true);
     cap.run_snapshot(&state, "t", 3).unwrap();
     let read = read_all(&mut cap, &state);
     let batches = wire_batches(&read, state.journal_epoch().unwrap().unwrap());
@@ -200,11 +228,12 @@ fn defect_10_an_empty_table_ends_a_run_with_zero_chunks() {
 
 #[test]
 fn defect_10_a_newer_snapshot_aborts_the_running_one() {
-    let mut env = Env::new();
-    let _app = table_with_rows(&env, 7);
-    let mut state = env.state();
-    let mut cap = open(&mut env, &mut state);
-    grant(&state);
+    let Setup {
+        app: _app,
+        state,
+        mut cap,
+        _env,
+    } = setup(7, true);
     cap.request_snapshot(&state, "t").unwrap();
     cap.snapshot_step(&state, "t", 3).unwrap();
     // A retention drop / rebuild / `edge-agent snapshot` while it runs.
@@ -238,11 +267,12 @@ fn defect_10_a_newer_snapshot_aborts_the_running_one() {
 
 #[test]
 fn defect_10_a_crash_before_the_cursor_write_continues_the_same_run() {
-    let mut env = Env::new();
-    let app = table_with_rows(&env, 7);
-    let mut state = env.state();
-    let mut cap = open(&mut env, &mut state);
-    grant(&state);
+    let Setup {
+        app,
+        mut state,
+        mut cap,
+        _env: mut env,
+    } = setup(7, true);
     cap.request_snapshot(&state, "t").unwrap();
     cap.snapshot_step(&state, "t", 3).unwrap();
     let before = state.table("t").unwrap().unwrap().snapshot_cursor;
@@ -292,11 +322,12 @@ fn defect_10_a_crash_before_the_cursor_write_continues_the_same_run() {
 
 #[test]
 fn defect_10_markers_never_trip_retention_or_block_a_table() {
-    let mut env = Env::new();
-    let app = table_with_rows(&env, 20);
-    let mut state = env.state();
-    let mut cap = open(&mut env, &mut state);
-    grant(&state);
+    let Setup {
+        app,
+        state,
+        mut cap,
+        _env,
+    } = setup(20, true);
     cap.run_snapshot(&state, "t", 4).unwrap();
     app.execute_batch("UPDATE t SET v = 'x' WHERE id <= 10;")
         .unwrap();
