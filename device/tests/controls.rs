@@ -209,6 +209,40 @@ async fn drain_until(
     }
 }
 
+/// The broker, the agent (started with `failpoints`) and the cloud's subscriber, once the
+/// agent's first row `a1` has arrived. Fields drop in order: the agent first.
+struct Rig {
+    agent: Agent,
+    svc: TestClient,
+    seen: Seen,
+    db: Connection,
+    _broker: Broker,
+    _pki: Pki,
+}
+
+async fn rig(failpoints: Option<&str>) -> Rig {
+    let pki = Pki::generate();
+    let broker = Broker::start(&pki);
+    let mut agent = Agent::new(&broker, &pki);
+    let mut svc = service(&broker, &pki).await;
+    let mut seen = Seen::default();
+    let db = agent.db();
+    db.execute("INSERT INTO a VALUES (1, 'a1')", []).unwrap();
+    agent.start_with(failpoints);
+    drain_until(&mut svc, &mut seen, Duration::from_secs(30), "a1", |s| {
+        s.a.len() == 1
+    })
+    .await;
+    Rig {
+        agent,
+        svc,
+        seen,
+        db,
+        _broker: broker,
+        _pki: pki,
+    }
+}
+
 fn wait_for(deadline: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
@@ -236,18 +270,14 @@ fn control_topic() -> String {
 /// resumed (the old code acked first and lost the resume: paused for ever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controls_acked_before_their_effect_is_saved_lose_a_resume() {
-    let pki = Pki::generate();
-    let broker = Broker::start(&pki);
-    let mut agent = Agent::new(&broker, &pki);
-    let mut svc = service(&broker, &pki).await;
-    let mut seen = Seen::default();
-    let db = agent.db();
-    db.execute("INSERT INTO a VALUES (1, 'a1')", []).unwrap();
-    agent.start();
-    drain_until(&mut svc, &mut seen, Duration::from_secs(30), "a1", |s| {
-        s.a.len() == 1
-    })
-    .await;
+    let Rig {
+        mut agent,
+        mut svc,
+        mut seen,
+        db,
+        _broker,
+        _pki,
+    } = rig(None).await;
 
     // Pause a; wait until the pause is saved (whatever the order of ack and save).
     let (pause, bytes) = signed(ControlEnvelope::pause_lineage(
@@ -310,24 +340,20 @@ async fn controls_acked_before_their_effect_is_saved_lose_a_resume() {
 }
 
 /// Found by the soak (docs/reliability.md §6): state.db full at the commit of a PUBACK turn
-/// ended the agent (`edge-agent: error: state.db: database or disk is full`), and a supervisor's
-/// start limit can then keep it down after the disk has room again. A storage failure now starts
+/// ended the agent (`edge-agent: error: state.db: database or disk is full`), leaving it to a
+/// supervisor to bring it back. A storage failure now starts
 /// the daemon over from state.db in the same process; nothing is lost, and the PUBACKed batch
 /// whose ack could not be recorded is sent again (same id: a duplicate the cloud ignores).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_db_full_at_an_ack_commit_does_not_end_the_agent() {
-    let pki = Pki::generate();
-    let broker = Broker::start(&pki);
-    let mut agent = Agent::new(&broker, &pki);
-    let mut svc = service(&broker, &pki).await;
-    let mut seen = Seen::default();
-    let db = agent.db();
-    db.execute("INSERT INTO a VALUES (1, 'a1')", []).unwrap();
-    agent.start_with(Some("agent-commit-acks-disk-full=1*return"));
-    drain_until(&mut svc, &mut seen, Duration::from_secs(30), "a1", |s| {
-        s.a.len() == 1
-    })
-    .await;
+    let Rig {
+        mut agent,
+        mut svc,
+        mut seen,
+        db,
+        _broker,
+        _pki,
+    } = rig(Some("agent-commit-acks-disk-full=1*return")).await;
     wait_for(
         Duration::from_secs(20),
         "the start-over after the failure",
@@ -368,20 +394,14 @@ fn at(offset_secs: i64) -> String {
 /// discarded the pause as stale).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_later_url_grant_makes_a_resent_pause_lineage_stale() {
-    let pki = Pki::generate();
-    let broker = Broker::start(&pki);
-    let mut agent = Agent::new(&broker, &pki);
-    let mut svc = service(&broker, &pki).await;
-    let mut seen = Seen::default();
-    agent
-        .db()
-        .execute("INSERT INTO a VALUES (1, 'a1')", [])
-        .unwrap();
-    agent.start();
-    drain_until(&mut svc, &mut seen, Duration::from_secs(30), "a1", |s| {
-        s.a.len() == 1
-    })
-    .await;
+    let Rig {
+        agent,
+        mut svc,
+        mut seen,
+        db: _,
+        _broker,
+        _pki,
+    } = rig(None).await;
     let pause_issued = at(-10);
     let (grant, bytes) = signed(ControlEnvelope::url_grant(
         uuid::Uuid::now_v7(),
@@ -430,18 +450,14 @@ async fn a_later_url_grant_makes_a_resent_pause_lineage_stale() {
 /// nothing else — the table keeps publishing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_unknown_only_reaches_status_and_the_log() {
-    let pki = Pki::generate();
-    let broker = Broker::start(&pki);
-    let mut agent = Agent::new(&broker, &pki);
-    let mut svc = service(&broker, &pki).await;
-    let mut seen = Seen::default();
-    let db = agent.db();
-    db.execute("INSERT INTO a VALUES (1, 'a1')", []).unwrap();
-    agent.start();
-    drain_until(&mut svc, &mut seen, Duration::from_secs(30), "a1", |s| {
-        s.a.len() == 1
-    })
-    .await;
+    let Rig {
+        agent,
+        mut svc,
+        mut seen,
+        db,
+        _broker,
+        _pki,
+    } = rig(None).await;
     let notice = edge_protocol::control::DeviceUnknown::new("identity_not_registered", now());
     svc.publish(&control_topic(), serde_json::to_vec(&notice).unwrap())
         .await;

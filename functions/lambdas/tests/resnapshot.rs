@@ -39,6 +39,19 @@ fn end_marker(
     b
 }
 
+/// Sends one accepted batch of chunk `n` of run `snapshot` (starting at `start`) of `device_state`.
+async fn send_chunk(e: &Env, epoch: Uuid, snapshot: Uuid, start: i64, n: i64, rows: &[Change]) {
+    accepted(
+        &e.rows(&chunk(
+            row_batch(e.id(), epoch, &device_state(), false, rows),
+            snapshot,
+            start,
+            n,
+        ))
+        .await,
+    );
+}
+
 fn accepted(o: &Outcome) {
     assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
 }
@@ -79,21 +92,7 @@ async fn ghost_rows_are_swept_after_a_complete_resnapshot_of_a_restored_database
     // chunk 1's image of it… which the device took later, at seq 4).
     let new = e.id();
     let snap = e.id();
-    accepted(
-        &e.rows(&chunk(
-            row_batch(
-                e.id(),
-                new,
-                &device_state(),
-                false,
-                &[ins(1, 1, "snap", 2.0)],
-            ),
-            snap,
-            1,
-            0,
-        ))
-        .await,
-    );
+    send_chunk(&e, new, snap, 1, 0, &[ins(1, 1, "snap", 2.0)]).await;
     accepted(
         &e.rows(&row_batch(
             e.id(),
@@ -104,21 +103,15 @@ async fn ghost_rows_are_swept_after_a_complete_resnapshot_of_a_restored_database
         ))
         .await,
     );
-    accepted(
-        &e.rows(&chunk(
-            row_batch(
-                e.id(),
-                new,
-                &device_state(),
-                false,
-                &[ins(3, 2, "snap", 2.0), ins(4, 3, "snap", 2.0)],
-            ),
-            snap,
-            1,
-            1,
-        ))
-        .await,
-    );
+    send_chunk(
+        &e,
+        new,
+        snap,
+        1,
+        1,
+        &[ins(3, 2, "snap", 2.0), ins(4, 3, "snap", 2.0)],
+    )
+    .await;
     // Before the end marker nothing is swept.
     assert_eq!(live(&e).await.len(), 7);
     accepted(
@@ -169,21 +162,15 @@ async fn ghost_rows_are_swept_after_a_retention_drop_resnapshot_in_the_same_epoc
     // needs_snapshot after a retention drop: same epoch, snapshot from seq 10; the device still
     // has ids 1 and 5; id 5 changed by a live write at seq 12 after its chunk (seq 11).
     let snap = e.id();
-    accepted(
-        &e.rows(&chunk(
-            row_batch(
-                e.id(),
-                epoch,
-                &device_state(),
-                false,
-                &[ins(10, 1, "snap", 0.0), ins(11, 5, "snap", 0.0)],
-            ),
-            snap,
-            10,
-            0,
-        ))
-        .await,
-    );
+    send_chunk(
+        &e,
+        epoch,
+        snap,
+        10,
+        0,
+        &[ins(10, 1, "snap", 0.0), ins(11, 5, "snap", 0.0)],
+    )
+    .await;
     accepted(
         &e.rows(&row_batch(
             e.id(),
@@ -208,21 +195,7 @@ async fn no_sweep_when_a_chunk_is_missing_or_the_snapshot_was_aborted() {
     before_restore(&e, epoch).await;
     // chunk 1 of 2 never arrived
     let snap = e.id();
-    accepted(
-        &e.rows(&chunk(
-            row_batch(
-                e.id(),
-                epoch,
-                &device_state(),
-                false,
-                &[ins(10, 1, "snap", 0.0)],
-            ),
-            snap,
-            10,
-            0,
-        ))
-        .await,
-    );
+    send_chunk(&e, epoch, snap, 10, 0, &[ins(10, 1, "snap", 0.0)]).await;
     accepted(
         &e.rows(&end_marker(&e, epoch, snap, 10, 2, 2, "complete"))
             .await,
@@ -230,21 +203,7 @@ async fn no_sweep_when_a_chunk_is_missing_or_the_snapshot_was_aborted() {
     assert_eq!(live(&e).await.len(), 6, "missing chunk: no sweep");
     // aborted
     let snap2 = e.id();
-    accepted(
-        &e.rows(&chunk(
-            row_batch(
-                e.id(),
-                epoch,
-                &device_state(),
-                false,
-                &[ins(20, 1, "snap2", 0.0)],
-            ),
-            snap2,
-            20,
-            0,
-        ))
-        .await,
-    );
+    send_chunk(&e, epoch, snap2, 20, 0, &[ins(20, 1, "snap2", 0.0)]).await;
     accepted(
         &e.rows(&end_marker(&e, epoch, snap2, 20, 1, 1, "aborted"))
             .await,
@@ -382,21 +341,15 @@ async fn a_failed_row_in_a_later_batch_of_a_chunk_stops_the_sweep() {
     let epoch = e.id();
     before_restore(&e, epoch).await;
     let snap = e.id();
-    accepted(
-        &e.rows(&chunk(
-            row_batch(
-                e.id(),
-                epoch,
-                &device_state(),
-                false,
-                &[ins(10, 1, "snap", 0.0), ins(11, 2, "snap", 0.0)],
-            ),
-            snap,
-            10,
-            0,
-        ))
-        .await,
-    );
+    send_chunk(
+        &e,
+        epoch,
+        snap,
+        10,
+        0,
+        &[ins(10, 1, "snap", 0.0), ins(11, 2, "snap", 0.0)],
+    )
+    .await;
     let unfit: Change = (
         12,
         "insert",
