@@ -189,10 +189,14 @@ mod tests {
     #[test]
     fn error_line_names_each_cause_once() {
         // SettingsError::File's message ends with its io::Error source.
-        let e = anyhow::Error::from(Settings::load(Path::new("/nonexistent/agent.toml")).unwrap_err());
+        let e =
+            anyhow::Error::from(Settings::load(Path::new("/nonexistent/agent.toml")).unwrap_err());
         let line = one_line(&e);
         assert_eq!(line.matches("(os error 2)").count(), 1, "{line}");
-        assert!(line.starts_with("cannot read config file /nonexistent/agent.toml: "), "{line}");
+        assert!(
+            line.starts_with("cannot read config file /nonexistent/agent.toml: "),
+            "{line}"
+        );
         // A context whose cause is not in its message keeps the cause.
         let e = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
             .context("opening state.db");
