@@ -132,6 +132,9 @@ doc=$(sed -n 's#^Documentation=file://##p' "$unit")
 for exe in $(sed -n 's#^ExecStart\(Pre\)\?=\([^ ]*\).*#\2#p' "$unit"); do
   [ -x "$root$exe" ] && ok "unit runs an installed binary ($exe)" || bad "unit's $exe is not installed"
 done
+# Every writable path optional ("-"): a gateway without /var/lib/app yet still starts the unit.
+expect "the unit's ReadWritePaths" "$(sed -n 's/^ReadWritePaths=//p' "$unit")" "-/var/lib/edge-agent -/var/lib/app"
+expect "the unit's EnvironmentFile" "$(sed -n 's/^EnvironmentFile=//p' "$unit")" "-/etc/edge-agent/env"
 [ ! -e "$root/etc/systemd/system/multi-user.target.wants/edge-agent.service" ] \
   && ok "the unit is not enabled by the install" || bad "the install enabled the unit"
 
@@ -226,8 +229,8 @@ check_as_agent >/dev/null 2>&1 && ok "check as edge-agent again after the fixes"
 # the capture triggers in the application's database (a real write through the group).
 if out=$(as_agent snapshot 2>&1); then ok "snapshot as edge-agent"; else bad "snapshot as edge-agent: $out"; fi
 expect "state.db created by the edge-agent user" "$(in_root stat -c '%U:%G' /var/lib/edge-agent/state.db 2>&1)" "edge-agent:edge-agent"
-expect "capture triggers installed on orders" \
-  "$(sqlite3 "$root/var/lib/app/source.db" "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'orders'")" "3"
+expect "capture triggers (insert, update, delete) installed on orders" \
+  "$(sqlite3 "$root/var/lib/app/source.db" "SELECT count(*) >= 3 FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'orders' AND name LIKE '\_\_omega\_%' ESCAPE '\'")" "1"
 if out=$(as_agent status 2>&1); then ok "status as edge-agent"; else bad "status as edge-agent: $out"; fi
 
 # --- systemd-analyze verify -------------------------------------------------------------------
