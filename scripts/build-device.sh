@@ -76,7 +76,7 @@ fi
 
 if [ "$debs" = 1 ] && ! have cargo-deb; then
   log "installing cargo-deb (cargo install --locked; compiles for ~2 min)"
-  cargo install cargo-deb --locked
+  env -u CARGO_TARGET_DIR cargo install cargo-deb --locked   # a throwaway build dir
 fi
 
 work=$(mktemp -d)

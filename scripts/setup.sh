@@ -90,7 +90,7 @@ if [ "${EDGE_SETUP_SKIP_CROSS:-0}" != "1" ]; then
   # The gateway .debs (scripts/build-device.sh): cargo-deb from crates.io, ~2-5 min to compile once.
   if ! have cargo-deb; then
     log "installing cargo-deb (cargo install --locked)"
-    cargo install cargo-deb --locked
+    env -u CARGO_TARGET_DIR cargo install cargo-deb --locked   # a throwaway build dir
   fi
 fi
 
