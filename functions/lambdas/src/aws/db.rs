@@ -15,12 +15,12 @@
 //!   not `Instant`: whether the monotonic clock advances while a microVM is paused is not
 //!   something to rely on.
 //!
-//! TLS: `verify-full` unless the database URL says otherwise (`sslmode=…`), against the CA
-//! bundle of the URL's `sslrootcert` or, when it names none, the file in
-//! [`SSLROOTCERT_ENV`] (the RDS `global-bundle.pem` shipped with the function, see
-//! docs/deploy.md "Database TLS"). RDS Proxy and RDS for PostgreSQL 15+ (`rds.force_ssl`) refuse
-//! plaintext; the proxy's certificate is signed by Amazon's RDS CAs, which are not in
-//! Mozilla's root store.
+//! TLS: `verify-full` unless the database URL says otherwise (`sslmode=…`), against the URL's
+//! `sslrootcert` or, when it names none, [`SSLROOTCERT_ENV`]: `system` through RDS Proxy (its
+//! certificate is an ACM one under Amazon's public roots), the RDS CA bundle
+//! (`global-bundle.pem`, shipped with the function) for a direct RDS endpoint, whose RDS CAs
+//! are in no public root store (docs/deploy.md "Database TLS"). RDS for PostgreSQL 15+
+//! (`rds.force_ssl`) and a TLS-requiring RDS Proxy refuse plaintext anyway.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
