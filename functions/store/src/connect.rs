@@ -25,6 +25,9 @@
 //! `~/.postgresql/root.crt`; we do not). Unix-socket hosts never use TLS (PostgreSQL does not
 //! offer it there; libpq ignores `sslmode` for them).
 //!
+//! Unlike libpq, `prefer` does not retry in plaintext after a failed handshake (tokio-postgres
+//! does not); the failure is reported.
+//!
 //! When the URL names no `sslmode`, the caller's [`TlsDefaults`] apply: [`TlsDefaults::LOCAL`]
 //! is libpq's `prefer`; the Lambdas use [`TlsDefaults::aws`] (`verify-full`).
 //!
