@@ -32,6 +32,11 @@ run_step "setup" scripts/setup.sh
 run_step "cargo fmt --check" cargo fmt --all -- --check
 run_step "cargo clippy -D warnings" cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The harness's PostgreSQL accepts TLS only (hostssl pg_hba.conf) and every database test
+# connects with sslmode=verify-full against its CA; this is the default, stated here so a
+# stray EDGE_TEST_PG_TLS=0 in the environment cannot turn it off in CI.
+export EDGE_TEST_PG_TLS=1
+
 test_log=$(mktemp)
 run_tests() {
   cargo test --workspace --all-targets --locked --no-fail-fast 2>&1 | tee "$test_log"

@@ -41,8 +41,9 @@
 //!
 //! # Layout
 //!
-//! - [`postgres`] — locating the PostgreSQL binaries, the private per-process cluster, and
-//!   [`TestDatabase`].
+//! - [`postgres`] — locating the PostgreSQL binaries, the private per-process cluster (TLS only
+//!   unless `EDGE_TEST_PG_TLS=0`), [`TestDatabase`] and [`postgres::PostgresServer`] (a server
+//!   of a test's own).
 //! - [`pki`] — [`CertificateAuthority`], [`Pki`] (CA + server certificate), [`ClientIdentity`];
 //!   PEM files in a temp dir.
 //! - [`mosquitto`] — [`Broker`]: config and ACL files, start/stop/restart on a fixed port,
@@ -137,8 +138,11 @@ pub enum HarnessError {
     #[error("TLS client configuration: {0}")]
     Tls(#[from] rustls::Error),
     /// A PostgreSQL statement or connection failed.
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", edge_cloud_store::connect::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    /// A PostgreSQL connection failed or its URL is unusable (one line, TLS failures named).
+    #[error("PostgreSQL: {0}")]
+    Connect(#[from] edge_cloud_store::connect::ConnectError),
     /// An MQTT client operation failed (handshake, CONNACK, SUBACK, PUBACK).
     #[error("MQTT: {0}")]
     Mqtt(String),

@@ -7,7 +7,16 @@
 //! are not dropped one by one: the whole cluster goes away a moment later.
 //!
 //! With `TEST_DATABASE_URL` (URL or `key=value` form, any database the user can connect to), each
-//! [`TestDatabase`] is created on that server and dropped again when the value is dropped.
+//! [`TestDatabase`] is created on that server and dropped again when the value is dropped. Its
+//! `sslmode`/`sslrootcert` carry over to every database's URL.
+//!
+//! **TLS.** The private cluster runs with `ssl=on` and a `hostssl`-only `pg_hba.conf` (a
+//! plaintext TCP login is refused), its certificate for `localhost` and `127.0.0.1` issued by a
+//! CA of its own ([`crate::pki::CertificateAuthority`]); [`TestDatabase::url`] then carries
+//! `sslmode=verify-full sslrootcert=<the CA file>`, so every test connects as a deployment
+//! would. `EDGE_TEST_PG_TLS=0` starts it plaintext instead (URLs say `sslmode=disable`).
+//! Connections go through the store's [`edge_cloud_store::connect`], the code under test.
+//! [`PostgresServer`] starts a further server of a test's own (e.g. a plaintext-only one).
 //!
 //! Administrative statements (`CREATE`/`DROP DATABASE`) run on a short-lived helper thread with
 //! its own runtime, because the constructors and `Drop` are synchronous and are usually called
@@ -23,8 +32,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use edge_cloud_store::connect::{strip_tls_params, DbTarget, TlsDefaults};
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
 use crate::lifeline::{read_log_tail, Lifeline, LifelineSpec};
 use crate::privilege::{chown_recursive, unprivileged_runner, RunAs};
@@ -35,6 +45,8 @@ use crate::{free_port, HarnessError};
 pub const DATABASE_URL_ENV: &str = "TEST_DATABASE_URL";
 /// Environment variable naming the directory holding `initdb` and `postgres`, overriding the search.
 pub const BIN_DIR_ENV: &str = "EDGE_E2E_PG_BIN";
+/// Environment variable: `0` starts the private cluster without TLS (default: TLS only).
+pub const TLS_ENV: &str = "EDGE_TEST_PG_TLS";
 
 /// How long the private cluster may take to accept connections after `postgres` starts.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
@@ -52,6 +64,9 @@ struct Server {
     admin_db: String,
     /// Databases are dropped explicitly only on a server we did not start.
     external: bool,
+    /// libpq's `sslmode` / `sslrootcert` for every URL of this server (None: not named).
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
 }
 
 impl Server {
@@ -72,9 +87,48 @@ impl Server {
         config
     }
 
+    /// The `key=value` connection string of `dbname`, TLS parameters included.
+    fn url(&self, dbname: &str) -> String {
+        let host = match &self.host {
+            Host::Tcp(host) => host.clone(),
+            Host::Unix(path) => path.to_string_lossy().into_owned(),
+        };
+        let mut parts = vec![
+            format!("host={}", quote_value(&host)),
+            format!("port={}", self.port),
+            format!("user={}", quote_value(&self.user)),
+        ];
+        if let Some(password) = &self.password {
+            parts.push(format!("password={}", quote_value(password)));
+        }
+        parts.push(format!("dbname={}", quote_value(dbname)));
+        parts.extend(
+            self.tls_params()
+                .map(|(k, v)| format!("{k}={}", quote_value(v))),
+        );
+        parts.join(" ")
+    }
+
+    fn tls_params(&self) -> impl Iterator<Item = (&'static str, &String)> {
+        [
+            ("sslmode", self.sslmode.as_ref()),
+            ("sslrootcert", self.sslrootcert.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.map(|v| (key, v)))
+    }
+
+    /// How the store connects to `dbname` (TLS as the URL says).
+    fn target(&self, dbname: &str, connect_timeout: Duration) -> Result<DbTarget, HarnessError> {
+        let mut target = DbTarget::parse(&self.url(dbname), &TlsDefaults::LOCAL)?;
+        target.config_mut().connect_timeout(connect_timeout);
+        Ok(target)
+    }
+
     fn from_url(url: &str) -> Result<Server, HarnessError> {
-        let config = Config::from_str(url)
-            .map_err(|error| HarnessError::Invalid(format!("{DATABASE_URL_ENV}: {error}")))?;
+        let invalid = |error: String| HarnessError::Invalid(format!("{DATABASE_URL_ENV}: {error}"));
+        let stripped = strip_tls_params(url).map_err(|e| invalid(e.to_string()))?;
+        let config = Config::from_str(&stripped.rest).map_err(|e| invalid(e.to_string()))?;
         let host = config
             .get_hosts()
             .first()
@@ -89,6 +143,8 @@ impl Server {
                 .map(|bytes| String::from_utf8_lossy(bytes).into_owned()),
             admin_db: config.get_dbname().unwrap_or("postgres").to_owned(),
             external: true,
+            sslmode: stripped.sslmode,
+            sslrootcert: stripped.sslrootcert,
         })
     }
 }
@@ -112,7 +168,8 @@ fn server() -> Result<Server, HarnessError> {
     }
     // The error is kept as text so every later test fails fast with the same message
     // instead of retrying a slow, doomed start.
-    match CLUSTER.get_or_init(|| start_cluster().map_err(|error| error.to_string())) {
+    let tls = std::env::var(TLS_ENV).map_or(true, |v| v.trim() != "0");
+    match CLUSTER.get_or_init(|| start_cluster(tls).map_err(|error| error.to_string())) {
         Ok(cluster) => Ok(cluster.server.clone()),
         Err(message) => Err(HarnessError::Invalid(format!(
             "the private PostgreSQL cluster could not be started: {message}"
@@ -178,7 +235,34 @@ fn scratch_base(run_as: Option<&RunAs>) -> PathBuf {
     }
 }
 
-fn start_cluster() -> Result<Cluster, HarnessError> {
+/// A PostgreSQL server of a test's own (not the shared cluster): `tls` as the shared cluster's
+/// (`hostssl` only, verify-full URLs) or plaintext only (`ssl=off`, URLs with `sslmode=disable`).
+/// Stopped and deleted when dropped (or when the process exits).
+#[derive(Debug)]
+pub struct PostgresServer {
+    cluster: Cluster,
+}
+
+impl PostgresServer {
+    /// Starts the server; blocks until it accepts connections.
+    pub fn start(tls: bool) -> Result<PostgresServer, HarnessError> {
+        Ok(PostgresServer {
+            cluster: start_cluster(tls)?,
+        })
+    }
+
+    /// A fresh database on this server.
+    pub fn create_database(&self) -> Result<TestDatabase, HarnessError> {
+        TestDatabase::create_on(self.cluster.server.clone())
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.cluster.server.port
+    }
+}
+
+fn start_cluster(tls: bool) -> Result<Cluster, HarnessError> {
     let bin = find_bin_dir()?;
     let run_as = unprivileged_runner()?;
     let root = tempfile::Builder::new()
@@ -187,7 +271,7 @@ fn start_cluster() -> Result<Cluster, HarnessError> {
         .map_err(HarnessError::io("creating the cluster directory"))?
         // The supervisor deletes it at process exit; a TempDir in a static would never be dropped.
         .keep();
-    let result = init_and_start(&bin, run_as.as_ref(), &root);
+    let result = init_and_start(&bin, run_as.as_ref(), &root, tls);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&root);
     }
@@ -198,10 +282,18 @@ fn init_and_start(
     bin: &Path,
     run_as: Option<&RunAs>,
     root: &Path,
+    tls: bool,
 ) -> Result<Cluster, HarnessError> {
     let data = root.join("data");
     let sockets = root.join("sockets");
     std::fs::create_dir(&sockets).map_err(HarnessError::io("creating the socket directory"))?;
+    // Before the chown below: the server must own its key (PostgreSQL refuses a key file that
+    // others can read).
+    let tls_files = if tls {
+        Some(write_tls_files(&root.join("tls"))?)
+    } else {
+        None
+    };
     if let Some(run_as) = run_as {
         chown_recursive(root, run_as)?;
     }
@@ -236,11 +328,21 @@ fn init_and_start(
         });
     }
 
+    if tls_files.is_some() {
+        // TLS only over TCP (the socket directory is private to the cluster anyway).
+        let hba = "local all all trust\n\
+                   hostssl all all 127.0.0.1/32 trust\n\
+                   hostssl all all ::1/128 trust\n";
+        let hba_path = data.join("pg_hba.conf");
+        std::fs::write(&hba_path, hba)
+            .map_err(HarnessError::io(format!("writing {}", hba_path.display())))?;
+    }
+
     let mut last_error = None;
     for _ in 0..PORT_ATTEMPTS {
         let port = free_port()?;
         let log = root.join(format!("postgres-{port}.log"));
-        let command = vec![
+        let mut command = vec![
             bin.join("postgres").into_os_string(),
             "-D".into(),
             data.clone().into_os_string(),
@@ -261,6 +363,16 @@ fn init_and_start(
             "-c".into(),
             "max_connections=300".into(),
         ];
+        if let Some(files) = &tls_files {
+            for setting in [
+                "ssl=on".to_owned(),
+                format!("ssl_cert_file={}", files.cert.display()),
+                format!("ssl_key_file={}", files.key.display()),
+            ] {
+                command.push("-c".into());
+                command.push(setting.into());
+            }
+        }
         let mut lifeline = Lifeline::spawn(LifelineSpec {
             what: "postgres".into(),
             stop_signal: "INT", // fast shutdown: abort sessions, no waiting for clients
@@ -277,6 +389,17 @@ fn init_and_start(
             password: None,
             admin_db: "postgres".into(),
             external: false,
+            sslmode: Some(
+                if tls_files.is_some() {
+                    "verify-full"
+                } else {
+                    "disable"
+                }
+                .into(),
+            ),
+            sslrootcert: tls_files
+                .as_ref()
+                .map(|files| files.ca.to_string_lossy().into_owned()),
         };
         match wait_ready(&server, &mut lifeline) {
             Ok(()) => {
@@ -298,6 +421,37 @@ fn init_and_start(
     Err(last_error.unwrap_or_else(|| HarnessError::Invalid("postgres did not start".into())))
 }
 
+/// The server's certificate and key and the CA that issued them, in a cluster's directory.
+struct TlsFiles {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A CA of the cluster's own and a server certificate for `localhost` and `127.0.0.1` (IP SAN).
+fn write_tls_files(dir: &Path) -> Result<TlsFiles, HarnessError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir(dir).map_err(HarnessError::io("creating the TLS directory"))?;
+    let ca = crate::pki::CertificateAuthority::new("edge-sync test PostgreSQL CA")?;
+    let server = ca.issue_server(&["localhost", "127.0.0.1"])?;
+    let files = TlsFiles {
+        ca: dir.join("ca.crt"),
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+    };
+    for (path, contents) in [
+        (&files.ca, ca.cert_pem()),
+        (&files.cert, server.cert_pem()),
+        (&files.key, server.key_pem()),
+    ] {
+        std::fs::write(path, contents)
+            .map_err(HarnessError::io(format!("writing {}", path.display())))?;
+    }
+    std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o600))
+        .map_err(HarnessError::io("restricting the server key"))?;
+    Ok(files)
+}
+
 /// Polls a real connection (a TCP accept is not enough: the server rejects logins while
 /// "starting up") until it succeeds, the server exits, or the deadline passes.
 fn wait_ready(server: &Server, lifeline: &mut Lifeline) -> Result<(), HarnessError> {
@@ -307,14 +461,8 @@ fn wait_ready(server: &Server, lifeline: &mut Lifeline) -> Result<(), HarnessErr
         if let Some(status) = lifeline.exited() {
             return Err(lifeline.exited_error(status));
         }
-        let mut config = server.config(&server.admin_db);
-        config.connect_timeout(Duration::from_secs(2));
-        let attempt = run_on_helper_thread(async move {
-            let (client, connection) = config.connect(NoTls).await?;
-            drop(client);
-            drop(connection);
-            Ok::<(), tokio_postgres::Error>(())
-        });
+        let target = server.target(&server.admin_db, Duration::from_secs(2))?;
+        let attempt = run_on_helper_thread(async move { target.connect().await.map(drop) });
         let last_error = match attempt {
             Ok(()) => return Ok(()),
             Err(error) => error.to_string(),
@@ -356,16 +504,11 @@ where
 
 /// Runs one admin statement against the server's admin database.
 fn admin_statement(server: &Server, sql: String) -> Result<(), HarnessError> {
-    let config = server.config(&server.admin_db);
+    let target = server.target(&server.admin_db, Duration::from_secs(10))?;
     run_on_helper_thread(async move {
-        let (client, connection) = config.connect(NoTls).await?;
-        let connection = tokio::spawn(connection);
-        let result = client.batch_execute(&sql).await;
-        drop(client);
-        let _ = connection.await;
-        result
+        let client = target.connect().await?;
+        client.batch_execute(&sql).await.map_err(HarnessError::from)
     })
-    .map_err(HarnessError::from)
 }
 
 /// A database name no other test (in this or another process) uses.
@@ -419,7 +562,10 @@ impl TestDatabase {
 
     /// Like [`TestDatabase::create`], returning the error instead of panicking.
     pub fn try_create() -> Result<TestDatabase, HarnessError> {
-        let server = server()?;
+        TestDatabase::create_on(server()?)
+    }
+
+    fn create_on(server: Server) -> Result<TestDatabase, HarnessError> {
         let name = unique_name();
         admin_statement(&server, format!("CREATE DATABASE \"{name}\""))?;
         Ok(TestDatabase { server, name })
@@ -444,23 +590,23 @@ impl TestDatabase {
         self.server.port
     }
 
-    /// A libpq / tokio-postgres `key=value` connection string, e.g.
-    /// `host=127.0.0.1 port=41234 user=postgres dbname=test_…`.
+    /// A libpq `key=value` connection string, e.g.
+    /// `host=127.0.0.1 port=41234 user=postgres dbname=test_… sslmode=verify-full
+    /// sslrootcert=/tmp/edge-e2e-pg-…/tls/ca.crt` (connect with [`edge_cloud_store::connect`]:
+    /// tokio-postgres alone rejects `verify-full` and `sslrootcert`).
     pub fn url(&self) -> String {
-        let host = match &self.server.host {
-            Host::Tcp(host) => host.clone(),
-            Host::Unix(path) => path.to_string_lossy().into_owned(),
-        };
-        let mut parts = vec![
-            format!("host={}", quote_value(&host)),
-            format!("port={}", self.server.port),
-            format!("user={}", quote_value(&self.server.user)),
-        ];
-        if let Some(password) = &self.server.password {
-            parts.push(format!("password={}", quote_value(password)));
-        }
-        parts.push(format!("dbname={}", quote_value(&self.name)));
-        parts.join(" ")
+        self.server.url(&self.name)
+    }
+
+    /// The CA file the server's certificate is checked against (`sslrootcert`), if any.
+    pub fn sslrootcert(&self) -> Option<PathBuf> {
+        self.server.sslrootcert.as_ref().map(PathBuf::from)
+    }
+
+    /// The `sslmode` of [`TestDatabase::url`] (`verify-full`, `disable`, or the external
+    /// server's).
+    pub fn sslmode(&self) -> Option<&str> {
+        self.server.sslmode.as_deref()
     }
 
     /// The same as a URL: `postgres://postgres@127.0.0.1:41234/test_…`.
@@ -477,27 +623,45 @@ impl TestDatabase {
             .as_deref()
             .map(|p| format!(":{}", percent_encode(p)))
             .unwrap_or_default();
+        let query: Vec<String> = self
+            .server
+            .tls_params()
+            .map(|(key, value)| format!("{key}={}", percent_encode(value)))
+            .collect();
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", query.join("&"))
+        };
         format!(
-            "postgres://{}{password}@{host}:{}/{}",
+            "postgres://{}{password}@{host}:{}/{}{query}",
             percent_encode(&self.server.user),
             self.server.port,
             percent_encode(&self.name)
         )
     }
 
-    /// A tokio-postgres config for this database.
+    /// A tokio-postgres config for this database, without TLS settings: connect through
+    /// [`TestDatabase::target`] (or [`TestDatabase::connect`]) instead, the server may accept
+    /// TLS only.
     pub fn config(&self) -> Config {
         self.server.config(&self.name)
     }
 
+    /// How the store connects to this database (TLS included).
+    pub fn target(&self) -> DbTarget {
+        self.server
+            .target(&self.name, Duration::from_secs(10))
+            .unwrap_or_else(|error| panic!("the URL of test database {}: {error}", self.name))
+    }
+
     /// A connected client; the connection task runs on the current runtime.
     pub async fn try_connect(&self) -> Result<Client, HarnessError> {
-        let (client, connection) = self.config().connect(NoTls).await?;
-        tokio::spawn(async move {
-            // Ends with an error when the server goes away at teardown; nothing to report.
-            let _ = connection.await;
-        });
-        Ok(client)
+        self.server
+            .target(&self.name, Duration::from_secs(10))?
+            .connect()
+            .await
+            .map_err(HarnessError::from)
     }
 
     /// A connected client; panics with a clear message if the connection fails.
@@ -587,11 +751,21 @@ mod tests {
     #[test]
     fn rendered_urls_parse_back() {
         let db = TestDatabase {
-            server: Server::from_url("postgres://al ice:p'w@localhost:5433/postgres").expect("url"),
+            server: Server::from_url(
+                "postgres://al ice:p'w@localhost:5433/postgres?sslmode=verify-ca&sslrootcert=/tmp/a%20b/ca.crt",
+            )
+            .expect("url"),
             name: "test_1".into(),
         };
         for rendered in [db.url(), db.postgres_url()] {
-            let config = Config::from_str(&rendered).expect("parses back");
+            let stripped = strip_tls_params(&rendered).expect("TLS parameters");
+            assert_eq!(stripped.sslmode.as_deref(), Some("verify-ca"), "{rendered}");
+            assert_eq!(
+                stripped.sslrootcert.as_deref(),
+                Some("/tmp/a b/ca.crt"),
+                "{rendered}"
+            );
+            let config = Config::from_str(&stripped.rest).expect("parses back");
             assert_eq!(config.get_user(), Some("al ice"), "{rendered}");
             assert_eq!(config.get_password(), Some(&b"p'w"[..]), "{rendered}");
             assert_eq!(config.get_dbname(), Some("test_1"), "{rendered}");

@@ -290,10 +290,7 @@ async fn sql_round_trip_on_a_fresh_database() {
 
     // Both string forms connect to the same database.
     for url in [db.url(), db.postgres_url()] {
-        let (other, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
+        let other = edge_cloud_store::connect::connect(&url).await.unwrap();
         let row = other
             .query_one("SELECT count(*) FROM t", &[])
             .await

@@ -9,8 +9,12 @@ use tokio_postgres::error::SqlState;
 pub enum StoreError {
     #[error("database: {0}")]
     Db(#[from] tokio_postgres::Error),
-    #[error("connection pool: {0}")]
+    /// The message names the connection failure ([`crate::connect::describe_pool_error`]):
+    /// deadpool's and tokio-postgres's own texts stop at "error performing TLS handshake".
+    #[error("connection pool: {}", crate::connect::describe_pool_error(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
+    #[error(transparent)]
+    Connect(#[from] crate::connect::ConnectError),
     #[error("pool configuration: {0}")]
     PoolBuild(#[from] deadpool_postgres::BuildError),
     #[error("migration {version} ({name}) failed: {source}")]
@@ -33,7 +37,10 @@ impl StoreError {
         match self {
             StoreError::Pool(_) => true,
             StoreError::Db(e) | StoreError::Migration { source: e, .. } => db_error_is_transient(e),
-            StoreError::PoolBuild(_) | StoreError::Corrupt(_) | StoreError::NotFound(_) => false,
+            StoreError::PoolBuild(_)
+            | StoreError::Connect(_)
+            | StoreError::Corrupt(_)
+            | StoreError::NotFound(_) => false,
         }
     }
 }

@@ -6,7 +6,9 @@
 //!
 //! # Layout
 //! - [`migrate`] — embedded, versioned migrations (`migrations/*.sql`), `schema_migrations`
-//! - [`pool`] — the deadpool-postgres pool
+//! - [`connect`] — how we connect: the URL's `sslmode`/`sslrootcert` (libpq semantics), the
+//!   rustls (ring) connector, one-line connection errors
+//! - [`pool`] — the deadpool-postgres pool over [`connect`]
 //! - [`timescale`] — the hypertables' compression/retention policies, applied by `migrate`
 //! - [`error`] — [`StoreError`] with the transient/permanent split by SQLSTATE, [`OpError`] of
 //!   the API's operations, [`ResetError`] of reset-materialization
@@ -44,6 +46,7 @@
 pub mod approval;
 pub mod backpressure;
 pub mod coalesce;
+pub mod connect;
 pub mod controls;
 pub mod dead_letters;
 pub mod device_block;

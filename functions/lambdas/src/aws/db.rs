@@ -14,42 +14,47 @@
 //!   than [`STALE_AFTER`], every idle connection is dropped before the request. The wall clock,
 //!   not `Instant`: whether the monotonic clock advances while a microVM is paused is not
 //!   something to rely on.
+//!
+//! TLS: `verify-full` unless the database URL says otherwise (`sslmode=…`), against the URL's
+//! `sslrootcert` or, when it names none, [`SSLROOTCERT_ENV`]: `system` through RDS Proxy (its
+//! certificate is an ACM one under Amazon's public roots), the RDS CA bundle
+//! (`global-bundle.pem`, shipped with the function) for a direct RDS endpoint, whose RDS CAs
+//! are in no public root store (docs/deploy.md "Database TLS"). RDS for PostgreSQL 15+
+//! (`rds.force_ssl`) and a TLS-requiring RDS Proxy refuse plaintext anyway.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use deadpool_postgres::tokio_postgres::{self, NoTls};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Pool, RecyclingMethod};
+use edge_cloud_store::connect::{DbTarget, RootCerts, TlsDefaults};
 
 use super::AwsError;
+
+/// Environment variable naming the CA bundle (a PEM file, or `system`) the Lambdas verify the
+/// database's certificate against when the URL has no `sslrootcert`.
+pub const SSLROOTCERT_ENV: &str = "EDGE_DB_SSLROOTCERT";
 
 /// Idle time after which pooled connections are not trusted any more.
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// A pool for a Lambda: verified recycling, connect timeout and TCP keepalives (so a dead peer
-/// is noticed mid-request too). TLS is terminated by RDS Proxy inside the VPC, as in
-/// [`edge_cloud_store::pool::connect`].
+/// is noticed mid-request too), TLS `verify-full` by default (see the module doc).
 pub fn lambda_pool(url: &str, max_size: usize) -> Result<Pool, AwsError> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| AwsError::Config(format!("database URL: {e}")))?;
+    let sslrootcert = std::env::var(SSLROOTCERT_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| RootCerts::parse(v.trim()));
+    let mut target = DbTarget::parse(url, &TlsDefaults::aws(sslrootcert))
+        .map_err(|e| AwsError::Config(e.to_string()))?;
+    let config = target.config_mut();
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
     config
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30));
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Verified,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(max_size)
-        .build()
-        .map_err(|e| AwsError::Config(format!("pool: {e}")))
+    edge_cloud_store::pool::pool_for(target, max_size, RecyclingMethod::Verified)
+        .map_err(|e| AwsError::Config(format!("database pool: {e}")))
 }
 
 /// Remembers when the last invocation ran and drops idle connections after a long pause.

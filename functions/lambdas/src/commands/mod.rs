@@ -38,8 +38,13 @@ use crate::runner::{MqttSettings, RunnerError};
 pub enum CommandError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("connecting to the database")]
-    Connect(#[source] deadpool_postgres::PoolError),
+    /// One line naming the failure (TLS refused, certificate not trusted, …): no `#[source]`,
+    /// so `anyhow` prints no "Caused by" chain of tokio-postgres's vaguer texts.
+    #[error(
+        "connecting to the database: {}",
+        edge_cloud_store::connect::describe_pool_error(.0)
+    )]
+    Connect(deadpool_postgres::PoolError),
     #[error(transparent)]
     Topic(#[from] edge_protocol::topic::TopicError),
     #[error(transparent)]
