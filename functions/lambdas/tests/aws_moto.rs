@@ -4,7 +4,8 @@
 //! client), with moto's URL as the endpoint.
 //!
 //! Covered: S3 presigned PUT (signed `content-length`) → HTTP PUT → GetObject streamed back;
-//! a missing object; the replay-queue message after an API approval; the sweep publishing a
+//! a missing object; the whole spill flow (grant → PUT → finalize → mirror rows, and
+//! `spill_object_missing`) with S3 as the object store; the replay-queue message after an API approval; the sweep publishing a
 //! control over the IoT data plane and forwarding governance events to EventBridge (a rule with
 //! an SQS target observes what arrives); every event type through the documented rule; the
 //! database secret in every shape (Secrets Manager, SSM SecureString) connecting to
@@ -761,5 +762,135 @@ async fn eventbridge_throttling_keeps_the_batch_for_the_next_sweep() {
     assert_eq!(
         e.0,
         "events:PutEvents: 1 of 1 entries failed (event 41: ThrottlingException Rate exceeded)"
+    );
+}
+
+/// zstd JSON Lines, as the agent builds a spill object.
+fn spill_object(rows: &[Change]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    for (seq, op, pk, row) in rows {
+        let line = json!({"commit_seq": seq, "op": op, "pk": pk, "row": row});
+        serde_json::to_writer(&mut enc, &line).unwrap();
+        enc.write_all(b"\n").unwrap();
+    }
+    enc.finish().unwrap()
+}
+
+fn upload_request(kind: &str, batch_id: Uuid, content_length: Option<u64>) -> Vec<u8> {
+    let mut v = json!({"format_version": 1, "request_kind": kind, "source_table": "device_state",
+        "segment_kind": "payload_spill", "batch_id": batch_id.to_string()});
+    if let Some(n) = content_length {
+        v["content_length"] = json!(n);
+    }
+    v.to_string().into_bytes()
+}
+
+/// The whole spill flow of protocol §7 with S3 as the ingest Lambda configures it: the grant's
+/// URL is an S3 presigned PUT (moto), the device's PUT lands in the bucket, the finalize streams
+/// it back through the row intake; a finalize without an object is `spill_object_missing`.
+#[tokio::test]
+async fn the_spill_flow_runs_through_s3() {
+    use edge_cloud_core::spill::SpillCode;
+    use edge_functions::env::Objects;
+    use edge_functions::ingest::Outcome;
+
+    let moto = Moto::start();
+    let sdk = sdk(&moto).await;
+    let store = S3Objects::from_client(bucket(&sdk, "spill-bucket").await, "spill-bucket");
+    let mut e = env().await;
+    e.deps = e.deps.clone().with_objects(Objects::S3(store));
+    // The lineage exists and is approved, so the object's rows materialize.
+    let epoch = e.id();
+    let first = row_batch(
+        e.id(),
+        epoch,
+        &device_state(),
+        true,
+        &[ins(1, 1, "heat", 20.5)],
+    );
+    e.rows(&first).await;
+    e.approve("device_state").await;
+
+    let batch = e.id();
+    let big = "x".repeat(200_000);
+    let body = spill_object(&[ins(2, 2, &big, 1.0), ins(3, 3, "cool", 2.0)]);
+    let n = u64::try_from(body.len()).unwrap();
+    let o = e
+        .send(
+            "sync/ingest/request",
+            &upload_request("url_request", batch, Some(n)),
+        )
+        .await;
+    assert!(matches!(o, Outcome::UploadGranted { .. }), "{o:?}");
+    let grant: Value = e
+        .client
+        .query_one(
+            "SELECT envelope FROM edge_pending_controls WHERE control_kind = 'url_grant' \
+             AND envelope->>'batch_id' = $1",
+            &[&batch.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let url = grant["presigned_url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("{}/spill-bucket/spill/", moto.url())),
+        "{url}"
+    );
+    assert!(
+        url.contains("X-Amz-SignedHeaders=content-length%3Bhost"),
+        "{url}"
+    );
+    assert_eq!(http_put(url, &body).await, 200);
+    let o = e
+        .send(
+            "sync/ingest/request",
+            &upload_request("finalize", batch, None),
+        )
+        .await;
+    assert!(
+        matches!(
+            o,
+            Outcome::Accepted {
+                materialized: 2,
+                ..
+            }
+        ),
+        "{o:?}"
+    );
+    let table = e.mirror_table().await;
+    let mode: String = e
+        .client
+        .query_one(&format!("SELECT mode FROM \"{table}\" WHERE id = 3"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mode, "cool");
+
+    // Granted, never uploaded: GetObject's NoSuchKey is the named spill_object_missing.
+    let lost = e.id();
+    let o = e
+        .send(
+            "sync/ingest/request",
+            &upload_request("url_request", lost, Some(10)),
+        )
+        .await;
+    assert!(matches!(o, Outcome::UploadGranted { .. }), "{o:?}");
+    let o = e
+        .send(
+            "sync/ingest/request",
+            &upload_request("finalize", lost, None),
+        )
+        .await;
+    assert!(
+        matches!(
+            o,
+            Outcome::SpillFailed {
+                code: SpillCode::ObjectMissing,
+                ..
+            }
+        ),
+        "{o:?}"
     );
 }
