@@ -58,7 +58,7 @@ variable "jwt_audience" {
 }
 
 variable "iot_data_endpoint" {
-  description = "IoT data-plane host (aws iot describe-endpoint --endpoint-type iot:Data-ATS) or the https:// DNS name of an iot.data VPC endpoint; empty: the sweep Lambda calls iot:DescribeEndpoint, which needs a route to the IoT control plane (set it in a VPC without internet access)."
+  description = "IoT data-plane host (aws iot describe-endpoint --endpoint-type iot:Data-ATS); empty: the sweep Lambda calls iot:DescribeEndpoint, which needs a route to the IoT control plane (set it in a VPC without internet access)."
   type        = string
   default     = ""
 }

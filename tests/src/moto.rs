@@ -2,7 +2,7 @@
 //! Secrets Manager, SSM, IAM, CloudFormation) — and only for AWS, which cannot run here.
 //!
 //! [`Moto::start`] runs `moto_server -H 127.0.0.1 -p PORT` (PyPI `moto[server]`, installed by
-//! scripts/setup.sh) under the same [`Lifeline`] supervisor as the other servers, with moto's
+//! scripts/setup.sh) under the same `Lifeline` supervisor as the other servers, with moto's
 //! request recorder on: moto keeps what the IoT data plane's `Publish` received only in
 //! memory, so [`Moto::recorded_requests`] reads the recorder's log instead. Each test starts
 //! its own server (≈1 s), so state never leaks between tests.
