@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Static checks of the AWS deployment (infra/): cfn-lint on the SAM template, and the terraform
+# Static checks of the AWS deployment (infra/): cfn-lint and `sam validate --lint` on the SAM
+# template (no credentials needed with --lint; plain `sam validate` calls AWS), and the terraform
 # module — `terraform fmt -check` plus `terraform validate` when the binaries can run here, and
 # always a real HCL2 parse + structure check (scripts/check-terraform.py) so a machine without
 # terraform still catches a broken module. `terraform validate` needs the AWS provider plugin,
@@ -12,6 +13,13 @@ cd "$(dirname "$0")/.."
 fail=0
 echo "cfn-lint infra/sam/template.yaml"
 if ! cfn-lint infra/sam/template.yaml; then fail=1; fi
+echo "sam validate --lint -t infra/sam/template.yaml"
+if command -v sam >/dev/null 2>&1; then
+  if ! SAM_CLI_TELEMETRY=0 sam validate --lint -t infra/sam/template.yaml; then fail=1; fi
+else
+  echo "sam (aws-sam-cli) not installed: run scripts/setup.sh" >&2
+  fail=1
+fi
 
 if [ -d infra/terraform ]; then
   echo "HCL2 structure check of infra/terraform"

@@ -7,6 +7,10 @@ reference must name something declared; the resources the deployment needs must 
 device policy and topic rules must agree with infra/sam/template.yaml (whose policy
 functions/lambdas/tests/deploy_policy.rs evaluates), so the two deployments cannot drift.
 
+It also checks the example root configuration in examples/complete (docs/deploy.md 2b): it
+parses, has an `aws` provider block, passes every required module variable and nothing the
+module does not declare, and re-exports every module output.
+
 usage: check-terraform.py infra/terraform
 """
 import re
@@ -47,9 +51,11 @@ def main(root):
         errors.append(f"{root}: no .tf files")
 
     variables, locals_, resources, data, outputs = set(), set(), {}, set(), set()
+    required = set()
     for d in docs.values():
         for block in d.get("variable", []):
             variables.update(unquote(k) for k in block)
+            required.update(unquote(k) for k, body in block.items() if "default" not in body)
         for block in d.get("locals", []):
             locals_.update(k for k in block if not k.startswith("__"))
         for block in d.get("resource", []):
@@ -136,11 +142,64 @@ def main(root):
     if sam_sql != {tf_sql}:
         errors.append(f"topic rule SELECT differs: SAM {sam_sql} vs terraform {tf_sql!r}")
 
+    # Lifecycle rules: the same prefixes in both, and only prefixes something writes.
+    sam_prefixes = sorted(r["Prefix"] for r in sam["Resources"]["SpillBucket"]["Properties"]
+                          ["LifecycleConfiguration"]["Rules"] if "Prefix" in r)
+    tf_lifecycle = resources.get(("aws_s3_bucket_lifecycle_configuration", "spill"), {})
+    tf_prefixes = sorted(re.findall(r"prefix'?\"?\s*[:=]\s*'?\"?([a-z]+/)", repr(tf_lifecycle)))
+    if sam_prefixes != ["spill/"] or tf_prefixes != ["spill/"]:
+        errors.append(f"lifecycle prefixes: SAM {sam_prefixes}, terraform {tf_prefixes} (only spill/ is written)")
+
+    example = Path(root) / "examples" / "complete"
+    if example.is_dir():
+        errors.extend(check_example(example, variables, required, outputs))
+    else:
+        errors.append(f"{example}: missing (docs/deploy.md 2b uses it)")
+
     for e in errors:
         print(f"check-terraform: {e}", file=sys.stderr)
     print(f"check-terraform: {len(docs)} files, {len(resources)} resources, "
           f"{len(variables)} variables, {len(outputs)} outputs: {'FAIL' if errors else 'ok'}")
     return 1 if errors else 0
+
+
+def check_example(example, variables, required, outputs):
+    """The root configuration that calls the module: provider, inputs, re-exported outputs."""
+    errors = []
+    docs = []
+    for f in sorted(example.glob("*.tf")):
+        try:
+            with open(f) as fh:
+                docs.append(hcl2.load(fh))
+        except Exception as e:
+            errors.append(f"{f}: does not parse: {e}")
+    providers = {unquote(k) for d in docs for block in d.get("provider", []) for k in block}
+    if "aws" not in providers:
+        errors.append(f"{example}: no provider \"aws\" block")
+    modules = [body for d in docs for block in d.get("module", []) for name, body in block.items()
+               if unquote(name) == "edge_sync"]
+    if len(modules) != 1:
+        return errors + [f"{example}: expected one module \"edge_sync\", found {len(modules)}"]
+    module = modules[0]
+    if unquote(module.get("source")) != "../..":
+        errors.append(f"{example}: module source {module.get('source')!r}, expected ../..")
+    passed = {k for k in module if not k.startswith("__") and k not in ("source", "version", "providers", "depends_on")}
+    for k in sorted(passed - variables):
+        errors.append(f"{example}: module input {k} is not a variable of the module")
+    for k in sorted(required - passed):
+        errors.append(f"{example}: required module variable {k} is not passed")
+    exported = set()
+    for d in docs:
+        for block in d.get("output", []):
+            for name, body in block.items():
+                m = re.search(r"module\.edge_sync\.([A-Za-z0-9_]+)", " ".join(strings(body)))
+                if m:
+                    exported.add(m.group(1))
+    for k in sorted(exported - outputs):
+        errors.append(f"{example}: re-exports module.edge_sync.{k}, which the module does not have")
+    for k in sorted(outputs - exported):
+        errors.append(f"{example}: does not re-export the module output {k}")
+    return errors
 
 
 if __name__ == "__main__":

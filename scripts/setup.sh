@@ -95,7 +95,10 @@ if [ "${EDGE_SETUP_SKIP_CROSS:-0}" != "1" ]; then
 fi
 
 # --- AWS deployment tooling (pip): cfn-lint for infra/sam, python-hcl2 for the terraform parse
-# check, cargo-lambda (+ ziglang) for `cargo lambda build --arm64` and local invocation. ----------
+# check, aws-sam-cli for `sam validate --lint` / `sam build`, moto[server] (the AWS stand-in of
+# functions/lambdas/tests/aws_moto.rs and scripts/deploy-rehearsal.py; aws-sam-translator comes
+# with cfn-lint), cargo-lambda (+ ziglang) for `cargo lambda build --arm64` and local
+# invocation. ---------------------------------------------------------------------------------
 deploy_pip() {
   python3 -m pip install --quiet --disable-pip-version-check "$@" 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
@@ -103,6 +106,14 @@ deploy_pip() {
 if ! have cfn-lint || ! python3 -c 'import hcl2' 2>/dev/null; then
   log "installing cfn-lint + python-hcl2 (pip)"
   deploy_pip cfn-lint python-hcl2
+fi
+if ! have sam; then
+  log "installing aws-sam-cli (pip; large)"
+  deploy_pip aws-sam-cli
+fi
+if ! have moto_server || ! python3 -c 'import moto.server, samtranslator, boto3' 2>/dev/null; then
+  log "installing moto[server] (pip)"
+  deploy_pip 'moto[server]'
 fi
 if [ "${EDGE_SETUP_SKIP_LAMBDA:-0}" != "1" ] && ! have cargo-lambda; then
   log "installing cargo-lambda + ziglang (pip)"

@@ -61,7 +61,12 @@ if [ -x scripts/build-device.sh ] && [ "${EDGE_TEST_SKIP_CROSS:-0}" != "1" ]; th
   run_step "gateway .deb install test (scripts/test-deb.sh)" scripts/test-deb.sh
 fi
 
-run_step "infra: cfn-lint + terraform checks" scripts/check-infra.sh
+run_step "infra: cfn-lint, sam validate --lint + terraform checks" scripts/check-infra.sh
+
+# The SAM template transformed by aws-sam-translator and created in moto's CloudFormation
+# (docs/deploy.md "Rehearsal against moto"; ~10 s). The AWS adapter tests against moto
+# (functions/lambdas/tests/aws_moto.rs, ~35 s) run in the workspace tests above.
+run_step "infra: deploy rehearsal (moto CloudFormation)" python3 scripts/deploy-rehearsal.py
 
 # EDGE_TEST_LAMBDA_BUILD=0 skips the release arm64 Lambda build (see docs/deploy.md for its cost).
 if [ -x scripts/build-lambdas.sh ] && [ "${EDGE_TEST_LAMBDA_BUILD:-1}" != "0" ]; then

@@ -3,11 +3,16 @@
 # with EDGE_LAMBDA_ZIP=1) leaves <function>/bootstrap.zip under var.lambda_artifacts_dir.
 locals {
   database_secret_is_ssm = can(regex("^arn:aws[a-z-]*:ssm:", var.database_secret_arn))
-  common_env = {
-    RUST_LOG                 = "info"
-    EDGE_DATABASE_SECRET_ARN = var.database_secret_arn
-    EDGE_DB_POOL_SIZE        = "2"
-  }
+  common_env = merge(
+    {
+      RUST_LOG                 = "info"
+      EDGE_DATABASE_SECRET_ARN = var.database_secret_arn
+      EDGE_DB_POOL_SIZE        = "2"
+    },
+    var.database_host == "" ? {} : { EDGE_DATABASE_HOST = var.database_host },
+    var.database_port == "" ? {} : { EDGE_DATABASE_PORT = var.database_port },
+    var.database_name == "" ? {} : { EDGE_DATABASE_NAME = var.database_name },
+  )
   functions = {
     ingest = {
       description = "SQS ingress envelopes -> staging/mirror (partial batch failures)"

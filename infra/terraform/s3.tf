@@ -41,17 +41,6 @@ resource "aws_s3_bucket_lifecycle_configuration" "spill" {
   }
 
   rule {
-    id     = "expire-snapshot-objects"
-    status = "Enabled"
-    filter {
-      prefix = "snapshot/"
-    }
-    expiration {
-      days = var.spill_retention_days
-    }
-  }
-
-  rule {
     id     = "abort-incomplete-uploads"
     status = "Enabled"
     filter {}

@@ -15,12 +15,30 @@ variable "topic_slug" {
 }
 
 variable "database_secret_arn" {
-  description = "ARN of the Secrets Manager secret (or SSM SecureString parameter) holding the PostgreSQL URL (RDS Proxy endpoint), or RDS-style JSON credentials."
+  description = "ARN of the Secrets Manager secret (or SSM SecureString parameter) holding the PostgreSQL URL (RDS Proxy endpoint), or RDS-style JSON credentials (an RDS-managed master secret holds only username and password: set database_host too)."
   type        = string
   validation {
     condition     = can(regex("^arn:aws[a-z-]*:(secretsmanager|ssm):", var.database_secret_arn))
     error_message = "database_secret_arn must be a Secrets Manager or SSM ARN."
   }
+}
+
+variable "database_host" {
+  description = "Optional EDGE_DATABASE_HOST: the host a JSON credentials secret is used with (the RDS Proxy endpoint); needed for an RDS-managed master secret, wins over a secret's own host."
+  type        = string
+  default     = ""
+}
+
+variable "database_port" {
+  description = "Optional EDGE_DATABASE_PORT (default: the secret's port, else 5432)."
+  type        = string
+  default     = ""
+}
+
+variable "database_name" {
+  description = "Optional EDGE_DATABASE_NAME (default: the secret's dbname, else postgres)."
+  type        = string
+  default     = ""
 }
 
 variable "jwt_secret_arn" {
@@ -40,7 +58,7 @@ variable "jwt_audience" {
 }
 
 variable "iot_data_endpoint" {
-  description = "IoT data-plane host (aws iot describe-endpoint --endpoint-type iot:Data-ATS); empty: the sweep Lambda looks it up."
+  description = "IoT data-plane host (aws iot describe-endpoint --endpoint-type iot:Data-ATS); empty: the sweep Lambda calls iot:DescribeEndpoint, which needs a route to the IoT control plane (set it in a VPC without internet access)."
   type        = string
   default     = ""
 }
@@ -56,13 +74,13 @@ variable "security_group_ids" {
 }
 
 variable "spill_retention_days" {
-  description = "Days spill/snapshot objects are kept."
+  description = "Days spill objects are kept."
   type        = number
   default     = 14
 }
 
 variable "event_bus_name" {
-  description = "EventBridge bus the sweep Lambda forwards governance events to (source edge-sync, detail-type = event type); \"default\" is the account's bus."
+  description = "EventBridge bus the sweep Lambda forwards governance events to (source edge-sync, detail-type = the event type, e.g. integration.edge_table_lineage.ingestion_paused.v1; docs/deploy.md step 5); \"default\" is the account's bus."
   type        = string
   default     = "default"
   validation {

@@ -2,7 +2,8 @@
 //! themselves.
 //!
 //! Every crate's integration tests use this crate (as a dev-dependency) instead of mocks for the
-//! two pieces of infrastructure the system talks to:
+//! two pieces of infrastructure the system talks to (plus [`Moto`], moto in server mode,
+//! standing in for the AWS APIs, the one thing that cannot run here):
 //!
 //! - **PostgreSQL** — [`TestDatabase::create`] gives each test its own fresh database. By default
 //!   the first call in a test process `initdb`s and starts one private cluster on a free port,
@@ -48,6 +49,8 @@
 //!   PEM files in a temp dir.
 //! - [`mosquitto`] — [`Broker`]: config and ACL files, start/stop/restart on a fixed port,
 //!   `rumqttc` options with mTLS.
+//! - [`moto`] — [`Moto`]: moto in server mode, the stand-in for AWS APIs (only AWS), with its
+//!   request recorder and IAM enforcement.
 //! - [`outage`] — [`PostgresOutage`]: stop the private cluster and start it again (a test binary
 //!   of its own: every database of the process goes down).
 //! - [`client`] — [`TestClient`], a rumqttc client whose connect/subscribe/publish wait for the
@@ -64,6 +67,7 @@ pub mod client;
 pub mod governance;
 mod lifeline;
 pub mod mosquitto;
+pub mod moto;
 pub mod outage;
 pub mod pki;
 pub mod port;
@@ -82,6 +86,7 @@ pub use tokio_postgres;
 pub use client::{Message, TestClient};
 pub use governance::{approve_all_columns, ApproveReport};
 pub use mosquitto::{Broker, AUDITOR_USER, SERVICE_USER};
+pub use moto::Moto;
 pub use outage::PostgresOutage;
 pub use pki::{CertificateAuthority, ClientIdentity, Pki};
 pub use port::free_port;

@@ -10,6 +10,8 @@
 //!
 //! Each Lambda reads only its own variables (a setting another Lambda needs never fails it):
 //! - all: `EDGE_DATABASE_SECRET_ARN` (locally `EDGE_DATABASE_URL` / `DATABASE_URL`),
+//!   `EDGE_DATABASE_HOST` / `_PORT` / `_NAME` (complete a JSON secret, e.g. RDS's managed
+//!   master secret, which holds only the credentials),
 //!   `EDGE_DB_POOL_SIZE` (default 4 for `ingest`/`api`, 2 for `sweep`/`replay`);
 //! - `ingest`: `EDGE_SPILL_BUCKET`;
 //! - `api`: `EDGE_JWT_SECRET_ARN` (locally `EDGE_JWT_SECRET`), `EDGE_JWT_JWKS` /
@@ -33,7 +35,7 @@ use crate::aws::iot::{data_endpoint, IotDataPublisher};
 use crate::aws::replay_queue::SqsReplayQueue;
 use crate::aws::s3::S3Objects;
 pub use crate::aws::secrets::Secret;
-use crate::aws::secrets::{database_url_from_secret, SecretSource};
+use crate::aws::secrets::{database_url_from_secret_with, DatabaseDefaults, SecretSource};
 use crate::aws::AwsError;
 use crate::control_publisher::{ControlPublisher, MqttPublisher, NoPublisher, PublishError};
 use crate::events::{EventForwarder, ForwardError, LogForwarder};
@@ -135,6 +137,8 @@ pub enum ControlTransport {
 pub struct LambdaSettings {
     pub lambda: Lambda,
     pub database: SecretSource,
+    /// What completes a JSON database secret without host / port / database name.
+    pub database_defaults: DatabaseDefaults,
     pub pool_size: usize,
     /// `ingest`: the bucket of spill/snapshot objects; without one no upload is granted.
     pub spill_bucket: Option<String>,
@@ -192,9 +196,15 @@ impl LambdaSettings {
                 .map_err(|e| AwsError::Config(format!("EDGE_DB_POOL_SIZE: {e}")))?,
             _ => lambda.default_pool_size(),
         };
+        let database_defaults = DatabaseDefaults {
+            host: non_empty("EDGE_DATABASE_HOST").map(|v| v.trim().to_owned()),
+            port: non_empty("EDGE_DATABASE_PORT").map(|v| v.trim().to_owned()),
+            dbname: non_empty("EDGE_DATABASE_NAME").map(|v| v.trim().to_owned()),
+        };
         let mut settings = LambdaSettings {
             lambda,
             database,
+            database_defaults,
             pool_size,
             spill_bucket: None,
             replay_queue_url: None,
@@ -247,7 +257,10 @@ impl LambdaSettings {
     /// Fetches the secrets and builds the clients (connections open lazily on first use).
     pub async fn deps(&self) -> Result<Deps, EnvError> {
         let mut sdk = LazySdk::default();
-        let url = database_url_from_secret(&self.database.resolve(&mut sdk).await?)?;
+        let url = database_url_from_secret_with(
+            &self.database.resolve(&mut sdk).await?,
+            &self.database_defaults,
+        )?;
         let mut deps = Deps::new(lambda_pool(url.expose(), self.pool_size)?);
         if self.lambda == Lambda::Api {
             let mut auth = match &self.jwt_secret {

@@ -2,10 +2,11 @@
 //! [`EventForwarder`].
 //!
 //! Each event becomes one `PutEvents` entry on the configured bus: `Source` is
-//! [`DEFAULT_SOURCE`] (or `EDGE_EVENT_SOURCE`), `DetailType` the event type
-//! (`edge.lineage.paused`, …) and `Detail` the event itself with its database id, so rules
-//! can route on type and consumers can de-duplicate: forwarding is at-least-once (a batch that
-//! fails half-way is sent again whole by the next sweep, see [`crate::events`]).
+//! [`DEFAULT_SOURCE`] (or `EDGE_EVENT_SOURCE`), `DetailType` the event type as stored
+//! (`integration.edge_table_lineage.ingestion_paused.v1`, …: [`EVENT_TYPES`]) and `Detail` the
+//! event itself with its database id, so rules can route on type and consumers can
+//! de-duplicate: forwarding is at-least-once (a batch that fails half-way is sent again whole
+//! by the next sweep, see [`crate::events`]).
 //!
 //! Limits that shape the packing ([`pack`]): at most 10 entries per `PutEvents` call and
 //! 256 KiB per call, an entry's size counted as Source + DetailType + Detail (+ 14 bytes for
@@ -20,6 +21,24 @@ use serde_json::{json, Value};
 
 use super::AwsError;
 use crate::events::{EventForwarder, ForwardError};
+
+/// Every event type the handlers write to `edge_events`, i.e. every `DetailType` a rule can
+/// match: cloud.md §11's names, plus the lineage sweep/epoch and consolidation events.
+/// (`integration.edge_export_segment.materialized.v1` of §11 is not emitted: a materialized
+/// batch is visible in the mirror and the ledger, not as an event.) `tests/event_types.rs`
+/// checks this list against the code, the SAM template, terraform and docs/deploy.md.
+pub const EVENT_TYPES: &[&str] = &[
+    "integration.edge_schema_review.queued.v1",
+    "integration.edge_schema_review.approved.v1",
+    "integration.edge_schema_review.rejected.v1",
+    "integration.edge_schema_review.abandoned.v1",
+    "integration.edge_table_lineage.ingestion_paused.v1",
+    "integration.edge_table_lineage.ingestion_resumed.v1",
+    "integration.edge_table_lineage.snapshot_swept.v1",
+    "integration.edge_table_lineage.stale_epoch.v1",
+    "integration.edge_export_segment.materialization_failed.v1",
+    "integration.edge_coalesced_mirror.consolidated.v1",
+];
 
 /// The `Source` of every entry unless `EDGE_EVENT_SOURCE` says otherwise.
 pub const DEFAULT_SOURCE: &str = "edge-sync";
@@ -175,7 +194,7 @@ mod tests {
     fn event(id: i64, payload: Value) -> ForwardEvent {
         ForwardEvent {
             id,
-            event_type: "edge.lineage.paused".into(),
+            event_type: "integration.edge_table_lineage.ingestion_paused.v1".into(),
             org_id: Uuid::nil(),
             project_id: Uuid::nil(),
             subject_id: Some(Uuid::nil()),
@@ -197,7 +216,10 @@ mod tests {
         let d: Value = serde_json::from_str(&calls[0][0].detail).unwrap();
         assert_eq!(d["id"], 1);
         assert_eq!(d["payload"]["n"], 1);
-        assert_eq!(calls[0][0].detail_type, "edge.lineage.paused");
+        assert_eq!(
+            calls[0][0].detail_type,
+            "integration.edge_table_lineage.ingestion_paused.v1"
+        );
     }
 
     #[test]

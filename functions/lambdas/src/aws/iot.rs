@@ -33,9 +33,10 @@ pub struct IotDataPublisher {
 
 impl IotDataPublisher {
     /// `endpoint` is the host from [`data_endpoint`] (or `EDGE_IOT_DATA_ENDPOINT`); the data
-    /// plane has no regional default host, hence the explicit URL.
+    /// plane has no regional default host, hence the explicit URL. A full `https://` or
+    /// `http://` URL is taken as is (e.g. a local stand-in such as moto).
     pub fn new(sdk: &SdkConfig, endpoint: &str) -> Self {
-        let url = if endpoint.starts_with("https://") {
+        let url = if endpoint.starts_with("https://") || endpoint.starts_with("http://") {
             endpoint.to_owned()
         } else {
             format!("https://{endpoint}")

@@ -9,6 +9,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::presigning::PresigningConfig;
 use hyper::body::Bytes;
 use time::OffsetDateTime;
@@ -40,7 +41,10 @@ impl S3Objects {
     }
 }
 
-fn unavailable(op: &'static str, e: impl std::error::Error) -> ObjectError {
+fn unavailable<E>(op: &'static str, e: aws_sdk_s3::error::SdkError<E, HttpResponse>) -> ObjectError
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
     ObjectError::Unavailable(AwsError::service(op, e).to_string())
 }
 

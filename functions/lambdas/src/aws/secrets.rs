@@ -105,11 +105,31 @@ pub async fn fetch(sdk: &SdkConfig, arn: &str) -> Result<Secret, AwsError> {
     }
 }
 
+/// What completes (or redirects) a JSON database secret: RDS's managed master secret
+/// (`ManageMasterUserPassword`) holds only `username` and `password`, and a secret written for
+/// the instance names the instance, not the RDS Proxy in front of it. Read from
+/// `EDGE_DATABASE_HOST`, `EDGE_DATABASE_PORT` and `EDGE_DATABASE_NAME` ([`crate::env`]); each
+/// one set wins over the secret's field. A URL secret is taken as is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatabaseDefaults {
+    pub host: Option<String>,
+    pub port: Option<String>,
+    pub dbname: Option<String>,
+}
+
 /// The database connection string inside a secret: a URL or libpq key/value string as is,
-/// JSON `{"url": …}`, or the JSON RDS writes for managed credentials (`username`, `password`,
-/// `host`, `port`, `dbname`) turned into a key/value string (no URL-escaping pitfalls with
-/// generated passwords).
+/// JSON `{"url": …}`, or the JSON RDS writes for credentials (`username`, `password`, and,
+/// except in a managed master secret, `host`, `port`, `dbname`) turned into a key/value string
+/// (no URL-escaping pitfalls with generated passwords).
 pub fn database_url_from_secret(value: &Secret) -> Result<Secret, AwsError> {
+    database_url_from_secret_with(value, &DatabaseDefaults::default())
+}
+
+/// [`database_url_from_secret`], host, port and database name from `defaults` when set.
+pub fn database_url_from_secret_with(
+    value: &Secret,
+    defaults: &DatabaseDefaults,
+) -> Result<Secret, AwsError> {
     let v = value.expose().trim();
     if !v.starts_with('{') {
         return Ok(Secret::new(v));
@@ -119,24 +139,45 @@ pub fn database_url_from_secret(value: &Secret) -> Result<Secret, AwsError> {
     if let Some(url) = json.get("url").and_then(|u| u.as_str()) {
         return Ok(Secret::new(url));
     }
-    let field = |k: &str| -> Result<String, AwsError> {
+    let field = |k: &str| -> Option<String> {
         match json.get(k) {
-            Some(serde_json::Value::String(s)) => Ok(s.clone()),
-            Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
-            _ => Err(AwsError::Config(format!(
-                "database secret lacks \"url\" and \"{k}\""
-            ))),
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
         }
     };
+    let credential = |k: &str| {
+        field(k)
+            .ok_or_else(|| AwsError::Config(format!("database secret lacks \"url\" and \"{k}\"")))
+    };
+    let host = defaults
+        .host
+        .clone()
+        .or_else(|| field("host"))
+        .ok_or_else(|| {
+            AwsError::Config(
+                "database secret has no \"host\" (an RDS-managed master secret holds only \
+             username and password): set EDGE_DATABASE_HOST to the RDS Proxy endpoint"
+                    .into(),
+            )
+        })?;
     let quote = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"));
-    let port = field("port").unwrap_or_else(|_| "5432".to_owned());
-    let dbname = field("dbname").unwrap_or_else(|_| "postgres".to_owned());
+    let port = defaults
+        .port
+        .clone()
+        .or_else(|| field("port"))
+        .unwrap_or_else(|| "5432".to_owned());
+    let dbname = defaults
+        .dbname
+        .clone()
+        .or_else(|| field("dbname"))
+        .unwrap_or_else(|| "postgres".to_owned());
     Ok(Secret::new(format!(
         "host={} port={} user={} password={} dbname={}",
-        quote(&field("host")?),
+        quote(&host),
         quote(&port),
-        quote(&field("username")?),
-        quote(&field("password")?),
+        quote(&credential("username")?),
+        quote(&credential("password")?),
         quote(&dbname),
     )))
 }
@@ -209,6 +250,31 @@ mod tests {
         let cfg: tokio_postgres::Config = rds.expose().parse().unwrap();
         assert_eq!(cfg.get_password(), Some(&b"p'w\\d"[..]));
         assert!(database_url_from_secret(&Secret::new(r#"{"host":"h"}"#)).is_err());
+        // An RDS-managed master secret: credentials only, the rest from the environment.
+        let managed = Secret::new(r#"{"username":"edge","password":"pw"}"#);
+        let err = database_url_from_secret(&managed).unwrap_err().to_string();
+        assert!(err.contains("EDGE_DATABASE_HOST"), "{err}");
+        let defaults = DatabaseDefaults {
+            host: Some("proxy.local".into()),
+            port: None,
+            dbname: Some("edge".into()),
+        };
+        assert_eq!(
+            database_url_from_secret_with(&managed, &defaults)
+                .unwrap()
+                .expose(),
+            "host='proxy.local' port='5432' user='edge' password='pw' dbname='edge'"
+        );
+        // Set, they win over an instance secret's own fields (the Lambdas go through the proxy).
+        let instance = Secret::new(
+            r#"{"username":"u","password":"p","host":"db-1.rds","port":5433,"dbname":"x"}"#,
+        );
+        assert_eq!(
+            database_url_from_secret_with(&instance, &defaults)
+                .unwrap()
+                .expose(),
+            "host='proxy.local' port='5433' user='u' password='p' dbname='edge'"
+        );
         assert!(format!("{:?}", Secret::new("hunter2")).contains("redacted"));
     }
 }
