@@ -28,6 +28,7 @@ use self::dead_letters::DeadLettersCommand;
 use self::devices::DevicesCommand;
 use self::pki::PkiCommand;
 use crate::api::auth::AuthError;
+use crate::api::claims::{self, ClaimMapping};
 use crate::aws::AwsError;
 use crate::env::{EnvError, RunnerSettings, Secret};
 use crate::pki::PkiError;
@@ -127,6 +128,24 @@ pub enum Command {
         /// RS256 JWKS (JSON file) the API verifies Bearer tokens with.
         #[arg(long, env = "EDGE_JWT_JWKS_FILE")]
         jwt_jwks_file: Option<std::path::PathBuf>,
+        /// Token claim holding the organization UUID: a claim name (`custom:org_id`) or a
+        /// dotted path into nested objects (the whole name is tried first).
+        #[arg(long, env = "EDGE_JWT_CLAIM_ORG", default_value = claims::DEFAULT_ORG)]
+        jwt_claim_org: String,
+        /// Token claim holding the project UUIDs (array, or a space/comma-separated string).
+        #[arg(long, env = "EDGE_JWT_CLAIM_PROJECTS", default_value = claims::DEFAULT_PROJECTS)]
+        jwt_claim_projects: String,
+        /// Token claim holding the permissions (array, or a scope string like `"a b"`).
+        #[arg(
+            long,
+            env = "EDGE_JWT_CLAIM_PERMISSIONS",
+            default_value = claims::DEFAULT_PERMISSIONS
+        )]
+        jwt_claim_permissions: String,
+        /// Only permission values starting with this prefix count, with it removed (e.g.
+        /// `edge/` for Cognito resource-server scopes `edge/PROJECT_CAN_MANAGE_DEVICES`).
+        #[arg(long, env = "EDGE_JWT_SCOPE_PREFIX")]
+        jwt_scope_prefix: Option<String>,
         /// Directory of uploaded spill/snapshot objects (protocol §7).
         #[arg(long, env = "EDGE_SPILL_DIR", default_value = "edge-spill")]
         spill_dir: std::path::PathBuf,
@@ -206,6 +225,10 @@ pub async fn execute(cli: Cli) -> Result<(), CommandError> {
             http,
             jwt_secret,
             jwt_jwks_file,
+            jwt_claim_org,
+            jwt_claim_projects,
+            jwt_claim_permissions,
+            jwt_scope_prefix,
             spill_dir,
             spill_url,
             spill_secret,
@@ -228,6 +251,12 @@ pub async fn execute(cli: Cli) -> Result<(), CommandError> {
                 http,
                 jwt_secret: jwt_secret.map(Secret::new),
                 jwt_jwks_file,
+                claim_mapping: ClaimMapping::new(
+                    &jwt_claim_org,
+                    &jwt_claim_projects,
+                    &jwt_claim_permissions,
+                    jwt_scope_prefix.as_deref(),
+                ),
                 spill_dir,
                 spill_url,
                 spill_secret: spill_secret.map(Secret::new),
