@@ -10,7 +10,9 @@
 //! shows no notice (so the test can fail). The notice is never acked and never changes
 //! publishing: after it, a new row of each mis-configured gateway is still published. (The
 //! broker's PUBACK is what a gateway counts as delivery, so `last_ack_at` looks healthy: the
-//! notice is how it learns otherwise.)
+//! notice is how it learns otherwise.) Then the fix docs/deploy.md gives: the right
+//! `root_topic`, `edge-agent snapshot`, restart — every row reaches the cloud (without the
+//! snapshot the rows published while unknown never do: they were PUBACKed and rejected).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -46,6 +48,24 @@ fn agent_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// `edge-agent run --config CONFIG`, logging to `log` (appended).
+fn spawn_agent(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(agent_bin())
+        .args(["run", "--config"])
+        .arg(config)
+        .env("OMEGA_AUTH_TOKEN", CONTROL_KEY)
+        .env("EDGE_AGENT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 /// One gateway: the agent as a child process on its own source.db and configuration.
@@ -105,15 +125,7 @@ signed_control = true
             ),
         )
         .unwrap();
-        let child = Command::new(agent_bin())
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("OMEGA_AUTH_TOKEN", CONTROL_KEY)
-            .env("EDGE_AGENT_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("agent.log")).unwrap())
-            .spawn()
-            .unwrap();
+        let child = spawn_agent(&config, &d.join("agent.log"));
         Gateway {
             dir,
             config,
@@ -157,6 +169,39 @@ signed_control = true
                 .and_then(|s| s["device_unknown"]["reason"].as_str().map(str::to_owned))
         })
         .await
+    }
+
+    /// The operator's fix as docs/deploy.md "5. First sync" gives it: stop the agent, correct
+    /// `root_topic`, `edge-agent snapshot` (what was published while unknown was rejected, yet
+    /// PUBACKed), start it again.
+    fn fix_root_topic(&mut self, root_topic: &str) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "agent stop: {status}; log:\n{}",
+            self.log()
+        );
+        let text = std::fs::read_to_string(&self.config).unwrap().replace(
+            &format!("root_topic = \"{}\"", self.root_topic),
+            &format!("root_topic = \"{root_topic}\""),
+        );
+        std::fs::write(&self.config, text).unwrap();
+        self.root_topic = root_topic.to_owned();
+        let out = Command::new(agent_bin())
+            .args(["snapshot", "--config"])
+            .arg(&self.config)
+            .env("OMEGA_AUTH_TOKEN", CONTROL_KEY)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "snapshot: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.child = spawn_agent(&self.config, &self.dir.path().join("agent.log"));
     }
 
     /// Panics (with the agent's log) unless the process is still running.
@@ -308,6 +353,28 @@ async fn unregistered_and_mis_slugged_gateways_see_device_unknown_in_status() {
         .unwrap()
         .get(0);
     assert_eq!(lineages, 1);
+
+    // The fix: the mis-slugged gateway under its registered slug, re-sending its table by a
+    // snapshot; every row (also those rejected while it was unknown) reaches the cloud.
+    mis_slugged.fix_root_topic(&format!("{SLUG}/{DEVICE}"));
+    wait_for(
+        DEADLINE,
+        "gw-e2e's rows staged after the fix",
+        || async move {
+            pg.query_one(
+            "SELECT count(DISTINCT s.pk_key) FROM edge_staged_rows s JOIN edge_table_lineages l \
+             ON l.id = s.lineage_id JOIN edge_devices d ON d.device_id = l.device_id \
+             WHERE d.device_name = $1",
+            &[&DEVICE],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+            == 3
+        },
+    )
+    .await;
+    mis_slugged.assert_running();
     drop((mis_slugged, unregistered, right));
     stack.stop().await;
 }
