@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Static gateway binaries of edge-agent with cargo-zigbuild (no Docker; see Cross.toml for cross).
+# Static gateway binaries of edge-agent with cargo-zigbuild (no Docker; see Cross.toml for cross),
+# and the Debian packages made from them with cargo-deb.
 #
-#   scripts/build-device.sh            # aarch64-unknown-linux-musl + armv7-unknown-linux-musleabihf
-#   scripts/build-device.sh --smoke    # aarch64 only, then `--version` and `check` under qemu-user
+#   scripts/build-device.sh             # aarch64 + armv7 binaries, edge-agent_<ver>_{arm64,armhf}.deb
+#   scripts/build-device.sh --deb-amd64 # and x86_64 musl + edge-agent_<ver>_amd64.deb (install test)
+#   scripts/build-device.sh --smoke     # aarch64 binary only, then `--version` and `check` under qemu-user
+#   EDGE_DEB_ARCHES="arm64 amd64" scripts/build-device.sh   # the packages (and binaries) of these arches
 #   TARGETS="aarch64-unknown-linux-musl" scripts/build-device.sh
+#   scripts/build-device.sh --no-deb    # binaries only
 #
-# Output: dist/edge-agent-<target> (stripped, statically linked); each binary then runs
-# `--version` and `check` (throwaway certs, example config) under qemu-user. armv7 musl has no
-# prebuilt std here, so it is built with nightly -Zbuild-std (nightly and rust-src are installed
-# on demand) in its own target dir (ARMV7_TARGET_DIR, default ~/.cache/edge-sync/target-armv7):
-# build-std artifacts never mix with the shared cache, and it does not wait for that cache's lock.
-# The first armv7 build compiles std and every dependency: ~40 min on 2 busy cores.
+# Output: dist/edge-agent-<target> (stripped, statically linked) and dist/edge-agent_<ver>_<arch>.deb
+# (`cargo deb --no-build --no-strip --target <target>` on that binary; device/Cargo.toml
+# [package.metadata.deb], files and modes in device/packaging/README.Debian). Each binary runs
+# `--version` and `check` (throwaway certs, example config) under qemu-user (natively for x86_64).
+# armv7 musl has no prebuilt std here, so it is built with nightly -Zbuild-std (nightly and
+# rust-src are installed on demand) in its own target dir (ARMV7_TARGET_DIR, default
+# ~/.cache/edge-sync/target-armv7): build-std artifacts never mix with the shared cache, and it
+# does not wait for that cache's lock. The first armv7 build compiles std and every dependency:
+# ~40 min on 2 busy cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,11 +27,37 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edge-sync/target}"
 SUDO=""; if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 smoke=0
-if [ "${1:-}" = "--smoke" ]; then smoke=1; fi
+debs=1
+deb_amd64=0
+for arg in "$@"; do
+  case "$arg" in
+    --smoke) smoke=1; debs=0 ;;
+    --no-deb) debs=0 ;;
+    --deb-amd64) deb_amd64=1 ;;
+    *) echo "usage: $0 [--smoke] [--no-deb] [--deb-amd64]" >&2; exit 2 ;;
+  esac
+done
+
+# Debian architecture <-> Rust musl target.
+target_of_arch() {
+  case "$1" in
+    arm64) echo aarch64-unknown-linux-musl ;;
+    armhf) echo armv7-unknown-linux-musleabihf ;;
+    amd64) echo x86_64-unknown-linux-musl ;;
+    *) echo "unknown Debian architecture '$1' (arm64, armhf, amd64)" >&2; return 1 ;;
+  esac
+}
+
 if [ "$smoke" = 1 ]; then
   targets=(aarch64-unknown-linux-musl)
+elif [ -n "${EDGE_DEB_ARCHES:-}" ]; then
+  targets=()
+  for arch in $EDGE_DEB_ARCHES; do targets+=("$(target_of_arch "$arch")"); done
 else
   read -r -a targets <<<"${TARGETS:-aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf}"
+fi
+if [ "$deb_amd64" = 1 ] && [[ " ${targets[*]} " != *" x86_64-unknown-linux-musl "* ]]; then
+  targets+=(x86_64-unknown-linux-musl)
 fi
 
 pip_install() {
@@ -41,6 +74,11 @@ if ! have qemu-aarch64-static || ! have qemu-arm-static; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends qemu-user-static >/dev/null
 fi
 
+if [ "$debs" = 1 ] && ! have cargo-deb; then
+  log "installing cargo-deb (cargo install --locked; compiles for ~2 min)"
+  env -u CARGO_TARGET_DIR cargo install cargo-deb --locked   # a throwaway build dir
+fi
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -48,7 +86,7 @@ trap 'rm -rf "$work"' EXIT
 # adds the bad-config path at the end: one error line, non-zero exit).
 run_checks() {
   local bin=$1 qemu=$2
-  log "$bin --version under $qemu: $("$qemu" "$bin" --version)"
+  log "$bin --version under ${qemu:-the host}: $(${qemu:+"$qemu"} "$bin" --version)"
   if [ ! -f "$work/agent.toml" ]; then
     # A throwaway CA + device certificate and an empty source database (a 0-byte file is a
     # valid empty SQLite database), so `check` exercises config, PEM loading, expiry and DB access.
@@ -68,8 +106,8 @@ run_checks() {
         -e "s#/var/lib/edge-agent/state.db#$work/state.db#" \
         device/packaging/edge-agent.example.toml >"$work/agent.toml"
   fi
-  log "$bin check --config <generated example> under $qemu"
-  OMEGA_AUTH_TOKEN=smoke "$qemu" "$bin" check --config "$work/agent.toml"
+  log "$bin check --config <generated example> under ${qemu:-the host}"
+  OMEGA_AUTH_TOKEN=smoke ${qemu:+"$qemu"} "$bin" check --config "$work/agent.toml"
 }
 
 mkdir -p dist
@@ -111,8 +149,12 @@ for target in "${targets[@]}"; do
     armv7-*) qemu=qemu-arm-static ;;
     *) qemu="" ;;
   esac
-  if [ -n "$qemu" ]; then
-    run_checks "dist/edge-agent-$target" "$qemu"
+  run_checks "dist/edge-agent-$target" "$qemu"
+  if [ "$debs" = 1 ]; then
+    # --no-strip: the release profile strips already (and the host's strip cannot read ARM).
+    deb=$(CARGO_TARGET_DIR="$target_dir" cargo deb -p edge-agent --no-build --no-strip \
+      --target "$target" --output dist/ | tail -n 1)
+    log "$deb: $(dpkg-deb --field "$deb" Package Version Architecture | tr '\n' ' ')"
   fi
 done
 

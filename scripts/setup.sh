@@ -32,6 +32,9 @@ declare -A APT_WANTS=(
   # tests/tests/e2e_blocks.rs) and a clock set back (device/tests/epochs.rs, scripts/chaos.sh)
   [sqlite3]=sqlite3
   [faketime]=faketime
+  # issue 14: the gateway .deb install test (scripts/test-deb.sh): a bookworm root to install into
+  [debootstrap]=debootstrap
+  [file]=file
 )
 missing=()
 for bin in "${!APT_WANTS[@]}"; do
@@ -83,6 +86,11 @@ if [ "${EDGE_SETUP_SKIP_CROSS:-0}" != "1" ]; then
   if ! have cargo-zigbuild || ! python3 -m ziglang version >/dev/null 2>&1; then
     log "installing ziglang + cargo-zigbuild (pip)"
     pip_install ziglang cargo-zigbuild
+  fi
+  # The gateway .debs (scripts/build-device.sh): cargo-deb from crates.io, ~2-5 min to compile once.
+  if ! have cargo-deb; then
+    log "installing cargo-deb (cargo install --locked)"
+    env -u CARGO_TARGET_DIR cargo install cargo-deb --locked   # a throwaway build dir
   fi
 fi
 

@@ -50,6 +50,10 @@ run_step "fault suite (scripts/chaos.sh, CI mode)" scripts/chaos.sh
 
 if [ -x scripts/build-device.sh ] && [ "${EDGE_TEST_SKIP_CROSS:-0}" != "1" ]; then
   run_step "device cross-build + qemu smoke test" scripts/build-device.sh --smoke
+  # The amd64 + arm64 .debs, installed into a debootstrap bookworm root (files, modes, conffile
+  # upgrades, `edge-agent check` as the edge-agent user, purge): ~25 s, plus the x86_64 musl
+  # release build when it is not cached (~5 min on 2 cores) and a first debootstrap (~70 s).
+  run_step "gateway .deb install test (scripts/test-deb.sh)" scripts/test-deb.sh
 fi
 
 run_step "infra: cfn-lint + terraform checks" scripts/check-infra.sh

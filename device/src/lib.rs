@@ -38,7 +38,8 @@
 //!   in-process after a storage failure (`daemon::run_supervised`)
 //! - [`spill`] — protocol §7 uploads: zstd JSON Lines objects, the per-spill state machine
 //!   (pure) and the blocking HTTP PUT (ureq + rustls) run off the loop
-//! - [`status`] — the `status` and `check` commands (the source database read-only)
+//! - [`status`] — the `status` and `check` commands (the source database read-only; `check` also
+//!   proves this user may write it, its directory and the state directory)
 
 pub mod batcher;
 pub mod blocks;

@@ -75,11 +75,26 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // `{:#}` joins the cause chain on one line.
-            eprintln!("edge-agent: error: {e:#}");
+            eprintln!("edge-agent: error: {}", one_line(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes on one line, each once. Many messages already end with their
+/// source's text (`cannot read {path}: {source}`), which `{:#}` would print a second time.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -164,4 +179,27 @@ fn snapshot(config: &Path, table: Option<&str>) -> anyhow::Result<()> {
         println!("snapshot enqueued for {t}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn error_line_names_each_cause_once() {
+        // SettingsError::File's message ends with its io::Error source.
+        let e =
+            anyhow::Error::from(Settings::load(Path::new("/nonexistent/agent.toml")).unwrap_err());
+        let line = one_line(&e);
+        assert_eq!(line.matches("(os error 2)").count(), 1, "{line}");
+        assert!(
+            line.starts_with("cannot read config file /nonexistent/agent.toml: "),
+            "{line}"
+        );
+        // A context whose cause is not in its message keeps the cause.
+        let e = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+            .context("opening state.db");
+        assert_eq!(one_line(&e), "opening state.db: permission denied");
+    }
 }

@@ -1,9 +1,10 @@
 //! `edge-agent status` and `edge-agent check` (agent.md §6): what the agent has done so far
 //! (including the tables it blocked itself, [`blocks`]: reason and the entry's `commit_seq`), and
-//! whether a config can run. Neither touches the source database: it is opened read-only (no
-//! triggers installed), and journal sizes come from the same query the daemon's retention uses
-//! ([`journal_stats`]). `status` opens `state.db` as the daemon does (bringing an older file's
-//! layout up to date, see [`outbox_store::init`]).
+//! whether a config can run. Neither changes the source database: it is opened read-only (no
+//! triggers installed; `check` only proves that this user could write the file and create files
+//! in its directory, with a probe file it removes), and journal sizes come from the same query
+//! the daemon's retention uses ([`journal_stats`]). `status` opens `state.db` as the daemon does
+//! (bringing an older file's layout up to date, see [`outbox_store::init`]).
 //!
 //! Output goes to stdout as the commands always printed it (scripts parse `status --json`); an
 //! error ends the command with the binary's one `edge-agent: error: …` line.
@@ -60,11 +61,21 @@ fn key_cause(
 }
 
 fn open_read_only(path: &Path, key: &str) -> Result<Connection, StatusError> {
-    if !path.exists() {
-        return Err(StatusError::Key(format!(
-            "config key `{key}`: {} does not exist",
-            path.display()
-        )));
+    match std::fs::metadata(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StatusError::Key(format!(
+                "config key `{key}`: {} does not exist",
+                path.display()
+            )));
+        }
+        // A directory this user may not enter is not a missing file.
+        Err(e) => {
+            return Err(key_cause(
+                format!("config key `{key}`: cannot access {}", path.display()),
+                e,
+            ));
+        }
     }
     Connection::open_with_flags(
         path,
@@ -132,6 +143,7 @@ pub fn check(config: &Path) -> Result<(), StatusError> {
             e,
         )
     })?;
+    writable_source(&r.source_db_path)?;
     println!(
         "source db     ok ({}, {} tables)",
         r.source_db_path.display(),
@@ -180,13 +192,78 @@ fn writable_state_dir(state_db_path: &Path) -> Result<(), StatusError> {
             e,
         )
     })?;
-    if !meta.is_dir() || meta.permissions().readonly() {
+    if !meta.is_dir() {
         return Err(StatusError::Key(format!(
-            "config key `sqlite-replication.state_db_path`: {} is not a writable directory",
+            "config key `sqlite-replication.state_db_path`: {} is not a directory",
             state_dir.display()
         )));
     }
+    probe_writable_dir(state_dir).map_err(|e| {
+        key_cause(
+            format!(
+                "config key `sqlite-replication.state_db_path`: directory {} is not writable by this user",
+                state_dir.display()
+            ),
+            e,
+        )
+    })?;
+    if state_db_path.exists() {
+        open_for_write(state_db_path).map_err(|e| {
+            key_cause(
+                format!(
+                    "config key `sqlite-replication.state_db_path`: {} is not writable by this user",
+                    state_db_path.display()
+                ),
+                e,
+            )
+        })?;
+    }
     Ok(())
+}
+
+/// The agent installs triggers in the source database and journals there, and SQLite creates
+/// its `-wal`/`-shm`/`-journal` files beside it: this user must be able to write both the file
+/// and its directory (the application's group, and the unit's `ReadWritePaths=`).
+fn writable_source(source_db_path: &Path) -> Result<(), StatusError> {
+    const KEY: &str = "sqlite-replication.source_db_path";
+    open_for_write(source_db_path).map_err(|e| {
+        key_cause(
+            format!(
+                "config key `{KEY}`: {} is not writable by this user",
+                source_db_path.display()
+            ),
+            e,
+        )
+    })?;
+    let dir = source_db_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    probe_writable_dir(dir).map_err(|e| {
+        key_cause(
+            format!(
+                "config key `{KEY}`: directory {} is not writable by this user (SQLite's -wal and -journal files)",
+                dir.display()
+            ),
+            e,
+        )
+    })
+}
+
+/// Opens an existing file for writing without changing it (no truncation, nothing written).
+fn open_for_write(path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new().write(true).open(path).map(drop)
+}
+
+/// Creates and removes a probe file in `dir`: mode bits alone do not say what this user, its
+/// groups, a read-only mount or the unit's sandbox (`ProtectSystem=strict`) allow.
+fn probe_writable_dir(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".edge-agent-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
 }
 
 /// Per table `(entries, bytes)` of the journal, empty when the source database cannot be

@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`migrate`] — embedded, versioned migrations (`migrations/*.sql`), `schema_migrations`
 //! - [`pool`] — the deadpool-postgres pool
+//! - [`timescale`] — the hypertables' compression/retention policies, applied by `migrate`
 //! - [`error`] — [`StoreError`] with the transient/permanent split by SQLSTATE, [`OpError`] of
 //!   the API's operations, [`ResetError`] of reset-materialization
 //! - [`scope`] — the tenant [`scope::Scope`], [`scope::Page`] and timestamp text
@@ -66,6 +67,7 @@ pub mod snapshot_runs;
 pub mod spill;
 pub mod staging;
 pub mod sweep;
+pub mod timescale;
 pub mod wire_options;
 
 pub use edge_cloud_core as core;
