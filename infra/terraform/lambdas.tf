@@ -26,8 +26,14 @@ locals {
       reserved    = -1
       # one message on the replay queue after an approval starts the replay at once
       env = merge(
-        { EDGE_REPLAY_QUEUE_URL = aws_sqs_queue.replay.id },
+        {
+          EDGE_REPLAY_QUEUE_URL      = aws_sqs_queue.replay.id
+          EDGE_JWT_CLAIM_ORG         = var.jwt_claim_org
+          EDGE_JWT_CLAIM_PROJECTS    = var.jwt_claim_projects
+          EDGE_JWT_CLAIM_PERMISSIONS = var.jwt_claim_permissions
+        },
         var.jwt_secret_arn == "" ? {} : { EDGE_JWT_SECRET_ARN = var.jwt_secret_arn },
+        var.jwt_scope_prefix == "" ? {} : { EDGE_JWT_SCOPE_PREFIX = var.jwt_scope_prefix },
       )
     }
     replay = {

@@ -57,6 +57,30 @@ variable "jwt_audience" {
   type        = list(string)
 }
 
+variable "jwt_claim_org" {
+  description = "Token claim holding the organization UUID (EDGE_JWT_CLAIM_ORG): a claim name such as custom:org_id, or a dotted path into nested claims."
+  type        = string
+  default     = "org_id"
+}
+
+variable "jwt_claim_projects" {
+  description = "Token claim holding the project UUIDs (EDGE_JWT_CLAIM_PROJECTS): an array, or a string separated by spaces or commas."
+  type        = string
+  default     = "projects"
+}
+
+variable "jwt_claim_permissions" {
+  description = "Token claim holding the permissions (EDGE_JWT_CLAIM_PERMISSIONS), e.g. cognito:groups or scope."
+  type        = string
+  default     = "permissions"
+}
+
+variable "jwt_scope_prefix" {
+  description = "Optional (EDGE_JWT_SCOPE_PREFIX): only permission values with this prefix count, prefix removed, e.g. edge/ for Cognito resource-server scopes."
+  type        = string
+  default     = ""
+}
+
 variable "iot_data_endpoint" {
   description = "IoT data-plane host (aws iot describe-endpoint --endpoint-type iot:Data-ATS); empty: the sweep Lambda calls iot:DescribeEndpoint, which needs a route to the IoT control plane (set it in a VPC without internet access)."
   type        = string

@@ -15,7 +15,9 @@
 //!   `EDGE_DB_POOL_SIZE` (default 4 for `ingest`/`api`, 2 for `sweep`/`replay`);
 //! - `ingest`: `EDGE_SPILL_BUCKET`;
 //! - `api`: `EDGE_JWT_SECRET_ARN` (locally `EDGE_JWT_SECRET`), `EDGE_JWT_JWKS` /
-//!   `EDGE_JWT_JWKS_FILE`, `EDGE_JWT_ISSUER` / `EDGE_JWT_AUDIENCE`, `EDGE_REPLAY_QUEUE_URL`;
+//!   `EDGE_JWT_JWKS_FILE`, `EDGE_JWT_ISSUER` / `EDGE_JWT_AUDIENCE`, the claim mapping
+//!   `EDGE_JWT_CLAIM_ORG` / `EDGE_JWT_CLAIM_PROJECTS` / `EDGE_JWT_CLAIM_PERMISSIONS` /
+//!   `EDGE_JWT_SCOPE_PREFIX` (`api::claims`), `EDGE_REPLAY_QUEUE_URL`;
 //! - `sweep`: `EDGE_CONTROL_TRANSPORT` (+ `EDGE_IOT_DATA_ENDPOINT` or the `EDGE_MQTT_*` set),
 //!   `EDGE_EVENT_BUS_NAME`, `EDGE_EVENT_SOURCE`, `EDGE_REPLAY_QUEUE_URL`;
 //! - `replay`: `EDGE_REPLAY_CHUNK`.
@@ -27,6 +29,7 @@ use edge_cloud_store::forwarding::ForwardEvent;
 use time::OffsetDateTime;
 
 use crate::api::auth::{AuthConfig, AuthError};
+use crate::api::claims::{ClaimMapping, ORG_VAR, PERMISSIONS_VAR, PROJECTS_VAR, SCOPE_PREFIX_VAR};
 use crate::api::Api;
 use crate::aws::config::LazySdk;
 use crate::aws::db::lambda_pool;
@@ -148,6 +151,8 @@ pub struct LambdaSettings {
     pub jwt_secret: Option<SecretSource>,
     /// `api`: an RS256 JWKS (JSON) for the same.
     pub jwks: Option<String>,
+    /// `api`: which claims hold org, projects and permissions (whoever verified the token).
+    pub claim_mapping: ClaimMapping,
     /// `sweep`: the EventBridge bus (name or ARN) and source; unset, events are logged.
     pub event_bus: Option<String>,
     pub event_source: String,
@@ -210,6 +215,7 @@ impl LambdaSettings {
             replay_queue_url: None,
             jwt_secret: None,
             jwks: None,
+            claim_mapping: ClaimMapping::default(),
             event_bus: None,
             event_source: DEFAULT_SOURCE.to_owned(),
             control: ControlTransport::None,
@@ -232,6 +238,7 @@ impl LambdaSettings {
                     ),
                     _ => None,
                 };
+                settings.claim_mapping = claim_mapping_from_env();
                 settings.replay_queue_url = non_empty("EDGE_REPLAY_QUEUE_URL");
             }
             Lambda::Sweep => {
@@ -276,7 +283,7 @@ impl LambdaSettings {
             auth = auth.with_expected_claims_from_env();
             // API Gateway's JWT authorizer verified the token when its claims are present.
             auth.trust_gateway_claims = true;
-            deps.auth = auth;
+            deps.auth = auth.with_claim_mapping(self.claim_mapping.clone());
         }
         match &self.spill_bucket {
             Some(bucket) => {
@@ -327,6 +334,18 @@ impl LambdaSettings {
     }
 }
 
+/// `EDGE_JWT_CLAIM_ORG`, `…_PROJECTS`, `…_PERMISSIONS`, `EDGE_JWT_SCOPE_PREFIX`; unset or
+/// blank, the defaults (`org_id`, `projects`, `permissions`, no prefix).
+fn claim_mapping_from_env() -> ClaimMapping {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    ClaimMapping::new(
+        &var(ORG_VAR),
+        &var(PROJECTS_VAR),
+        &var(PERMISSIONS_VAR),
+        non_empty(SCOPE_PREFIX_VAR).as_deref(),
+    )
+}
+
 /// `EDGE_CONTROL_TRANSPORT`: `iot-data`, `mqtt` or `none`; unset, `mqtt` when `EDGE_MQTT_URL`
 /// is set, else `none`.
 fn control_transport() -> Result<ControlTransport, EnvError> {
@@ -365,6 +384,8 @@ pub struct RunnerSettings {
     pub http: std::net::SocketAddr,
     pub jwt_secret: Option<Secret>,
     pub jwt_jwks_file: Option<PathBuf>,
+    /// Which claims hold org, projects and permissions.
+    pub claim_mapping: ClaimMapping,
     pub spill_dir: PathBuf,
     /// How devices reach the listener, for upload URLs (default `http://<http>`).
     pub spill_url: Option<String>,
@@ -395,7 +416,7 @@ impl RunnerSettings {
             tracing::warn!("no EDGE_JWT_SECRET or JWKS: every API request will be refused (401)");
         }
         let mut deps = Deps::new(pool).with_objects(Objects::Local(objects));
-        deps.auth = auth;
+        deps.auth = auth.with_claim_mapping(self.claim_mapping.clone());
         Ok(deps)
     }
 }

@@ -7,6 +7,11 @@
 //! issuer/audience (when configured), HS256 (also signed with the public key as the HMAC
 //! secret: algorithm confusion), `alg: none`, and JWKS keys published for another algorithm or
 //! for encryption → 401.
+//!
+//! The claim mapping (`EDGE_JWT_CLAIM_ORG` / `_PROJECTS` / `_PERMISSIONS`,
+//! `EDGE_JWT_SCOPE_PREFIX`) with tokens shaped like Cognito's ID and access tokens and like
+//! generic OIDC providers' (Auth0 namespaced names, Keycloak nested claims): accepted, and each
+//! 401/403 answer's body naming the claim at fault.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -18,7 +23,7 @@ use std::sync::Arc;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use common::*;
-use edge_functions::api::auth::AuthConfig;
+use edge_functions::api::auth::{AuthConfig, ClaimMapping};
 use edge_functions::api::{local, Api};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -299,4 +304,398 @@ async fn jwks_keys_published_for_something_else_are_not_used() {
     assert!(AuthConfig::default()
         .with_jwks_file(&dir.path().join("missing.json"))
         .is_err());
+}
+
+// --- claim mapping (EDGE_JWT_CLAIM_*): tokens shaped like real identity providers' -----------
+
+const COGNITO_ISSUER: &str = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_EXAMPLE";
+const COGNITO_CLIENT: &str = "4example0client0id0abcdefgh";
+
+/// One answer of the API over HTTP/1.1: status and JSON body.
+async fn call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    org: impl std::fmt::Display,
+    token: &str,
+) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let body = if method == "POST" { "{}" } else { "" };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         ORG-ID: {org}\r\nIdempotency-Key: k-{}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        uuid::Uuid::now_v7(),
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.unwrap();
+    let resp = String::from_utf8_lossy(&resp);
+    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (_, json) = resp.split_once("\r\n\r\n").unwrap();
+    let body: Value = serde_json::from_str(json).unwrap_or_else(|_| panic!("{resp}"));
+    // The answer never echoes the credential.
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(
+        signature.is_empty() || !json.contains(signature),
+        "the answer quotes the token: {json}"
+    );
+    (status, body)
+}
+
+/// The routes a case calls: a read, and a mutation that needs PROJECT_CAN_MANAGE_DEVICES
+/// (a review that does not exist: past the permission check it is 404).
+struct Routes {
+    read: String,
+    mutate: String,
+}
+
+fn routes(project: impl std::fmt::Display) -> Routes {
+    let base = format!("/core/api/v1/projects/{project}/edge");
+    Routes {
+        read: format!("{base}/lineages"),
+        mutate: format!("{base}/schema-reviews/{}/claim", uuid::Uuid::now_v7()),
+    }
+}
+
+/// `(status, code, claim)` of an answer, and its message.
+fn error(answer: &(u16, Value)) -> ((u16, &str, &str), &str) {
+    let e = &answer.1["error"];
+    (
+        (
+            answer.0,
+            e["code"].as_str().unwrap_or(""),
+            e["claim"].as_str().unwrap_or(""),
+        ),
+        e["message"].as_str().unwrap_or(""),
+    )
+}
+
+/// A token's claims: `base` with `extra` merged (a null removes a claim).
+fn with(base: &Value, extra: Value) -> Value {
+    let mut c = base.clone();
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    c
+}
+
+struct Idp {
+    _dir: tempfile::TempDir,
+    key: RsaKey,
+    jwks: std::path::PathBuf,
+}
+
+fn idp() -> Idp {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rsa_key(dir.path(), "idp");
+    let jwks = write_jwks(dir.path(), &[jwk(&key, "idp-1", "RS256", "sig")]);
+    Idp {
+        _dir: dir,
+        key,
+        jwks,
+    }
+}
+
+impl Idp {
+    fn sign(&self, claims: &Value) -> String {
+        rs256(&self.key, Some("idp-1"), claims)
+    }
+}
+
+/// A Cognito ID token: custom attributes are strings (`custom:projects` comma-separated), the
+/// groups an array; `aud` is the app client.
+#[tokio::test]
+async fn cognito_id_tokens_custom_attributes_and_groups() {
+    let env = env().await;
+    let idp = idp();
+    let mapping = ClaimMapping::new("custom:org_id", "custom:projects", "cognito:groups", None);
+    let auth = AuthConfig::default()
+        .with_jwks_file(&idp.jwks)
+        .unwrap()
+        .with_issuer(COGNITO_ISSUER)
+        .with_audience(COGNITO_CLIENT)
+        .with_claim_mapping(mapping);
+    let addr = serve(&env, auth).await;
+    let (org, project) = (env.device.org_id, env.device.project_id);
+    let other_project = uuid::Uuid::now_v7();
+    let id_token = json!({
+        "sub": "5f1c2d3e-0000-4000-8000-00000000c0de",
+        "iss": COGNITO_ISSUER,
+        "aud": COGNITO_CLIENT,
+        "token_use": "id",
+        "auth_time": now(),
+        "cognito:username": "operator",
+        "cognito:groups": ["PROJECT_CAN_MANAGE_DEVICES", "operators"],
+        "custom:org_id": org.to_string(),
+        "custom:projects": format!("{other_project},{project}"),
+        "email": "operator@example.com",
+        "iat": now(),
+        "exp": now() + 600,
+    });
+    let r = routes(project);
+
+    let ok = idp.sign(&id_token);
+    let read = call(addr, "GET", &r.read, org, &ok).await;
+    assert_eq!((read.0, &read.1["ok"]), (200, &json!(1)), "{}", read.1);
+    // Past the permission check: the review does not exist.
+    let write = call(addr, "POST", &r.mutate, org, &ok).await;
+    assert_eq!(error(&write).0 .0, 404, "{}", write.1);
+
+    // Not in the group: 403 naming the claim and the permission.
+    let reader = idp.sign(&with(&id_token, json!({"cognito:groups": ["operators"]})));
+    let a = call(addr, "POST", &r.mutate, org, &reader).await;
+    let (head, message) = error(&a);
+    assert_eq!(head, (403, "forbidden", "cognito:groups"), "{}", a.1);
+    assert_eq!(
+        message,
+        "this action needs the PROJECT_CAN_MANAGE_DEVICES permission in the token's claim \
+         cognito:groups (EDGE_JWT_CLAIM_PERMISSIONS); it holds: operators"
+    );
+    // A user in no group has no `cognito:groups` at all: a reader, refused on mutations.
+    let groupless = idp.sign(&with(&id_token, json!({"cognito:groups": null})));
+    assert_eq!(call(addr, "GET", &r.read, org, &groupless).await.0, 200);
+    let a = call(addr, "POST", &r.mutate, org, &groupless).await;
+    assert_eq!(error(&a).0, (403, "forbidden", "cognito:groups"));
+    assert!(error(&a).1.ends_with("it holds: nothing"), "{}", a.1);
+
+    // The org attribute missing or not a UUID: 401 naming it.
+    let a = call(
+        addr,
+        "GET",
+        &r.read,
+        org,
+        &idp.sign(&with(&id_token, json!({"custom:org_id": null}))),
+    )
+    .await;
+    assert_eq!(error(&a).0, (401, "claim_missing", "custom:org_id"));
+    assert_eq!(
+        error(&a).1,
+        "token has no claim custom:org_id (EDGE_JWT_CLAIM_ORG)"
+    );
+    let a = call(
+        addr,
+        "GET",
+        &r.read,
+        org,
+        &idp.sign(&with(&id_token, json!({"custom:org_id": "acme-corp"}))),
+    )
+    .await;
+    assert_eq!(error(&a).0, (401, "claim_invalid", "custom:org_id"));
+    assert_eq!(
+        error(&a).1,
+        "claim custom:org_id (EDGE_JWT_CLAIM_ORG) is not a UUID: \"acme-corp\""
+    );
+    // The projects attribute missing or holding a non-UUID.
+    let a = call(
+        addr,
+        "GET",
+        &r.read,
+        org,
+        &idp.sign(&with(&id_token, json!({"custom:projects": null}))),
+    )
+    .await;
+    assert_eq!(error(&a).0, (401, "claim_missing", "custom:projects"));
+    assert_eq!(
+        error(&a).1,
+        "token has no claim custom:projects (EDGE_JWT_CLAIM_PROJECTS)"
+    );
+    let a = call(
+        addr,
+        "GET",
+        &r.read,
+        org,
+        &idp.sign(&with(
+            &id_token,
+            json!({"custom:projects": format!("{project}, site-7")}),
+        )),
+    )
+    .await;
+    assert_eq!(error(&a).0, (401, "claim_invalid", "custom:projects"));
+    assert_eq!(
+        error(&a).1,
+        "claim custom:projects (EDGE_JWT_CLAIM_PROJECTS) holds \"site-7\", which is not a UUID"
+    );
+    // A project the attribute does not list: 404 like a missing one, saying where the list is.
+    let a = call(addr, "GET", &routes(uuid::Uuid::now_v7()).read, org, &ok).await;
+    assert_eq!(error(&a).0 .0, 404);
+    assert_eq!(
+        error(&a).1,
+        "project not found among the token's projects (claim custom:projects, \
+         EDGE_JWT_CLAIM_PROJECTS)"
+    );
+    // ORG-ID another organization than the attribute's.
+    let a = call(addr, "GET", &r.read, uuid::Uuid::now_v7(), &ok).await;
+    assert_eq!(error(&a).0, (403, "org_mismatch", "custom:org_id"));
+    // The default mapping does not read Cognito's names: the token is refused, not widened.
+    let defaults = AuthConfig::default()
+        .with_jwks_file(&idp.jwks)
+        .unwrap()
+        .with_issuer(COGNITO_ISSUER);
+    let addr = serve(&env, defaults).await;
+    let a = call(addr, "GET", &r.read, org, &ok).await;
+    assert_eq!(error(&a).0, (401, "claim_missing", "org_id"));
+}
+
+/// A Cognito access token: no `aud` (the app client is `client_id`), permissions as
+/// resource-server scopes `edge/…` in one `scope` string; org and projects added by a
+/// pre-token-generation trigger (V2 event) as `org_id` and `projects`.
+#[tokio::test]
+async fn cognito_access_tokens_scopes_with_a_resource_server_prefix() {
+    let env = env().await;
+    let idp = idp();
+    let mapping = ClaimMapping::new("org_id", "projects", "scope", Some("edge/"));
+    let auth = AuthConfig::default()
+        .with_jwks_file(&idp.jwks)
+        .unwrap()
+        .with_issuer(COGNITO_ISSUER)
+        .with_audience(COGNITO_CLIENT)
+        .with_claim_mapping(mapping);
+    let addr = serve(&env, auth).await;
+    let (org, project) = (env.device.org_id, env.device.project_id);
+    let access = json!({
+        "sub": "5f1c2d3e-0000-4000-8000-00000000c0de",
+        "iss": COGNITO_ISSUER,
+        "client_id": COGNITO_CLIENT,
+        "token_use": "access",
+        "scope": "openid edge/read edge/PROJECT_CAN_MANAGE_DEVICES",
+        "username": "operator",
+        "org_id": org.to_string(),
+        "projects": [project.to_string()],
+        "iat": now(),
+        "exp": now() + 600,
+        "jti": "c0ffee00-0000-4000-8000-000000000001",
+    });
+    let r = routes(project);
+    let ok = idp.sign(&access);
+    assert_eq!(call(addr, "GET", &r.read, org, &ok).await.0, 200);
+    assert_eq!(call(addr, "POST", &r.mutate, org, &ok).await.0, 404);
+    // The scope without the resource server's prefix does not count (another resource
+    // server's, or a bare one).
+    let bare = idp.sign(&with(
+        &access,
+        json!({"scope": "openid PROJECT_CAN_MANAGE_DEVICES other/PROJECT_CAN_MANAGE_DEVICES edge/read"}),
+    ));
+    let a = call(addr, "POST", &r.mutate, org, &bare).await;
+    assert_eq!(error(&a).0, (403, "forbidden", "scope"), "{}", a.1);
+    assert_eq!(
+        error(&a).1,
+        "this action needs the PROJECT_CAN_MANAGE_DEVICES permission in the token's claim scope \
+         (EDGE_JWT_CLAIM_PERMISSIONS; only values prefixed edge/, prefix removed); it holds: read"
+    );
+    // Another app client's token: the audience check reads `client_id`.
+    let foreign = idp.sign(&with(&access, json!({"client_id": "another-client"})));
+    let a = call(addr, "GET", &r.read, org, &foreign).await;
+    assert_eq!(error(&a).0, (401, "unauthorized", ""));
+    let neither = idp.sign(&with(&access, json!({"client_id": null})));
+    assert_eq!(call(addr, "GET", &r.read, org, &neither).await.0, 401);
+    // An access token without the trigger's claims.
+    let plain = idp.sign(&with(&access, json!({"org_id": null, "projects": null})));
+    let a = call(addr, "GET", &r.read, org, &plain).await;
+    assert_eq!(error(&a).0, (401, "claim_missing", "org_id"));
+}
+
+/// Generic OIDC providers: Auth0-like namespaced claim names (containing `/`, `:` and `.`)
+/// with an RBAC `permissions` array; Keycloak-like nested claims (`edge.org_id` from a user
+/// attribute mapper, `realm_access.roles`).
+#[tokio::test]
+async fn generic_oidc_namespaced_and_nested_claims() {
+    let env = env().await;
+    let idp = idp();
+    let (org, project) = (env.device.org_id, env.device.project_id);
+    let r = routes(project);
+
+    // Auth0: the claim names are whole names, though they contain dots.
+    let auth0 = AuthConfig::default()
+        .with_jwks_file(&idp.jwks)
+        .unwrap()
+        .with_issuer("https://tenant.eu.auth0.com/")
+        .with_audience("https://api.edge-sync.example")
+        .with_claim_mapping(ClaimMapping::new(
+            "https://edge-sync.example/org_id",
+            "https://edge-sync.example/projects",
+            "permissions",
+            None,
+        ));
+    let addr = serve(&env, auth0).await;
+    let token = json!({
+        "iss": "https://tenant.eu.auth0.com/",
+        "sub": "auth0|5fe435b5cbbc85006b071eba",
+        "aud": ["https://api.edge-sync.example", "https://tenant.eu.auth0.com/userinfo"],
+        "azp": "FT6TMjfHI2lkxjpAbG5tCjEdiEkyvMCA",
+        "scope": "openid profile",
+        "permissions": ["PROJECT_CAN_MANAGE_DEVICES"],
+        "https://edge-sync.example/org_id": org.to_string(),
+        "https://edge-sync.example/projects": [project.to_string()],
+        "iat": now(),
+        "exp": now() + 600,
+    });
+    let ok = idp.sign(&token);
+    assert_eq!(call(addr, "GET", &r.read, org, &ok).await.0, 200);
+    assert_eq!(call(addr, "POST", &r.mutate, org, &ok).await.0, 404);
+    let a = call(
+        addr,
+        "GET",
+        &r.read,
+        org,
+        &idp.sign(&with(
+            &token,
+            json!({"https://edge-sync.example/projects": [1, 2]}),
+        )),
+    )
+    .await;
+    assert_eq!(
+        error(&a).0,
+        (401, "claim_invalid", "https://edge-sync.example/projects")
+    );
+    assert_eq!(
+        error(&a).1,
+        "claim https://edge-sync.example/projects (EDGE_JWT_CLAIM_PROJECTS) is not a list of \
+         strings"
+    );
+
+    // Keycloak: dotted paths into nested objects.
+    let keycloak = AuthConfig::default()
+        .with_jwks_file(&idp.jwks)
+        .unwrap()
+        .with_issuer("https://sso.example/realms/edge")
+        .with_claim_mapping(ClaimMapping::new(
+            "edge.org_id",
+            "edge.projects",
+            "realm_access.roles",
+            None,
+        ));
+    let addr = serve(&env, keycloak).await;
+    let token = json!({
+        "iss": "https://sso.example/realms/edge",
+        "sub": "f:1b2c:operator",
+        "typ": "Bearer",
+        "azp": "edge-console",
+        "realm_access": {"roles": ["offline_access", "PROJECT_CAN_MANAGE_DEVICES"]},
+        "resource_access": {"account": {"roles": ["view-profile"]}},
+        "edge": {"org_id": org.to_string(), "projects": [project.to_string()]},
+        "iat": now(),
+        "exp": now() + 600,
+    });
+    let ok = idp.sign(&token);
+    assert_eq!(call(addr, "GET", &r.read, org, &ok).await.0, 200);
+    assert_eq!(call(addr, "POST", &r.mutate, org, &ok).await.0, 404);
+    let no_role = idp.sign(&with(
+        &token,
+        json!({"realm_access": {"roles": ["offline_access"]}}),
+    ));
+    let a = call(addr, "POST", &r.mutate, org, &no_role).await;
+    assert_eq!(error(&a).0, (403, "forbidden", "realm_access.roles"));
+    let flat = idp.sign(&with(&token, json!({"edge": "not an object"})));
+    let a = call(addr, "GET", &r.read, org, &flat).await;
+    assert_eq!(error(&a).0, (401, "claim_missing", "edge.org_id"));
+    assert_eq!(
+        error(&a).1,
+        "token has no claim edge.org_id (EDGE_JWT_CLAIM_ORG)"
+    );
 }

@@ -326,3 +326,117 @@ async fn spill_fixture_grants_an_upload_and_finalizes_the_object() {
     assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
     assert_eq!(scalar(&s, "SELECT count(*) FROM edge_staged_rows").await, 4);
 }
+
+/// The API fixture with `claims` as the JWT authorizer's (replacing the fixture's), sent as
+/// `GET …/lineages`, or as `POST …/schema-reviews/{missing}/claim` when `mutate`.
+async fn gateway_call(api: &Api, s: &Stack, claims: Value, mutate: bool) -> (StatusCode, Value) {
+    let mut event: Value = serde_json::from_str(API).unwrap();
+    event["requestContext"]["authorizer"]["jwt"]["claims"] = claims;
+    if mutate {
+        let path = format!(
+            "/core/api/v1/projects/{PROJECT}/edge/schema-reviews/{}/claim",
+            Uuid::now_v7()
+        );
+        event["rawPath"] = Value::from(path.clone());
+        event["rawQueryString"] = Value::from("");
+        event["queryStringParameters"] = serde_json::json!({});
+        event["requestContext"]["http"]["method"] = Value::from("POST");
+        event["requestContext"]["http"]["path"] = Value::from(path);
+        event["headers"]["content-type"] = Value::from("application/json");
+        event["headers"]["content-length"] = Value::from("2");
+        event["headers"]["idempotency-key"] = Value::from(Uuid::now_v7().to_string());
+        event["body"] = Value::from("{}");
+    }
+    let req: LambdaRequest = serde_json::from_value(event).unwrap();
+    let resp = lambda::api(api, &s.thaw, req.into()).await;
+    let body: Value = match resp.body() {
+        Body::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+        Body::Binary(b) => serde_json::from_slice(b.as_slice()).unwrap(),
+        other => panic!("unexpected body {other:?}"),
+    };
+    (resp.status(), body)
+}
+
+/// The claim mapping on the `api` Lambda's path: API Gateway's JWT authorizer verified a
+/// Cognito ID token and hands its claims over flattened to strings (`cognito:groups` as
+/// `[a b]`); a Keycloak-like nested claim arrives as Go's `map[…]` rendering or JSON text.
+#[tokio::test]
+async fn http_api_fixture_with_cognito_and_nested_claims_through_the_mapping() {
+    use edge_functions::api::auth::ClaimMapping;
+    use serde_json::json;
+    let s = stack().await;
+    ingest_fixture(&s).await;
+    let mut auth = AuthConfig::default().with_claim_mapping(ClaimMapping::new(
+        "custom:org_id",
+        "custom:projects",
+        "cognito:groups",
+        None,
+    ));
+    auth.trust_gateway_claims = true;
+    let api = Api::new(s.deps.pool.clone(), auth);
+    let cognito = json!({
+        "sub": "5f1c2d3e-0000-4000-8000-00000000c0de",
+        "iss": "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_EXAMPLE",
+        "aud": "4example0client0id0abcdefgh",
+        "token_use": "id",
+        "cognito:groups": "[operators PROJECT_CAN_MANAGE_DEVICES]",
+        "custom:org_id": ORG,
+        "custom:projects": format!("0193a000-0000-7000-8000-0000000000b9,{PROJECT}"),
+        "iat": "1733000000",
+        "exp": "4102444800",
+    });
+    let (status, body) = gateway_call(&api, &s, cognito.clone(), false).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"].as_array().unwrap().len(), 1, "{body}");
+    // Past the permission check: the review does not exist.
+    let (status, body) = gateway_call(&api, &s, cognito.clone(), true).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    let mut reader = cognito.clone();
+    reader["cognito:groups"] = json!("[operators]");
+    let (status, body) = gateway_call(&api, &s, reader, true).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert_eq!(body["error"]["claim"], "cognito:groups");
+    assert_eq!(
+        body["error"]["message"],
+        "this action needs the PROJECT_CAN_MANAGE_DEVICES permission in the token's claim \
+         cognito:groups (EDGE_JWT_CLAIM_PERMISSIONS); it holds: operators"
+    );
+    let mut orgless = cognito.clone();
+    orgless.as_object_mut().unwrap().remove("custom:org_id");
+    let (status, body) = gateway_call(&api, &s, orgless, false).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(
+        body["error"],
+        json!({"code": "claim_missing", "claim": "custom:org_id",
+               "message": "token has no claim custom:org_id (EDGE_JWT_CLAIM_ORG)"})
+    );
+    let mut bad = cognito.clone();
+    bad["custom:projects"] = json!("[site-7]");
+    let (status, body) = gateway_call(&api, &s, bad, false).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"]["code"], "claim_invalid");
+    assert_eq!(body["error"]["claim"], "custom:projects");
+
+    // Nested claims through the gateway: Go's map rendering and JSON text.
+    let mut auth = AuthConfig::default().with_claim_mapping(ClaimMapping::new(
+        "edge.org_id",
+        "edge.projects",
+        "realm_access.roles",
+        None,
+    ));
+    auth.trust_gateway_claims = true;
+    let api = Api::new(s.deps.pool.clone(), auth);
+    let keycloak = json!({
+        "sub": "operator",
+        "iss": "https://sso.example/realms/edge",
+        "realm_access": "map[roles:[offline_access PROJECT_CAN_MANAGE_DEVICES]]",
+        "edge": format!("{{\"org_id\":\"{ORG}\",\"projects\":[\"{PROJECT}\"]}}"),
+        "exp": "4102444800",
+    });
+    let (status, body) = gateway_call(&api, &s, keycloak.clone(), false).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = gateway_call(&api, &s, keycloak, true).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}

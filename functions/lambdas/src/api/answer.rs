@@ -1,5 +1,6 @@
 //! What every route answers: the envelope `{"ok":1,"data":…,"meta":…}` on success,
-//! `{"ok":0,"error":{"code","message"}}` on error, always `Content-Type: application/json`.
+//! `{"ok":0,"error":{"code","message"}}` on error (plus `claim`, the token claim at fault, on
+//! the answers about one), always `Content-Type: application/json`.
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -15,6 +16,9 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: String,
     pub message: String,
+    /// The token claim at fault (as configured, e.g. `custom:org_id`), when the answer is
+    /// about one.
+    pub claim: Option<String>,
 }
 
 impl ApiError {
@@ -23,7 +27,14 @@ impl ApiError {
             status,
             code: code.into(),
             message: message.into(),
+            claim: None,
         }
+    }
+
+    /// Names the token claim the answer is about.
+    pub fn with_claim(mut self, claim: impl Into<String>) -> Self {
+        self.claim = Some(claim.into());
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -48,7 +59,11 @@ impl ApiError {
     }
 
     pub(crate) fn body(&self) -> Value {
-        json!({"ok": 0, "error": {"code": self.code, "message": self.message}})
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(claim) = &self.claim {
+            error["claim"] = json!(claim);
+        }
+        json!({"ok": 0, "error": error})
     }
 }
 

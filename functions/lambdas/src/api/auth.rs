@@ -3,7 +3,8 @@
 //!
 //! The claims carry the tenant scope: `org_id`, the `projects` the caller may see and the
 //! `permissions` it holds (`PROJECT_CAN_MANAGE_DEVICES` for every mutation). Nothing else —
-//! no header, no body field — can widen that scope (DESIGN invariant 3).
+//! no header, no body field — can widen that scope (DESIGN invariant 3). Which token claims
+//! hold them is the configured [`ClaimMapping`] (`super::claims`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,6 +13,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKe
 use jsonwebtoken::{decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+pub use super::claims::{ClaimError, ClaimMapping};
 
 /// The permission every mutation needs.
 pub const MANAGE_DEVICES: &str = "PROJECT_CAN_MANAGE_DEVICES";
@@ -49,11 +52,13 @@ pub struct AuthConfig {
     /// shared by every application it signs for: issuer and audience are what tie a token
     /// to this API.
     issuers: Vec<String>,
-    /// Accepted `aud` values; unchecked when empty.
+    /// Accepted `aud` values (or `client_id`, for tokens without `aud`); unchecked when empty.
     audiences: Vec<String>,
     /// Only the `api` Lambda sets this: there API Gateway's JWT authorizer has verified the
     /// token and the request context carries its claims. Locally no request context exists.
     pub trust_gateway_claims: bool,
+    /// Which claims hold the org, projects and permissions.
+    claim_mapping: ClaimMapping,
 }
 
 // Secrets never reach logs.
@@ -68,6 +73,7 @@ impl fmt::Debug for AuthConfig {
             .field("issuers", &self.issuers)
             .field("audiences", &self.audiences)
             .field("trust_gateway_claims", &self.trust_gateway_claims)
+            .field("claim_mapping", &self.claim_mapping)
             .finish()
     }
 }
@@ -83,6 +89,9 @@ pub enum AuthError {
     Jwks(String),
     #[error("no verification key configured (set EDGE_JWT_SECRET or EDGE_JWT_JWKS)")]
     NotConfigured,
+    /// A verified token whose org/projects/permissions claim is absent or unusable.
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
 }
 
 impl AuthConfig {
@@ -114,7 +123,8 @@ impl AuthConfig {
         self
     }
 
-    /// Accepts only tokens whose `aud` holds `audience` (call again to accept several).
+    /// Accepts only tokens whose `aud` holds `audience`, or without `aud` whose `client_id` is
+    /// `audience` (a Cognito access token); call again to accept several.
     pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
         self.audiences.push(audience.into());
         self
@@ -133,11 +143,22 @@ impl AuthConfig {
         self
     }
 
+    /// Reads the tenant scope from these claims (default: `org_id`, `projects`, `permissions`).
+    pub fn with_claim_mapping(mut self, mapping: ClaimMapping) -> Self {
+        self.claim_mapping = mapping;
+        self
+    }
+
+    pub fn claim_mapping(&self) -> &ClaimMapping {
+        &self.claim_mapping
+    }
+
     pub fn is_configured(&self) -> bool {
         self.hs256_secret.is_some() || self.jwks.is_some() || self.trust_gateway_claims
     }
 
-    /// Verifies a compact JWT (signature, `exp`) and returns its claims.
+    /// Verifies a compact JWT (signature, `exp`, `nbf`, configured `iss`/`aud`) and returns
+    /// its claims, read through the claim mapping.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let key = match header.alg {
@@ -165,25 +186,64 @@ impl AuthConfig {
         let mut validation = jsonwebtoken::Validation::new(header.alg);
         validation.leeway = 30;
         validation.validate_nbf = true;
-        // jsonwebtoken refuses any token carrying `aud` unless an audience is expected, so the
-        // check is on exactly when one is configured.
-        validation.validate_aud = !self.audiences.is_empty();
-        // A configured claim must also be present: jsonwebtoken only compares `iss`/`aud` that
-        // a token carries, so without this a token that omits them passed (found by the RS256
+        // The audience is checked below, on the payload: a Cognito access token carries its
+        // app client in `client_id` instead of `aud` (API Gateway's JWT authorizer accepts
+        // either), which jsonwebtoken's own check cannot express.
+        validation.validate_aud = false;
+        // A configured claim must also be present: jsonwebtoken only compares an `iss` that a
+        // token carries, so without this a token that omits it passed (found by the RS256
         // test).
         let mut required = vec!["exp"];
-        if !self.audiences.is_empty() {
-            validation.set_audience(&self.audiences);
-            required.push("aud");
-        }
         if !self.issuers.is_empty() {
             validation.set_issuer(&self.issuers);
             required.push("iss");
         }
         validation.set_required_spec_claims(&required);
-        decode::<Claims>(token, &key, &validation)
-            .map(|d| d.claims)
-            .map_err(|e| AuthError::Invalid(e.to_string()))
+        let payload =
+            decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation)
+                .map_err(|e| AuthError::Invalid(e.to_string()))?
+                .claims;
+        self.check_audience(&payload)?;
+        Ok(self.claim_mapping.from_payload(&payload)?)
+    }
+
+    /// With audiences configured: the token's `aud` (a string or an array) holds one of them,
+    /// or, when it has no `aud`, its `client_id` is one (Cognito access tokens).
+    fn check_audience(
+        &self,
+        payload: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), AuthError> {
+        use serde_json::Value;
+        if self.audiences.is_empty() {
+            return Ok(());
+        }
+        let accepted = |v: &Value| {
+            v.as_str()
+                .is_some_and(|a| self.audiences.iter().any(|x| x == a))
+        };
+        let ok = match (payload.get("aud"), payload.get("client_id")) {
+            (Some(Value::Array(auds)), _) => auds.iter().any(accepted),
+            (Some(aud), _) => accepted(aud),
+            (None, Some(client_id)) => accepted(client_id),
+            (None, None) => {
+                return Err(AuthError::Invalid(
+                    "the token has neither aud nor client_id (EDGE_JWT_AUDIENCE is set)".into(),
+                ))
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(AuthError::Invalid(
+                "the token's aud/client_id is not an accepted audience (EDGE_JWT_AUDIENCE)".into(),
+            ))
+        }
+    }
+
+    /// The claims API Gateway's JWT authorizer verified (every value flattened to a string:
+    /// arrays become `[a b]` or JSON text, numbers become digits), read through the mapping.
+    pub fn gateway_claims(&self, map: &HashMap<String, String>) -> Result<Claims, AuthError> {
+        Ok(self.claim_mapping.from_gateway(map)?)
     }
 }
 
@@ -211,43 +271,6 @@ fn rs256_key(jwk: &Jwk) -> Result<DecodingKey, AuthError> {
         ));
     }
     DecodingKey::from_jwk(jwk).map_err(|e| AuthError::Jwks(e.to_string()))
-}
-
-/// Claims as API Gateway's JWT authorizer hands them over: every value flattened to a string
-/// (arrays become `[a b]` or JSON text, numbers become digits).
-pub fn claims_from_gateway(map: &HashMap<String, String>) -> Result<Claims, AuthError> {
-    let get = |k: &str| {
-        map.get(k)
-            .ok_or_else(|| AuthError::Invalid(format!("authorizer claims lack {k}")))
-    };
-    let org_id = Uuid::parse_str(get("org_id")?.trim())
-        .map_err(|e| AuthError::Invalid(format!("org_id: {e}")))?;
-    let projects = list(map.get("projects").map(String::as_str).unwrap_or(""))
-        .iter()
-        .map(|p| Uuid::parse_str(p).map_err(|e| AuthError::Invalid(format!("projects: {e}"))))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Claims {
-        sub: map.get("sub").cloned().unwrap_or_default(),
-        org_id,
-        projects,
-        permissions: list(map.get("permissions").map(String::as_str).unwrap_or("")),
-        exp: map.get("exp").and_then(|e| e.parse().ok()).unwrap_or(0),
-        iat: map.get("iat").and_then(|e| e.parse().ok()).unwrap_or(0),
-    })
-}
-
-fn list(s: &str) -> Vec<String> {
-    let s = s.trim();
-    if let Ok(v) = serde_json::from_str::<Vec<String>>(s) {
-        return v;
-    }
-    s.trim_start_matches('[')
-        .trim_end_matches(']')
-        .split([' ', ','])
-        .map(|p| p.trim().trim_matches('"'))
-        .filter(|p| !p.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 /// Signs a development token (HS256) — `edge-cloud token` and the tests.
@@ -292,6 +315,7 @@ mod tests {
 
     #[test]
     fn gateway_claims_are_parsed_from_flattened_strings() {
+        let cfg = AuthConfig::default();
         let mut m = HashMap::new();
         m.insert("sub".into(), "op".into());
         m.insert("org_id".into(), Uuid::nil().to_string());
@@ -300,12 +324,12 @@ mod tests {
             format!("[{} {}]", Uuid::nil(), Uuid::max()),
         );
         m.insert("permissions".into(), "[PROJECT_CAN_MANAGE_DEVICES]".into());
-        let c = claims_from_gateway(&m).unwrap();
+        let c = cfg.gateway_claims(&m).unwrap();
         assert_eq!(c.projects.len(), 2);
         assert!(c.has(MANAGE_DEVICES));
         m.insert("projects".into(), format!("[\"{}\"]", Uuid::max()));
-        assert_eq!(claims_from_gateway(&m).unwrap().projects, vec![Uuid::max()]);
+        assert_eq!(cfg.gateway_claims(&m).unwrap().projects, vec![Uuid::max()]);
         m.remove("org_id");
-        assert!(claims_from_gateway(&m).is_err());
+        assert!(cfg.gateway_claims(&m).is_err());
     }
 }

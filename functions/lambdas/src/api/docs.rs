@@ -108,7 +108,7 @@ pub(crate) fn complete(doc: &mut Value) {
             op["security"] = json!([{"bearer": [], "org": []}]);
             let mut answers = vec![
                 ("400", "Invalid request: query, body, `ORG-ID` or `Idempotency-Key`"),
-                ("401", "No valid Bearer token"),
+                ("401", "No valid Bearer token, or its org/projects claim is missing (`claim_missing`) or unusable (`claim_invalid`)"),
                 ("403", "`ORG-ID` names another organization than the token's, or a mutation without `PROJECT_CAN_MANAGE_DEVICES`"),
                 ("404", "The project is not one of the token's, or the object does not exist"),
             ];
@@ -181,10 +181,14 @@ pub struct ErrorBody {
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
 pub struct ErrorDetail {
-    /// Machine-readable: not_found, unauthorized, forbidden, invalid_body, invalid_pagination,
-    /// unknown_column, stale_action_version, invalid_review_state, idempotency_key_reused, …
+    /// Machine-readable: not_found, unauthorized, claim_missing, claim_invalid, forbidden,
+    /// org_mismatch, invalid_body, invalid_pagination, unknown_column, stale_action_version,
+    /// invalid_review_state, idempotency_key_reused, …
     code: String,
     message: String,
+    /// On answers about a token claim (claim_missing, claim_invalid, org_mismatch, a
+    /// forbidden mutation): the claim as configured (`EDGE_JWT_CLAIM_*`), e.g. `custom:org_id`.
+    claim: Option<String>,
 }
 
 /// Two query parameters of `method path` that exclude each other: its query parameters become

@@ -20,6 +20,7 @@ use edge_cloud_store::scope::{Page, Scope};
 
 use super::answer::ApiError;
 use super::auth::{self, Claims};
+use super::claims::{ClaimMapping, ORG_VAR, PROJECTS_VAR};
 use super::{Api, BASE};
 
 /// The path as the client sent it (before empty segments were dropped for routing): what an
@@ -55,7 +56,7 @@ impl FromRequestParts<Arc<Api>> for Caller {
             .path()
             .strip_prefix(BASE)
             .map_or("", |rest| rest.split_once('/').map_or(rest, |(p, _)| p));
-        let scope = scope(&claims, &parts.headers, project)?;
+        let scope = scope(api.auth.claim_mapping(), &claims, &parts.headers, project)?;
         let caller = Caller { claims, scope };
         parts.extensions.insert(caller.clone());
         Ok(caller)
@@ -63,14 +64,12 @@ impl FromRequestParts<Arc<Api>> for Caller {
 }
 
 fn authenticate(api: &Api, parts: &Parts) -> Result<Claims, ApiError> {
-    let unauthorized = |m: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
     if api.auth.trust_gateway_claims {
         use lambda_http::request::RequestContext;
         use lambda_http::RequestExt as _;
         if let Some(RequestContext::ApiGatewayV2(ctx)) = parts.extensions.request_context_ref() {
             if let Some(jwt) = ctx.authorizer.as_ref().and_then(|a| a.jwt.as_ref()) {
-                return auth::claims_from_gateway(&jwt.claims)
-                    .map_err(|e| unauthorized(e.to_string()));
+                return api.auth.gateway_claims(&jwt.claims).map_err(refused);
             }
         }
     }
@@ -84,13 +83,28 @@ fn authenticate(api: &Api, parts: &Parts) -> Result<Claims, ApiError> {
         })
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| unauthorized("missing Authorization: Bearer token".into()))?;
-    api.auth
-        .verify(token)
-        .map_err(|e| unauthorized(e.to_string()))
+        .ok_or(auth::AuthError::Missing)
+        .map_err(refused)?;
+    api.auth.verify(token).map_err(refused)
 }
 
-fn scope(claims: &Claims, headers: &HeaderMap, project: &str) -> Result<Scope, ApiError> {
+/// The 401 of a token that was not accepted: `claim_missing` / `claim_invalid` naming the claim
+/// when the token verified but its tenant claims do not, else `unauthorized`.
+fn refused(e: auth::AuthError) -> ApiError {
+    match e {
+        auth::AuthError::Claim(c) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, c.code(), c.to_string()).with_claim(c.claim())
+        }
+        other => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", other.to_string()),
+    }
+}
+
+fn scope(
+    mapping: &ClaimMapping,
+    claims: &Claims,
+    headers: &HeaderMap,
+    project: &str,
+) -> Result<Scope, ApiError> {
     let org = headers
         .get("org-id")
         .and_then(|v| v.to_str().ok())
@@ -101,14 +115,29 @@ fn scope(claims: &Claims, headers: &HeaderMap, project: &str) -> Result<Scope, A
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "org_mismatch",
-            "the ORG-ID header names an organization the token does not belong to",
-        ));
+            format!(
+                "the ORG-ID header names an organization the token does not belong to (the \
+                 token's claim {} ({ORG_VAR}) names another)",
+                mapping.org_claim()
+            ),
+        )
+        .with_claim(mapping.org_claim()));
     }
-    // A project outside the token's list is answered like a missing one.
+    // A project outside the token's list is answered like a missing one (cloud.md §10); the
+    // message says where the list comes from, which holds for a missing project too.
     let project_id = Uuid::parse_str(project)
         .ok()
         .filter(|p| claims.may_see(*p))
-        .ok_or_else(|| ApiError::not_found("project"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "project not found among the token's projects (claim {}, {PROJECTS_VAR})",
+                    mapping.projects_claim()
+                ),
+            )
+        })?;
     Ok(Scope {
         org_id: org,
         project_id,

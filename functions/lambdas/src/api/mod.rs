@@ -14,6 +14,7 @@
 //!
 //! # Layout
 //! - [`auth`] — JWT verification, gateway claims, development tokens
+//! - [`claims`] — which token claims hold org, projects, permissions (`EDGE_JWT_CLAIM_*`)
 //! - [`answer`] — the success and error envelopes
 //! - [`extract`] — the caller (auth, `ORG-ID`, project), path ids, query-string rules
 //! - [`mutation`] — permission, `Idempotency-Key`, replay and the mutation's transaction
@@ -26,6 +27,7 @@
 pub mod answer;
 pub mod auth;
 pub mod body;
+pub mod claims;
 pub mod docs;
 pub mod extract;
 pub mod local;

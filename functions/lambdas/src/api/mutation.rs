@@ -25,6 +25,7 @@ use edge_cloud_store::tokio_postgres::Transaction;
 use super::answer::{internal, Answer, ApiError, Success};
 use super::auth::MANAGE_DEVICES;
 use super::body::RequestBody;
+use super::claims::ClaimMapping;
 use super::extract::{raw_path, Caller};
 use super::Api;
 
@@ -38,6 +39,38 @@ pub struct Mutation<B> {
     method: Method,
     path: String,
     client: deadpool_postgres::Object,
+}
+
+/// Most permissions a 403 lists back.
+const LISTED_PERMISSIONS: usize = 10;
+
+/// The 403 of a caller without [`MANAGE_DEVICES`]: which claim was read, how, and what it held.
+fn missing_permission(mapping: &ClaimMapping, caller: &Caller) -> ApiError {
+    let held = &caller.claims.permissions;
+    let held = if held.is_empty() {
+        "nothing".to_owned()
+    } else {
+        let mut listed = held
+            .iter()
+            .take(LISTED_PERMISSIONS)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if held.len() > LISTED_PERMISSIONS {
+            listed.push_str(", …");
+        }
+        listed
+    };
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "this action needs the {MANAGE_DEVICES} permission in the token's claim {}; it holds: \
+             {held}",
+            mapping.describe_permissions()
+        ),
+    )
+    .with_claim(mapping.permissions_claim())
 }
 
 impl<B> std::fmt::Debug for Mutation<B> {
@@ -61,12 +94,7 @@ impl<B: RequestBody + Send> FromRequest<Arc<Api>> for Mutation<B> {
             .await
             .map_err(IntoResponse::into_response)?;
         if !caller.claims.has(MANAGE_DEVICES) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("this action needs the {MANAGE_DEVICES} permission"),
-            )
-            .into_response());
+            return Err(missing_permission(api.auth.claim_mapping(), &caller).into_response());
         }
         let key = parts
             .headers

@@ -28,6 +28,7 @@ use self::dead_letters::DeadLettersCommand;
 use self::devices::DevicesCommand;
 use self::pki::PkiCommand;
 use crate::api::auth::AuthError;
+use crate::api::claims::{self, ClaimMapping};
 use crate::aws::AwsError;
 use crate::env::{EnvError, RunnerSettings, Secret};
 use crate::pki::PkiError;
@@ -145,6 +146,10 @@ pub enum Command {
         /// RS256 JWKS (JSON file) the API verifies Bearer tokens with.
         #[arg(long, env = "EDGE_JWT_JWKS_FILE")]
         jwt_jwks_file: Option<std::path::PathBuf>,
+        /// Which token claims hold org, projects and permissions (boxed: the flags are parsed
+        /// once, the enum stays small).
+        #[command(flatten)]
+        jwt_claims: Box<JwtClaimArgs>,
         /// Directory of uploaded spill/snapshot objects (protocol §7).
         #[arg(long, env = "EDGE_SPILL_DIR", default_value = "edge-spill")]
         spill_dir: std::path::PathBuf,
@@ -197,6 +202,29 @@ pub enum Command {
     },
 }
 
+/// `edge-cloud run`'s claim mapping flags (docs/deploy.md "Identity provider").
+#[derive(Debug, Clone, clap::Args)]
+pub struct JwtClaimArgs {
+    /// Token claim holding the organization UUID: a claim name (`custom:org_id`) or a dotted
+    /// path into nested objects (the whole name is tried first).
+    #[arg(long, env = "EDGE_JWT_CLAIM_ORG", default_value = claims::DEFAULT_ORG)]
+    pub jwt_claim_org: String,
+    /// Token claim holding the project UUIDs (array, or a space/comma-separated string).
+    #[arg(long, env = "EDGE_JWT_CLAIM_PROJECTS", default_value = claims::DEFAULT_PROJECTS)]
+    pub jwt_claim_projects: String,
+    /// Token claim holding the permissions (array, or a scope string like `"a b"`).
+    #[arg(
+        long,
+        env = "EDGE_JWT_CLAIM_PERMISSIONS",
+        default_value = claims::DEFAULT_PERMISSIONS
+    )]
+    pub jwt_claim_permissions: String,
+    /// Only permission values starting with this prefix count, with it removed (e.g. `edge/`
+    /// for Cognito resource-server scopes `edge/PROJECT_CAN_MANAGE_DEVICES`).
+    #[arg(long, env = "EDGE_JWT_SCOPE_PREFIX")]
+    pub jwt_scope_prefix: Option<String>,
+}
+
 /// Runs one parsed command line.
 pub async fn execute(cli: Cli) -> Result<(), CommandError> {
     match cli.command {
@@ -241,6 +269,7 @@ pub async fn execute(cli: Cli) -> Result<(), CommandError> {
             http,
             jwt_secret,
             jwt_jwks_file,
+            jwt_claims,
             spill_dir,
             spill_url,
             spill_secret,
@@ -263,6 +292,12 @@ pub async fn execute(cli: Cli) -> Result<(), CommandError> {
                 http,
                 jwt_secret: jwt_secret.map(Secret::new),
                 jwt_jwks_file,
+                claim_mapping: ClaimMapping::new(
+                    &jwt_claims.jwt_claim_org,
+                    &jwt_claims.jwt_claim_projects,
+                    &jwt_claims.jwt_claim_permissions,
+                    jwt_claims.jwt_scope_prefix.as_deref(),
+                ),
                 spill_dir,
                 spill_url,
                 spill_secret: spill_secret.map(Secret::new),
