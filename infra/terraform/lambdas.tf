@@ -8,6 +8,7 @@ locals {
       RUST_LOG                 = "info"
       EDGE_DATABASE_SECRET_ARN = var.database_secret_arn
       EDGE_DB_POOL_SIZE        = "2"
+      EDGE_DB_SSLROOTCERT      = var.database_sslrootcert
     },
     var.database_host == "" ? {} : { EDGE_DATABASE_HOST = var.database_host },
     var.database_port == "" ? {} : { EDGE_DATABASE_PORT = var.database_port },

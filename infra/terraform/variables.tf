@@ -23,6 +23,12 @@ variable "database_secret_arn" {
   }
 }
 
+variable "database_sslrootcert" {
+  description = "EDGE_DB_SSLROOTCERT: CA bundle the Lambdas verify the database certificate against (verify-full unless the URL says otherwise). \"system\" fits RDS Proxy (Amazon public roots); a direct RDS endpoint needs the RDS CA bundle shipped with the functions, e.g. /opt/rds/global-bundle.pem from a layer (docs/deploy.md \"Database TLS\")."
+  type        = string
+  default     = "system"
+}
+
 variable "database_host" {
   description = "Optional EDGE_DATABASE_HOST: the host a JSON credentials secret is used with (the RDS Proxy endpoint); needed for an RDS-managed master secret, wins over a secret's own host."
   type        = string
