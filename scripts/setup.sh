@@ -32,6 +32,8 @@ declare -A APT_WANTS=(
   # tests/tests/e2e_blocks.rs) and a clock set back (device/tests/epochs.rs, scripts/chaos.sh)
   [sqlite3]=sqlite3
   [faketime]=faketime
+  # issue 14: the transaction-mode pooler in front of the harness PostgreSQL (tests/src/pgbouncer.rs)
+  [pgbouncer]=pgbouncer
 )
 missing=()
 for bin in "${!APT_WANTS[@]}"; do

@@ -47,6 +47,8 @@
 //!   PEM files in a temp dir.
 //! - [`mosquitto`] — [`Broker`]: config and ACL files, start/stop/restart on a fixed port,
 //!   `rumqttc` options with mTLS.
+//! - [`pgbouncer`] — [`Pgbouncer`]: pgbouncer in transaction mode in front of a test database
+//!   (few server connections, many clients), its admin console (`SHOW POOLS`, `SHOW STATS`).
 //! - [`outage`] — [`PostgresOutage`]: stop the private cluster and start it again (a test binary
 //!   of its own: every database of the process goes down).
 //! - [`client`] — [`TestClient`], a rumqttc client whose connect/subscribe/publish wait for the
@@ -64,6 +66,7 @@ pub mod governance;
 mod lifeline;
 pub mod mosquitto;
 pub mod outage;
+pub mod pgbouncer;
 pub mod pki;
 pub mod port;
 pub mod postgres;
@@ -82,6 +85,7 @@ pub use client::{Message, TestClient};
 pub use governance::{approve_all_columns, ApproveReport};
 pub use mosquitto::{Broker, AUDITOR_USER, SERVICE_USER};
 pub use outage::PostgresOutage;
+pub use pgbouncer::{Pgbouncer, PoolSettings};
 pub use pki::{CertificateAuthority, ClientIdentity, Pki};
 pub use port::free_port;
 pub use postgres::TestDatabase;

@@ -7,6 +7,8 @@
 //! # Layout
 //! - [`migrate`] — embedded, versioned migrations (`migrations/*.sql`), `schema_migrations`
 //! - [`pool`] — the deadpool-postgres pool
+//! - [`unnamed`] — [`unnamed::UnnamedStatements`]: every statement as one unnamed Parse/Bind/
+//!   Execute/Sync round trip, safe behind RDS Proxy and pgbouncer in transaction mode
 //! - [`error`] — [`StoreError`] with the transient/permanent split by SQLSTATE, [`OpError`] of
 //!   the API's operations, [`ResetError`] of reset-materialization
 //! - [`scope`] — the tenant [`scope::Scope`], [`scope::Page`] and timestamp text
@@ -66,6 +68,7 @@ pub mod snapshot_runs;
 pub mod spill;
 pub mod staging;
 pub mod sweep;
+pub mod unnamed;
 pub mod wire_options;
 
 pub use edge_cloud_core as core;
