@@ -76,6 +76,8 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
+    // A 500 from the API logs its cause: shown with the test's output when it fails.
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let db = TestDatabase::create_async().await;
     let pooler = Pgbouncer::start(
         &db,
