@@ -39,8 +39,10 @@
 //! - [`read`] — the HTTP API's scoped reads (lineages, rows, reviews, registry, events)
 //! - [`idempotency`] — stored responses of the API's idempotency keys
 //!
-//! Every function takes a [`tokio_postgres::GenericClient`], so the handler decides the
-//! transaction boundaries.
+//! Every function takes a [`tokio_postgres::GenericClient`] (`+ Sync`), so the handler decides
+//! the transaction boundaries, and sends its statements through
+//! [`unnamed::UnnamedStatements`] (never a named prepared statement: RDS Proxy and pgbouncer in
+//! transaction mode, `scripts/check-unnamed.sh`).
 
 pub mod approval;
 pub mod backpressure;
