@@ -44,7 +44,7 @@ const ROWS_PER_BATCH: i64 = 25;
 
 fn schema(table: usize) -> SchemaColumns {
     SchemaColumns::new(
-        &format!("state_{table}"),
+        format!("state_{table}"),
         vec![
             col("id", "INTEGER", 1, 1),
             col("mode", "TEXT", 0, 0),
