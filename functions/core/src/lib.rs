@@ -21,6 +21,8 @@
 //! - [`policy`] — the project policy: fields, production defaults, patch rules
 //! - [`spill`] — spill/snapshot uploads: batch header, finalize checks, upload tokens,
 //!   chunk bounds, named outcomes (protocol §7)
+//! - [`timescale`] — TimescaleDB compression/retention policies: which table may have which,
+//!   parsed ages, the statements that reach them
 
 pub mod backpressure;
 pub mod classify;
@@ -35,5 +37,6 @@ pub mod review;
 pub mod spill;
 pub mod staged_json;
 pub mod telemetry;
+pub mod timescale;
 
 pub use edge_protocol as protocol;

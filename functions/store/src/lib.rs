@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`migrate`] — embedded, versioned migrations (`migrations/*.sql`), `schema_migrations`
 //! - [`pool`] — the deadpool-postgres pool
+//! - [`timescale`] — the hypertables' compression/retention policies, applied by `migrate`
 //! - [`unnamed`] — [`unnamed::UnnamedStatements`]: every statement as one unnamed Parse/Bind/
 //!   Execute/Sync round trip, safe behind RDS Proxy and pgbouncer in transaction mode
 //! - [`error`] — [`StoreError`] with the transient/permanent split by SQLSTATE, [`OpError`] of
@@ -70,6 +71,7 @@ pub mod snapshot_runs;
 pub mod spill;
 pub mod staging;
 pub mod sweep;
+pub mod timescale;
 pub mod unnamed;
 pub mod wire_options;
 

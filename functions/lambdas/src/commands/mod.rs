@@ -86,6 +86,19 @@ pub enum Command {
     Migrate {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
+        /// TimescaleDB only: compress telemetry chunks older than this (12h, 7d, 4w, off).
+        #[arg(long, env = "EDGE_TS_TELEMETRY_COMPRESS_AFTER", default_value = edge_cloud_core::timescale::DEFAULT_TELEMETRY_COMPRESS_AFTER)]
+        telemetry_compress_after: String,
+        /// TimescaleDB only: drop telemetry chunks older than this (off keeps everything).
+        #[arg(long, env = "EDGE_TS_TELEMETRY_RETENTION", default_value = "off")]
+        telemetry_retention: String,
+        /// TimescaleDB only: compress ledger (edge_export_segments) chunks older than this.
+        #[arg(long, env = "EDGE_TS_LEDGER_COMPRESS_AFTER", default_value = "off")]
+        ledger_compress_after: String,
+        /// TimescaleDB only: drop ledger chunks older than this — a duplicate of an older batch
+        /// is then not recognised as one (docs/deploy.md "TimescaleDB").
+        #[arg(long, env = "EDGE_TS_LEDGER_RETENTION", default_value = "off")]
+        ledger_retention: String,
     },
     /// Device registry.
     Devices {
@@ -182,11 +195,28 @@ pub enum Command {
 /// Runs one parsed command line.
 pub async fn execute(cli: Cli) -> Result<(), CommandError> {
     match cli.command {
-        Command::Migrate { database_url } => {
+        Command::Migrate {
+            database_url,
+            telemetry_compress_after,
+            telemetry_retention,
+            ledger_compress_after,
+            ledger_retention,
+        } => {
+            let policies = timescale_policies([
+                &telemetry_compress_after,
+                &telemetry_retention,
+                &ledger_compress_after,
+                &ledger_retention,
+            ])?;
             let p = pool::connect(&database_url, 1)?;
             let mut c = p.get().await.map_err(CommandError::Connect)?;
             let applied = migrate(&mut c).await?;
             tracing::info!(?applied, "migrations applied");
+            let report = edge_cloud_store::timescale::apply(&mut c, &policies).await?;
+            println!(
+                "{}",
+                edge_cloud_store::timescale::describe(&report, &policies)
+            );
             // Mirror tables shared before ownership was recorded (reliability.md §3): reported,
             // left as they are.
             for collision in edge_cloud_store::migrate::mirror_collisions(&c).await? {
@@ -250,4 +280,25 @@ pub async fn execute(cli: Cli) -> Result<(), CommandError> {
         } => token::print(org, project, permission, &ttl, subject, &jwt_secret)?,
     }
     Ok(())
+}
+
+/// The four `migrate` policy flags (telemetry compress/retention, ledger compress/retention),
+/// checked before anything touches the database.
+fn timescale_policies(
+    ages: [&str; 4],
+) -> Result<edge_cloud_core::timescale::Policies, CommandError> {
+    use edge_cloud_core::timescale::{Policies, PolicyAge, TablePolicy};
+    let parse = |t: &str| PolicyAge::parse(t).map_err(|e| CommandError::Refused(e.to_string()));
+    Policies {
+        telemetry: TablePolicy {
+            compress_after: parse(ages[0])?,
+            drop_after: parse(ages[1])?,
+        },
+        ledger: TablePolicy {
+            compress_after: parse(ages[2])?,
+            drop_after: parse(ages[3])?,
+        },
+    }
+    .checked()
+    .map_err(|e| CommandError::Refused(e.to_string()))
 }
