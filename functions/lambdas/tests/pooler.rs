@@ -2,8 +2,8 @@
 //! connections, so consecutive statements of one client land on different server connections.
 //!
 //! Migrations (two migrators at once), ingest (concurrent envelopes of several tables → ledger, staging), the API (reads, claim,
-//! approve → mirror DDL and a replay intent), replay workers racing live batches, and the API's
-//! mirror reads, all through an 8-connection pool on a pgbouncer with 2 server connections.
+//! approve → mirror DDL and a replay intent), replay workers racing live batches and a sweep,
+//! and the API's mirror reads, all through an 8-connection pool on a pgbouncer with 2 server connections.
 //! With named statements (tokio-postgres `query`/`execute`: Parse/Describe/Sync, then
 //! Bind/Execute/Sync) the Bind can reach a server that never saw the Parse: SQLSTATE 26000
 //! "prepared statement "s3" does not exist". With the store's unnamed statements every
@@ -316,6 +316,18 @@ async fn ingest_api_and_replay_through_pgbouncer_transaction_mode() {
             })
         })
         .collect();
+    // The sweep (resume, pending controls, event forwarding) runs alongside.
+    let sweep = {
+        let rig = Arc::clone(&rig);
+        tokio::spawn(async move {
+            edge_functions::sweep::sweep_once(
+                &rig.deps,
+                &edge_functions::control_publisher::NoPublisher,
+                time::OffsetDateTime::now_utc(),
+            )
+            .await
+        })
+    };
     let mut reports: Vec<DrainReport> = Vec::new();
     for worker in workers {
         reports.push(worker.await.unwrap());
@@ -327,6 +339,12 @@ async fn ingest_api_and_replay_through_pgbouncer_transaction_mode() {
             "{redelivered:?}"
         );
     }
+    let swept = sweep.await.unwrap();
+    assert_eq!(swept.errors, 0, "sweep through the pooler: {swept:?}");
+    assert!(
+        swept.forwarded > 0,
+        "the approvals' events forwarded: {swept:?}"
+    );
     // Rows staged behind an intent while the workers finished are drained by a last worker.
     reports.push(drain(&rig.deps, 40, Budget::UNLIMITED).await);
     for r in &reports {

@@ -21,7 +21,10 @@
 //! statement of its own. The store selects only built-in types (casts such as `attname::text`).
 //!
 //! `batch_execute` (the simple query protocol: `BEGIN`, `COMMIT`, DDL, `SAVEPOINT`) never
-//! prepares anything and is safe as is. `scripts/check-unnamed.sh` fails the build on a
+//! prepares anything and is safe as is. Nothing here uses COPY (`copy_in` needs a prepared
+//! statement); should it come, it belongs inside a transaction with its `Statement` dropped before
+//! `COMMIT` — the pooler keeps one server connection for the whole transaction, and the Close
+//! reaches that connection — and needs `// named-statement-ok:` plus a pooler test. `scripts/check-unnamed.sh` fails the build on a
 //! `query`/`execute`/`prepare` call outside tests in the store and the handlers.
 
 use std::future::Future;
