@@ -35,6 +35,8 @@ declare -A APT_WANTS=(
   # issue 14: the gateway .deb install test (scripts/test-deb.sh): a bookworm root to install into
   [debootstrap]=debootstrap
   [file]=file
+  # issue 14: the transaction-mode pooler in front of the harness PostgreSQL (tests/src/pgbouncer.rs)
+  [pgbouncer]=pgbouncer
 )
 missing=()
 for bin in "${!APT_WANTS[@]}"; do

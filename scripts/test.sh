@@ -31,6 +31,9 @@ run_step() { # name, command...
 run_step "setup" scripts/setup.sh
 run_step "cargo fmt --check" cargo fmt --all -- --check
 run_step "cargo clippy -D warnings" cargo clippy --workspace --all-targets --locked -- -D warnings
+# Statements must be unnamed to work behind RDS Proxy / pgbouncer transaction mode (issue 14);
+# functions/lambdas/tests/pooler.rs proves the paths through a real pgbouncer.
+run_step "unnamed statements (scripts/check-unnamed.sh)" scripts/check-unnamed.sh
 
 # The harness's PostgreSQL accepts TLS only (hostssl pg_hba.conf) and every database test
 # connects with sslmode=verify-full against its CA; this is the default, stated here so a

@@ -24,7 +24,7 @@ pub struct ApproveReport {
 
 /// Dev path: approve every column of the lineage's current schema hash (see module docs).
 /// `new_id` supplies fresh UUIDs (data points, the replay intent).
-pub async fn approve_all_columns<C: GenericClient>(
+pub async fn approve_all_columns<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     mut new_id: impl FnMut() -> Uuid,

@@ -51,6 +51,8 @@
 //!   `rumqttc` options with mTLS.
 //! - [`moto`] — [`Moto`]: moto in server mode, the stand-in for AWS APIs (only AWS), with its
 //!   request recorder and IAM enforcement.
+//! - [`pgbouncer`] — [`Pgbouncer`]: pgbouncer in transaction mode in front of a test database
+//!   (few server connections, many clients), its admin console (`SHOW POOLS`, `SHOW STATS`).
 //! - [`outage`] — [`PostgresOutage`]: stop the private cluster and start it again (a test binary
 //!   of its own: every database of the process goes down).
 //! - [`client`] — [`TestClient`], a rumqttc client whose connect/subscribe/publish wait for the
@@ -69,6 +71,7 @@ mod lifeline;
 pub mod mosquitto;
 pub mod moto;
 pub mod outage;
+pub mod pgbouncer;
 pub mod pki;
 pub mod port;
 pub mod postgres;
@@ -88,6 +91,7 @@ pub use governance::{approve_all_columns, ApproveReport};
 pub use mosquitto::{Broker, AUDITOR_USER, SERVICE_USER};
 pub use moto::Moto;
 pub use outage::PostgresOutage;
+pub use pgbouncer::{Pgbouncer, PoolSettings};
 pub use pki::{CertificateAuthority, ClientIdentity, Pki};
 pub use port::free_port;
 pub use postgres::TestDatabase;

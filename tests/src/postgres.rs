@@ -486,7 +486,7 @@ fn wait_ready(server: &Server, lifeline: &mut Lifeline) -> Result<(), HarnessErr
 ///
 /// Safe to call from synchronous code and from inside a runtime alike (a nested `block_on`
 /// would panic); it blocks the calling thread, which is acceptable for short admin statements.
-fn run_on_helper_thread<F>(future: F) -> F::Output
+pub(crate) fn run_on_helper_thread<F>(future: F) -> F::Output
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -527,6 +527,17 @@ fn unique_name() -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed),
         hasher.finish() as u32
     )
+}
+
+/// Where a pooler reaches the server (see `pgbouncer`).
+#[derive(Debug, Clone)]
+pub(crate) struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    /// The server's CA when it speaks TLS (the pooler then verifies it like the tests do).
+    pub sslrootcert: Option<String>,
 }
 
 /// A fresh, empty database for one test.
@@ -639,6 +650,21 @@ impl TestDatabase {
             self.server.port,
             percent_encode(&self.name)
         )
+    }
+
+    /// The server this database lives on, as a pooler in front of it needs it.
+    pub(crate) fn upstream(&self) -> Upstream {
+        let host = match &self.server.host {
+            Host::Tcp(host) => host.clone(),
+            Host::Unix(path) => path.to_string_lossy().into_owned(),
+        };
+        Upstream {
+            host,
+            port: self.server.port,
+            user: self.server.user.clone(),
+            password: self.server.password.clone(),
+            sslrootcert: self.server.sslrootcert.clone(),
+        }
     }
 
     /// A tokio-postgres config for this database, without TLS settings: connect through

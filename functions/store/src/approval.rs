@@ -21,6 +21,7 @@ use crate::error::OpError;
 use crate::lineage::Lineage;
 use crate::mirror::{ensure_mirror, mirror_owner, primary_key_columns, record_mirror_owner};
 use crate::scope::Scope;
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// 409 when the reviewed hash has no recorded columns to plan from.
@@ -52,7 +53,7 @@ const MAX_NAME_CANDIDATES: u32 = 1_000;
 
 /// The first of `candidate(1)`, `candidate(2)`, … that `claimant` may use: free or its own
 /// (reliability.md §3: a name another lineage or coalesced mirror owns gets `_2`, `_3`, …).
-pub(crate) async fn free_mirror_name<C: GenericClient>(
+pub(crate) async fn free_mirror_name<C: GenericClient + Sync>(
     c: &C,
     claimant: &MirrorOwner,
     candidate: impl Fn(u32) -> String,
@@ -77,7 +78,7 @@ pub(crate) async fn free_mirror_name<C: GenericClient>(
 /// when the name is free: 409 `mirror_table_in_use` (owned by another lineage or coalesced
 /// mirror of the project) or `mirror_table_not_owned` (another project's or org's). `adopted`:
 /// the claimant is a lineage writing the table because a coalesced mirror adopted it.
-pub(crate) async fn claim_mirror<C: GenericClient>(
+pub(crate) async fn claim_mirror<C: GenericClient + Sync>(
     c: &C,
     plan: &ApprovalPlan,
     claimant: &MirrorOwner,
@@ -112,7 +113,7 @@ pub(crate) async fn claim_mirror<C: GenericClient>(
 /// The plan's mirror DDL: create, or widen for newly mirrored columns (409 when a column's
 /// type conflicts with the existing table, `mirror_primary_key_changed` when the approved
 /// primary key is not the existing table's — refused up front, reliability.md §4).
-pub(crate) async fn create_mirror<C: GenericClient>(
+pub(crate) async fn create_mirror<C: GenericClient + Sync>(
     c: &C,
     plan: &ApprovalPlan,
 ) -> Result<(), OpError> {
@@ -139,7 +140,7 @@ pub(crate) async fn create_mirror<C: GenericClient>(
 /// `map` targets checked to be data points of the lineage's device, `auto_create_and_map`
 /// creating `{table}.{column}` (reusing a data point of that name). `new_id` supplies the ids.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn device_data_points<C: GenericClient>(
+pub(crate) async fn device_data_points<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     lineage: &Lineage,
@@ -155,7 +156,7 @@ pub(crate) async fn device_data_points<C: GenericClient>(
         .collect();
     if !wanted.is_empty() {
         let found: i64 = c
-            .query_one(
+            .query_one_unnamed(
                 "SELECT count(DISTINCT id) FROM device_data_points \
                  WHERE id = ANY($1) AND device_id = $2",
                 &[&wanted, &lineage.device_id],
@@ -202,7 +203,7 @@ pub(crate) async fn device_data_points<C: GenericClient>(
             })
             .collect();
         let rows = c
-            .query(
+            .query_unnamed(
                 "INSERT INTO device_data_points (id, org_id, project_id, device_id, name, value_type) \
                  SELECT u.id, $1, $2, $3, u.n, u.t FROM unnest($4::uuid[], $5::text[], $6::text[]) \
                      AS u(id, n, t) \
@@ -316,7 +317,7 @@ pub(crate) fn bindings_json(rows: &[BindingRow<'_>]) -> serde_json::Value {
 
 /// Writes a lineage's binding rows of `schema_hash` (replacing an earlier decision for the same
 /// columns); `data_points` gives each row's data point (`map`, `auto_create_and_map`).
-pub(crate) async fn bind_lineage<C: GenericClient>(
+pub(crate) async fn bind_lineage<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     schema_hash: &str,
@@ -329,7 +330,7 @@ pub(crate) async fn bind_lineage<C: GenericClient>(
     let mcol: Vec<Option<&str>> = rows.iter().map(|b| b.mirror_column_name()).collect();
     let mtype: Vec<Option<&str>> = rows.iter().map(|b| b.mirror_type()).collect();
     let pk: Vec<i32> = rows.iter().map(|b| b.pk_ordinal()).collect();
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_column_bindings (lineage_id, schema_hash, source_column_name, action, \
              mirror_table_name, mirror_column_name, mirror_type, pk_ordinal, device_data_point_id) \
          SELECT $1, $2, u.s, u.a, u.t, u.c, u.y, u.p, u.d \
@@ -357,14 +358,14 @@ pub(crate) async fn bind_lineage<C: GenericClient>(
 }
 
 /// Opens the replay intent that drains the lineage's staged backlog of the approved hash.
-pub(crate) async fn open_replay_intent<C: GenericClient>(
+pub(crate) async fn open_replay_intent<C: GenericClient + Sync>(
     c: &C,
     intent_id: Uuid,
     lineage_id: Uuid,
     schema_hash: &str,
     action_version: i32,
 ) -> Result<(), OpError> {
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_replay_intents (id, lineage_id, schema_hash, status, action_kind, \
              action_version) VALUES ($1, $2, $3, 'pending', 'schema_review_approved', $4)",
         &[&intent_id, &lineage_id, &schema_hash, &action_version],

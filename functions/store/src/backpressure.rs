@@ -23,6 +23,7 @@ use crate::error::ResetError;
 use crate::lineage::{emit_event, lock_lineage};
 use crate::policy::lineage_load_sql;
 use crate::registry::{device_by_id, Device};
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// A lineage's counters, pause state and its project's caps.
@@ -38,12 +39,12 @@ pub struct LineageLoad {
 }
 
 /// Reads counters and caps in one statement (the policy row is optional: the default caps).
-pub async fn lineage_load<C: GenericClient>(
+pub async fn lineage_load<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
 ) -> Result<LineageLoad, StoreError> {
     let r = c
-        .query_opt(lineage_load_sql(), &[&lineage_id])
+        .query_opt_unnamed(lineage_load_sql(), &[&lineage_id])
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("lineage {lineage_id}")))?;
     let pause_reason: Option<String> = r.get(3);
@@ -70,7 +71,7 @@ pub async fn lineage_load<C: GenericClient>(
     })
 }
 
-async fn device_of<C: GenericClient>(c: &C, device_id: Uuid) -> Result<Device, StoreError> {
+async fn device_of<C: GenericClient + Sync>(c: &C, device_id: Uuid) -> Result<Device, StoreError> {
     device_by_id(c, device_id)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("device {device_id}")))
@@ -78,7 +79,7 @@ async fn device_of<C: GenericClient>(c: &C, device_id: Uuid) -> Result<Device, S
 
 /// The check after every accepted batch (and replay chunk with misfits), in its transaction,
 /// with the lineage locked. Returns the pause it applied, if any.
-pub async fn check_after_intake<C: GenericClient>(
+pub async fn check_after_intake<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     now: OffsetDateTime,
@@ -94,8 +95,11 @@ pub async fn check_after_intake<C: GenericClient>(
 
 /// A batch materialized without a single misfit: the breaker counts failures *in a row*, so
 /// the streak ends here. A no-op write is skipped by the `WHERE`.
-pub async fn note_clean_batch<C: GenericClient>(c: &C, lineage_id: Uuid) -> Result<(), StoreError> {
-    c.execute(
+pub async fn note_clean_batch<C: GenericClient + Sync>(
+    c: &C,
+    lineage_id: Uuid,
+) -> Result<(), StoreError> {
+    c.execute_unnamed(
         "UPDATE edge_table_lineages SET materialization_failure_count = 0 \
          WHERE id = $1 AND materialization_failure_count > 0 AND status = 'active'",
         &[&lineage_id],
@@ -104,7 +108,7 @@ pub async fn note_clean_batch<C: GenericClient>(c: &C, lineage_id: Uuid) -> Resu
     Ok(())
 }
 
-async fn pause<C: GenericClient>(
+async fn pause<C: GenericClient + Sync>(
     c: &C,
     ll: &LineageLoad,
     reason: PauseReason,
@@ -112,7 +116,7 @@ async fn pause<C: GenericClient>(
     control_id: Uuid,
 ) -> Result<(), StoreError> {
     // A schema-review pause keeps its reason: the review is what must be decided first.
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_table_lineages SET status = 'paused', \
              pause_reason = CASE WHEN pause_reason = 'schema_review' THEN pause_reason ELSE $2 END, \
              device_pause_reason = $2, updated_at = now() \
@@ -165,7 +169,7 @@ pub struct Resumed {
     pub replay_opened: bool,
 }
 
-async fn resume<C: GenericClient>(
+async fn resume<C: GenericClient + Sync>(
     c: &C,
     ll: &LineageLoad,
     activate: bool,
@@ -176,7 +180,7 @@ async fn resume<C: GenericClient>(
     let mut out = Resumed::default();
     if activate {
         let n = c
-            .execute(
+            .execute_unnamed(
                 "UPDATE edge_table_lineages SET status = 'active', pause_reason = NULL, \
                      updated_at = now() \
                  WHERE id = $1 AND pause_reason IN ('volume_backpressure', 'circuit_breaker')",
@@ -187,7 +191,7 @@ async fn resume<C: GenericClient>(
     }
     let device = device_of(c, ll.device_id).await?;
     if send_resume {
-        c.execute(
+        c.execute_unnamed(
             "UPDATE edge_table_lineages SET device_pause_reason = NULL, updated_at = now() \
              WHERE id = $1",
             &[&ll.lineage_id],
@@ -212,7 +216,7 @@ async fn resume<C: GenericClient>(
     // Rows staged while the lineage was paused are behind any finished replay's cursor: an
     // open intent makes sure the worker drains them now that live rows materialize again.
     let active: bool = c
-        .query_one(
+        .query_one_unnamed(
             "SELECT status = 'active' FROM edge_table_lineages WHERE id = $1",
             &[&ll.lineage_id],
         )
@@ -245,7 +249,7 @@ async fn resume<C: GenericClient>(
 /// For the approval path (cloud.md §5: "approval does not send `resume_lineage` unless the
 /// device had been paused by a control"): resumes the device if a control paused it. Call in
 /// the approval transaction after the lineage is active; false when the device was not paused.
-pub async fn resume_device_if_paused<C: GenericClient>(
+pub async fn resume_device_if_paused<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     now: OffsetDateTime,
@@ -260,7 +264,7 @@ pub async fn resume_device_if_paused<C: GenericClient>(
 
 /// One lineage of the resume sweep, in the caller's transaction: locks it, re-reads its load
 /// and resumes it if [`sweep`] says so.
-pub async fn sweep_lineage<C: GenericClient>(
+pub async fn sweep_lineage<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     now: OffsetDateTime,
@@ -309,7 +313,7 @@ pub async fn reset_materialization<C: GenericClient + Sync>(
     let lineage = lock_lineage(c, lineage_id).await?;
     let ll = lineage_load(c, lineage_id).await?;
     let row = c
-        .query_one(
+        .query_one_unnamed(
             "SELECT EXISTS (SELECT 1 FROM edge_schema_reviews \
                      WHERE lineage_id = $1 AND state IN ('queued', 'in_review')), \
                  (SELECT count(*) FROM edge_staged_rows \
@@ -327,7 +331,7 @@ pub async fn reset_materialization<C: GenericClient + Sync>(
         failed_rows,
     )?;
     // Failed rows become drainable again, and the streak starts from zero.
-    c.execute(
+    c.execute_unnamed(
         "WITH f AS (UPDATE edge_staged_rows SET staging_reason = 'lineage_paused', error = NULL \
                     WHERE lineage_id = $1 AND staging_reason = 'materialization_failed') \
          UPDATE edge_table_lineages SET materialization_failure_count = 0, \

@@ -8,6 +8,7 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::registry::Device;
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// A control due for (re-)publication.
@@ -26,7 +27,7 @@ pub struct DueControl {
 pub async fn due_controls(pool: &Pool, limit: i64) -> Result<Vec<DueControl>, StoreError> {
     let c = pool.get().await?;
     let rows = c
-        .query(
+        .query_unnamed(
             "WITH due AS ( \
                  SELECT control_id FROM edge_pending_controls \
                  WHERE status = 'pending' AND next_attempt_at <= now() \
@@ -66,12 +67,12 @@ pub struct IssuedControl {
 /// The lineage's `server_watermark` (protocol §6): the last accepted `commit_seq` of its newest
 /// journal epoch (UUIDv7 epochs sort by creation time) for row tables, the last accepted
 /// `batch_seq` for telemetry; 0 before anything was accepted.
-pub async fn current_watermark<C: GenericClient>(
+pub async fn current_watermark<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
 ) -> Result<i64, StoreError> {
     let row = c
-        .query_one(
+        .query_one_unnamed(
             "SELECT CASE WHEN l.kind = 'telemetry' THEN l.last_batch_seq ELSE \
                  (SELECT w.high_seq FROM edge_lineage_watermarks w WHERE w.lineage_id = l.id \
                   ORDER BY w.journal_epoch DESC LIMIT 1) END \
@@ -87,7 +88,7 @@ pub async fn current_watermark<C: GenericClient>(
 /// newer one decides, and re-sending the stale one would only make the device reject it as
 /// older (`issued_at`).
 #[allow(clippy::too_many_arguments)]
-pub async fn issue_lineage_control<C: GenericClient>(
+pub async fn issue_lineage_control<C: GenericClient + Sync>(
     c: &C,
     device: &Device,
     lineage_id: Uuid,
@@ -121,14 +122,14 @@ pub async fn issue_lineage_control<C: GenericClient>(
     };
     sign_in_place(&mut envelope, &device.control_key);
     let json = serde_json::to_value(&envelope).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_pending_controls SET status = 'superseded' \
          WHERE lineage_id = $1 AND status = 'pending' \
              AND control_kind IN ('pause_lineage', 'resume_lineage')",
         &[&lineage_id],
     )
     .await?;
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_pending_controls (control_id, device_id, lineage_id, control_kind, \
              source_table, server_watermark, reason, envelope) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

@@ -7,6 +7,7 @@ use serde::Serialize;
 use tokio_postgres::GenericClient;
 
 use crate::scope::ts;
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// What is parked: how it came, and what failed.
@@ -39,9 +40,12 @@ pub struct DeadLetter {
 }
 
 /// Parks a message; returns its id.
-pub async fn park<C: GenericClient>(c: &C, d: &NewDeadLetter<'_>) -> Result<i64, StoreError> {
+pub async fn park<C: GenericClient + Sync>(
+    c: &C,
+    d: &NewDeadLetter<'_>,
+) -> Result<i64, StoreError> {
     let row = c
-        .query_one(
+        .query_one_unnamed(
             "INSERT INTO edge_dead_letters (transport, message_id, topic, body, error) \
              VALUES ($1, $2, $3, $4, $5) RETURNING id",
             &[&d.transport, &d.message_id, &d.topic, &d.body, &d.error],
@@ -70,14 +74,14 @@ fn from_row(r: &tokio_postgres::Row) -> DeadLetter {
 }
 
 /// Parked messages in arrival order after `after_id`: only open ones unless `include_resolved`.
-pub async fn list<C: GenericClient>(
+pub async fn list<C: GenericClient + Sync>(
     c: &C,
     include_resolved: bool,
     after_id: i64,
     limit: i64,
 ) -> Result<Vec<DeadLetter>, StoreError> {
     let rows = c
-        .query(
+        .query_unnamed(
             &format!(
                 "SELECT {COLUMNS} FROM edge_dead_letters \
                  WHERE id > $1 AND ($2 OR resolved_at IS NULL) ORDER BY id LIMIT $3"
@@ -89,9 +93,12 @@ pub async fn list<C: GenericClient>(
 }
 
 /// One parked message.
-pub async fn get<C: GenericClient>(c: &C, id: i64) -> Result<Option<DeadLetter>, StoreError> {
+pub async fn get<C: GenericClient + Sync>(
+    c: &C,
+    id: i64,
+) -> Result<Option<DeadLetter>, StoreError> {
     let row = c
-        .query_opt(
+        .query_opt_unnamed(
             &format!("SELECT {COLUMNS} FROM edge_dead_letters WHERE id = $1"),
             &[&id],
         )
@@ -100,8 +107,12 @@ pub async fn get<C: GenericClient>(c: &C, id: i64) -> Result<Option<DeadLetter>,
 }
 
 /// A retry went through: the row is kept, marked with what the handler answered.
-pub async fn resolve<C: GenericClient>(c: &C, id: i64, resolution: &str) -> Result<(), StoreError> {
-    c.execute(
+pub async fn resolve<C: GenericClient + Sync>(
+    c: &C,
+    id: i64,
+    resolution: &str,
+) -> Result<(), StoreError> {
+    c.execute_unnamed(
         "UPDATE edge_dead_letters SET resolved_at = now(), updated_at = now(), \
          attempts = attempts + 1, resolution = $2 WHERE id = $1",
         &[&id, &resolution],
@@ -111,8 +122,12 @@ pub async fn resolve<C: GenericClient>(c: &C, id: i64, resolution: &str) -> Resu
 }
 
 /// A retry failed again: the newest error is kept.
-pub async fn retry_failed<C: GenericClient>(c: &C, id: i64, error: &str) -> Result<(), StoreError> {
-    c.execute(
+pub async fn retry_failed<C: GenericClient + Sync>(
+    c: &C,
+    id: i64,
+    error: &str,
+) -> Result<(), StoreError> {
+    c.execute_unnamed(
         "UPDATE edge_dead_letters SET updated_at = now(), attempts = attempts + 1, error = $2 \
          WHERE id = $1",
         &[&id, &error],
@@ -122,9 +137,9 @@ pub async fn retry_failed<C: GenericClient>(c: &C, id: i64, error: &str) -> Resu
 }
 
 /// Open dead letters (for status output and alarms).
-pub async fn open_count<C: GenericClient>(c: &C) -> Result<i64, StoreError> {
+pub async fn open_count<C: GenericClient + Sync>(c: &C) -> Result<i64, StoreError> {
     let row = c
-        .query_one(
+        .query_one_unnamed(
             "SELECT count(*) FROM edge_dead_letters WHERE resolved_at IS NULL",
             &[],
         )

@@ -15,6 +15,7 @@ use crate::controls::IssuedControl;
 use crate::dead_letters::{park, NewDeadLetter};
 use crate::registry::Device;
 use crate::scope::ts;
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// The dead letter error text (and resolution) of an entry an operator skipped.
@@ -49,7 +50,7 @@ pub fn from_columns(r: &tokio_postgres::Row, first: usize) -> Option<DeviceBlock
 
 /// Records what the device reported for `lineage_id`: `Some((reason, commit_seq))` sets the
 /// block (its time kept while the same block is re-reported), `None` clears it.
-pub async fn record<C: GenericClient>(
+pub async fn record<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     block: Option<(&str, i64)>,
@@ -58,7 +59,7 @@ pub async fn record<C: GenericClient>(
         Some((r, s)) => (Some(r), Some(s)),
         None => (None, None),
     };
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_table_lineages SET device_block_reason = $2, device_block_commit_seq = $3, \
              device_block_at = CASE WHEN $2::text IS NULL THEN NULL \
                  WHEN device_block_reason IS NOT DISTINCT FROM $2 \
@@ -75,12 +76,12 @@ pub async fn record<C: GenericClient>(
 }
 
 /// The lineage's device block (row-locking the lineage), `None` when it has none.
-pub async fn current<C: GenericClient>(
+pub async fn current<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
 ) -> Result<Option<DeviceBlock>, StoreError> {
     let row = c
-        .query_opt(
+        .query_opt_unnamed(
             "SELECT device_block_reason, device_block_commit_seq, device_block_at \
              FROM edge_table_lineages WHERE id = $1 FOR UPDATE",
             &[&lineage_id],
@@ -93,7 +94,7 @@ pub async fn current<C: GenericClient>(
 /// (re-sent until acked) with `reason` = the action and `server_watermark` = the entry's
 /// `commit_seq`. An older unacked `unblock_table` of the lineage is superseded.
 #[allow(clippy::too_many_arguments)]
-pub async fn issue_unblock<C: GenericClient>(
+pub async fn issue_unblock<C: GenericClient + Sync>(
     c: &C,
     device: &Device,
     lineage_id: Uuid,
@@ -109,13 +110,13 @@ pub async fn issue_unblock<C: GenericClient>(
         ControlEnvelope::unblock_table(control_id, source_table, action, commit_seq, issued_at);
     sign_in_place(&mut envelope, &device.control_key);
     let json = serde_json::to_value(&envelope).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_pending_controls SET status = 'superseded' \
          WHERE lineage_id = $1 AND status = 'pending' AND control_kind = 'unblock_table'",
         &[&lineage_id],
     )
     .await?;
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_pending_controls (control_id, device_id, lineage_id, control_kind, \
              source_table, server_watermark, reason, envelope) \
          VALUES ($1, $2, $3, 'unblock_table', $4, $5, $6, $7)",
@@ -148,7 +149,7 @@ pub struct AckArrival<'a> {
 /// a record, not something to retry). Only for a skip this cloud issued to that device for that
 /// table and entry; once per control (a re-sent ack finds it). Returns the dead letter's id, or
 /// `None` when the ack does not match a skip.
-pub async fn record_skipped<C: GenericClient>(
+pub async fn record_skipped<C: GenericClient + Sync>(
     c: &C,
     device_id: Uuid,
     control_id: Uuid,
@@ -156,7 +157,7 @@ pub async fn record_skipped<C: GenericClient>(
     arrival: AckArrival<'_>,
 ) -> Result<Option<i64>, StoreError> {
     let issued = c
-        .query_opt(
+        .query_opt_unnamed(
             "SELECT 1 FROM edge_pending_controls WHERE control_id = $1 AND device_id = $2 \
                  AND control_kind = 'unblock_table' AND reason = 'skip' \
                  AND source_table = $3 AND server_watermark = $4",
@@ -173,7 +174,7 @@ pub async fn record_skipped<C: GenericClient>(
     }
     let id = control_id.to_string();
     if let Some(r) = c
-        .query_opt(
+        .query_opt_unnamed(
             "SELECT id FROM edge_dead_letters WHERE message_id = $1 AND error LIKE $2",
             &[&id, &format!("{SKIPPED_BY_OPERATOR}%")],
         )
@@ -196,7 +197,7 @@ pub async fn record_skipped<C: GenericClient>(
         },
     )
     .await?;
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_dead_letters SET resolved_at = now(), resolution = $2 WHERE id = $1",
         &[&dl, &SKIPPED_BY_OPERATOR],
     )

@@ -7,7 +7,7 @@ use tokio_postgres::error::SqlState;
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database: {0}")]
+    #[error("database: {}", db_error_text(.0))]
     Db(#[from] tokio_postgres::Error),
     /// The message names the connection failure ([`crate::connect::describe_pool_error`]):
     /// deadpool's and tokio-postgres's own texts stop at "error performing TLS handshake".
@@ -17,7 +17,7 @@ pub enum StoreError {
     Connect(#[from] crate::connect::ConnectError),
     #[error("pool configuration: {0}")]
     PoolBuild(#[from] deadpool_postgres::BuildError),
-    #[error("migration {version} ({name}) failed: {source}")]
+    #[error("migration {version} ({name}) failed: {}", db_error_text(source))]
     Migration {
         version: i32,
         name: &'static str,
@@ -60,6 +60,15 @@ pub fn db_error_is_transient(e: &tokio_postgres::Error) -> bool {
                 || c.starts_with("58")
                 || *code == SqlState::LOCK_NOT_AVAILABLE
         }
+    }
+}
+
+/// A database error as an operator needs it: tokio-postgres displays a server's error as just
+/// "db error"; the SQLSTATE and the server's message say what happened.
+pub fn db_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => e.to_string(),
     }
 }
 

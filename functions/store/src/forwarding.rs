@@ -14,6 +14,7 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::scope::ts;
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// One event to forward.
@@ -40,18 +41,18 @@ pub struct Batch {
 /// Locks the forwarder's cursor (creating it at the start of the feed) and reads up to `limit`
 /// committed events after it. `None` when another worker holds the cursor: it is forwarding the
 /// same events right now. Call inside a transaction and [`advance`] before committing.
-pub async fn claim_batch<C: GenericClient>(
+pub async fn claim_batch<C: GenericClient + Sync>(
     c: &C,
     forwarder: &str,
     limit: i64,
 ) -> Result<Option<Batch>, StoreError> {
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_event_forwarding (forwarder) VALUES ($1) ON CONFLICT DO NOTHING",
         &[&forwarder],
     )
     .await?;
     let Some(cursor) = c
-        .query_opt(
+        .query_opt_unnamed(
             "SELECT last_xid::text, last_event_id FROM edge_event_forwarding \
              WHERE forwarder = $1 FOR UPDATE SKIP LOCKED",
             &[&forwarder],
@@ -62,7 +63,7 @@ pub async fn claim_batch<C: GenericClient>(
     };
     let (xid, id): (String, i64) = (cursor.get(0), cursor.get(1));
     let rows = c
-        .query(
+        .query_unnamed(
             "SELECT id, event_type, org_id, project_id, subject_id, payload, created_at, \
                  xid::text \
              FROM edge_events \
@@ -93,7 +94,7 @@ pub async fn claim_batch<C: GenericClient>(
 }
 
 /// Moves the forwarder's cursor past a forwarded batch.
-pub async fn advance<C: GenericClient>(
+pub async fn advance<C: GenericClient + Sync>(
     c: &C,
     forwarder: &str,
     batch: &Batch,
@@ -102,7 +103,7 @@ pub async fn advance<C: GenericClient>(
         return Ok(());
     };
     let n = i64::try_from(batch.events.len()).unwrap_or(i64::MAX);
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_event_forwarding SET last_xid = $2::text::xid8, last_event_id = $3, \
              forwarded = forwarded + $4, updated_at = now() WHERE forwarder = $1",
         &[&forwarder, xid, id, &n],

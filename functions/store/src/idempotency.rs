@@ -3,6 +3,7 @@
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// A stored API response for an idempotency key.
@@ -14,13 +15,13 @@ pub struct StoredResponse {
 }
 
 /// The response stored under (org, key), if any.
-pub async fn stored_response<C: GenericClient>(
+pub async fn stored_response<C: GenericClient + Sync>(
     c: &C,
     org_id: Uuid,
     key: &str,
 ) -> Result<Option<StoredResponse>, StoreError> {
     let row = c
-        .query_opt(
+        .query_opt_unnamed(
             "SELECT request_hash, response_status, response_body FROM edge_idempotency_keys \
              WHERE org_id = $1 AND idempotency_key = $2",
             &[&org_id, &key],
@@ -35,7 +36,7 @@ pub async fn stored_response<C: GenericClient>(
 
 /// Stores a response under (org, key); false when another request stored one first (the
 /// caller then answers with that one).
-pub async fn store_response<C: GenericClient>(
+pub async fn store_response<C: GenericClient + Sync>(
     c: &C,
     org_id: Uuid,
     key: &str,
@@ -44,7 +45,7 @@ pub async fn store_response<C: GenericClient>(
     stored: &StoredResponse,
 ) -> Result<bool, StoreError> {
     let n = c
-        .execute(
+        .execute_unnamed(
             "INSERT INTO edge_idempotency_keys (org_id, idempotency_key, method, path, \
                  request_hash, response_status, response_body) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",

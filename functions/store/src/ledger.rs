@@ -5,6 +5,7 @@ use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// A ledger row as intake first writes it.
@@ -37,9 +38,12 @@ pub struct Segment {
 }
 
 /// Inserts the row unless (device, batch) is already recorded. `false` = duplicate.
-pub async fn insert_segment<C: GenericClient>(c: &C, s: &Segment) -> Result<bool, StoreError> {
+pub async fn insert_segment<C: GenericClient + Sync>(
+    c: &C,
+    s: &Segment,
+) -> Result<bool, StoreError> {
     let n = c
-        .execute(
+        .execute_unnamed(
             "INSERT INTO edge_export_segments (device_id, batch_id, batch_time, raw_batch_id, \
                  received_at, device_name, org_id, project_id, fleet_id, lineage_id, source_table, \
                  kind, journal_epoch, first_seq, last_seq, schema_hash, row_count, bytes, status, \
@@ -88,14 +92,14 @@ pub struct SegmentOutcome<'a> {
 }
 
 /// Records the outcome of an accepted batch (same transaction as the work).
-pub async fn finish_segment<C: GenericClient>(
+pub async fn finish_segment<C: GenericClient + Sync>(
     c: &C,
     device_id: Uuid,
     batch_id: Uuid,
     batch_time: OffsetDateTime,
     o: &SegmentOutcome<'_>,
 ) -> Result<(), StoreError> {
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_export_segments SET lineage_id = $4, status = $5, classification = $6, \
              materialized_rows = $7, staged_rows = $8 \
          WHERE device_id = $1 AND batch_id = $2 AND batch_time = $3",
@@ -115,13 +119,13 @@ pub async fn finish_segment<C: GenericClient>(
 }
 
 /// Whether an accepted (non-rejected) telemetry batch of the lineage has this `batch_seq`.
-pub async fn telemetry_seq_accepted<C: GenericClient>(
+pub async fn telemetry_seq_accepted<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     batch_seq: i64,
 ) -> Result<bool, StoreError> {
     let row = c
-        .query_one(
+        .query_one_unnamed(
             "SELECT EXISTS (SELECT 1 FROM edge_export_segments WHERE lineage_id = $1 \
                  AND first_seq = $2 AND kind = 'telemetry' AND status <> 'rejected')",
             &[&lineage_id, &batch_seq],
@@ -132,14 +136,14 @@ pub async fn telemetry_seq_accepted<C: GenericClient>(
 
 /// Whether (device, batch) is already in the ledger, whatever its status: the telemetry
 /// intake's dedup, which must come before sequencing (a redelivery never reaches it).
-pub async fn segment_recorded<C: GenericClient>(
+pub async fn segment_recorded<C: GenericClient + Sync>(
     c: &C,
     device_id: Uuid,
     batch_id: Uuid,
     batch_time: OffsetDateTime,
 ) -> Result<bool, StoreError> {
     let row = c
-        .query_one(
+        .query_one_unnamed(
             "SELECT EXISTS (SELECT 1 FROM edge_export_segments \
              WHERE device_id = $1 AND batch_id = $2 AND batch_time = $3)",
             &[&device_id, &batch_id, &batch_time],

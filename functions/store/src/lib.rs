@@ -10,6 +10,8 @@
 //!   rustls (ring) connector, one-line connection errors
 //! - [`pool`] — the deadpool-postgres pool over [`connect`]
 //! - [`timescale`] — the hypertables' compression/retention policies, applied by `migrate`
+//! - [`unnamed`] — [`unnamed::UnnamedStatements`]: every statement as one unnamed Parse/Bind/
+//!   Execute/Sync round trip, safe behind RDS Proxy and pgbouncer in transaction mode
 //! - [`error`] — [`StoreError`] with the transient/permanent split by SQLSTATE, [`OpError`] of
 //!   the API's operations, [`ResetError`] of reset-materialization
 //! - [`scope`] — the tenant [`scope::Scope`], [`scope::Page`] and timestamp text
@@ -40,8 +42,10 @@
 //! - [`read`] — the HTTP API's scoped reads (lineages, rows, reviews, registry, events)
 //! - [`idempotency`] — stored responses of the API's idempotency keys
 //!
-//! Every function takes a [`tokio_postgres::GenericClient`], so the handler decides the
-//! transaction boundaries.
+//! Every function takes a [`tokio_postgres::GenericClient`] (`+ Sync`), so the handler decides
+//! the transaction boundaries, and sends its statements through
+//! [`unnamed::UnnamedStatements`] (never a named prepared statement: RDS Proxy and pgbouncer in
+//! transaction mode, `scripts/check-unnamed.sh`).
 
 pub mod approval;
 pub mod backpressure;
@@ -71,6 +75,7 @@ pub mod spill;
 pub mod staging;
 pub mod sweep;
 pub mod timescale;
+pub mod unnamed;
 pub mod wire_options;
 
 pub use edge_cloud_core as core;

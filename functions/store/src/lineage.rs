@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::error::OpError;
 use crate::registry::Device;
 use crate::scope::Scope;
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// A lineage row as intake needs it (locked for the rest of the transaction).
@@ -60,7 +61,7 @@ fn lineage_from_row(r: &tokio_postgres::Row) -> Lineage {
 /// Creates the lineage on first sight (paused until something is approved) and row-locks it:
 /// every batch of one lineage is serialized from here to commit, which keeps counters,
 /// watermarks and telemetry sequencing race-free.
-pub async fn upsert_lineage<C: GenericClient>(
+pub async fn upsert_lineage<C: GenericClient + Sync>(
     c: &C,
     new_id: Uuid,
     device: &Device,
@@ -69,7 +70,7 @@ pub async fn upsert_lineage<C: GenericClient>(
     schema_hash: &str,
 ) -> Result<Lineage, StoreError> {
     let row = c
-        .query_one(
+        .query_one_unnamed(
             &format!(
                 "INSERT INTO edge_table_lineages (id, org_id, project_id, fleet_id, device_id, \
                      source_table, kind, current_schema_hash) \
@@ -94,7 +95,7 @@ pub async fn upsert_lineage<C: GenericClient>(
 }
 
 /// A lineage by id, row-locked.
-pub async fn lock_lineage<C: GenericClient>(c: &C, id: Uuid) -> Result<Lineage, StoreError> {
+pub async fn lock_lineage<C: GenericClient + Sync>(c: &C, id: Uuid) -> Result<Lineage, StoreError> {
     // Typed: one round trip. Every ingest and replay transaction starts here.
     let row = c
         .query_typed_opt(
@@ -107,13 +108,13 @@ pub async fn lock_lineage<C: GenericClient>(c: &C, id: Uuid) -> Result<Lineage, 
 }
 
 /// The lineage of (device, source_table), if any.
-pub async fn find_lineage<C: GenericClient>(
+pub async fn find_lineage<C: GenericClient + Sync>(
     c: &C,
     device_id: Uuid,
     source_table: &str,
 ) -> Result<Option<Lineage>, StoreError> {
     let row = c
-        .query_opt(
+        .query_opt_unnamed(
             &format!(
                 "SELECT {LINEAGE_COLUMNS} FROM edge_table_lineages \
                  WHERE device_id = $1 AND source_table = $2"
@@ -125,13 +126,13 @@ pub async fn find_lineage<C: GenericClient>(
 }
 
 /// The columns recorded for (lineage, hash), if the hash was seen with its columns.
-pub async fn schema_columns<C: GenericClient>(
+pub async fn schema_columns<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     schema_hash: &str,
 ) -> Result<Option<SchemaColumns>, StoreError> {
     let row = c
-        .query_opt(
+        .query_opt_unnamed(
             "SELECT columns FROM edge_schema_versions \
              WHERE lineage_id = $1 AND schema_hash = $2 AND columns IS NOT NULL",
             &[&lineage_id, &schema_hash],
@@ -150,7 +151,7 @@ pub async fn schema_columns<C: GenericClient>(
 
 /// Records a hash seen for a lineage: first sight stores columns, class and diff; later
 /// sightings bump `last_seen` and fill in columns a first, column-less batch lacked.
-pub async fn record_schema_version<C: GenericClient>(
+pub async fn record_schema_version<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     schema_hash: &str,
@@ -163,7 +164,7 @@ pub async fn record_schema_version<C: GenericClient>(
         .transpose()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let diff = serde_json::to_value(diff).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_schema_versions (lineage_id, schema_hash, columns, classification, diff) \
          VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (lineage_id, schema_hash) DO UPDATE \
@@ -176,7 +177,7 @@ pub async fn record_schema_version<C: GenericClient>(
 }
 
 /// Opens a review for (lineage, hash) unless one is open; emits the queued event when it did.
-pub async fn open_review<C: GenericClient>(
+pub async fn open_review<C: GenericClient + Sync>(
     c: &C,
     review_id: Uuid,
     device: &Device,
@@ -187,7 +188,7 @@ pub async fn open_review<C: GenericClient>(
 ) -> Result<bool, StoreError> {
     let diff = serde_json::to_value(diff).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let n = c
-        .execute(
+        .execute_unnamed(
             "INSERT INTO edge_schema_reviews (id, lineage_id, schema_hash, classification, diff) \
              VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (lineage_id, schema_hash) WHERE state IN ('queued', 'in_review') \
@@ -216,12 +217,12 @@ pub async fn open_review<C: GenericClient>(
 }
 
 /// Pauses a lineage; an existing pause keeps its (earlier) reason.
-pub async fn pause_lineage<C: GenericClient>(
+pub async fn pause_lineage<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     reason: &str,
 ) -> Result<(), StoreError> {
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_table_lineages SET status = 'paused', \
              pause_reason = COALESCE(pause_reason, $2), updated_at = now() WHERE id = $1",
         &[&lineage_id, &reason],
@@ -231,13 +232,13 @@ pub async fn pause_lineage<C: GenericClient>(
 }
 
 /// Raises the lineage's high watermark for an epoch (never lowers it).
-pub async fn advance_watermark<C: GenericClient>(
+pub async fn advance_watermark<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     journal_epoch: Uuid,
     seq: i64,
 ) -> Result<(), StoreError> {
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_lineage_watermarks (lineage_id, journal_epoch, high_seq) \
          VALUES ($1, $2, $3) ON CONFLICT (lineage_id, journal_epoch) DO UPDATE \
              SET high_seq = GREATEST(edge_lineage_watermarks.high_seq, EXCLUDED.high_seq), \
@@ -249,13 +250,13 @@ pub async fn advance_watermark<C: GenericClient>(
 }
 
 /// Records an accepted telemetry batch as the lineage's newest.
-pub async fn advance_batch_seq<C: GenericClient>(
+pub async fn advance_batch_seq<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     batch_seq: i64,
     batch_id: Uuid,
 ) -> Result<(), StoreError> {
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_table_lineages SET last_batch_seq = $2, last_batch_id = $3, updated_at = now() \
          WHERE id = $1 AND (last_batch_seq IS NULL OR last_batch_seq < $2)",
         &[&lineage_id, &batch_seq, &batch_id],
@@ -274,13 +275,13 @@ pub struct Bindings {
 }
 
 /// Bindings of (lineage, hash); `None` when that hash was never approved.
-pub async fn bindings<C: GenericClient>(
+pub async fn bindings<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     schema_hash: &str,
 ) -> Result<Option<Bindings>, StoreError> {
     let rows = c
-        .query(
+        .query_unnamed(
             "SELECT source_column_name, action, mirror_table_name, mirror_column_name, \
                  mirror_type, pk_ordinal, device_data_point_id \
              FROM edge_column_bindings WHERE lineage_id = $1 AND schema_hash = $2 \
@@ -296,7 +297,7 @@ pub async fn bindings<C: GenericClient>(
 
 /// Bindings of every approved hash of the lineage, in one query (the replay worker needs all
 /// of them per chunk: which hashes are drainable, and how to write each).
-pub async fn lineage_bindings<C: GenericClient>(
+pub async fn lineage_bindings<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
 ) -> Result<HashMap<String, Bindings>, StoreError> {
@@ -361,7 +362,7 @@ fn bindings_from_rows<'a>(
 
 /// Writes a governance event of a device in the caller's transaction (cloud.md §11); the
 /// payload gets the device's id.
-pub async fn emit_event<C: GenericClient>(
+pub async fn emit_event<C: GenericClient + Sync>(
     c: &C,
     event_type: &str,
     device: &Device,
@@ -381,14 +382,14 @@ pub async fn emit_event<C: GenericClient>(
 
 /// Writes a governance event of the scope (no device: registry reviews, shared mirrors) in the
 /// caller's transaction.
-pub async fn emit_scope_event<C: GenericClient>(
+pub async fn emit_scope_event<C: GenericClient + Sync>(
     c: &C,
     event_type: &str,
     scope: Scope,
     subject_id: Option<Uuid>,
     payload: serde_json::Value,
 ) -> Result<(), StoreError> {
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_events (event_type, org_id, project_id, subject_id, payload) \
          VALUES ($1, $2, $3, $4, $5)",
         &[
@@ -406,13 +407,13 @@ pub async fn emit_scope_event<C: GenericClient>(
 /// Deletes a lineage with everything that cascades from it (versions, reviews, bindings,
 /// staged rows, replay intents, pending controls). The mirror table stays: its rows are the
 /// customer's data and other lineages may share it.
-pub async fn delete_lineage<C: GenericClient>(
+pub async fn delete_lineage<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     id: Uuid,
 ) -> Result<(), OpError> {
     let n = c
-        .execute(
+        .execute_unnamed(
             "DELETE FROM edge_table_lineages WHERE id = $1 AND org_id = $2 AND project_id = $3",
             &[&id, &scope.org_id, &scope.project_id],
         )

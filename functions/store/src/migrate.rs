@@ -1,12 +1,13 @@
 //! Versioned SQL migrations, embedded in the binary and applied in order, once each.
 //!
-//! `schema_migrations` records what ran. Concurrent migrators (several runners or Lambdas
-//! starting at once) serialize on an advisory lock, and each migration runs in its own
-//! transaction together with its bookkeeping row, so a crash leaves either all of a migration
-//! or none of it.
+//! `schema_migrations` records what ran. Each migration runs in its own transaction together
+//! with its bookkeeping row, so a crash leaves either all of a migration or none of it, and
+//! concurrent migrators (several runners or Lambdas starting at once) serialize on an advisory
+//! lock held by that transaction — safe through a transaction-mode pooler too.
 
 use tokio_postgres::Client;
 
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// One migration file.
@@ -80,23 +81,23 @@ pub const MIGRATIONS: &[Migration] = &[
 const MIGRATION_LOCK: i64 = 0x6564_6765_5f6d_6967; // "edge_mig"
 
 /// Applies the migrations not yet recorded; returns the versions applied by this call.
+///
+/// Each migration is one transaction that first takes the advisory lock *of that transaction*
+/// (`pg_advisory_xact_lock`), then checks `schema_migrations`, applies and records. A session
+/// lock would not survive a transaction-mode pooler (pgbouncer, RDS Proxy): the lock and the
+/// unlock could run on different server connections, leaving the lock held on one of them.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError> {
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
-    let result = apply_pending(client).await;
-    // Unlock even after a failure; the session may be reused from a pool.
-    let unlock = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-        .await;
-    let applied = result?;
-    unlock?;
-    Ok(applied)
-}
-
-async fn apply_pending(client: &mut Client) -> Result<Vec<i32>, StoreError> {
-    client
-        .batch_execute(
+    let mut applied = Vec::new();
+    for m in MIGRATIONS {
+        let wrap = |source| StoreError::Migration {
+            version: m.version,
+            name: m.name,
+            source,
+        };
+        let tx = client.transaction().await?;
+        tx.execute_unnamed("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                  version    integer     PRIMARY KEY,
                  name       text        NOT NULL,
@@ -104,22 +105,19 @@ async fn apply_pending(client: &mut Client) -> Result<Vec<i32>, StoreError> {
              )",
         )
         .await?;
-    let done: Vec<i32> = client
-        .query("SELECT version FROM schema_migrations", &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let mut applied = Vec::new();
-    for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
-        let wrap = |source| StoreError::Migration {
-            version: m.version,
-            name: m.name,
-            source,
-        };
-        let tx = client.transaction().await.map_err(wrap)?;
+        let done = tx
+            .query_opt_unnamed(
+                "SELECT 1 FROM schema_migrations WHERE version = $1",
+                &[&m.version],
+            )
+            .await?
+            .is_some();
+        if done {
+            tx.commit().await?;
+            continue;
+        }
         tx.batch_execute(m.sql).await.map_err(wrap)?;
-        tx.execute(
+        tx.execute_unnamed(
             "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
             &[&m.version, &m.name],
         )
@@ -158,7 +156,7 @@ impl std::fmt::Display for MirrorCollision {
 /// adopted into the coalesced mirror that owns its table is not a collision).
 pub async fn mirror_collisions(client: &Client) -> Result<Vec<MirrorCollision>, StoreError> {
     let rows = client
-        .query(
+        .query_unnamed(
             "WITH named AS ( \
                  SELECT l.mirror_table_name AS t, 'lineage ' || l.id || ' (org ' || l.org_id \
                          || ', project ' || l.project_id || ')' AS who, \
@@ -196,7 +194,7 @@ pub async fn mirror_collisions(client: &Client) -> Result<Vec<MirrorCollision>, 
 /// Whether the time-series tables are hypertables (TimescaleDB present when 0002 ran).
 pub async fn hypertables_enabled(client: &Client) -> Result<bool, StoreError> {
     let row = client
-        .query_one(
+        .query_one_unnamed(
             "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')",
             &[],
         )

@@ -8,14 +8,18 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// Creates the mirror table, or adds the columns a later approval bound. A column that
 /// exists with another type cannot be reconciled in place: that is a permanent error the
 /// reviewer must resolve (new mirror name or an ignore action).
-pub async fn ensure_mirror<C: GenericClient>(c: &C, table: &MirrorTable) -> Result<(), StoreError> {
+pub async fn ensure_mirror<C: GenericClient + Sync>(
+    c: &C,
+    table: &MirrorTable,
+) -> Result<(), StoreError> {
     let existing = c
-        .query(
+        .query_unnamed(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
              FROM pg_attribute a \
              WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attnum > 0 \
@@ -48,11 +52,11 @@ pub async fn ensure_mirror<C: GenericClient>(c: &C, table: &MirrorTable) -> Resu
 }
 
 /// The primary-key columns of an existing table in key order (empty when it does not exist).
-pub async fn primary_key_columns<C: GenericClient>(
+pub async fn primary_key_columns<C: GenericClient + Sync>(
     c: &C,
     table_name: &str,
 ) -> Result<Vec<String>, StoreError> {
-    Ok(c.query(
+    Ok(c.query_unnamed(
         "SELECT a.attname::text FROM pg_index i \
              CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
@@ -68,12 +72,12 @@ pub async fn primary_key_columns<C: GenericClient>(
 
 /// The recorded owner of a mirror table (`edge_mirror_tables`), locked for the caller's
 /// transaction; `None` when nobody owns the name.
-pub async fn mirror_owner<C: GenericClient>(
+pub async fn mirror_owner<C: GenericClient + Sync>(
     c: &C,
     table_name: &str,
 ) -> Result<Option<MirrorOwner>, StoreError> {
     let row = c
-        .query_opt(
+        .query_opt_unnamed(
             "SELECT lineage_id, coalesced_mirror_id, org_id, project_id FROM edge_mirror_tables \
              WHERE table_name = $1 FOR UPDATE",
             &[&table_name],
@@ -97,7 +101,7 @@ pub async fn mirror_owner<C: GenericClient>(
 }
 
 /// Records `owner` as the owner of a free mirror table name.
-pub async fn record_mirror_owner<C: GenericClient>(
+pub async fn record_mirror_owner<C: GenericClient + Sync>(
     c: &C,
     table_name: &str,
     owner: &MirrorOwner,
@@ -106,7 +110,7 @@ pub async fn record_mirror_owner<C: GenericClient>(
         OwnerRef::Lineage(l) => (Some(l), None),
         OwnerRef::Coalesced(m) => (None, Some(m)),
     };
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_mirror_tables (table_name, org_id, project_id, lineage_id, \
              coalesced_mirror_id) VALUES ($1, $2, $3, $4, $5)",
         &[
@@ -123,7 +127,7 @@ pub async fn record_mirror_owner<C: GenericClient>(
 
 /// Executes an upsert plan as one statement; returns the rows written (older versions are
 /// skipped by the guard and not counted).
-pub async fn apply_upserts<C: GenericClient>(
+pub async fn apply_upserts<C: GenericClient + Sync>(
     c: &C,
     table: &MirrorTable,
     device_id: Uuid,
@@ -133,7 +137,7 @@ pub async fn apply_upserts<C: GenericClient>(
 }
 
 /// [`apply_upserts`] with the given version guard (drains use [`Guard::NewerOrSame`]).
-pub async fn apply_guarded_upserts<C: GenericClient>(
+pub async fn apply_guarded_upserts<C: GenericClient + Sync>(
     c: &C,
     table: &MirrorTable,
     device_id: Uuid,
@@ -179,7 +183,7 @@ pub struct TelemetryValue {
 /// point, `ts`, `row_id` and value — is not stored again: the agent re-reads a telemetry table
 /// from the start when its rowids went back (reliability §5), and those readings arrive under a
 /// new batch id.
-pub async fn insert_telemetry_values<C: GenericClient>(
+pub async fn insert_telemetry_values<C: GenericClient + Sync>(
     c: &C,
     device_id: Uuid,
     batch_id: Uuid,
@@ -227,13 +231,13 @@ pub async fn insert_telemetry_values<C: GenericClient>(
 }
 
 /// Marks a pending control acked by its device; false when unknown or already acked.
-pub async fn ack_control<C: GenericClient>(
+pub async fn ack_control<C: GenericClient + Sync>(
     c: &C,
     device_id: Uuid,
     control_id: Uuid,
 ) -> Result<bool, StoreError> {
     let n = c
-        .execute(
+        .execute_unnamed(
             "UPDATE edge_pending_controls SET status = 'acked', acked_at = now() \
              WHERE control_id = $1 AND device_id = $2 AND status = 'pending'",
             &[&control_id, &device_id],

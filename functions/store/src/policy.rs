@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::error::OpError;
 use crate::scope::{ts, Scope};
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 const POLICY_COLUMNS: &str = "allow_additive_continue, allow_auto_create_device_data_points, \
@@ -41,7 +42,7 @@ fn from_row(r: &tokio_postgres::Row) -> Result<(Policy, OffsetDateTime), StoreEr
 }
 
 /// The stored policy row of a project (`org_id`: only if the project belongs to that org).
-async fn stored<C: GenericClient>(
+async fn stored<C: GenericClient + Sync>(
     c: &C,
     project_id: Uuid,
     org_id: Option<Uuid>,
@@ -49,7 +50,7 @@ async fn stored<C: GenericClient>(
     let row = match org_id {
         // Intake (every batch): by primary key alone.
         None => {
-            c.query_opt(
+            c.query_opt_unnamed(
                 &format!(
                     "SELECT {POLICY_COLUMNS} FROM edge_replication_policy WHERE project_id = $1"
                 ),
@@ -58,7 +59,7 @@ async fn stored<C: GenericClient>(
             .await?
         }
         Some(org_id) => {
-            c.query_opt(
+            c.query_opt_unnamed(
                 &format!(
                     "SELECT {POLICY_COLUMNS} FROM edge_replication_policy \
                      WHERE project_id = $1 AND org_id = $2"
@@ -72,21 +73,27 @@ async fn stored<C: GenericClient>(
 }
 
 /// The project's policy ([`Policy::default`] without a row).
-pub async fn policy<C: GenericClient>(c: &C, project_id: Uuid) -> Result<Policy, StoreError> {
+pub async fn policy<C: GenericClient + Sync>(
+    c: &C,
+    project_id: Uuid,
+) -> Result<Policy, StoreError> {
     Ok(stored(c, project_id, None)
         .await?
         .map_or_else(Policy::default, |(p, _)| p))
 }
 
 /// The policy of the scope's project ([`Policy::default`] without a row of that org).
-pub async fn scoped_policy<C: GenericClient>(c: &C, scope: Scope) -> Result<Policy, StoreError> {
+pub async fn scoped_policy<C: GenericClient + Sync>(
+    c: &C,
+    scope: Scope,
+) -> Result<Policy, StoreError> {
     Ok(stored(c, scope.project_id, Some(scope.org_id))
         .await?
         .map_or_else(Policy::default, |(p, _)| p))
 }
 
 /// The project's coalescing mode (`none` without a policy row).
-pub async fn coalescing_mode<C: GenericClient>(
+pub async fn coalescing_mode<C: GenericClient + Sync>(
     c: &C,
     project_id: Uuid,
 ) -> Result<CoalescingMode, StoreError> {
@@ -122,7 +129,10 @@ impl PolicyView {
 }
 
 /// The scope's policy; the production defaults when the project has no row yet.
-pub async fn policy_view<C: GenericClient>(c: &C, scope: Scope) -> Result<PolicyView, OpError> {
+pub async fn policy_view<C: GenericClient + Sync>(
+    c: &C,
+    scope: Scope,
+) -> Result<PolicyView, OpError> {
     Ok(
         match stored(c, scope.project_id, Some(scope.org_id)).await? {
             Some((p, at)) => PolicyView::new(p, Some(at)),
@@ -133,14 +143,14 @@ pub async fn policy_view<C: GenericClient>(c: &C, scope: Scope) -> Result<Policy
 
 /// Applies a validated patch ([`edge_cloud_core::policy::validate_patch`]), creating the
 /// project's row on first write: unset fields of a new row take the defaults.
-pub async fn patch_policy<C: GenericClient>(
+pub async fn patch_policy<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     p: &PolicyPatch,
 ) -> Result<PolicyView, OpError> {
     let d = Policy::default();
     let row = c
-        .query_opt(
+        .query_opt_unnamed(
             &format!(
                 "INSERT INTO edge_replication_policy AS p (project_id, org_id, \
                      allow_additive_continue, allow_auto_create_device_data_points, \
@@ -190,13 +200,13 @@ pub async fn patch_policy<C: GenericClient>(
 
 /// Sets a project's `allow_additive_continue` (tests; the API patches through
 /// [`patch_policy`]).
-pub async fn set_allow_additive_continue<C: GenericClient>(
+pub async fn set_allow_additive_continue<C: GenericClient + Sync>(
     c: &C,
     org_id: Uuid,
     project_id: Uuid,
     allow: bool,
 ) -> Result<(), StoreError> {
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_replication_policy (project_id, org_id, allow_additive_continue) \
          VALUES ($1, $2, $3) ON CONFLICT (project_id) DO UPDATE \
              SET allow_additive_continue = EXCLUDED.allow_additive_continue, updated_at = now()",

@@ -6,6 +6,7 @@
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// A live runner with another spill directory.
@@ -24,7 +25,7 @@ pub struct OtherStore {
 /// and nothing is written). Rows older than that are removed on the way. Run it in a
 /// transaction: the table lock makes two starting runners decide one after the other.
 pub async fn register(
-    c: &impl GenericClient,
+    c: &(impl GenericClient + Sync),
     runner_id: Uuid,
     spill_dir_id: Uuid,
     spill_dir: &str,
@@ -33,14 +34,14 @@ pub async fn register(
 ) -> Result<Option<OtherStore>, StoreError> {
     c.batch_execute("LOCK TABLE edge_runner_presence IN SHARE ROW EXCLUSIVE MODE")
         .await?;
-    c.execute(
+    c.execute_unnamed(
         "DELETE FROM edge_runner_presence \
          WHERE heartbeat_at < now() - make_interval(secs => $1)",
         &[&live_within_s],
     )
     .await?;
     let other = c
-        .query_opt(
+        .query_opt_unnamed(
             "SELECT runner_id, spill_dir_id, spill_dir, host, \
                     extract(epoch FROM now() - heartbeat_at)::float8 \
              FROM edge_runner_presence \
@@ -58,7 +59,7 @@ pub async fn register(
             heartbeat_age_s: r.get(4),
         }));
     }
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_runner_presence (runner_id, spill_dir_id, spill_dir, host) \
          VALUES ($1, $2, $3, $4) \
          ON CONFLICT (runner_id) DO UPDATE SET spill_dir_id = EXCLUDED.spill_dir_id, \
@@ -71,13 +72,13 @@ pub async fn register(
 
 /// Refreshes the heartbeat of `runner_id` (re-inserting the row if it was swept meanwhile).
 pub async fn heartbeat(
-    c: &impl GenericClient,
+    c: &(impl GenericClient + Sync),
     runner_id: Uuid,
     spill_dir_id: Uuid,
     spill_dir: &str,
     host: &str,
 ) -> Result<(), StoreError> {
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_runner_presence (runner_id, spill_dir_id, spill_dir, host) \
          VALUES ($1, $2, $3, $4) \
          ON CONFLICT (runner_id) DO UPDATE SET heartbeat_at = now()",
@@ -88,8 +89,11 @@ pub async fn heartbeat(
 }
 
 /// Removes `runner_id` (a clean shutdown).
-pub async fn deregister(c: &impl GenericClient, runner_id: Uuid) -> Result<(), StoreError> {
-    c.execute(
+pub async fn deregister(
+    c: &(impl GenericClient + Sync),
+    runner_id: Uuid,
+) -> Result<(), StoreError> {
+    c.execute_unnamed(
         "DELETE FROM edge_runner_presence WHERE runner_id = $1",
         &[&runner_id],
     )

@@ -3,6 +3,7 @@
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// A registered device.
@@ -49,9 +50,9 @@ fn from_row(r: &tokio_postgres::Row) -> Device {
 }
 
 /// Registers a device. Returns false (and changes nothing) when the name is already taken.
-pub async fn create_device<C: GenericClient>(c: &C, d: &Device) -> Result<bool, StoreError> {
+pub async fn create_device<C: GenericClient + Sync>(c: &C, d: &Device) -> Result<bool, StoreError> {
     let n = c
-        .execute(
+        .execute_unnamed(
             &format!(
                 "INSERT INTO edge_devices ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
                  ON CONFLICT DO NOTHING"
@@ -71,12 +72,12 @@ pub async fn create_device<C: GenericClient>(c: &C, d: &Device) -> Result<bool, 
 }
 
 /// Resolves a session identity.
-pub async fn device_by_name<C: GenericClient>(
+pub async fn device_by_name<C: GenericClient + Sync>(
     c: &C,
     name: &str,
 ) -> Result<Option<Device>, StoreError> {
     let row = c
-        .query_opt(
+        .query_opt_unnamed(
             &format!("SELECT {COLUMNS} FROM edge_devices WHERE device_name = $1"),
             &[&name],
         )
@@ -85,9 +86,12 @@ pub async fn device_by_name<C: GenericClient>(
 }
 
 /// Looks a device up by id.
-pub async fn device_by_id<C: GenericClient>(c: &C, id: Uuid) -> Result<Option<Device>, StoreError> {
+pub async fn device_by_id<C: GenericClient + Sync>(
+    c: &C,
+    id: Uuid,
+) -> Result<Option<Device>, StoreError> {
     let row = c
-        .query_opt(
+        .query_opt_unnamed(
             &format!("SELECT {COLUMNS} FROM edge_devices WHERE device_id = $1"),
             &[&id],
         )

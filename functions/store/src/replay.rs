@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::backpressure::{check_after_intake, note_clean_batch};
 use crate::drain::{drain_chunk, drainable_behind, StagedKey};
 use crate::lineage::lock_lineage;
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 use edge_cloud_core::backpressure::streak_ends;
 
@@ -31,9 +32,12 @@ fn start_key() -> StagedKey {
 }
 
 /// Open intents of active lineages, oldest first.
-pub async fn open_intents<C: GenericClient>(c: &C, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+pub async fn open_intents<C: GenericClient + Sync>(
+    c: &C,
+    limit: i64,
+) -> Result<Vec<Uuid>, StoreError> {
     let rows = c
-        .query(
+        .query_unnamed(
             "SELECT i.id FROM edge_replay_intents i \
              JOIN edge_table_lineages l ON l.id = i.lineage_id \
              WHERE i.status IN ('pending', 'running') AND l.status = 'active' \
@@ -69,16 +73,18 @@ pub async fn replay_chunk(
 ) -> Result<ChunkOutcome, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    // The per-chunk statements are prepared once per pooled connection: a chunk is a handful
-    // of round trips, and re-parsing each of them every chunk was a measurable share of it.
-    let lock_intent = tx
-        .prepare_cached(
+    // Unnamed statements, not cached prepared ones: a cached named statement stays on the
+    // server connection, which a transaction-mode pooler hands to other clients (and RDS Proxy
+    // pins). Parse + Bind + Execute go out in one round trip instead.
+    let Some(intent) = tx
+        .query_opt_unnamed(
             "SELECT lineage_id, cursor_epoch, cursor_seq, cursor_pk_key, status \
              FROM edge_replay_intents WHERE id = $1 AND status IN ('pending', 'running') \
              FOR UPDATE SKIP LOCKED",
+            &[&intent_id],
         )
-        .await?;
-    let Some(intent) = tx.query_opt(&lock_intent, &[&intent_id]).await? else {
+        .await?
+    else {
         return Ok(ChunkOutcome::Skipped);
     };
     let lineage_id: Uuid = intent.get(0);
@@ -123,15 +129,10 @@ pub async fn replay_chunk(
     if chunk.failed > 0 {
         check_after_intake(&*tx, lineage_id, now, Uuid::now_v7()).await?;
     }
-    let advance = tx
-        .prepare_cached(
-            "UPDATE edge_replay_intents SET status = $2, cursor_epoch = $3, cursor_seq = $4, \
-                 cursor_pk_key = $5, rows_replayed = rows_replayed + $6, updated_at = now() \
-             WHERE id = $1",
-        )
-        .await?;
-    tx.execute(
-        &advance,
+    tx.execute_unnamed(
+        "UPDATE edge_replay_intents SET status = $2, cursor_epoch = $3, cursor_seq = $4, \
+             cursor_pk_key = $5, rows_replayed = rows_replayed + $6, updated_at = now() \
+         WHERE id = $1",
         &[
             &intent_id,
             &status.as_str(),
@@ -160,7 +161,7 @@ pub async fn record_failure(
 ) -> Result<IntentStatus, StoreError> {
     let c = pool.get().await?;
     let row = c
-        .query_opt(
+        .query_opt_unnamed(
             "UPDATE edge_replay_intents SET failure_count = failure_count + 1, last_error = $2, \
                  updated_at = now() WHERE id = $1 RETURNING failure_count",
             &[&intent_id, &error.to_string()],
@@ -171,7 +172,7 @@ pub async fn record_failure(
     };
     let status = after_failure(row.get(0), !error.is_transient());
     if status == IntentStatus::Failed {
-        c.execute(
+        c.execute_unnamed(
             "UPDATE edge_replay_intents SET status = 'failed' WHERE id = $1",
             &[&intent_id],
         )

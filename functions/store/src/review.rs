@@ -30,6 +30,7 @@ use crate::policy::scoped_policy;
 use crate::read::reviews::{one, DeviceReview, ReviewKind, ReviewView};
 use crate::registry::{device_by_id, Device};
 use crate::scope::Scope;
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 use edge_cloud_core::naming::{mirror_table_candidate, MirrorOwner, OwnerRef};
 
@@ -51,7 +52,7 @@ pub(crate) fn check<K: ReviewKind>(
 
 /// queued → in_review for a review of either kind ([`DeviceReview`],
 /// [`crate::read::reviews::RegistryReview`]), recording who claimed it.
-pub async fn claim<K: ReviewKind, C: GenericClient>(
+pub async fn claim<K: ReviewKind, C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     id: Uuid,
@@ -60,7 +61,7 @@ pub async fn claim<K: ReviewKind, C: GenericClient>(
 ) -> Result<K::View, OpError> {
     let r = one::<K, C>(c, scope, id, true).await?;
     let next = check::<K>(&r, ReviewAction::Claim, given_version)?;
-    c.execute(
+    c.execute_unnamed(
         &format!(
             "UPDATE {} SET state = $2, claimed_by = $3, \
                  action_version = action_version + 1, updated_at = now() WHERE id = $1",
@@ -73,14 +74,14 @@ pub async fn claim<K: ReviewKind, C: GenericClient>(
 }
 
 /// Records a closing decision (rejected, abandoned) with its reason.
-pub(crate) async fn close_review<K: ReviewKind, C: GenericClient>(
+pub(crate) async fn close_review<K: ReviewKind, C: GenericClient + Sync>(
     c: &C,
     id: Uuid,
     next: ReviewState,
     reason: Option<&str>,
     actor: &str,
 ) -> Result<(), OpError> {
-    c.execute(
+    c.execute_unnamed(
         &format!(
             "UPDATE {} SET state = $2, reason = $3, decided_by = $4, \
                  decided_at = now(), action_version = action_version + 1, updated_at = now() \
@@ -94,13 +95,13 @@ pub(crate) async fn close_review<K: ReviewKind, C: GenericClient>(
 }
 
 /// Records the approval (the caller applied its plan, [`crate::approval`]).
-pub(crate) async fn mark_approved<K: ReviewKind, C: GenericClient>(
+pub(crate) async fn mark_approved<K: ReviewKind, C: GenericClient + Sync>(
     c: &C,
     id: Uuid,
     actor: &str,
     new_version: i32,
 ) -> Result<(), OpError> {
-    c.execute(
+    c.execute_unnamed(
         &format!(
             "UPDATE {} SET state = 'approved', decided_by = $2, decided_at = now(), \
                  action_version = $3, updated_at = now() WHERE id = $1",
@@ -112,7 +113,7 @@ pub(crate) async fn mark_approved<K: ReviewKind, C: GenericClient>(
     Ok(())
 }
 
-async fn device_of<C: GenericClient>(c: &C, device_id: Uuid) -> Result<Device, OpError> {
+async fn device_of<C: GenericClient + Sync>(c: &C, device_id: Uuid) -> Result<Device, OpError> {
     device_by_id(c, device_id)
         .await?
         .ok_or_else(|| StoreError::Corrupt(format!("lineage device {device_id} is not registered")))
@@ -120,7 +121,7 @@ async fn device_of<C: GenericClient>(c: &C, device_id: Uuid) -> Result<Device, O
 }
 
 /// queued | in_review → rejected. The lineage stays paused and its staged rows are kept.
-pub async fn reject<C: GenericClient>(
+pub async fn reject<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     id: Uuid,
@@ -163,7 +164,7 @@ pub trait Approve: ReviewKind {
 
     /// Applies the approval of `r` — locked, the transition checked — and marks it approved
     /// (action version `r`'s + 1), in the caller's transaction.
-    fn apply<C: GenericClient, F: FnMut() -> Uuid>(
+    fn apply<C: GenericClient + Sync, F: FnMut() -> Uuid>(
         c: &C,
         scope: Scope,
         r: Self::View,
@@ -176,7 +177,7 @@ pub trait Approve: ReviewKind {
 /// in_review → approved for a review of either kind, with everything its approval applies
 /// ([`Approve::apply`]) in the caller's transaction. `new_id` supplies the ids the kind needs
 /// (per-device: the replay intent's and created data points').
-pub async fn approve<K: Approve, C: GenericClient>(
+pub async fn approve<K: Approve, C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     id: Uuid,
@@ -194,7 +195,7 @@ pub async fn approve<K: Approve, C: GenericClient>(
 impl Approve for DeviceReview {
     type Outcome = ApprovalOutcome;
 
-    async fn apply<C: GenericClient, F: FnMut() -> Uuid>(
+    async fn apply<C: GenericClient + Sync, F: FnMut() -> Uuid>(
         c: &C,
         scope: Scope,
         r: ReviewView,
@@ -261,7 +262,7 @@ impl Approve for DeviceReview {
             &r.schema_hash,
         );
         let status: String = c
-            .query_one(
+            .query_one_unnamed(
                 "UPDATE edge_table_lineages SET approved_schema_hash = $2, \
                      mirror_table_name = COALESCE($3, mirror_table_name), \
                      status = CASE WHEN $4 THEN 'active' ELSE 'paused' END, \
@@ -306,13 +307,13 @@ impl Approve for DeviceReview {
 
 /// Telemetry lineages carry no schema_columns: their "columns" are the fields seen in staged
 /// rows, each a nullable value.
-async fn telemetry_fields<C: GenericClient>(
+async fn telemetry_fields<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     source_table: &str,
 ) -> Result<SchemaColumns, OpError> {
     let rows = c
-        .query(
+        .query_unnamed(
             "SELECT DISTINCT jsonb_object_keys(\"row\") FROM edge_staged_rows \
              WHERE lineage_id = $1 AND jsonb_typeof(\"row\") = 'object'",
             &[&lineage_id],

@@ -14,6 +14,7 @@
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// What became of a chunk batch.
@@ -57,8 +58,8 @@ pub enum RunEnd {
     Incomplete(String),
 }
 
-async fn ensure_run<C: GenericClient>(c: &C, k: &RunKey) -> Result<(), StoreError> {
-    c.execute(
+async fn ensure_run<C: GenericClient + Sync>(c: &C, k: &RunKey) -> Result<(), StoreError> {
+    c.execute_unnamed(
         "INSERT INTO edge_snapshot_runs (snapshot_id, lineage_id, device_id, journal_epoch, \
              snapshot_start_seq) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (snapshot_id) DO NOTHING",
         &[
@@ -77,7 +78,7 @@ async fn ensure_run<C: GenericClient>(c: &C, k: &RunKey) -> Result<(), StoreErro
 /// batch arrives in several: the chunk covers all their seqs and takes the worst outcome of
 /// them (failed > staged > materialized), so one failed row anywhere in it stops the sweep,
 /// which would otherwise tombstone that row's older mirror version.
-pub async fn record_chunk<C: GenericClient>(
+pub async fn record_chunk<C: GenericClient + Sync>(
     c: &C,
     k: &RunKey,
     chunk: i64,
@@ -87,7 +88,7 @@ pub async fn record_chunk<C: GenericClient>(
     status: ChunkStatus,
 ) -> Result<(), StoreError> {
     ensure_run(c, k).await?;
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_snapshot_chunks (snapshot_id, chunk, batch_id, first_seq, last_seq, \
              status) VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (snapshot_id, chunk) DO UPDATE SET \
@@ -111,7 +112,7 @@ pub async fn record_chunk<C: GenericClient>(
 }
 
 /// Handles the end marker: records counts and the end, then sweeps when the run is whole.
-pub async fn finish<C: GenericClient>(
+pub async fn finish<C: GenericClient + Sync>(
     c: &C,
     k: &RunKey,
     chunk_count: i64,
@@ -119,7 +120,7 @@ pub async fn finish<C: GenericClient>(
     complete: bool,
 ) -> Result<RunEnd, StoreError> {
     ensure_run(c, k).await?;
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_snapshot_runs SET chunk_count = $2, row_count = $3, updated_at = now() \
          WHERE snapshot_id = $1",
         &[&k.snapshot_id, &chunk_count, &row_count],
@@ -132,13 +133,13 @@ pub async fn finish<C: GenericClient>(
     evaluate(c, k, chunk_count).await
 }
 
-async fn set_state<C: GenericClient>(
+async fn set_state<C: GenericClient + Sync>(
     c: &C,
     id: Uuid,
     state: &str,
     detail: Option<&str>,
 ) -> Result<(), StoreError> {
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_snapshot_runs SET state = $2, detail = $3, updated_at = now() \
          WHERE snapshot_id = $1",
         &[&id, &state, &detail],
@@ -148,13 +149,13 @@ async fn set_state<C: GenericClient>(
 }
 
 /// Decides and, when the run is whole, sweeps.
-async fn evaluate<C: GenericClient>(
+async fn evaluate<C: GenericClient + Sync>(
     c: &C,
     k: &RunKey,
     chunk_count: i64,
 ) -> Result<RunEnd, StoreError> {
     let r = c
-        .query_one(
+        .query_one_unnamed(
             "SELECT count(*) FILTER (WHERE chunk >= 0 AND chunk < $2), \
                     count(*) FILTER (WHERE status = 'failed'), \
                     count(*) FILTER (WHERE status = 'staged'), \
@@ -178,7 +179,7 @@ async fn evaluate<C: GenericClient>(
     if staged > 0 {
         // Replayed once no staged row of the chunks' range is left for this device.
         let left: i64 = c
-            .query_one(
+            .query_one_unnamed(
                 "SELECT count(*) FROM edge_staged_rows WHERE lineage_id = $1 AND device_id = $2 \
                  AND journal_epoch = $3 AND source_commit_seq BETWEEN $4 AND $5",
                 &[&k.lineage_id, &k.device_id, &k.journal_epoch, &lo, &hi],
@@ -191,7 +192,7 @@ async fn evaluate<C: GenericClient>(
         }
     }
     let n = sweep(c, k).await?;
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_snapshot_runs SET state = 'swept', ghost_rows_deleted = $2, detail = NULL, \
              updated_at = now() WHERE snapshot_id = $1",
         &[&k.snapshot_id, &i64::try_from(n).unwrap_or(i64::MAX)],
@@ -203,9 +204,9 @@ async fn evaluate<C: GenericClient>(
 }
 
 /// Tombstones this device's rows below the run's version in every mirror table of the lineage.
-async fn sweep<C: GenericClient>(c: &C, k: &RunKey) -> Result<u64, StoreError> {
+async fn sweep<C: GenericClient + Sync>(c: &C, k: &RunKey) -> Result<u64, StoreError> {
     let tables: Vec<String> = c
-        .query(
+        .query_unnamed(
             "SELECT DISTINCT mirror_table_name FROM edge_column_bindings \
              WHERE lineage_id = $1 AND mirror_table_name IS NOT NULL \
              UNION SELECT mirror_table_name FROM edge_table_lineages \
@@ -219,7 +220,7 @@ async fn sweep<C: GenericClient>(c: &C, k: &RunKey) -> Result<u64, StoreError> {
     let mut n = 0;
     for table in tables {
         let exists: bool = c
-            .query_one("SELECT to_regclass(quote_ident($1)) IS NOT NULL", &[&table])
+            .query_one_unnamed("SELECT to_regclass(quote_ident($1)) IS NOT NULL", &[&table])
             .await?
             .get(0);
         if !exists {
@@ -233,7 +234,7 @@ async fn sweep<C: GenericClient>(c: &C, k: &RunKey) -> Result<u64, StoreError> {
             table.replace('"', "\"\"")
         );
         n += c
-            .execute(
+            .execute_unnamed(
                 &sql,
                 &[&k.device_id, &k.journal_epoch, &k.snapshot_start_seq],
             )
@@ -243,9 +244,12 @@ async fn sweep<C: GenericClient>(c: &C, k: &RunKey) -> Result<u64, StoreError> {
 }
 
 /// Re-evaluates the lineage's runs waiting for a replay (call after staged rows drained).
-pub async fn sweep_ready<C: GenericClient>(c: &C, lineage_id: Uuid) -> Result<u64, StoreError> {
+pub async fn sweep_ready<C: GenericClient + Sync>(
+    c: &C,
+    lineage_id: Uuid,
+) -> Result<u64, StoreError> {
     let rows = c
-        .query(
+        .query_unnamed(
             "SELECT snapshot_id, device_id, journal_epoch, snapshot_start_seq, chunk_count \
              FROM edge_snapshot_runs WHERE lineage_id = $1 AND state = 'awaiting_replay'",
             &[&lineage_id],
@@ -269,12 +273,12 @@ pub async fn sweep_ready<C: GenericClient>(c: &C, lineage_id: Uuid) -> Result<u6
 }
 
 /// The newest journal epoch recorded for the lineage, when it is newer than `epoch`.
-pub async fn newer_epoch<C: GenericClient>(
+pub async fn newer_epoch<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     epoch: Uuid,
 ) -> Result<Option<Uuid>, StoreError> {
-    Ok(c.query_opt(
+    Ok(c.query_opt_unnamed(
         "SELECT journal_epoch FROM edge_lineage_watermarks \
              WHERE lineage_id = $1 AND journal_epoch > $2 ORDER BY journal_epoch DESC LIMIT 1",
         &[&lineage_id, &epoch],
@@ -284,7 +288,7 @@ pub async fn newer_epoch<C: GenericClient>(
 }
 
 /// Records a batch of a stale epoch; false when it was recorded before (redelivery).
-pub async fn record_stale_epoch<C: GenericClient>(
+pub async fn record_stale_epoch<C: GenericClient + Sync>(
     c: &C,
     batch_id: Uuid,
     lineage_id: Uuid,
@@ -292,7 +296,7 @@ pub async fn record_stale_epoch<C: GenericClient>(
     newest: Uuid,
 ) -> Result<bool, StoreError> {
     let n = c
-        .execute(
+        .execute_unnamed(
             "INSERT INTO edge_stale_epoch_batches (batch_id, lineage_id, journal_epoch, \
                  newest_epoch) VALUES ($1, $2, $3, $4) ON CONFLICT (batch_id) DO NOTHING",
             &[&batch_id, &lineage_id, &epoch, &newest],

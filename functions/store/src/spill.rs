@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::controls::IssuedControl;
 use crate::registry::Device;
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// One upload as recorded.
@@ -50,13 +51,13 @@ fn upload_from_row(r: &tokio_postgres::Row) -> Result<Upload, StoreError> {
 }
 
 /// The upload of (device, batch), row-locked for the caller's transaction.
-pub async fn lock_upload<C: GenericClient>(
+pub async fn lock_upload<C: GenericClient + Sync>(
     c: &C,
     device_id: Uuid,
     batch_id: Uuid,
 ) -> Result<Option<Upload>, StoreError> {
     let row = c
-        .query_opt(
+        .query_opt_unnamed(
             &format!(
                 "SELECT {UPLOAD_COLUMNS} FROM edge_spill_uploads \
                  WHERE device_id = $1 AND batch_id = $2 FOR UPDATE"
@@ -70,13 +71,13 @@ pub async fn lock_upload<C: GenericClient>(
 /// What the cloud knows of the device for the header inference: its newest journal epoch
 /// (UUIDv7 epochs sort by creation time; the journal is device-wide, so any table's batches
 /// tell) and the table's current schema hash (last batch or observation).
-pub async fn known_header<C: GenericClient>(
+pub async fn known_header<C: GenericClient + Sync>(
     c: &C,
     device_id: Uuid,
     source_table: &str,
 ) -> Result<(Option<Uuid>, Option<String>), StoreError> {
     let row = c
-        .query_one(
+        .query_one_unnamed(
             "SELECT (SELECT w.journal_epoch FROM edge_lineage_watermarks w \
                      JOIN edge_table_lineages l ON l.id = w.lineage_id \
                      WHERE l.device_id = $1 ORDER BY w.journal_epoch DESC LIMIT 1), \
@@ -90,14 +91,14 @@ pub async fn known_header<C: GenericClient>(
 
 /// Records a request: creates the upload, or keeps the existing row and its header (fixed at
 /// the first request that could resolve one). A failed upload asked for again reopens.
-pub async fn record_request<C: GenericClient>(
+pub async fn record_request<C: GenericClient + Sync>(
     c: &C,
     device_id: Uuid,
     req: &IngestRequest,
     object_key: &str,
     header: Option<&Header>,
 ) -> Result<(), StoreError> {
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_spill_uploads (device_id, batch_id, source_table, segment_kind, \
              object_key, journal_epoch, schema_hash) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -133,7 +134,7 @@ pub struct Grant<'a> {
 
 /// Issues a signed `url_grant` into `edge_pending_controls` (superseding an unacked older
 /// grant of the same batch) and notes it on the upload.
-pub async fn issue_url_grant<C: GenericClient>(
+pub async fn issue_url_grant<C: GenericClient + Sync>(
     c: &C,
     device: &Device,
     grant: &Grant<'_>,
@@ -155,14 +156,14 @@ pub async fn issue_url_grant<C: GenericClient>(
     sign_in_place(&mut envelope, &device.control_key);
     let json = serde_json::to_value(&envelope).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let batch = grant.batch_id.to_string();
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_pending_controls SET status = 'superseded' \
          WHERE device_id = $1 AND status = 'pending' AND control_kind = 'url_grant' \
              AND envelope->>'batch_id' = $2",
         &[&device.device_id, &batch],
     )
     .await?;
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_pending_controls (control_id, device_id, lineage_id, control_kind, \
              source_table, reason, envelope) \
          VALUES ($1, $2, (SELECT id FROM edge_table_lineages \
@@ -177,7 +178,7 @@ pub async fn issue_url_grant<C: GenericClient>(
         ],
     )
     .await?;
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_spill_uploads SET status = 'granted', grants = grants + 1, \
              last_control_id = $3, url_expires_at = $4, updated_at = now() \
          WHERE device_id = $1 AND batch_id = $2 AND status <> 'finalized'",
@@ -207,13 +208,13 @@ pub struct FinalizeOutcome<'a> {
 }
 
 /// Records the outcome of a finalize on the upload (no-op when the upload is unknown).
-pub async fn record_finalize<C: GenericClient>(
+pub async fn record_finalize<C: GenericClient + Sync>(
     c: &C,
     device_id: Uuid,
     batch_id: Uuid,
     o: &FinalizeOutcome<'_>,
 ) -> Result<(), StoreError> {
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_spill_uploads SET status = $3, outcome_code = $4, outcome_detail = $5, \
              object_bytes = COALESCE($6, object_bytes), row_count = COALESCE($7, row_count), \
              updated_at = now() \
@@ -234,7 +235,7 @@ pub async fn record_finalize<C: GenericClient>(
 
 /// Completes a spill's ledger row with what only the whole object tells: the seq range, the
 /// row count and the object's size (the row was inserted first, for the dedup).
-pub async fn note_segment<C: GenericClient>(
+pub async fn note_segment<C: GenericClient + Sync>(
     c: &C,
     device_id: Uuid,
     batch_id: Uuid,
@@ -244,7 +245,7 @@ pub async fn note_segment<C: GenericClient>(
     bytes: i64,
 ) -> Result<(), StoreError> {
     let rows = i32::try_from(rows).unwrap_or(i32::MAX);
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_export_segments SET first_seq = $4, last_seq = $5, row_count = $6, \
              bytes = $7 \
          WHERE device_id = $1 AND batch_id = $2 AND batch_time = $3",
@@ -267,14 +268,14 @@ pub async fn note_segment<C: GenericClient>(
 /// `url_request` better than a new URL would — no churn of grants superseding each other while
 /// the control transport (the sweep's schedule in AWS) is slower than the device's 30 s retry.
 /// Made due immediately; returns its id.
-pub async fn reuse_pending_grant<C: GenericClient>(
+pub async fn reuse_pending_grant<C: GenericClient + Sync>(
     c: &C,
     device_id: Uuid,
     batch_id: Uuid,
     valid_until: OffsetDateTime,
 ) -> Result<Option<Uuid>, StoreError> {
     let row = c
-        .query_opt(
+        .query_opt_unnamed(
             "UPDATE edge_pending_controls SET next_attempt_at = now() \
              WHERE control_id = (SELECT control_id FROM edge_pending_controls \
                  WHERE device_id = $1 AND status = 'pending' AND control_kind = 'url_grant' \
@@ -292,7 +293,7 @@ pub async fn reuse_pending_grant<C: GenericClient>(
 /// superseding an unacked older result of the same batch: the device deletes its spilled rows
 /// only on `committed`, uploads again on `failed` + retryable, and blocks the table on
 /// `failed` + not retryable. `failure` is `(code, retryable)`; `None` means committed.
-pub async fn issue_upload_result<C: GenericClient>(
+pub async fn issue_upload_result<C: GenericClient + Sync>(
     c: &C,
     device: &Device,
     source_table: &str,
@@ -308,7 +309,7 @@ pub async fn issue_upload_result<C: GenericClient>(
     sign_in_place(&mut envelope, &device.control_key);
     let json = serde_json::to_value(&envelope).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let batch = batch_id.to_string();
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_pending_controls SET status = 'superseded' \
          WHERE device_id = $1 AND status = 'pending' AND control_kind = 'upload_result' \
              AND envelope->>'batch_id' = $2",
@@ -319,7 +320,7 @@ pub async fn issue_upload_result<C: GenericClient>(
         None => format!("upload of batch {batch} committed"),
         Some((code, _)) => format!("upload of batch {batch} failed: {code}"),
     };
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_pending_controls (control_id, device_id, lineage_id, control_kind, \
              source_table, reason, envelope) \
          VALUES ($1, $2, (SELECT id FROM edge_table_lineages \
@@ -342,13 +343,13 @@ pub async fn issue_upload_result<C: GenericClient>(
 
 /// Uploads of the device still open (requested or granted, not finalized or failed), other
 /// than `batch_id`: what the per-device cap on open grants counts (reliability §7).
-pub async fn open_uploads<C: GenericClient>(
+pub async fn open_uploads<C: GenericClient + Sync>(
     c: &C,
     device_id: Uuid,
     batch_id: Uuid,
 ) -> Result<i64, StoreError> {
     let row = c
-        .query_one(
+        .query_one_unnamed(
             "SELECT count(*) FROM edge_spill_uploads \
              WHERE device_id = $1 AND batch_id <> $2 AND status IN ('requested', 'granted')",
             &[&device_id, &batch_id],

@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// One row to stage.
@@ -41,7 +42,7 @@ pub struct StageTarget<'a> {
 
 /// Stages rows; returns (rows newly staged, their bytes). Already-staged rows are skipped and
 /// not counted again. `materialization_failed` rows also grow the lineage's failure counter.
-pub async fn stage_rows<C: GenericClient>(
+pub async fn stage_rows<C: GenericClient + Sync>(
     c: &C,
     t: StageTarget<'_>,
     rows: &[StagedRow],
@@ -75,7 +76,7 @@ pub async fn stage_rows<C: GenericClient>(
     let reason = t.reason.as_str();
     let failed = t.reason == StagingReason::MaterializationFailed;
     let row = c
-        .query_one(
+        .query_one_unnamed(
             "WITH ins AS ( \
                  INSERT INTO edge_staged_rows (lineage_id, journal_epoch, source_commit_seq, \
                      pk_key, stage_time, device_id, source_table, batch_id, op, pk, \"row\", \

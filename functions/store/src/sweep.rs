@@ -6,13 +6,14 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::backpressure::{sweep_lineage, Resumed};
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// Lineages paused for volume (their own status or their device's), the sweep's candidates.
 pub async fn volume_paused(pool: &Pool, limit: i64) -> Result<Vec<Uuid>, StoreError> {
     let c = pool.get().await?;
     let rows = c
-        .query(
+        .query_unnamed(
             "SELECT id FROM edge_table_lineages \
              WHERE device_pause_reason = 'volume_backpressure' \
                  OR pause_reason = 'volume_backpressure' \

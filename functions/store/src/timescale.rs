@@ -6,6 +6,7 @@
 use edge_cloud_core::timescale::{plan, CurrentPolicy, Hypertable, Policies, TablePolicy};
 use tokio_postgres::Client;
 
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// What `apply` found and did.
@@ -24,7 +25,7 @@ pub enum PolicyReport {
 /// Moves every hypertable's policies to `wanted`, in one transaction.
 pub async fn apply(client: &mut Client, wanted: &Policies) -> Result<PolicyReport, StoreError> {
     let installed: bool = client
-        .query_one(
+        .query_one_unnamed(
             "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')",
             &[],
         )
@@ -56,7 +57,7 @@ pub async fn apply(client: &mut Client, wanted: &Policies) -> Result<PolicyRepor
 
 async fn current_policy(client: &Client, table: Hypertable) -> Result<CurrentPolicy, StoreError> {
     let row = client
-        .query_opt(
+        .query_opt_unnamed(
             "SELECT h.compression_enabled, \
                  (SELECT extract(epoch FROM (j.config->>'compress_after')::interval)::bigint \
                   FROM timescaledb_information.jobs j \

@@ -8,11 +8,12 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::registry::Device;
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// Queues a signed `set_wire_options` for `device`; an older unacked one is superseded (the
 /// newest grant decides). Returns the control id.
-pub async fn issue_wire_options<C: GenericClient>(
+pub async fn issue_wire_options<C: GenericClient + Sync>(
     c: &C,
     device: &Device,
     options: &WireOptions,
@@ -25,13 +26,13 @@ pub async fn issue_wire_options<C: GenericClient>(
     sign_in_place(&mut envelope, &device.control_key);
     let json = serde_json::to_value(&envelope).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let kind = ControlKind::SetWireOptions.as_str();
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_pending_controls SET status = 'superseded' \
          WHERE device_id = $1 AND status = 'pending' AND control_kind = $2",
         &[&device.device_id, &kind],
     )
     .await?;
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_pending_controls (control_id, device_id, control_kind, envelope) \
          VALUES ($1, $2, $3, $4)",
         &[&control_id, &device.device_id, &kind, &json],

@@ -246,7 +246,7 @@ async fn grant(
 }
 
 /// Issues the signed `upload_result` of `batch_id` (a pending control, re-sent until acked).
-async fn issue_result<C: edge_cloud_store::tokio_postgres::GenericClient>(
+async fn issue_result<C: edge_cloud_store::tokio_postgres::GenericClient + Sync>(
     c: &C,
     device: &Device,
     source_table: &str,

@@ -11,6 +11,7 @@ use crate::coalesce::intake::adopt;
 use crate::error::OpError;
 use crate::lineage::emit_scope_event;
 use crate::scope::Scope;
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// One per-device mirror's part of a consolidation.
@@ -42,11 +43,11 @@ pub struct Consolidation {
     pub rows_copied: i64,
 }
 
-async fn table_columns<C: GenericClient>(
+async fn table_columns<C: GenericClient + Sync>(
     c: &C,
     table: &str,
 ) -> Result<Vec<(String, String)>, StoreError> {
-    Ok(c.query(
+    Ok(c.query_unnamed(
         "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
              WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attnum > 0 \
                  AND NOT a.attisdropped ORDER BY a.attnum",
@@ -58,8 +59,11 @@ async fn table_columns<C: GenericClient>(
     .collect())
 }
 
-async fn pk_columns<C: GenericClient>(c: &C, table: &str) -> Result<Vec<String>, StoreError> {
-    Ok(c.query(
+async fn pk_columns<C: GenericClient + Sync>(
+    c: &C,
+    table: &str,
+) -> Result<Vec<String>, StoreError> {
+    Ok(c.query_unnamed(
         "SELECT a.attname::text FROM pg_index i \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
              WHERE i.indrelid = to_regclass(quote_ident($1)) AND i.indisprimary \
@@ -77,7 +81,7 @@ async fn pk_columns<C: GenericClient>(c: &C, table: &str) -> Result<Vec<String>,
 /// rebinds lineages whose approved hash the registry approved (cloud.md §9). The lineages are
 /// locked first, so no live batch writes the old mirror between the copy and the rebind.
 /// `dry_run` counts only. 404 when the table has no shared mirror in the project.
-pub async fn consolidate<C: GenericClient>(
+pub async fn consolidate<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     source_table: &str,
@@ -85,7 +89,7 @@ pub async fn consolidate<C: GenericClient>(
     dry_run: bool,
 ) -> Result<Vec<Consolidation>, OpError> {
     let mirrors = c
-        .query(
+        .query_unnamed(
             "SELECT id, scope_kind, scope_id, mirror_table_name FROM edge_coalesced_mirrors \
              WHERE org_id = $1 AND project_id = $2 AND source_table = $3 \
                  AND ($4::uuid IS NULL OR scope_kind = 'project' OR scope_id = $4) \
@@ -103,7 +107,7 @@ pub async fn consolidate<C: GenericClient>(
         let shared_cols = table_columns(c, &shared).await?;
         let shared_pk = pk_columns(c, &shared).await?;
         let sources = c
-            .query(
+            .query_unnamed(
                 "SELECT DISTINCT l.id, l.device_id, b.mirror_table_name, \
                      (l.approved_schema_hash IN (SELECT g.schema_hash FROM edge_schema_registry g \
                          WHERE g.project_id = l.project_id AND g.mirror_table_name = $5 \
@@ -128,7 +132,7 @@ pub async fn consolidate<C: GenericClient>(
         };
         let ids: Vec<Uuid> = sources.iter().map(|s| s.get(0)).collect();
         if !dry_run && !ids.is_empty() {
-            c.execute(
+            c.execute_unnamed(
                 "SELECT 1 FROM edge_table_lineages WHERE id = ANY($1) ORDER BY id FOR UPDATE",
                 &[&ids],
             )
@@ -175,7 +179,7 @@ pub async fn consolidate<C: GenericClient>(
                 conflict.get_or_insert_with(|| format!("key column {pk:?} is missing"));
             }
             entry.rows = c
-                .query_one(
+                .query_one_unnamed(
                     &format!(
                         "SELECT count(*) FROM {} WHERE \"device_id\" = $1",
                         edge_cloud_core::naming::quote_ident(&table)
@@ -192,7 +196,7 @@ pub async fn consolidate<C: GenericClient>(
             }
             if !dry_run {
                 let n = c
-                    .execute(
+                    .execute_unnamed(
                         &consolidate_sql(&shared, &table, &common, &shared_pk),
                         &[&device_id],
                     )
@@ -211,7 +215,7 @@ pub async fn consolidate<C: GenericClient>(
             report.sources.push(entry);
         }
         if !dry_run {
-            c.execute(
+            c.execute_unnamed(
                 "UPDATE edge_coalesced_mirrors SET last_consolidated_at = now(), \
                      updated_at = now() WHERE id = $1",
                 &[&mirror_id],
@@ -235,7 +239,7 @@ pub async fn consolidate<C: GenericClient>(
 }
 
 /// Points a lineage's bindings of `hash` at the registry entry's (shared) bindings.
-async fn rebind_lineage<C: GenericClient>(
+async fn rebind_lineage<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     lineage_id: Uuid,
@@ -243,7 +247,7 @@ async fn rebind_lineage<C: GenericClient>(
     hash: &str,
 ) -> Result<bool, StoreError> {
     let entry: Option<Uuid> = c
-        .query_opt(
+        .query_opt_unnamed(
             "SELECT id FROM edge_schema_registry WHERE project_id = $1 AND schema_hash = $2 \
                  AND mirror_table_name = $3 AND status = 'approved'",
             &[&scope.project_id, &hash, &shared],
@@ -253,7 +257,7 @@ async fn rebind_lineage<C: GenericClient>(
     let Some(entry) = entry else {
         return Ok(false);
     };
-    c.execute(
+    c.execute_unnamed(
         "DELETE FROM edge_column_bindings WHERE lineage_id = $1 AND schema_hash = $2",
         &[&lineage_id, &hash],
     )

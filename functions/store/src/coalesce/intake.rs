@@ -13,6 +13,7 @@ use crate::lineage::emit_scope_event;
 use crate::policy::coalescing_mode;
 use crate::registry::Device;
 use crate::scope::Scope;
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 /// What intake must do for a hash the lineage has no bindings for.
@@ -28,7 +29,7 @@ pub enum Intake {
 
 /// Looks the hash up in the registry of the device's scope and adopts the lineage when the
 /// entry is approved.
-pub async fn intake<C: GenericClient>(
+pub async fn intake<C: GenericClient + Sync>(
     c: &C,
     device: &Device,
     lineage_id: Uuid,
@@ -40,7 +41,7 @@ pub async fn intake<C: GenericClient>(
         return Ok(Intake::PerDevice);
     };
     let entry = c
-        .query_opt(
+        .query_opt_unnamed(
             "SELECT id, status FROM edge_schema_registry WHERE project_id = $1 \
                  AND scope_kind = $2 AND scope_id = $3 AND source_table = $4 AND schema_hash = $5",
             &[
@@ -73,7 +74,7 @@ pub async fn intake<C: GenericClient>(
 /// exists (another device announced the hash first, or it was rejected). Emits the queued
 /// event when it opened one.
 #[allow(clippy::too_many_arguments)]
-pub async fn open_registry_review<C: GenericClient>(
+pub async fn open_registry_review<C: GenericClient + Sync>(
     c: &C,
     ids: (Uuid, Uuid),
     device: &Device,
@@ -87,7 +88,7 @@ pub async fn open_registry_review<C: GenericClient>(
     let (entry_id, review_id) = ids;
     let diff = serde_json::to_value(diff).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let n = c
-        .execute(
+        .execute_unnamed(
             "INSERT INTO edge_schema_registry (id, org_id, project_id, scope_kind, scope_id, \
                  source_table, schema_hash, classification, diff, origin_device_id, \
                  origin_lineage_id) \
@@ -110,7 +111,7 @@ pub async fn open_registry_review<C: GenericClient>(
     if n == 0 {
         return Ok(false);
     }
-    c.execute(
+    c.execute_unnamed(
         "INSERT INTO edge_registry_reviews (id, registry_id, org_id, project_id) \
          VALUES ($1, $2, $3, $4)",
         &[&review_id, &entry_id, &device.org_id, &device.project_id],
@@ -137,13 +138,13 @@ pub async fn open_registry_review<C: GenericClient>(
 /// approved hash and mirror on the lineage, `active` unless a deferred required column or a
 /// flow-control pause holds it, and a replay intent where rows of the hash are staged. Returns
 /// the lineages bound by this call (already-bound ones are skipped).
-pub async fn adopt<C: GenericClient>(
+pub async fn adopt<C: GenericClient + Sync>(
     c: &C,
     registry_id: Uuid,
     lineage_ids: &[Uuid],
 ) -> Result<Vec<Uuid>, StoreError> {
     let rows = c
-        .query(
+        .query_unnamed(
             "WITH e AS (SELECT schema_hash, bindings, mirror_table_name, activates \
                  FROM edge_schema_registry WHERE id = $1 AND status = 'approved'), \
              todo AS ( \

@@ -23,6 +23,7 @@ use crate::lineage::emit_scope_event;
 use crate::read::reviews::{one, RegistryReview, RegistryReviewView};
 use crate::review::{check, close_review, mark_approved, Approve};
 use crate::scope::Scope;
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 use edge_cloud_core::naming::{fit_identifier, MirrorOwner, OwnerRef};
 
@@ -38,7 +39,7 @@ fn scope_of(r: &RegistryReviewView) -> Result<RegistryScope, OpError> {
 /// queued | in_review → rejected (entry `rejected`: devices sending the hash keep staging) or
 /// → abandoned (entry `abandoned`: each waiting lineage gets its own per-device review, and
 /// later devices take the per-device path).
-pub async fn close<C: GenericClient>(
+pub async fn close<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     id: Uuid,
@@ -56,7 +57,7 @@ pub async fn close<C: GenericClient>(
     let next = check::<RegistryReview>(&r, action, Some(given_version))?;
     close_review::<RegistryReview, C>(c, id, next, reason, actor).await?;
     let entry_status = if abandon { "abandoned" } else { "rejected" };
-    c.execute(
+    c.execute_unnamed(
         "UPDATE edge_schema_registry SET status = $2, updated_at = now() WHERE id = $1",
         &[&r.registry_id, &entry_status],
     )
@@ -67,7 +68,7 @@ pub async fn close<C: GenericClient>(
         // in one statement.
         let rs = scope_of(&r)?;
         handed_back = c
-            .query(
+            .query_unnamed(
                 "WITH w AS ( \
                      SELECT l.id, l.device_id FROM edge_table_lineages l \
                      WHERE l.project_id = $1 AND l.source_table = $2 \
@@ -142,7 +143,7 @@ pub struct RegistryApproval {
 impl Approve for RegistryReview {
     type Outcome = RegistryApproval;
 
-    async fn apply<C: GenericClient, F: FnMut() -> Uuid>(
+    async fn apply<C: GenericClient + Sync, F: FnMut() -> Uuid>(
         c: &C,
         scope: Scope,
         r: RegistryReviewView,
@@ -157,7 +158,7 @@ impl Approve for RegistryReview {
         })?;
         let rs = scope_of(&r)?;
         let columns = c
-            .query_opt(
+            .query_opt_unnamed(
                 "SELECT v.columns FROM edge_schema_versions v \
                  JOIN edge_table_lineages l ON l.id = v.lineage_id \
                  WHERE l.project_id = $1 AND l.source_table = $2 AND v.schema_hash = $3 \
@@ -174,7 +175,7 @@ impl Approve for RegistryReview {
         // The coalesced mirror keeps the name it was created with; a new one takes the first
         // name no other lineage or coalesced mirror owns (reliability.md §3).
         let existing = c
-            .query_opt(
+            .query_opt_unnamed(
                 "SELECT id, mirror_table_name FROM edge_coalesced_mirrors \
                  WHERE project_id = $1 AND scope_kind = $2 AND scope_id = $3 \
                      AND source_table = $4",
@@ -228,7 +229,7 @@ impl Approve for RegistryReview {
         let mirror_name = plan.mirror.as_ref().map(|t| t.name.clone());
         let coalesced_mirror_id: Option<Uuid> = match &mirror_name {
             Some(name) if created => Some(
-                c.query_one(
+                c.query_one_unnamed(
                     "INSERT INTO edge_coalesced_mirrors (id, org_id, project_id, scope_kind, \
                          scope_id, source_table, mirror_table_name) \
                      VALUES ($7, $1, $2, $3, $4, $5, $6) \
@@ -248,7 +249,7 @@ impl Approve for RegistryReview {
                 .get(0),
             ),
             Some(_) => {
-                c.execute(
+                c.execute_unnamed(
                     "UPDATE edge_coalesced_mirrors SET updated_at = now() WHERE id = $1",
                     &[&mirror_id],
                 )
@@ -266,14 +267,14 @@ impl Approve for RegistryReview {
             claim_mirror(c, &plan, &claimant, false).await?;
         }
         create_mirror(c, &plan).await?;
-        c.execute(
+        c.execute_unnamed(
             "UPDATE edge_schema_registry SET status = 'approved', bindings = $2, \
                  mirror_table_name = $3, activates = $4, updated_at = now() WHERE id = $1",
             &[&r.registry_id, &bindings, &mirror_name, &plan.activates()],
         )
         .await?;
         let waiting: Vec<Uuid> = c
-            .query(
+            .query_unnamed(
                 "SELECT l.id FROM edge_table_lineages l \
                  WHERE l.project_id = $1 AND l.source_table = $2 AND l.kind = 'rows' \
                      AND ($3 = 'project' OR l.fleet_id = $4) \

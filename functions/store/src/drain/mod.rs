@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::lineage::{bindings, lineage_bindings, Bindings};
 use crate::mirror::{apply_guarded_upserts, insert_telemetry_values};
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 use edge_cloud_core::mirror::Guard;
 
@@ -70,7 +71,7 @@ pub struct ReplayReport {
 /// chunks of `chunk` rows, through the same plan and upsert as live batches. Drained rows are
 /// deleted (and uncounted); misfits stay staged as `materialization_failed`; rows of unbound
 /// hashes stay as they are.
-pub async fn replay_staged<C: GenericClient>(
+pub async fn replay_staged<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     device_id: Uuid,
@@ -81,7 +82,7 @@ pub async fn replay_staged<C: GenericClient>(
     let mut binding_cache: HashMap<String, Option<Bindings>> = HashMap::new();
     loop {
         let rows = c
-            .query(
+            .query_unnamed(
                 concat!(
                     staged_rows_after!(),
                     "ORDER BY journal_epoch, source_commit_seq, pk_key LIMIT $5"
@@ -117,7 +118,7 @@ pub async fn replay_staged<C: GenericClient>(
 /// Writes a group of staged rows of one bound hash, marks its misfits `materialization_failed`
 /// and deletes (and uncounts) the rows it drained (written or superseded); returns the rows
 /// drained and failed.
-async fn drain_group<C: GenericClient>(
+async fn drain_group<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     device_id: Uuid,
@@ -137,7 +138,11 @@ async fn drain_group<C: GenericClient>(
 }
 
 impl GroupWrite<'_> {
-    pub async fn apply<C: GenericClient>(&self, c: &C, device_id: Uuid) -> Result<u64, StoreError> {
+    pub async fn apply<C: GenericClient + Sync>(
+        &self,
+        c: &C,
+        device_id: Uuid,
+    ) -> Result<u64, StoreError> {
         match self {
             GroupWrite::Upsert(table, plan) => {
                 apply_guarded_upserts(c, table, device_id, plan, Guard::NewerOrSame).await
@@ -149,7 +154,7 @@ impl GroupWrite<'_> {
     }
 }
 
-async fn delete_staged<C: GenericClient>(
+async fn delete_staged<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     keys: &[StagedKey],
@@ -161,7 +166,7 @@ async fn delete_staged<C: GenericClient>(
     let seqs: Vec<i64> = keys.iter().map(|k| k.1).collect();
     let pks: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
     let row = c
-        .query_one(
+        .query_one_unnamed(
             concat!(
                 "WITH del AS ( \
                  DELETE FROM edge_staged_rows s USING unnest($2::uuid[], $3::bigint[], $4::text[]) \
@@ -178,7 +183,7 @@ async fn delete_staged<C: GenericClient>(
     Ok(row.get(0))
 }
 
-async fn mark_failed<C: GenericClient>(
+async fn mark_failed<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     failed: &[(StagedKey, String)],
@@ -190,7 +195,7 @@ async fn mark_failed<C: GenericClient>(
     let seqs: Vec<i64> = failed.iter().map(|k| k.0 .1).collect();
     let pks: Vec<&str> = failed.iter().map(|k| k.0 .2.as_str()).collect();
     let errors: Vec<&str> = failed.iter().map(|k| k.1.as_str()).collect();
-    c.execute(
+    c.execute_unnamed(
         "WITH upd AS ( \
              UPDATE edge_staged_rows s SET staging_reason = 'materialization_failed', error = u.err \
              FROM unnest($2::uuid[], $3::bigint[], $4::text[], $5::text[]) AS u(e, q, k, err) \
@@ -444,12 +449,12 @@ async fn delete_range<C: GenericClient + Sync>(
 }
 
 /// True when drainable rows exist at or before `upto`: rows staged behind the cursor.
-pub(crate) async fn drainable_behind<C: GenericClient>(
+pub(crate) async fn drainable_behind<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     upto: &StagedKey,
 ) -> Result<bool, StoreError> {
-    Ok(c.query_one(
+    Ok(c.query_one_unnamed(
         "SELECT EXISTS (SELECT 1 FROM edge_staged_rows s WHERE lineage_id = $1 \
                  AND (journal_epoch, source_commit_seq, pk_key) <= ($2, $3, $4) \
                  AND staging_reason <> 'materialization_failed' \
@@ -462,21 +467,24 @@ pub(crate) async fn drainable_behind<C: GenericClient>(
 }
 
 /// Any drainable staged rows for the lineage?
-pub async fn has_drainable<C: GenericClient>(c: &C, lineage_id: Uuid) -> Result<bool, StoreError> {
+pub async fn has_drainable<C: GenericClient + Sync>(
+    c: &C,
+    lineage_id: Uuid,
+) -> Result<bool, StoreError> {
     let end = (Uuid::max(), i64::MAX, "\u{10FFFF}".to_owned());
     drainable_behind(c, lineage_id, &end).await
 }
 
 /// Opens a replay intent for the lineage unless one is open; true when it inserted one.
 /// Called by whoever activates a lineage that holds staged rows (sweep resume, reset).
-pub async fn ensure_intent<C: GenericClient>(
+pub async fn ensure_intent<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     action_kind: &str,
     new_id: Uuid,
 ) -> Result<bool, StoreError> {
     let n = c
-        .execute(
+        .execute_unnamed(
             "INSERT INTO edge_replay_intents (id, lineage_id, schema_hash, status, action_kind) \
              SELECT $1, l.id, l.approved_schema_hash, 'pending', $3 FROM edge_table_lineages l \
              WHERE l.id = $2 AND NOT EXISTS (SELECT 1 FROM edge_replay_intents i \

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::error::OpError;
 use crate::scope::{ts, Scope};
+use crate::unnamed::UnnamedStatements;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EventView {
@@ -18,14 +19,14 @@ pub struct EventView {
 }
 
 /// Events of the scope after the cursor, oldest first.
-pub async fn events<C: GenericClient>(
+pub async fn events<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     after: i64,
     limit: i64,
 ) -> Result<Vec<EventView>, OpError> {
     let rows = c
-        .query(
+        .query_unnamed(
             "SELECT id, event_type, subject_id, payload, created_at FROM edge_events \
              WHERE project_id = $1 AND org_id = $2 AND id > $3 ORDER BY id LIMIT $4",
             &[&scope.project_id, &scope.org_id, &after, &limit],

@@ -10,6 +10,7 @@ use crate::device_block::{self, DeviceBlock};
 use crate::error::OpError;
 use crate::read::page::page_with_total;
 use crate::scope::{ts, Page, Scope};
+use crate::unnamed::UnnamedStatements;
 
 /// A lineage as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -80,7 +81,7 @@ pub struct LineageFilter {
 }
 
 /// A page of lineages and the total matching the filters.
-pub async fn list_lineages<C: GenericClient>(
+pub async fn list_lineages<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     f: &LineageFilter,
@@ -110,7 +111,7 @@ pub async fn list_lineages<C: GenericClient>(
 }
 
 /// One lineage of the scope.
-pub async fn lineage<C: GenericClient>(
+pub async fn lineage<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     id: Uuid,
@@ -175,21 +176,21 @@ pub struct LineageDetail {
 }
 
 /// A lineage with its schema versions, bindings and newest replay intent.
-pub async fn lineage_detail<C: GenericClient>(
+pub async fn lineage_detail<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     id: Uuid,
 ) -> Result<LineageDetail, OpError> {
     let lineage = lineage(c, scope, id).await?;
     let versions = c
-        .query(
+        .query_unnamed(
             "SELECT schema_hash, classification, columns, diff, first_seen, last_seen \
              FROM edge_schema_versions WHERE lineage_id = $1 ORDER BY first_seen, schema_hash",
             &[&id],
         )
         .await?;
     let bindings = c
-        .query(
+        .query_unnamed(
             "SELECT schema_hash, source_column_name, action, mirror_table_name, \
                  mirror_column_name, mirror_type, pk_ordinal, device_data_point_id \
              FROM edge_column_bindings WHERE lineage_id = $1 \
@@ -198,7 +199,7 @@ pub async fn lineage_detail<C: GenericClient>(
         )
         .await?;
     let intent = c
-        .query_opt(
+        .query_opt_unnamed(
             "SELECT id, status, action_kind, action_version, rows_replayed, failure_count, \
                  last_error, updated_at \
              FROM edge_replay_intents WHERE lineage_id = $1 \

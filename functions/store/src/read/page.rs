@@ -16,7 +16,7 @@ pub type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 /// The total rides along with the page as a window count (one round trip); past the last page
 /// the window count is gone with the rows, so it is counted separately. Typed statements: one
 /// round trip each (no separate prepare) on the API's hottest reads.
-pub async fn page_with_total<C: GenericClient, T>(
+pub async fn page_with_total<C: GenericClient + Sync, T>(
     c: &C,
     select: &str,
     from_where: &str,

@@ -11,6 +11,7 @@ use crate::error::OpError;
 use crate::read::page::page_with_total;
 use crate::read::reviews::{entry_reviews, RegistryReviewView};
 use crate::scope::{ts, Page, Scope};
+use crate::unnamed::UnnamedStatements;
 
 /// A registry entry as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -71,7 +72,7 @@ pub struct RegistryFilter {
 }
 
 /// A page of the scope's registry entries, newest first.
-pub async fn list_registry<C: GenericClient>(
+pub async fn list_registry<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     f: &RegistryFilter,
@@ -106,13 +107,13 @@ pub struct RegistryDetail {
 }
 
 /// One registry entry of the scope.
-pub async fn registry_detail<C: GenericClient>(
+pub async fn registry_detail<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     id: Uuid,
 ) -> Result<RegistryDetail, OpError> {
     let row = c
-        .query_opt(
+        .query_opt_unnamed(
             &format!(
                 "SELECT {ENTRY_VIEW} FROM edge_schema_registry g \
                  WHERE g.id = $1 AND g.org_id = $2 AND g.project_id = $3"
@@ -124,7 +125,7 @@ pub async fn registry_detail<C: GenericClient>(
     let entry = entry_view(&row);
     let reviews = entry_reviews(c, id).await?;
     let lineage_ids = c
-        .query(
+        .query_unnamed(
             "SELECT DISTINCT b.lineage_id FROM edge_column_bindings b \
              JOIN edge_table_lineages l ON l.id = b.lineage_id \
              WHERE b.schema_hash = $1 AND b.mirror_table_name = $2 AND l.project_id = $3 \
@@ -183,7 +184,7 @@ fn mirror_view(r: &tokio_postgres::Row) -> CoalescedMirrorView {
 }
 
 /// A page of the scope's shared mirrors.
-pub async fn list_coalesced<C: GenericClient>(
+pub async fn list_coalesced<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     source_table: Option<&str>,
@@ -221,13 +222,13 @@ pub struct CoalescedLineage {
     pub status: String,
 }
 
-pub async fn coalesced_detail<C: GenericClient>(
+pub async fn coalesced_detail<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     id: Uuid,
 ) -> Result<CoalescedMirrorDetail, OpError> {
     let row = c
-        .query_opt(
+        .query_opt_unnamed(
             &format!(
                 "SELECT {MIRROR_VIEW} FROM edge_coalesced_mirrors m \
                  WHERE m.id = $1 AND m.org_id = $2 AND m.project_id = $3"
@@ -238,7 +239,7 @@ pub async fn coalesced_detail<C: GenericClient>(
         .ok_or(OpError::NotFound("coalesced mirror"))?;
     let mirror = mirror_view(&row);
     let registry_ids = c
-        .query(
+        .query_unnamed(
             "SELECT id FROM edge_schema_registry WHERE project_id = $1 \
                  AND mirror_table_name = $2 ORDER BY created_at, id",
             &[&scope.project_id, &mirror.mirror_table_name],
@@ -248,7 +249,7 @@ pub async fn coalesced_detail<C: GenericClient>(
         .map(|r| r.get(0))
         .collect();
     let lineages = c
-        .query(
+        .query_unnamed(
             "SELECT DISTINCT l.id, l.device_id, l.status FROM edge_table_lineages l \
              JOIN edge_column_bindings b ON b.lineage_id = l.id \
              WHERE b.mirror_table_name = $1 AND l.project_id = $2 ORDER BY l.id",

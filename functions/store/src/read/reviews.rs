@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::error::OpError;
 use crate::read::page::page_with_total;
 use crate::scope::{ts, Page, Scope};
+use crate::unnamed::UnnamedStatements;
 
 /// A kind of review: where its rows live and how the API shows one.
 pub trait ReviewKind {
@@ -177,7 +178,7 @@ impl ReviewKind for RegistryReview {
 
 /// A page of the scope's reviews of kind `K`, newest first, optionally of one state and one
 /// parent (lineage or registry entry).
-pub async fn list<K: ReviewKind, C: GenericClient>(
+pub async fn list<K: ReviewKind, C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     status: Option<&str>,
@@ -208,7 +209,7 @@ pub async fn list<K: ReviewKind, C: GenericClient>(
 }
 
 /// One review of kind `K` in the scope (`lock`: row-locked for a transition).
-pub async fn one<K: ReviewKind, C: GenericClient>(
+pub async fn one<K: ReviewKind, C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     id: Uuid,
@@ -216,7 +217,7 @@ pub async fn one<K: ReviewKind, C: GenericClient>(
 ) -> Result<K::View, OpError> {
     let s = K::SCOPED_BY;
     let row = c
-        .query_opt(
+        .query_opt_unnamed(
             &format!(
                 "SELECT {} {} WHERE r.id = $1 AND {s}.org_id = $2 AND {s}.project_id = $3{}",
                 K::SELECT,
@@ -231,11 +232,11 @@ pub async fn one<K: ReviewKind, C: GenericClient>(
 }
 
 /// The reviews of one registry entry, oldest first (the entry is already scope-checked).
-pub(crate) async fn entry_reviews<C: GenericClient>(
+pub(crate) async fn entry_reviews<C: GenericClient + Sync>(
     c: &C,
     registry_id: Uuid,
 ) -> Result<Vec<RegistryReviewView>, OpError> {
-    Ok(c.query(
+    Ok(c.query_unnamed(
         &format!(
             "SELECT {} {} WHERE r.registry_id = $1 ORDER BY r.created_at, r.id",
             RegistryReview::SELECT,
@@ -250,7 +251,7 @@ pub(crate) async fn entry_reviews<C: GenericClient>(
 }
 
 /// A page of the scope's schema reviews, newest first.
-pub async fn list_reviews<C: GenericClient>(
+pub async fn list_reviews<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     status: Option<&str>,
@@ -261,7 +262,7 @@ pub async fn list_reviews<C: GenericClient>(
 }
 
 /// One schema review of the scope (`lock`: row-locked with its lineage for a transition).
-pub async fn review<C: GenericClient>(
+pub async fn review<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     id: Uuid,
@@ -271,7 +272,7 @@ pub async fn review<C: GenericClient>(
 }
 
 /// A page of the scope's registry reviews, newest first.
-pub async fn list_registry_reviews<C: GenericClient>(
+pub async fn list_registry_reviews<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     status: Option<&str>,
@@ -282,7 +283,7 @@ pub async fn list_registry_reviews<C: GenericClient>(
 }
 
 /// One registry review of the scope (`lock`: row-locked with its entry for a transition).
-pub async fn registry_review<C: GenericClient>(
+pub async fn registry_review<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     id: Uuid,

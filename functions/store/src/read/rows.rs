@@ -16,6 +16,7 @@ use edge_cloud_core::naming::{quote_ident, uuid8, PLATFORM_COLUMNS};
 use crate::error::OpError;
 use crate::read::lineages::lineage;
 use crate::scope::{ts, Page, Scope};
+use crate::unnamed::UnnamedStatements;
 use crate::StoreError;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -32,7 +33,7 @@ pub struct StagedRowView {
 }
 
 /// A page of a lineage's staged rows in replay order.
-pub async fn staged_rows<C: GenericClient>(
+pub async fn staged_rows<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     id: Uuid,
@@ -40,7 +41,7 @@ pub async fn staged_rows<C: GenericClient>(
 ) -> Result<(Vec<StagedRowView>, i64), OpError> {
     let l = lineage(c, scope, id).await?;
     let rows = c
-        .query(
+        .query_unnamed(
             "SELECT journal_epoch, source_commit_seq, op, pk, \"row\", schema_hash, \
                  staging_reason, error, staged_at \
              FROM edge_staged_rows WHERE lineage_id = $1 \
@@ -97,7 +98,7 @@ pub struct MirrorRows {
 
 /// A page of the lineage's live (not tombstoned) mirror rows in primary-key order, with the
 /// business columns `columns` (all when `None`; an unknown name is a 400).
-pub async fn mirror_rows<C: GenericClient>(
+pub async fn mirror_rows<C: GenericClient + Sync>(
     c: &C,
     scope: Scope,
     id: Uuid,
@@ -299,7 +300,7 @@ fn count_cache() -> &'static CountCache {
 }
 
 /// Live (not tombstoned) rows of a device in a mirror, from the process-wide cache when fresh.
-async fn live_count<C: GenericClient>(
+async fn live_count<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     table: &str,
@@ -316,7 +317,7 @@ async fn live_count<C: GenericClient>(
         }
     }
     let n: i64 = c
-        .query_one(
+        .query_one_unnamed(
             &format!(
                 "SELECT count(*) FROM {} m WHERE m.\"device_id\" = $1 AND NOT m.\"_edge_deleted\"",
                 quote_ident(table)

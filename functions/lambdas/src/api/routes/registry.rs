@@ -233,7 +233,7 @@ pub async fn registry_abandon(
     .await
 }
 
-async fn close<C: edge_cloud_store::tokio_postgres::GenericClient>(
+async fn close<C: edge_cloud_store::tokio_postgres::GenericClient + Sync>(
     c: &C,
     s: edge_cloud_store::scope::Scope,
     r: Uuid,

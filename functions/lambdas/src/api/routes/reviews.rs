@@ -152,7 +152,7 @@ pub async fn schema_classify(State(api): State<Arc<Api>>, m: Mutation<ClassifyBo
     .await
 }
 
-async fn dry_run_classify<C: GenericClient>(c: &C, s: Scope, b: ClassifyBody) -> Answer {
+async fn dry_run_classify<C: GenericClient + Sync>(c: &C, s: Scope, b: ClassifyBody) -> Answer {
     let fp = |cols: &[ClassifyColumn]| -> Vec<ColumnFingerprint> {
         cols.iter()
             .map(|c| {
@@ -218,7 +218,7 @@ async fn dry_run_classify<C: GenericClient>(c: &C, s: Scope, b: ClassifyBody) ->
 }
 
 /// An approval of either review kind: the body's column actions, new ids from UUIDv7.
-pub(super) async fn approve_kind<K: Approve, C: GenericClient>(
+pub(super) async fn approve_kind<K: Approve, C: GenericClient + Sync>(
     c: &C,
     s: Scope,
     r: Uuid,
