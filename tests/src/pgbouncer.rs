@@ -297,6 +297,7 @@ mod tests {
             port: 5432,
             user: "postgres".into(),
             password: None,
+            sslrootcert: Some("/tmp/x/ca.crt".into()),
         };
         let text = config_text(
             6432,
@@ -313,6 +314,8 @@ mod tests {
             "default_pool_size = 2\n",
             "max_client_conn = 50\n",
             "listen_port = 6432\n",
+            "server_tls_sslmode = verify-full\n",
+            "server_tls_ca_file = /tmp/x/ca.crt\n",
         ] {
             assert!(text.contains(line), "{line:?} in\n{text}");
         }
