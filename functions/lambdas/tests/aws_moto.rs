@@ -486,7 +486,20 @@ fn parts(db: &TestDatabase) -> (String, u16, String, String) {
 async fn connects(sdk: &SdkConfig, arn: &str, defaults: &DatabaseDefaults, db: &TestDatabase) {
     let value = fetch(sdk, arn).await.unwrap();
     let url = database_url_from_secret_with(&value, defaults).unwrap();
-    let pool = lambda_pool(url.expose(), 1).unwrap();
+    // The Lambdas verify the database certificate (verify-full) against EDGE_DB_SSLROOTCERT
+    // when the URL names no CA, as a deployment's template sets it: here the harness CA. (Every
+    // test of this binary that connects uses the same harness, so the process-wide variable
+    // cannot point one at a wrong CA.) A plaintext harness (EDGE_TEST_PG_TLS=0) is told so.
+    let url = match db.sslrootcert() {
+        Some(ca) => {
+            std::env::set_var(edge_functions::aws::db::SSLROOTCERT_ENV, ca);
+            url.expose().to_owned()
+        }
+        None if url.expose().contains("sslmode=") => url.expose().to_owned(),
+        None if url.expose().contains('?') => format!("{}&sslmode=disable", url.expose()),
+        None => format!("{}?sslmode=disable", url.expose()),
+    };
+    let pool = lambda_pool(&url, 1).unwrap();
     let c = pool.get().await.unwrap_or_else(|e| panic!("{arn}: {e}"));
     let name: String = c
         .query_one("SELECT current_database()", &[])
