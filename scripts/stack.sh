@@ -37,6 +37,7 @@ stack_postgres() {
   wait_until 30 "PostgreSQL" "$PG_BIN/pg_isready" -h 127.0.0.1 -p "$PG_PORT"
   "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres edge
   export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/edge"
+  log "DATABASE_URL=$DATABASE_URL"
   "$CLOUD" migrate >"$logs/migrate.log" 2>&1
 }
 
