@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use common::{agent_config, approve, lineage, Stack, CONTROL_KEY, DEADLINE};
+use common::{agent_bin, agent_config, approve, lineage, Stack, CONTROL_KEY, DEADLINE};
 use edge_e2e::{wait_for, wait_for_some};
 use edge_functions::api::auth::{mint, AuthConfig, Claims, MANAGE_DEVICES};
 use edge_functions::api::Api;
@@ -27,26 +27,6 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 const SECRET: &[u8] = b"e2e-blocks-secret";
-
-/// The `edge-agent` binary: `EDGE_AGENT_BIN`, else the one cargo built next to this test.
-fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("EDGE_AGENT_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    // target/debug/deps/e2e_blocks-… → target/debug/edge-agent
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("edge-agent");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first (cargo build -p edge-agent --bin edge-agent)",
-        bin.display()
-    );
-    bin
-}
 
 /// The agent as a child process with the stack's configuration.
 struct Agent {

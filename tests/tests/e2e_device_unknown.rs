@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Stack, CONTROL_KEY, DEADLINE, DEVICE, SLUG};
+use common::{agent_bin, agent_config_as, Stack, CONTROL_KEY, DEADLINE, DEVICE, SLUG};
 use edge_e2e::{wait_for, wait_for_some, TestClient, AUDITOR_USER};
 use edge_functions::store::registry::{create_device, Device};
 use serde_json::Value;
@@ -29,26 +29,6 @@ use uuid::Uuid;
 
 const SCHEMA: &str = "CREATE TABLE readings (id INTEGER PRIMARY KEY NOT NULL, value REAL);
                       INSERT INTO readings VALUES (1, 1.5), (2, 2.5);";
-
-/// The `edge-agent` binary: `EDGE_AGENT_BIN`, else the one cargo built next to this test.
-fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("EDGE_AGENT_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    // target/debug/deps/e2e_device_unknown-… → target/debug/edge-agent
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("edge-agent");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first (cargo build -p edge-agent --bin edge-agent)",
-        bin.display()
-    );
-    bin
-}
 
 /// `edge-agent run --config CONFIG`, logging to `log` (appended).
 fn spawn_agent(config: &Path, log: &Path) -> Child {
@@ -87,41 +67,16 @@ impl Gateway {
         app.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
         app.execute_batch(SCHEMA).unwrap();
         app.busy_timeout(Duration::from_secs(5)).unwrap();
-        let id = stack.pki.device(device_name);
         let config = d.join("agent.toml");
         std::fs::write(
             &config,
-            format!(
-                r#"
-[connection]
-server_url = "mqtts://127.0.0.1:{port}"
-device_name = "{device_name}"
-root_topic = "{root_topic}"
-keep_alive = "5s"
-clean_session = false
-ca_cert_path = "{ca}"
-client_cert_path = "{cert}"
-client_key_path = "{key}"
-reconnect_min = "50ms"
-reconnect_max = "1s"
-
-[sqlite-replication]
-source_db_path = "{source}"
-state_db_path = "{state}"
-max_payload_bytes = 131072
-snapshot_on_first_run = true
-{replication}
-
-[security]
-signed_control = true
-"#,
-                port = stack.broker.port(),
-                ca = stack.pki.ca().cert_path().display(),
-                cert = id.cert_path().display(),
-                key = id.key_path().display(),
-                source = d.join("source.db").display(),
-                state = d.join("state.db").display(),
-                replication = common::DEFAULT_REPLICATION,
+            agent_config_as(
+                d,
+                &stack.broker,
+                &stack.pki,
+                device_name,
+                root_topic,
+                common::DEFAULT_REPLICATION,
             ),
         )
         .unwrap();

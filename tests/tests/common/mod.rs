@@ -42,13 +42,26 @@ const PLATFORM_COLUMNS: [&str; 6] = [
 ];
 
 pub fn agent_config(dir: &Path, broker: &Broker, pki: &Pki) -> String {
-    let id = pki.device(DEVICE);
+    agent_config_as(dir, broker, pki, DEVICE, &format!("{SLUG}/{DEVICE}"), "")
+}
+
+/// The agent's configuration as `device_name` (its certificate from `pki`) under `root_topic`,
+/// with `replication` lines added to `[sqlite-replication]`.
+pub fn agent_config_as(
+    dir: &Path,
+    broker: &Broker,
+    pki: &Pki,
+    device_name: &str,
+    root_topic: &str,
+    replication: &str,
+) -> String {
+    let id = pki.device(device_name);
     format!(
         r#"
 [connection]
 server_url = "mqtts://127.0.0.1:{port}"
-device_name = "{DEVICE}"
-root_topic = "{SLUG}/{DEVICE}"
+device_name = "{device_name}"
+root_topic = "{root_topic}"
 keep_alive = "5s"
 clean_session = false
 ca_cert_path = "{ca}"
@@ -62,6 +75,7 @@ source_db_path = "{source}"
 state_db_path = "{state}"
 max_payload_bytes = 131072
 snapshot_on_first_run = true
+{replication}
 
 [security]
 signed_control = true
@@ -73,6 +87,26 @@ signed_control = true
         source = dir.join("source.db").display(),
         state = dir.join("state.db").display(),
     )
+}
+
+/// The `edge-agent` binary: `EDGE_AGENT_BIN`, else the one cargo built next to this test.
+pub fn agent_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("EDGE_AGENT_BIN") {
+        return std::path::PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/<test>-… → target/debug/edge-agent
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("edge-agent");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (cargo build -p edge-agent --bin edge-agent)",
+        bin.display()
+    );
+    bin
 }
 
 /// Every live row of a SQLite table as JSON objects keyed by primary key text.
