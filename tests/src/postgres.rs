@@ -729,8 +729,9 @@ fn quote_value(value: &str) -> String {
     format!("'{escaped}'")
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn percent_encode(value: &str) -> String {
+/// Percent-encodes everything but RFC 3986 unreserved characters (a URL's user, password,
+/// database or query value).
+pub fn percent_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use edge_cloud_store::connect::{self, ConnectError};
 use edge_e2e::pki::CertificateAuthority;
-use edge_e2e::postgres::PostgresServer;
+use edge_e2e::postgres::{percent_encode, PostgresServer};
 use edge_e2e::TestDatabase;
 use edge_functions::aws::db::lambda_pool;
 
@@ -236,7 +236,7 @@ fn edge_cloud_migrate_prints_the_tls_failure_in_one_line_and_fails() {
         "postgres://postgres@127.0.0.1:{}/{}?sslmode=verify-full&sslrootcert={}",
         db.port(),
         db.name(),
-        connect::url_query_value(other.cert_path())
+        percent_encode(&path)
     );
     let output = Command::new(env!("CARGO_BIN_EXE_edge-cloud"))
         .args(["migrate", "--database-url", &url])
@@ -260,7 +260,7 @@ fn edge_cloud_migrate_prints_the_tls_failure_in_one_line_and_fails() {
         "postgres://postgres@127.0.0.1:{}/{}?sslmode=verify-full&sslrootcert={}",
         db.port(),
         db.name(),
-        connect::url_query_value(db.sslrootcert().unwrap().as_path())
+        percent_encode(&db.sslrootcert().unwrap().display().to_string())
     );
     let output = Command::new(env!("CARGO_BIN_EXE_edge-cloud"))
         .args(["migrate", "--database-url", &url])

@@ -40,7 +40,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -784,19 +784,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     line
-}
-
-/// A path as it appears in a URL query (`sslrootcert=…`), percent-encoded where needed.
-pub fn url_query_value(path: &Path) -> String {
-    let mut out = String::new();
-    for byte in path.to_string_lossy().bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
