@@ -75,6 +75,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "device_blocks",
         sql: include_str!("../migrations/0011_device_blocks.sql"),
     },
+    Migration {
+        version: 12,
+        name: "lineage_health",
+        sql: include_str!("../migrations/0012_lineage_health.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration advisory lock.

@@ -1,11 +1,13 @@
 //! Reads behind the HTTP API (cloud.md §10): lineages, staged and mirror rows, reviews of both
-//! kinds, the registry with its shared mirrors, and the events feed.
+//! kinds, the registry with its shared mirrors, the events feed and the fleet's sync health
+//! ([`fleet`]: the lag definition and the worst-first order).
 //!
 //! Every query is scoped by `(org_id, project_id)` in its WHERE clause, so an object of another
 //! tenant is indistinguishable from a missing one (the API answers 404 for both). Lists page
 //! through one helper ([`page`]).
 
 pub mod events;
+pub mod fleet;
 pub mod lineages;
 pub mod page;
 pub mod registry;
