@@ -29,6 +29,7 @@
 //! - [`sweep`] — the scheduled resume sweep
 //! - [`spill`] — spill/snapshot uploads (`edge_spill_uploads`) and their `url_grant` controls
 //! - [`forwarding`] — the event forwarding cursor (cloud.md §11)
+//! - [`health`] — the fleet's gauges (observability.md §2) as data, read for the metrics
 //! - [`dead_letters`] — messages no handler could take, kept for the operator
 //! - [`presence`] — live runners and the identity of their spill directories (one object store
 //!   per database)
@@ -57,6 +58,7 @@ pub mod device_block;
 pub mod drain;
 pub mod error;
 pub mod forwarding;
+pub mod health;
 pub mod idempotency;
 pub mod ledger;
 pub mod lineage;
