@@ -9,6 +9,12 @@ locals {
       EDGE_DATABASE_SECRET_ARN = var.database_secret_arn
       EDGE_DB_POOL_SIZE        = "2"
       EDGE_DB_SSLROOTCERT      = var.database_sslrootcert
+      # Metrics (observability.md §1): the Lambdas write EMF lines to stdout, which reach
+      # CloudWatch through their own log group (OwnLogGroup below): no
+      # cloudwatch:PutMetricData permission is needed. The sweep reads these two for the
+      # gauges it writes each minute.
+      EDGE_METRICS_LINEAGE_CAP  = tostring(var.metrics_lineage_cap)
+      EDGE_METRICS_SILENT_AFTER = var.metrics_silent_after
     },
     var.database_host == "" ? {} : { EDGE_DATABASE_HOST = var.database_host },
     var.database_port == "" ? {} : { EDGE_DATABASE_PORT = var.database_port },

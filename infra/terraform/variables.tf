@@ -120,9 +120,29 @@ variable "event_bus_name" {
 }
 
 variable "alarm_topic_arn" {
-  description = "Optional SNS topic notified by the alarms."
+  description = "Optional SNS topic notified by the alarms (queue, error and sync-health alarms) when they go into ALARM; empty = no alarm action."
   type        = string
   default     = ""
+}
+
+variable "metrics_lineage_cap" {
+  description = "EDGE_METRICS_LINEAGE_CAP: how many lineages (worst first) get their own edge_lineage_* metrics in the sweep's EMF lines; the rest count in edge_metrics_lineage_series_dropped. Each EMF dimension combination is a billed custom metric, hence 100 (the runner's default is 500)."
+  type        = number
+  default     = 100
+  validation {
+    condition     = var.metrics_lineage_cap >= 0 && floor(var.metrics_lineage_cap) == var.metrics_lineage_cap
+    error_message = "metrics_lineage_cap must be a whole number >= 0."
+  }
+}
+
+variable "metrics_silent_after" {
+  description = "EDGE_METRICS_SILENT_AFTER: a device whose newest batch is older than this (and younger than 24 h) counts in edge_devices_silent, which the devices_silent alarm watches. A number with s, m, h or d (e.g. 15m, 900s)."
+  type        = string
+  default     = "15m"
+  validation {
+    condition     = can(regex("^[0-9]+[smhd]?$", var.metrics_silent_after))
+    error_message = "metrics_silent_after: a number with an optional unit s, m, h or d, e.g. 15m."
+  }
 }
 
 variable "ingest_reserved_concurrency" {

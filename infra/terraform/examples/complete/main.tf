@@ -46,6 +46,14 @@ variable "alarm_topic_arn" {
   default = ""
 }
 variable "lambda_artifacts_dir" { type = string }
+variable "metrics_lineage_cap" {
+  type    = number
+  default = 100
+}
+variable "metrics_silent_after" {
+  type    = string
+  default = "15m"
+}
 
 module "edge_sync" {
   source               = "../.."
@@ -60,6 +68,8 @@ module "edge_sync" {
   security_group_ids   = var.security_group_ids
   alarm_topic_arn      = var.alarm_topic_arn
   lambda_artifacts_dir = var.lambda_artifacts_dir
+  metrics_lineage_cap  = var.metrics_lineage_cap
+  metrics_silent_after = var.metrics_silent_after
 }
 
 output "device_policy_name" { value = module.edge_sync.device_policy_name }
