@@ -6,6 +6,9 @@
 # terraform still catches a broken module. `terraform validate` needs the AWS provider plugin,
 # which comes from the Terraform registry (not reachable from CI here): it runs only when
 # `terraform init -backend=false` succeeds, and says so when it does not.
+# Then the operator side of observability.md: the sync-health alarms of both definitions, the
+# Prometheus rules and the Grafana dashboard against the spec's names (scripts/check-observability.py),
+# and `promtool check rules` + the rules' unit tests where promtool is installed.
 set -euo pipefail
 export TF_CLI_CONFIG_FILE=${TF_CLI_CONFIG_FILE:-/dev/null}  # no ~/.terraformrc warning noise
 cd "$(dirname "$0")/.."
@@ -39,5 +42,14 @@ if [ -d infra/terraform ]; then
   else
     echo "terraform not installed: fmt -check and validate skipped (HCL2 parse check ran)"
   fi
+fi
+echo "observability: sync-health alarms, Prometheus rules, Grafana dashboard (scripts/check-observability.py)"
+if ! python3 scripts/check-observability.py; then fail=1; fi
+if command -v promtool >/dev/null 2>&1; then
+  echo "promtool check rules + test rules infra/prometheus"
+  if ! promtool check rules infra/prometheus/edge-sync-rules.yml; then fail=1; fi
+  if ! promtool test rules infra/prometheus/edge-sync-rules.test.yml; then fail=1; fi
+else
+  echo "promtool not installed (scripts/setup.sh installs it): rule check and unit tests skipped (the YAML + expression check ran)"
 fi
 exit "$fail"

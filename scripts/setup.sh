@@ -117,6 +117,19 @@ if ! have moto_server || ! python3 -c 'import moto.server, samtranslator, boto3'
   log "installing moto[server] (pip)"
   deploy_pip 'moto[server]'
 fi
+# promtool (scripts/check-infra.sh: `promtool check rules` / `test rules` on infra/prometheus):
+# only the tool out of Debian's prometheus package, so no Prometheus server service is installed.
+if ! have promtool; then
+  log "installing promtool (from the Debian prometheus package, the binary only)"
+  promtmp=$(mktemp -d)
+  if (cd "$promtmp" && apt-get download prometheus >/dev/null 2>&1 \
+      && dpkg-deb -x prometheus_*.deb x); then
+    $SUDO install -m 0755 "$promtmp/x/usr/bin/promtool" /usr/local/bin/promtool
+  else
+    echo "promtool: apt-get download prometheus failed; check-infra.sh will skip promtool" >&2
+  fi
+  rm -rf "$promtmp"
+fi
 if [ "${EDGE_SETUP_SKIP_LAMBDA:-0}" != "1" ] && ! have cargo-lambda; then
   log "installing cargo-lambda + ziglang (pip)"
   deploy_pip cargo-lambda ziglang
