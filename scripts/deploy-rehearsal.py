@@ -11,7 +11,10 @@ here (docs/deploy.md "Rehearsal against moto"):
    Lambda zips, an SNS alarm topic);
 3. `CreateStack` with the transformed template, wait for the stack to settle, and check that
    every resource type moto implements was created (and the outputs resolve), listing the ones
-   moto does not implement.
+   moto does not implement;
+4. put the sync-health alarms (namespace EdgeSync), which moto's CloudFormation skips, through
+   moto's CloudWatch API with the stack's properties and read them back (no dimensions, the
+   alarm topic as action).
 
 Exit status 0 when the stack reached CREATE_COMPLETE, every supported resource exists and the
 unsupported list equals KNOWN_UNSUPPORTED (so a template change that moto could check, or a moto
@@ -239,6 +242,9 @@ def rehearse(url: str) -> int:
     ]["Variables"]
     if sweep_env.get("EDGE_CONTROL_TRANSPORT") != "iot-data" or sweep_env.get("EDGE_EVENT_BUS_NAME") != "default":
         failures.append(f"SweepFunction environment: {sweep_env}")
+    # the metrics settings (observability.md §1) with the template's defaults
+    if (sweep_env.get("EDGE_METRICS_LINEAGE_CAP"), sweep_env.get("EDGE_METRICS_SILENT_AFTER")) != ("100", "15m"):
+        failures.append(f"SweepFunction metrics environment: {sweep_env}")
     mappings = lam.list_event_source_mappings(FunctionName=created["IngestFunction"]["PhysicalResourceId"])[
         "EventSourceMappings"
     ]
@@ -273,6 +279,8 @@ def rehearse(url: str) -> int:
         if outputs.get(key) != value:
             failures.append(f"output {key} = {outputs.get(key)!r}, expected {value!r}")
 
+    failures += create_sync_health_alarms(url, resources, params, topic)
+
     if unsupported != KNOWN_UNSUPPORTED:
         failures.append(
             "moto's unsupported types changed: now "
@@ -284,6 +292,55 @@ def rehearse(url: str) -> int:
     for f in failures:
         print(f"FAIL: {f}")
     return 1 if failures else 0
+
+
+def resolve(node, params: dict, conditions: dict):
+    """The intrinsic functions the alarms use (Ref of a parameter, Fn::If), resolved as
+    CloudFormation would; None = AWS::NoValue."""
+    if isinstance(node, dict) and len(node) == 1:
+        (k, v), = node.items()
+        if k == "Ref":
+            return None if v == "AWS::NoValue" else params[v]
+        if k == "Fn::If":
+            cond, yes, no = v
+            return resolve(yes if conditions[cond] else no, params, conditions)
+    if isinstance(node, dict):
+        return {k: r for k, r in ((k, resolve(v, params, conditions)) for k, v in node.items()) if r is not None}
+    if isinstance(node, list):
+        return [resolve(v, params, conditions) for v in node]
+    return node
+
+
+def create_sync_health_alarms(url: str, resources: dict, params: dict, topic: str) -> list[str]:
+    """moto's CloudFormation skips AWS::CloudWatch::Alarm: the template's sync-health alarms
+    (namespace EdgeSync, observability.md §5) are put through moto's CloudWatch API instead, with
+    the properties the stack would send, and read back. Only these three: the others name
+    resources (queues, functions) by attributes moto's stack would have to resolve."""
+    failures = []
+    conditions = {"HasAlarmTopic": bool(params.get("AlarmTopicArn"))}
+    cw = client("cloudwatch", url)
+    alarms = {
+        logical: resolve(r["Properties"], params, conditions)
+        for logical, r in resources.items()
+        if r["Type"] == "AWS::CloudWatch::Alarm" and r["Properties"].get("Namespace") == "EdgeSync"
+    }
+    for logical, props in sorted(alarms.items()):
+        cw.put_metric_alarm(AlarmName=f"{STACK}-{logical}", **props)
+    got = {a["AlarmName"]: a for a in cw.describe_alarms(AlarmNamePrefix=f"{STACK}-")["MetricAlarms"]}
+    want_metrics = {"edge_devices_silent", "edge_dead_letters_open", "edge_replay_intents_failed"}
+    if {p["MetricName"] for p in alarms.values()} != want_metrics:
+        failures.append(f"EdgeSync alarms watch {sorted(p['MetricName'] for p in alarms.values())}, expected {sorted(want_metrics)}")
+    for logical, props in sorted(alarms.items()):
+        a = got.get(f"{STACK}-{logical}")
+        if a is None:
+            failures.append(f"{logical}: not created through CloudWatch")
+            continue
+        seen = {k: a.get(k) for k in ("Namespace", "MetricName", "Statistic", "Period", "EvaluationPeriods",
+                                       "Threshold", "ComparisonOperator", "TreatMissingData")}
+        if a.get("Dimensions") or a.get("AlarmActions") != [topic] or seen["Namespace"] != "EdgeSync":
+            failures.append(f"{logical}: dimensions {a.get('Dimensions')}, actions {a.get('AlarmActions')}, {seen}")
+        print(f"alarm {logical}: {json.dumps(seen, sort_keys=True, default=str)} actions={a.get('AlarmActions')}")
+    return failures
 
 
 if __name__ == "__main__":
