@@ -8,7 +8,8 @@ labels are copied below (FAMILIES) and its §5 alert examples (SPEC_RULES, SPEC_
    edge_devices_silent; no dimensions = the EMF [] set), the optional alarm action, and the two
    EDGE_METRICS_* variables reach the Lambdas (the sweep at least) with their defaults.
 2. Prometheus rules (infra/prometheus/edge-sync-rules.yml): parses, group `edge-sync` is §5
-   verbatim, every other rule uses only the spec's metric names and labels.
+   verbatim, every other rule uses only the spec's metric names and labels; docs/operations.md
+   quotes both §5 blocks verbatim.
 3. Grafana dashboard (infra/grafana/edge-sync.json): parses, takes its datasource as the
    ${DS_PROMETHEUS} input, has the project_id variable, every panel expression (and variable
    query) uses only the spec's metric names (the histogram's _bucket/_sum/_count too) and, per
@@ -96,6 +97,27 @@ SPEC_RULES = [
     },
     {"alert": "EdgeAgentNotDelivering", "expr": "edge_agent_oldest_pending_age_seconds > 900", "for": "5m"},
 ]
+# observability.md §5's two blocks as text: docs/operations.md quotes both verbatim, the rules
+# file the first (comments included).
+SPEC_RULES_TEXT = """\
+groups:
+  - name: edge-sync
+    rules:
+      - alert: EdgeDeviceStoppedSyncing
+        expr: max by (project_id) (edge_devices_silent) > 0
+        for: 5m
+        annotations: {summary: "{{ $value }} device(s) of {{ $labels.project_id }} silent: edgectl fleet health"}
+      - alert: EdgeAgentNotDelivering   # exact, where agents are scraped
+        expr: edge_agent_oldest_pending_age_seconds > 900
+        for: 5m
+"""
+SPEC_ALARM_TEXT = """\
+EdgeDevicesSilentAlarm:
+  Type: AWS::CloudWatch::Alarm
+  Properties: {Namespace: EdgeSync, MetricName: edge_devices_silent, Statistic: Maximum, Period: 60,
+    EvaluationPeriods: 5, Threshold: 0, ComparisonOperator: GreaterThanThreshold,
+    TreatMissingData: breaching}   # no Dimensions = the [] set, every project; missing = sweep down
+"""
 # observability.md §5, the CloudWatch alarm; the two others the brief adds take the same shape
 # (greater than 0 over 5 one-minute maxima) and leave missing data notBreaching, since a sweep
 # that stopped writing is already the silent alarm's breaching case.
@@ -341,6 +363,22 @@ def check_rules(doc):
     return errors
 
 
+def check_texts(rules_text, operations_text):
+    """§5 quoted verbatim: both blocks in docs/operations.md, the rules in the rules file."""
+    errors = []
+    if SPEC_RULES_TEXT not in rules_text:
+        errors.append("rules file: observability.md §5's rules are not in it verbatim")
+    for name, text in (("rules", SPEC_RULES_TEXT), ("CloudWatch alarm", SPEC_ALARM_TEXT)):
+        if text not in operations_text:
+            errors.append(f"docs/operations.md: §5's {name} block is not quoted verbatim")
+    if yaml.safe_load(SPEC_RULES_TEXT)["groups"][0]["rules"] != SPEC_RULES:
+        errors.append("SPEC_RULES_TEXT and SPEC_RULES disagree (fix this script)")
+    if {k: v for k, v in yaml.load(SPEC_ALARM_TEXT, Loader=CfnLoader)["EdgeDevicesSilentAlarm"]
+            ["Properties"].items()} != SPEC_SILENT_ALARM:
+        errors.append("SPEC_ALARM_TEXT and SPEC_SILENT_ALARM disagree (fix this script)")
+    return errors
+
+
 # --- 3. Grafana dashboard --------------------------------------------------------------------
 def walk_panels(panels):
     for p in panels:
@@ -431,6 +469,7 @@ def self_test(sam, tf, rules, dash):
                     if name.strip('"') == "dead_letters_open":
                         body["dimensions"] = {"project_id": "p"}
     expect("terraform dead-letter alarm with dimensions", check_tf_alarms(t))
+    expect("docs without the alarm block", check_texts(SPEC_RULES_TEXT, SPEC_RULES_TEXT))
     r = copy.deepcopy(rules)
     r["groups"][0]["rules"][1]["expr"] = "edge_agent_oldest_pending_age_seconds > 600"
     expect("rule threshold 600", check_rules(r))
@@ -446,13 +485,16 @@ def main(root):
     root = Path(root)
     sam = yaml.load((root / "infra/sam/template.yaml").read_text(), Loader=CfnLoader)
     tf = load_tf(root / "infra/terraform")
-    rules = yaml.safe_load((root / "infra/prometheus/edge-sync-rules.yml").read_text())
+    rules_text = (root / "infra/prometheus/edge-sync-rules.yml").read_text()
+    rules = yaml.safe_load(rules_text)
+    operations_text = (root / "docs/operations.md").read_text()
     dash = json.loads((root / "infra/grafana/edge-sync.json").read_text())
     sections = {
         "alarms (SAM)": check_sam_alarms(sam),
         "alarms (terraform)": check_tf_alarms(tf),
         "Prometheus rules": check_rules(rules),
         "Grafana dashboard": check_dashboard(dash),
+        "§5 quoted verbatim (rules file, docs/operations.md)": check_texts(rules_text, operations_text),
         "self-test": self_test(sam, tf, rules, dash),
     }
     for name, errs in sections.items():
