@@ -122,7 +122,9 @@ fi
 if ! have promtool; then
   log "installing promtool (from the Debian prometheus package, the binary only)"
   promtmp=$(mktemp -d)
-  if (cd "$promtmp" && apt-get download prometheus >/dev/null 2>&1 \
+  # a fresh machine may have no package lists yet: update once and retry
+  if (cd "$promtmp" && { apt-get download prometheus >/dev/null 2>&1 \
+        || { $SUDO apt-get update -qq && apt-get download prometheus >/dev/null 2>&1; }; } \
       && dpkg-deb -x prometheus_*.deb x); then
     $SUDO install -m 0755 "$promtmp/x/usr/bin/promtool" /usr/local/bin/promtool
   else

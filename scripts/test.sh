@@ -64,7 +64,7 @@ if [ -x scripts/build-device.sh ] && [ "${EDGE_TEST_SKIP_CROSS:-0}" != "1" ]; th
   run_step "gateway .deb install test (scripts/test-deb.sh)" scripts/test-deb.sh
 fi
 
-run_step "infra: cfn-lint, sam validate --lint + terraform checks" scripts/check-infra.sh
+run_step "infra: cfn-lint, sam validate --lint, terraform + observability checks" scripts/check-infra.sh
 
 # The SAM template transformed by aws-sam-translator and created in moto's CloudFormation
 # (docs/deploy.md "Rehearsal against moto"; ~10 s). The AWS adapter tests against moto
