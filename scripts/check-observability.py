@@ -14,7 +14,7 @@ labels are copied below (FAMILIES) and its §5 alert examples (SPEC_RULES, SPEC_
    ${DS_PROMETHEUS} input, has the project_id variable, every panel expression (and variable
    query) uses only the spec's metric names (the histogram's _bucket/_sum/_count too) and, per
    family, only the labels the spec gives it (plus the scrape's job/instance); the families the
-   operator guide relies on all have a panel.
+   operator guide relies on all have a panel; no two panels overlap on the grid.
 4. Self-test: each check is run on altered copies (a Period changed, Dimensions added, an
    unknown metric or label in a panel, a rule's threshold changed) and must fail on each, so a
    check that stopped biting is noticed.
@@ -429,6 +429,14 @@ def check_dashboard(dash):
             e, m = check_expr(str(t.get("expr", "")), where)
             errors += e
             used |= m
+    boxes = [(p.get("id"), p["gridPos"]) for p in walk_panels(dash.get("panels", [])) if "gridPos" in p]
+    for n, (a, ga) in enumerate(boxes):
+        if ga.get("x", 0) + ga.get("w", 0) > 24:
+            errors.append(f"panel {a}: wider than the 24-column grid")
+        for b, gb in boxes[n + 1:]:
+            if (ga["x"] < gb["x"] + gb["w"] and gb["x"] < ga["x"] + ga["w"]
+                    and ga["y"] < gb["y"] + gb["h"] and gb["y"] < ga["y"] + ga["h"]):
+                errors.append(f"panels {a} and {b} overlap")
     for need in DASHBOARD_NEEDS:
         if need not in used:
             errors.append(f"dashboard: no panel shows {need}")
