@@ -21,6 +21,8 @@
 //! - [`pki`] — the local stack's certificate authority (mosquitto stands in for IoT Core)
 //! - [`replay`] — the replay worker: drains open replay intents chunk by chunk (cloud.md §8)
 //! - [`replay_trigger`] — nudging the replay worker after work that opened replay intents
+//! - [`collector`] — the fleet's gauges on a clock: the runner's collector loop (into the
+//!   metrics registry), the sweep Lambda's gauge lines; `EDGE_METRICS_*` of the Lambdas
 //! - [`sweep`] — resume sweep + control (re-)publication (cloud.md §7) + event forwarding
 //! - [`events`] — the event forwarder hook (cloud.md §11): trait, log forwarder, cursor loop
 //! - [`control_publisher`] — the [`control_publisher::ControlPublisher`] trait, MQTT implementation
@@ -33,6 +35,7 @@
 
 pub mod api;
 pub mod aws;
+pub mod collector;
 pub mod commands;
 pub mod control_publisher;
 pub mod dead_letter;

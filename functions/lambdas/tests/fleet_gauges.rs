@@ -3,12 +3,14 @@
 //! silence boundaries (just under / just over `silent_after`, over 24 h), a device-paused
 //! lineage left out of silence, the reviews of both scopes, replay intents, unacked controls,
 //! dead letters — and the lineage cap: the worst N in the §4 order, the rest counted as
-//! dropped.
+//! dropped. Then the runner's collector loop over that fleet: fresh values after a change,
+//! and a failed read that does not stop it.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
 use edge_e2e::TestDatabase;
+use edge_functions::collector::{collector_loop, GaugeSettings};
 use edge_functions::store::health::{
     read_fleet_gauges, ControlCount, FleetGauges, LineageCount, ProjectStaged, ReviewCount,
 };
@@ -509,4 +511,77 @@ async fn the_cap_keeps_the_worst_lineages_and_counts_the_rest() {
         .find(|l| l.device == "a3" && l.source_table == "t0")
         .unwrap();
     assert_eq!(a3_t0.last_batch_timestamp_seconds, None);
+}
+
+/// The next value the sink receives that satisfies `done` (10 s at most).
+async fn sink_until(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<FleetGauges>,
+    what: &str,
+    done: impl Fn(&FleetGauges) -> bool,
+) -> FleetGauges {
+    let wait = async {
+        loop {
+            let g = rx.recv().await.expect("the collector loop ended");
+            if done(&g) {
+                return g;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .unwrap_or_else(|_| panic!("the sink never saw {what}"))
+}
+
+#[tokio::test]
+async fn the_collector_loop_hands_fresh_values_to_the_sink_and_outlives_a_failed_read() {
+    let f = fleet().await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let settings = GaugeSettings {
+        silent_after: SILENT_AFTER,
+        lineage_cap: 3,
+    };
+    let task = tokio::spawn(collector_loop(
+        f.pool.clone(),
+        Duration::from_millis(100),
+        settings,
+        move |g: &FleetGauges| {
+            let _ = tx.send(g.clone());
+        },
+    ));
+    let first = sink_until(&mut rx, "the fleet", |g| g.dead_letters_open == 2).await;
+    assert_eq!(first.worst_lineages.len(), 3);
+    assert_eq!(first.lineage_series_dropped, 7);
+
+    f.dead_letter(false).await;
+    sink_until(&mut rx, "a new dead letter", |g| g.dead_letters_open == 3).await;
+
+    // The reads fail while the table is away: the sink keeps its last values (a read already
+    // in flight when the rename took its lock may still deliver them). Six intervals of
+    // failures is a window for an absence, not a wait for a condition.
+    f.client
+        .batch_execute("ALTER TABLE edge_dead_letters RENAME TO edge_dead_letters_away")
+        .await
+        .unwrap();
+    f.client
+        .batch_execute(
+            "INSERT INTO edge_dead_letters_away (transport, body, error) VALUES ('sqs', '{}', 'x')",
+        )
+        .await
+        .unwrap();
+    let window = tokio::time::Instant::now() + Duration::from_millis(600);
+    while let Ok(Some(g)) = tokio::time::timeout_at(window, rx.recv()).await {
+        assert_eq!(g.dead_letters_open, 3, "no value from a failed read");
+    }
+    assert!(!task.is_finished(), "a failed read does not end the loop");
+    // Once the reads succeed again the loop picks up what changed meanwhile.
+    f.client
+        .batch_execute("ALTER TABLE edge_dead_letters_away RENAME TO edge_dead_letters")
+        .await
+        .unwrap();
+    sink_until(&mut rx, "the value after the outage", |g| {
+        g.dead_letters_open == 4
+    })
+    .await;
+    assert!(!task.is_finished());
+    task.abort();
 }
