@@ -38,10 +38,12 @@ use edge_cloud_core::metrics::{
     BatchStatus, FailureClass, Handler, RowPath, Transport, DURATION_BUCKETS, HANDLER_DURATION,
 };
 use edge_cloud_store::health::FleetGauges;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use self::emf::Tally;
@@ -55,6 +57,26 @@ type Durations = Family<[(&'static str, &'static str); 1], Histogram, fn() -> Hi
 
 fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
+}
+
+/// A family registered so that its `# HELP` / `# TYPE` are encoded even before its first
+/// sample (prometheus-client leaves out families without samples, the spec wants every family
+/// from start-up).
+#[derive(Debug)]
+struct Always<F>(F);
+
+impl<F: EncodeMetric> EncodeMetric for Always<F> {
+    fn encode(&self, encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
 }
 
 /// The metric families of a process (see the module docs).
@@ -148,7 +170,7 @@ impl CloudMetrics {
         let mut registry = Registry::default();
         fn reg<const N: usize>(r: &mut Registry, name: &'static str) -> Counters<N> {
             let f = Counters::<N>::default();
-            r.register(stem(name), help(name), f.clone());
+            r.register(stem(name), help(name), Always(f.clone()));
             f
         }
         let batches = reg(&mut registry, counter::BATCHES);
@@ -167,13 +189,13 @@ impl CloudMetrics {
         registry.register(
             HANDLER_DURATION,
             help(HANDLER_DURATION),
-            durations.clone(),
+            Always(durations.clone()),
         );
         let gauges = gauge::ALL
             .iter()
             .map(|name| {
                 let f = Gauges::default();
-                registry.register(*name, help(name), f.clone());
+                registry.register(*name, help(name), Always(f.clone()));
                 (*name, f)
             })
             .collect();
