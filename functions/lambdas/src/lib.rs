@@ -20,6 +20,9 @@
 //! - [`dead_letter`] — parking permanently failed ingress messages, and retrying them
 //! - [`pki`] — the local stack's certificate authority (mosquitto stands in for IoT Core)
 //! - [`replay`] — the replay worker: drains open replay intents chunk by chunk (cloud.md §8)
+//! - [`metrics`] — the one owner of the cloud's metric families (observability.md §2): the
+//!   registry, the counters' call sites, gauges from a snapshot, EMF lines, the runner's
+//!   `/metrics` listener
 //! - [`replay_trigger`] — nudging the replay worker after work that opened replay intents
 //! - [`collector`] — the fleet's gauges on a clock: the runner's collector loop (into the
 //!   metrics registry), the sweep Lambda's gauge lines; `EDGE_METRICS_*` of the Lambdas
@@ -44,6 +47,7 @@ pub mod events;
 pub mod http;
 pub mod ingest;
 pub mod lambda;
+pub mod metrics;
 pub mod objects;
 pub mod pki;
 pub mod replay;
@@ -71,6 +75,8 @@ pub struct Deps {
     pub auth: api::auth::AuthConfig,
     /// Throttle of the `device_unknown` notices ingest publishes through `publisher`.
     pub device_unknown: std::sync::Arc<control_publisher::DeviceUnknownThrottle>,
+    /// The process's metric families (observability.md §2).
+    pub metrics: std::sync::Arc<metrics::CloudMetrics>,
 }
 
 impl Deps {
@@ -85,6 +91,7 @@ impl Deps {
             replay: replay_trigger::ReplayTrigger::Polling,
             auth: api::auth::AuthConfig::default(),
             device_unknown: std::sync::Arc::default(),
+            metrics: std::sync::Arc::default(),
         }
     }
 

@@ -88,6 +88,7 @@ pub(super) async fn intake_telemetry(
         // The decoder checked every ts is RFC 3339.
         times.push(edge_protocol::timestamp::parse(&r.ts).unwrap_or(batch_time));
     }
+    let mut staged_by = edge_cloud_core::metrics::StagedByReason::default();
     let (status, materialized, staged) = match (c.route, own) {
         (Ok(_), Some(binds)) => {
             let mapped: std::collections::HashMap<&str, Uuid> =
@@ -141,6 +142,7 @@ pub(super) async fn intake_telemetry(
                 .collect();
             let target = stage_target(lineage.id, device, &b, reason);
             let (n, _) = stage_rows(tx, target, &rows).await?;
+            staged_by.add(reason, n);
             ("staged", 0, n)
         }
     };
@@ -154,6 +156,8 @@ pub(super) async fn intake_telemetry(
             class: c.class,
             status,
             counts: (materialized, staged, 0),
+            staged_by,
+            stale_epoch: false,
         },
     )
     .await
