@@ -13,7 +13,9 @@ use lambda_http::{Body, Request, Response};
 
 use crate::api::Api;
 use crate::aws::db::ThawGuard;
+use crate::collector::write_gauge_emf;
 use crate::control_publisher::ControlPublisher;
+use crate::env::MetricsSettings;
 use crate::events::EventForwarder;
 use crate::replay::{drain, Budget};
 use crate::replay_trigger::ReplayTrigger;
@@ -42,13 +44,15 @@ pub async fn api(api: &Api, thaw: &ThawGuard, req: Request) -> Response<Body> {
 
 /// `sweep`: an EventBridge schedule tick (the event's content does not matter): resume sweep
 /// (nudging `replay` when lineages resumed), (re-)publication of due controls, governance
-/// events handed to `forwarder` (EventBridge in AWS).
+/// events handed to `forwarder` (EventBridge in AWS); then the fleet's gauges as EMF lines
+/// (observability.md §2, `metrics`: `EDGE_METRICS_SILENT_AFTER`, `EDGE_METRICS_LINEAGE_CAP`).
 pub async fn sweep<P: ControlPublisher, F: EventForwarder>(
     deps: &Deps,
     thaw: &ThawGuard,
     publisher: &P,
     forwarder: &F,
     replay: &ReplayTrigger,
+    metrics: &MetricsSettings,
     event: &serde_json::Value,
 ) -> serde_json::Value {
     thaw.before_request(&deps.pool);
@@ -56,9 +60,11 @@ pub async fn sweep<P: ControlPublisher, F: EventForwarder>(
     let now = time::OffsetDateTime::now_utc();
     let r = sweep_once_with(deps, publisher, forwarder, replay, now).await;
     deps.metrics.write_emf();
+    // After the sweep, so the gauges show what it resumed and published.
+    let gauge_lines = write_gauge_emf(&deps.pool, metrics, time::OffsetDateTime::now_utc()).await;
     serde_json::json!({
         "resumed": r.resumed, "published": r.published, "forwarded": r.forwarded,
-        "errors": r.errors,
+        "errors": r.errors, "gauge_lines": gauge_lines,
     })
 }
 

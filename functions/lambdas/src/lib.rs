@@ -25,7 +25,7 @@
 //!   `/metrics` listener
 //! - [`replay_trigger`] — nudging the replay worker after work that opened replay intents
 //! - [`collector`] — the fleet's gauges on a clock: the runner's collector loop (into the
-//!   metrics registry), the sweep Lambda's gauge lines; `EDGE_METRICS_*` of the Lambdas
+//!   metrics registry), the sweep Lambda's gauge EMF lines
 //! - [`sweep`] — resume sweep + control (re-)publication (cloud.md §7) + event forwarding
 //! - [`events`] — the event forwarder hook (cloud.md §11): trait, log forwarder, cursor loop
 //! - [`control_publisher`] — the [`control_publisher::ControlPublisher`] trait, MQTT implementation

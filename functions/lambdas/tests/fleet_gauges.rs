@@ -10,7 +10,8 @@
 use std::time::Duration;
 
 use edge_e2e::TestDatabase;
-use edge_functions::collector::{collector_loop, GaugeSettings};
+use edge_functions::collector::{collector_loop, gauge_emf_lines};
+use edge_functions::env::MetricsSettings;
 use edge_functions::store::health::{
     read_fleet_gauges, ControlCount, FleetGauges, LineageCount, ProjectStaged, ReviewCount,
 };
@@ -513,6 +514,15 @@ async fn the_cap_keeps_the_worst_lineages_and_counts_the_rest() {
     assert_eq!(a3_t0.last_batch_timestamp_seconds, None);
 }
 
+fn settings(interval: Duration, lineage_cap: usize) -> MetricsSettings {
+    MetricsSettings {
+        listen: None,
+        interval,
+        silent_after: SILENT_AFTER,
+        lineage_cap,
+    }
+}
+
 /// The next value the sink receives that satisfies `done` (10 s at most).
 async fn sink_until(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<FleetGauges>,
@@ -536,14 +546,9 @@ async fn sink_until(
 async fn the_collector_loop_hands_fresh_values_to_the_sink_and_outlives_a_failed_read() {
     let f = fleet().await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let settings = GaugeSettings {
-        silent_after: SILENT_AFTER,
-        lineage_cap: 3,
-    };
     let task = tokio::spawn(collector_loop(
         f.pool.clone(),
-        Duration::from_millis(100),
-        settings,
+        settings(Duration::from_millis(100), 3),
         move |g: &FleetGauges| {
             let _ = tx.send(g.clone());
         },
@@ -584,4 +589,39 @@ async fn the_collector_loop_hands_fresh_values_to_the_sink_and_outlives_a_failed
     .await;
     assert!(!task.is_finished());
     task.abort();
+}
+
+#[tokio::test]
+async fn the_sweep_writes_the_gauges_as_emf_with_the_lambda_cap() {
+    let f = fleet().await;
+    let lines = gauge_emf_lines(&f.pool, &settings(Duration::from_secs(60), 2), G)
+        .await
+        .unwrap();
+    let docs: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let value_of = |name: &str, project: Option<Uuid>| {
+        docs.iter()
+            .find(|d| {
+                d.get(name).is_some() && project.is_none_or(|p| d["project_id"] == p.to_string())
+            })
+            .map(|d| d[name].clone())
+    };
+    assert_eq!(
+        docs.first().unwrap()["_aws"]["Timestamp"],
+        G.unix_timestamp() * 1000
+    );
+    assert_eq!(value_of("edge_devices_silent", Some(f.a)), Some(2.into()));
+    assert_eq!(value_of("edge_devices_silent", Some(f.c)), Some(0.into()));
+    assert_eq!(value_of("edge_dead_letters_open", None), Some(2.into()));
+    assert_eq!(
+        value_of("edge_metrics_lineage_series_dropped", None),
+        Some(8.into())
+    );
+    let lineage_series = docs
+        .iter()
+        .filter(|d| d.get("edge_lineage_staged_rows").is_some())
+        .count();
+    assert_eq!(lineage_series, 2, "the cap of 2: {lines:#?}");
 }

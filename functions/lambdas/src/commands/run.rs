@@ -1,7 +1,7 @@
 //! `edge-cloud run`: the local stack on one machine — the MQTT runner (ingest), the sweep and
 //! replay loops beside it, and one HTTP listener with the governance API and the spill upload
 //! endpoint (`PUT /spill/...`, protocol §7), and the metrics listener (`--metrics`,
-//! observability.md §1) on its own address.
+//! observability.md §1) on its own address with the gauge collector loop behind it.
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use edge_cloud_store::{migrate::migrate, pool};
 
 use super::devices::new_control_key;
 use super::CommandError;
+use crate::collector::collector_loop;
 use crate::env::{self, RunnerSettings};
 use crate::metrics;
 use crate::objects::local::{self as spill_http, LocalObjects};
@@ -55,13 +56,20 @@ pub async fn execute(settings: RunnerSettings) -> Result<(), CommandError> {
         }
         metrics::serve::spawn(listener, Arc::clone(&deps.metrics))
     });
+    // With metrics on, the gauges come from the collector's reads; a scrape reads its cache.
+    let collector_task = settings.metrics.listen.map(|_| {
+        let registry = Arc::clone(&deps.metrics);
+        tokio::spawn(collector_loop(p.clone(), settings.metrics, move |g| {
+            registry.set_gauges(g)
+        }))
+    });
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
     };
     let result = run(deps, settings.mqtt.clone(), shutdown).await;
     api_task.abort();
-    if let Some(task) = metrics_task {
+    for task in [metrics_task, collector_task].into_iter().flatten() {
         task.abort();
     }
     heartbeat.abort();

@@ -21,7 +21,12 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub(super) fn add(&mut self, name: &'static str, labels: &[(&'static str, &'static str)], n: u64) {
+    pub(super) fn add(
+        &mut self,
+        name: &'static str,
+        labels: &[(&'static str, &'static str)],
+        n: u64,
+    ) {
         let mut padded: Labels = [("", ""); 2];
         let len = labels.len().min(2);
         padded[..len].copy_from_slice(&labels[..len]);
