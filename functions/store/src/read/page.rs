@@ -1,4 +1,6 @@
-//! The one paging helper of the API's lists: a page and the total matching its filters.
+//! The paging helpers of the API's lists: a page and the total matching its filters —
+//! [`page_with_total`] for most lists, [`ordered_page_with_total`] where an index serves the
+//! order (the fleet view).
 
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, Row};
@@ -45,6 +47,76 @@ pub async fn page_with_total<C: GenericClient + Sync, T>(
         Some(r) => r.get(r.len() - 1),
         None => c
             .query_typed(&format!("SELECT count(*) {from_where}"), params)
+            .await?
+            .first()
+            .map_or(0, |r| r.get(0)),
+    };
+    Ok((rows.iter().map(view).collect(), total))
+}
+
+/// A page whose order an index serves, with per-row extras of the page's rows
+/// ([`ordered_page_with_total`]).
+#[derive(Debug, Clone, Copy)]
+pub struct OrderedPage<'a> {
+    /// The page's columns (over `from` and `join`), each named: the outer query reads `p.name`.
+    pub select: &'a str,
+    /// The table the total counts, with its alias.
+    pub from: &'a str,
+    /// Tables joined for the page's columns only (the total does without them).
+    pub join: &'a str,
+    /// The filter, over `from` alone.
+    pub filter: &'a str,
+    pub order: &'a str,
+    /// The answer's columns over the page `p` and `outer_from`: correlated subqueries here and
+    /// LATERAL joins there run once per page row.
+    pub outer_select: &'a str,
+    pub outer_from: &'a str,
+    /// The order again, on `p`'s columns.
+    pub outer_order: &'a str,
+}
+
+/// Like [`page_with_total`], for a list whose order an index serves: the page is cut by a
+/// `LIMIT` straight over the ordered rows, and the total is a separate `count(*)` evaluated
+/// once in the same statement (an init plan) — a window count would make PostgreSQL read every
+/// matching row before returning the first. The page's rows then get their extras
+/// (`outer_select`, `outer_from`). `params` are `$1…$n`; limit and offset follow. The total is
+/// the answer's last column.
+pub async fn ordered_page_with_total<C: GenericClient + Sync, T>(
+    c: &C,
+    q: &OrderedPage<'_>,
+    params: &[Param<'_>],
+    page: Page,
+    view: impl Fn(&Row) -> T,
+) -> Result<(Vec<T>, i64), OpError> {
+    let offset = page.offset();
+    let n = params.len();
+    let mut all: Vec<Param<'_>> = params.to_vec();
+    all.push((&page.limit, Type::INT8));
+    all.push((&offset, Type::INT8));
+    let count = format!("SELECT count(*) FROM {} WHERE {}", q.from, q.filter);
+    let rows = c
+        .query_typed(
+            &format!(
+                "SELECT {}, ({count}) FROM (SELECT {} FROM {} {} WHERE {} ORDER BY {} \
+                 LIMIT ${} OFFSET ${}) p {} ORDER BY {}",
+                q.outer_select,
+                q.select,
+                q.from,
+                q.join,
+                q.filter,
+                q.order,
+                n + 1,
+                n + 2,
+                q.outer_from,
+                q.outer_order,
+            ),
+            &all,
+        )
+        .await?;
+    let total = match rows.first() {
+        Some(r) => r.get(r.len() - 1),
+        None => c
+            .query_typed(&count, params)
             .await?
             .first()
             .map_or(0, |r| r.get(0)),
