@@ -121,54 +121,10 @@ pub async fn fleet_health<C: GenericClient + Sync>(
     generated_at: OffsetDateTime,
     page: Page,
 ) -> Result<(Vec<FleetHealthView>, i64), OpError> {
-    // NULL parameters switch a filter off; unnamed statements are planned with their values,
-    // so a filter that is off costs nothing. The WHERE names only `l` (the device name through
-    // its unique index): the total counts lineages without the device join.
-    const WHERE: &str = "l.org_id = $2 AND l.project_id = $3 \
-         AND ($4::text IS NULL OR l.status = $4) \
-         AND ($5::text IS NULL OR l.pause_reason IS NOT DISTINCT FROM NULLIF($5, 'none')) \
-         AND ($7::uuid IS NULL OR l.device_id = $7) \
-         AND ($8::text IS NULL \
-             OR l.device_id = (SELECT dn.device_id FROM edge_devices dn WHERE dn.device_name = $8)) \
-         AND ($9::uuid IS NULL OR l.fleet_id = $9) \
-         AND ($10::text IS NULL OR l.source_table = $10)";
-    let lag = lag_seconds_sql("$1::timestamptz");
-    let select = format!(
-        "l.id AS lineage_id, l.device_id, d.device_name, l.fleet_id, l.source_table, l.kind, \
-         l.status, l.pause_reason, l.device_pause_reason, {lag} AS lag_seconds, \
-         l.newest_materialized_source_at, l.staged_row_count AS staged_rows, l.staged_bytes, \
-         l.materialization_failure_count, l.last_batch_received_at, \
-         {PAUSE_RANK_SQL} AS pause_rank, {SOURCE_SECOND_SQL} AS source_second"
-    );
-    let filter = format!("{WHERE} AND ($6::bigint IS NULL OR {lag} >= $6)");
-    let q = OrderedPage {
-        select: &select,
-        from: "edge_table_lineages l",
-        join: "JOIN edge_devices d ON d.device_id = l.device_id",
-        filter: &filter,
-        order: &worst_first_order_sql(),
-        outer_select: "p.lineage_id, p.device_id, p.device_name, p.fleet_id, p.source_table, \
-             p.kind, p.status, p.pause_reason, p.device_pause_reason, p.lag_seconds, \
-             p.newest_materialized_source_at, p.staged_rows, p.staged_bytes, \
-             p.materialization_failure_count, r.id, p.last_batch_received_at, \
-             (SELECT max(k.acked_at) FROM edge_pending_controls k \
-                 WHERE k.lineage_id = p.lineage_id AND k.acked_at IS NOT NULL), \
-             (SELECT count(*) FROM edge_pending_controls k \
-                 WHERE k.lineage_id = p.lineage_id AND k.status = 'pending'), \
-             (SELECT count(*) FROM edge_export_segments s \
-                 WHERE s.device_id = p.device_id AND s.source_table = p.source_table \
-                     AND s.status = 'rejected' \
-                     AND s.received_at > $1::timestamptz - interval '1 hour')",
-        outer_from: "LEFT JOIN LATERAL (SELECT v.id FROM edge_schema_reviews v \
-                 WHERE v.lineage_id = p.lineage_id AND v.state IN ('queued', 'in_review') \
-                 ORDER BY v.created_at, v.id LIMIT 1) r ON true",
-        // The same order on the page's columns (a subquery's order is not kept by the join).
-        outer_order: "p.pause_rank, p.source_second, p.staged_rows DESC, p.device_name, \
-             p.source_table",
-    };
+    let sql = FleetSql::new();
     ordered_page_with_total(
         c,
-        &q,
+        &sql.page(),
         &[
             (&generated_at, Type::TIMESTAMPTZ),
             (&scope.org_id, Type::UUID),
@@ -186,6 +142,80 @@ pub async fn fleet_health<C: GenericClient + Sync>(
     )
     .await
 }
+
+/// The statement of [`fleet_health`], for `EXPLAIN`: `$1` generated_at, `$2` org, `$3`
+/// project, `$4`…`$10` the filters of [`FleetFilter`] in its order (NULL = off), `$11` limit,
+/// `$12` offset.
+pub fn fleet_health_statement() -> String {
+    FleetSql::new().page().statement(10)
+}
+
+/// The parts of the fleet statement that are built from the lag and order expressions.
+struct FleetSql {
+    select: String,
+    filter: String,
+    order: String,
+}
+
+impl FleetSql {
+    fn new() -> FleetSql {
+        let lag = lag_seconds_sql("$1::timestamptz");
+        FleetSql {
+            select: format!(
+                "l.id AS lineage_id, l.device_id, d.device_name, l.fleet_id, l.source_table, \
+                 l.kind, l.status, l.pause_reason, l.device_pause_reason, {lag} AS lag_seconds, \
+                 l.newest_materialized_source_at, l.staged_row_count AS staged_rows, \
+                 l.staged_bytes, l.materialization_failure_count, l.last_batch_received_at, \
+                 {PAUSE_RANK_SQL} AS pause_rank, {SOURCE_SECOND_SQL} AS source_second"
+            ),
+            filter: format!("{FLEET_WHERE} AND ($6::bigint IS NULL OR {lag} >= $6)"),
+            order: worst_first_order_sql(),
+        }
+    }
+
+    /// Filter, order and page over the lineage table (walking `edge_table_lineages_health`),
+    /// then the per-row extras — open review, controls, rejections — probed for the page's
+    /// rows only.
+    fn page(&self) -> OrderedPage<'_> {
+        OrderedPage {
+            select: &self.select,
+            from: "edge_table_lineages l",
+            join: "JOIN edge_devices d ON d.device_id = l.device_id",
+            filter: &self.filter,
+            order: &self.order,
+            outer_select: "p.lineage_id, p.device_id, p.device_name, p.fleet_id, \
+                 p.source_table, p.kind, p.status, p.pause_reason, p.device_pause_reason, \
+                 p.lag_seconds, p.newest_materialized_source_at, p.staged_rows, p.staged_bytes, \
+                 p.materialization_failure_count, r.id, p.last_batch_received_at, \
+                 (SELECT max(k.acked_at) FROM edge_pending_controls k \
+                     WHERE k.lineage_id = p.lineage_id AND k.acked_at IS NOT NULL), \
+                 (SELECT count(*) FROM edge_pending_controls k \
+                     WHERE k.lineage_id = p.lineage_id AND k.status = 'pending'), \
+                 (SELECT count(*) FROM edge_export_segments s \
+                     WHERE s.device_id = p.device_id AND s.source_table = p.source_table \
+                         AND s.status = 'rejected' \
+                         AND s.received_at > $1::timestamptz - interval '1 hour')",
+            outer_from: "LEFT JOIN LATERAL (SELECT v.id FROM edge_schema_reviews v \
+                 WHERE v.lineage_id = p.lineage_id AND v.state IN ('queued', 'in_review') \
+                 ORDER BY v.created_at, v.id LIMIT 1) r ON true",
+            // The same order on the page's columns (a subquery's order is not kept by joins).
+            outer_order: "p.pause_rank, p.source_second, p.staged_rows DESC, p.device_name, \
+                 p.source_table",
+        }
+    }
+}
+
+/// The fleet filters over `l` alone (the total counts lineages without the device join; the
+/// device name goes through its unique index). NULL parameters switch a filter off: unnamed
+/// statements are planned with their values, so a filter that is off costs nothing.
+const FLEET_WHERE: &str = "l.org_id = $2 AND l.project_id = $3 \
+     AND ($4::text IS NULL OR l.status = $4) \
+     AND ($5::text IS NULL OR l.pause_reason IS NOT DISTINCT FROM NULLIF($5, 'none')) \
+     AND ($7::uuid IS NULL OR l.device_id = $7) \
+     AND ($8::text IS NULL \
+         OR l.device_id = (SELECT dn.device_id FROM edge_devices dn WHERE dn.device_name = $8)) \
+     AND ($9::uuid IS NULL OR l.fleet_id = $9) \
+     AND ($10::text IS NULL OR l.source_table = $10)";
 
 fn fleet_health_view(r: &tokio_postgres::Row) -> FleetHealthView {
     let at = |i: usize| r.get::<_, Option<OffsetDateTime>>(i).map(ts);

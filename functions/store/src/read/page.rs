@@ -89,37 +89,44 @@ pub async fn ordered_page_with_total<C: GenericClient + Sync, T>(
     view: impl Fn(&Row) -> T,
 ) -> Result<(Vec<T>, i64), OpError> {
     let offset = page.offset();
-    let n = params.len();
     let mut all: Vec<Param<'_>> = params.to_vec();
     all.push((&page.limit, Type::INT8));
     all.push((&offset, Type::INT8));
-    let count = format!("SELECT count(*) FROM {} WHERE {}", q.from, q.filter);
-    let rows = c
-        .query_typed(
-            &format!(
-                "SELECT {}, ({count}) FROM (SELECT {} FROM {} {} WHERE {} ORDER BY {} \
-                 LIMIT ${} OFFSET ${}) p {} ORDER BY {}",
-                q.outer_select,
-                q.select,
-                q.from,
-                q.join,
-                q.filter,
-                q.order,
-                n + 1,
-                n + 2,
-                q.outer_from,
-                q.outer_order,
-            ),
-            &all,
-        )
-        .await?;
+    let rows = c.query_typed(&q.statement(params.len()), &all).await?;
     let total = match rows.first() {
         Some(r) => r.get(r.len() - 1),
         None => c
-            .query_typed(&count, params)
+            .query_typed(&q.count_statement(), params)
             .await?
             .first()
             .map_or(0, |r| r.get(0)),
     };
     Ok((rows.iter().map(view).collect(), total))
+}
+
+impl OrderedPage<'_> {
+    /// The statement [`ordered_page_with_total`] sends, for `n` filter parameters (limit and
+    /// offset are `$n+1`, `$n+2`): for `EXPLAIN`.
+    pub fn statement(&self, n: usize) -> String {
+        format!(
+            "SELECT {}, ({}) FROM (SELECT {} FROM {} {} WHERE {} ORDER BY {} \
+             LIMIT ${} OFFSET ${}) p {} ORDER BY {}",
+            self.outer_select,
+            self.count_statement(),
+            self.select,
+            self.from,
+            self.join,
+            self.filter,
+            self.order,
+            n + 1,
+            n + 2,
+            self.outer_from,
+            self.outer_order,
+        )
+    }
+
+    /// The total's statement (also the init plan of [`OrderedPage::statement`]).
+    pub fn count_statement(&self) -> String {
+        format!("SELECT count(*) FROM {} WHERE {}", self.from, self.filter)
+    }
 }
