@@ -7,6 +7,7 @@
 //! A failed read is a warning, never the end of the runner: the sink is not called, so the
 //! registry keeps the last values until a read succeeds again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -17,6 +18,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::env::MetricsSettings;
 use crate::metrics::emf::gauge_lines;
+use crate::metrics::CloudMetrics;
 
 /// The shortest collection interval: tokio's interval refuses zero, and a tighter loop would
 /// only load the database.
@@ -64,6 +66,18 @@ where
             }
         }
     }
+}
+
+/// What `edge-cloud run` starts when metrics are on: [`collector_loop`] feeding `registry`
+/// (`set_gauges`), until the task is aborted.
+pub fn spawn_runner_collector(
+    pool: Pool,
+    settings: MetricsSettings,
+    registry: Arc<CloudMetrics>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(collector_loop(pool, settings, move |g| {
+        registry.set_gauges(g)
+    }))
 }
 
 /// The sweep Lambda's gauges (observability.md §2: "the sweep also writes the gauges each

@@ -175,11 +175,12 @@ fn worst_lineages_sql() -> String {
          FROM edge_table_lineages l JOIN edge_devices d ON d.device_id = l.device_id \
          ORDER BY {order} LIMIT $2",
         lag = crate::read::fleet::lag_seconds_sql(at),
-        order = crate::read::fleet::worst_first_order_sql(at),
+        order = crate::read::fleet::worst_first_order_sql(),
     )
 }
 
-/// Every gauge of §2 over all projects at `generated_at`: two statements (the families, the
+/// Every gauge of §2 over all projects at `generated_at` (cut to the whole second, as
+/// `GET …/fleet-health`): two statements (the families, the
 /// worst `lineage_cap` lineages). `silent_after` is `--metrics-silent-after`; a device is
 /// silent when its newest batch over the lineages it has not paused itself is between
 /// `silent_after` and 24 h old (a device that never sent a batch is not silent: it never
@@ -190,6 +191,8 @@ pub async fn read_fleet_gauges<C: GenericClient + Sync>(
     silent_after: Duration,
     lineage_cap: usize,
 ) -> Result<FleetGauges, StoreError> {
+    // Whole seconds, as the fleet route: the worst-first order is then exactly lag desc.
+    let generated_at = crate::read::fleet::generated_at(generated_at);
     let silent_secs = silent_after.as_secs_f64();
     let rows = c
         .query_unnamed(&families_sql(), &[&generated_at, &silent_secs])

@@ -17,8 +17,8 @@
 //! - [`scope`] — the tenant [`scope::Scope`], [`scope::Page`] and timestamp text
 //! - [`registry`] — devices: session identity → tenant ids, topic slug, control key
 //! - [`ledger`] — the segment ledger `edge_export_segments` (dedup on device + batch)
-//! - [`lineage`] — lineages, schema versions, intake's reviews, bindings, watermarks, events,
-//!   lineage deletion
+//! - [`lineage`] — lineages, schema versions, intake's reviews, bindings, watermarks, the sync
+//!   health intake keeps on the lineage (`Received`), events, lineage deletion
 //! - [`policy`] — the one reader and writer of the project policy (`edge_replication_policy`)
 //! - [`staging`] — staged rows with their lineage counters
 //! - [`mirror`] — mirror DDL execution, version-guarded upserts, telemetry values, control acks
@@ -40,7 +40,8 @@
 //! - [`review`] — review transitions of both kinds (claim, reject, approve); per-device approval
 //! - [`approval`] — the steps of applying an approval plan, shared by both kinds of review
 //! - [`coalesce`] — registry coalescing: intake and adoption, registry reviews, consolidation
-//! - [`read`] — the HTTP API's scoped reads (lineages, rows, reviews, registry, events)
+//! - [`read`] — the HTTP API's scoped reads (lineages, rows, reviews, registry, events, fleet
+//!   health with the lag and worst-first order)
 //! - [`idempotency`] — stored responses of the API's idempotency keys
 //!
 //! Every function takes a [`tokio_postgres::GenericClient`] (`+ Sync`), so the handler decides

@@ -9,7 +9,7 @@ use edge_cloud_store::{migrate::migrate, pool};
 
 use super::devices::new_control_key;
 use super::CommandError;
-use crate::collector::collector_loop;
+use crate::collector::spawn_runner_collector;
 use crate::env::{self, RunnerSettings};
 use crate::metrics;
 use crate::objects::local::{self as spill_http, LocalObjects};
@@ -57,12 +57,10 @@ pub async fn execute(settings: RunnerSettings) -> Result<(), CommandError> {
         metrics::serve::spawn(listener, Arc::clone(&deps.metrics))
     });
     // With metrics on, the gauges come from the collector's reads; a scrape reads its cache.
-    let collector_task = settings.metrics.listen.map(|_| {
-        let registry = Arc::clone(&deps.metrics);
-        tokio::spawn(collector_loop(p.clone(), settings.metrics, move |g| {
-            registry.set_gauges(g)
-        }))
-    });
+    let collector_task = settings
+        .metrics
+        .listen
+        .map(|_| spawn_runner_collector(p.clone(), settings.metrics, Arc::clone(&deps.metrics)));
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");

@@ -11,7 +11,7 @@ use edge_cloud_core::telemetry::data_point_value;
 use edge_cloud_store::coalesce;
 use edge_cloud_store::ledger::insert_segment;
 use edge_cloud_store::lineage::{
-    advance_watermark, bindings, emit_event, lock_lineage, upsert_lineage,
+    advance_watermark, bindings, emit_event, lock_lineage, upsert_lineage, Received,
 };
 use edge_cloud_store::mirror::{apply_upserts, insert_telemetry_values, TelemetryValue};
 use edge_cloud_store::registry::Device;
@@ -188,7 +188,14 @@ pub(super) async fn rows_into_lineage(
     };
     snapshot_bookkeeping(tx, device, lineage.id, b, chunk_status).await?;
     let stale_epoch = stale_epoch_check(tx, device, lineage.id, b).await?;
-    advance_watermark(tx, lineage.id, b.journal_epoch, b.last_commit_seq).await?;
+    // Rows of the batch materialized unless it was staged or every row failed (an empty batch
+    // on a materializing route counts: nothing of it is waiting).
+    let rows_materialized =
+        status == "materialized" && (b.rows.is_empty() || failed < count64(b.rows.len()));
+    let received = Received {
+        materialized_source_at: rows_materialized.then_some(batch_time),
+    };
+    advance_watermark(tx, lineage.id, b.journal_epoch, b.last_commit_seq, received).await?;
     Ok(Processed {
         lineage_id: Some(lineage.id),
         class: Some(c.class),
