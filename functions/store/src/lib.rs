@@ -29,7 +29,8 @@
 //! - [`sweep`] — the scheduled resume sweep
 //! - [`spill`] — spill/snapshot uploads (`edge_spill_uploads`) and their `url_grant` controls
 //! - [`forwarding`] — the event forwarding cursor (cloud.md §11)
-//! - [`health`] — the fleet's gauges (observability.md §2) as data, read for the metrics
+//! - [`health`] — the fleet's gauges (observability.md §2) as data, and their one reader
+//!   ([`health::read_fleet_gauges`]: two statements, the capped lineages in [`read::fleet`]'s order)
 //! - [`dead_letters`] — messages no handler could take, kept for the operator
 //! - [`presence`] — live runners and the identity of their spill directories (one object store
 //!   per database)
