@@ -244,7 +244,12 @@ pub enum Handler {
 }
 
 impl Handler {
-    pub const ALL: [Handler; 4] = [Handler::Ingest, Handler::Replay, Handler::Sweep, Handler::Api];
+    pub const ALL: [Handler; 4] = [
+        Handler::Ingest,
+        Handler::Replay,
+        Handler::Sweep,
+        Handler::Api,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -289,7 +294,10 @@ impl StagedByReason {
         [
             (StagingReason::SchemaReview, self.schema_review),
             (StagingReason::LineagePaused, self.lineage_paused),
-            (StagingReason::MaterializationFailed, self.materialization_failed),
+            (
+                StagingReason::MaterializationFailed,
+                self.materialization_failed,
+            ),
         ]
     }
 }
@@ -425,7 +433,10 @@ mod tests {
 
     #[test]
     fn kinds_and_attempts() {
-        assert_eq!(BatchKind::of_topic(TopicKind::IngestRequest), BatchKind::Spill);
+        assert_eq!(
+            BatchKind::of_topic(TopicKind::IngestRequest),
+            BatchKind::Spill
+        );
         assert_eq!(
             BatchKind::of_topic(TopicKind::TelemetryBatch),
             BatchKind::Telemetry

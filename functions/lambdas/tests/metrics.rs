@@ -59,7 +59,8 @@ fn assert_every_family(text: &str) {
         .chain([("edge_handler_duration_seconds", "histogram")]);
     for (name, kind) in families {
         assert!(
-            text.lines().any(|l| l.starts_with(&format!("# HELP {name} "))),
+            text.lines()
+                .any(|l| l.starts_with(&format!("# HELP {name} "))),
             "no HELP for {name}:\n{text}"
         );
         assert!(
@@ -85,8 +86,14 @@ fn exposition_at_start_up_has_every_family_with_help_and_type() {
     let text = CloudMetrics::new().encode();
     assert_every_family(&text);
     // The label-less counters read 0 before anything happened.
-    assert_eq!(sample(&text, "edge_stale_journal_epochs_total", ""), Some(0.0));
-    assert_eq!(sample(&text, "edge_tenant_fields_stripped_total", ""), Some(0.0));
+    assert_eq!(
+        sample(&text, "edge_stale_journal_epochs_total", ""),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "edge_tenant_fields_stripped_total", ""),
+        Some(0.0)
+    );
 }
 
 #[test]
@@ -189,7 +196,10 @@ async fn counters_move_after_real_batches() {
     let batch = row_batch(e.id(), epoch, &s, true, &[ins(1, 1, "heat", 20.5)]);
     // A new table: its first batch is staged for schema review.
     let first = e.rows(&batch).await;
-    assert!(matches!(first, edge_functions::ingest::Outcome::Accepted { .. }), "{first:?}");
+    assert!(
+        matches!(first, edge_functions::ingest::Outcome::Accepted { .. }),
+        "{first:?}"
+    );
     // The same batch again: a duplicate.
     e.rows(&batch).await;
     // Tenant fields are stripped at ingress (counted) and the batch is accepted.
@@ -242,7 +252,10 @@ async fn counters_move_after_real_batches() {
         Some(1.0),
         "{text}"
     );
-    assert_eq!(sample(&text, "edge_tenant_fields_stripped_total", ""), Some(1.0));
+    assert_eq!(
+        sample(&text, "edge_tenant_fields_stripped_total", ""),
+        Some(1.0)
+    );
     assert!(
         text.contains("edge_handler_duration_seconds_count{handler=\"ingest\"} 5"),
         "{text}"
@@ -255,13 +268,19 @@ fn assert_emf(line: &str) -> Value {
     let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     let root = v.as_object().unwrap();
     let aws = root["_aws"].as_object().unwrap();
-    assert!(aws["Timestamp"].is_i64() || aws["Timestamp"].is_u64(), "{line}");
+    assert!(
+        aws["Timestamp"].is_i64() || aws["Timestamp"].is_u64(),
+        "{line}"
+    );
     let directives = aws["CloudWatchMetrics"].as_array().unwrap();
     assert!(!directives.is_empty());
     for d in directives {
         assert_eq!(d["Namespace"], "EdgeSync", "{line}");
         let sets = d["Dimensions"].as_array().unwrap();
-        assert!(sets.iter().any(|s| s.as_array().unwrap().is_empty()), "no [] set: {line}");
+        assert!(
+            sets.iter().any(|s| s.as_array().unwrap().is_empty()),
+            "no [] set: {line}"
+        );
         for set in sets {
             let set = set.as_array().unwrap();
             assert!(set.len() <= 30, "{line}");
@@ -313,7 +332,10 @@ fn emf_lines_parse_as_the_spec_requires_and_drain_the_invocation() {
         json!([["kind", "attempt"], []])
     );
     assert_eq!(first["_aws"]["Timestamp"], 1_767_225_600_000_i64);
-    let retry = parsed.iter().find(|v| v["kind"] == "pause_lineage").unwrap();
+    let retry = parsed
+        .iter()
+        .find(|v| v["kind"] == "pause_lineage")
+        .unwrap();
     assert_eq!(retry["attempt"], "retry");
     let durations: usize = parsed
         .iter()

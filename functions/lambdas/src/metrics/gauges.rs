@@ -44,7 +44,11 @@ pub fn series(g: &FleetGauges, cap: Option<usize>) -> Vec<Series> {
     }
     for p in &g.staged {
         out.push(s(gauge::STAGED_ROWS, vec![project(&p.project_id)], p.rows));
-        out.push(s(gauge::STAGED_BYTES, vec![project(&p.project_id)], p.bytes));
+        out.push(s(
+            gauge::STAGED_BYTES,
+            vec![project(&p.project_id)],
+            p.bytes,
+        ));
     }
     let per_project = [
         (gauge::MIRROR_LAG_SECONDS_MAX, &g.mirror_lag_seconds_max),

@@ -124,10 +124,7 @@ mod tests {
         let dup = Outcome::Duplicate {
             batch_id: Uuid::nil(),
         };
-        assert_eq!(
-            increments(&dup, false).status,
-            Some(BatchStatus::Duplicate)
-        );
+        assert_eq!(increments(&dup, false).status, Some(BatchStatus::Duplicate));
         let ack = Outcome::ControlAcked {
             control_id: Uuid::nil(),
             known: true,

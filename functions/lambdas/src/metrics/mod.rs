@@ -34,8 +34,8 @@ use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
 use edge_cloud_core::metrics::{
-    code_label, control_kind_label, counter, gauge, staging_label, Attempt, BatchKind,
-    BatchStatus, FailureClass, Handler, RowPath, Transport, DURATION_BUCKETS, HANDLER_DURATION,
+    code_label, control_kind_label, counter, gauge, staging_label, Attempt, BatchKind, BatchStatus,
+    FailureClass, Handler, RowPath, Transport, DURATION_BUCKETS, HANDLER_DURATION,
 };
 use edge_cloud_store::health::FleetGauges;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
@@ -153,8 +153,12 @@ fn help(name: &str) -> &'static str {
         gauge::LINEAGE_LAST_BATCH_TIMESTAMP_SECONDS => {
             "When a lineage's last batch was received, Unix seconds (the worst lineages only)"
         }
-        gauge::LINEAGE_PAUSED => "1 when a lineage is paused, 0 when active (the worst lineages only)",
-        gauge::LINEAGE_SERIES_DROPPED => "Lineages left out of the edge_lineage_* series by the cap",
+        gauge::LINEAGE_PAUSED => {
+            "1 when a lineage is paused, 0 when active (the worst lineages only)"
+        }
+        gauge::LINEAGE_SERIES_DROPPED => {
+            "Lineages left out of the edge_lineage_* series by the cap"
+        }
         _ => "edge-sync metric",
     }
 }
@@ -304,7 +308,12 @@ impl CloudMetrics {
             self.count(counter::STALE_JOURNAL_EPOCHS, &self.stale_epochs, [], 1);
         }
         if inc.tenant_fields_stripped {
-            self.count(counter::TENANT_FIELDS_STRIPPED, &self.tenant_stripped, [], 1);
+            self.count(
+                counter::TENANT_FIELDS_STRIPPED,
+                &self.tenant_stripped,
+                [],
+                1,
+            );
         }
     }
 
@@ -335,7 +344,11 @@ impl CloudMetrics {
         if !self.enabled {
             return;
         }
-        self.rows(BatchKind::of_lineage(lineage_kind), RowPath::Replay, drained);
+        self.rows(
+            BatchKind::of_lineage(lineage_kind),
+            RowPath::Replay,
+            drained,
+        );
         if failed > 0 {
             self.failure(FailureClass::Permanent);
         }
@@ -405,8 +418,7 @@ impl CloudMetrics {
     pub fn emf_lines(&self, timestamp_ms: i64) -> Vec<String> {
         match &self.tally {
             Some(tally) => {
-                let drained =
-                    std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
+                let drained = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
                 drained.lines(timestamp_ms)
             }
             None => Vec::new(),

@@ -61,8 +61,7 @@ async fn answer(State(metrics): State<Arc<CloudMetrics>>, req: Request) -> Respo
 /// Serves `/metrics` on `listener` (the runner's accept loop and its limits) until aborted.
 pub fn spawn(listener: TcpListener, metrics: Arc<CloudMetrics>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        if let Err(e) =
-            crate::http::serve(router(metrics), listener, std::future::pending()).await
+        if let Err(e) = crate::http::serve(router(metrics), listener, std::future::pending()).await
         {
             tracing::error!(error = %e, "metrics listener stopped");
         }
