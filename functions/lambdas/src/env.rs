@@ -21,9 +21,10 @@
 //! - `sweep`: `EDGE_CONTROL_TRANSPORT` (+ `EDGE_IOT_DATA_ENDPOINT` or the `EDGE_MQTT_*` set),
 //!   `EDGE_EVENT_BUS_NAME`, `EDGE_EVENT_SOURCE`, `EDGE_REPLAY_QUEUE_URL`;
 //! - `replay`: `EDGE_REPLAY_CHUNK`;
-//! - all: the metrics settings `EDGE_METRICS_INTERVAL` (15s), `EDGE_METRICS_SILENT_AFTER`
-//!   (15m), `EDGE_METRICS_LINEAGE_CAP` (100 in a Lambda: each EMF dimension combination is a
-//!   billed metric) — [`MetricsSettings`], the same variables as `edge-cloud run`'s flags.
+//! - `sweep` (it writes the gauges): the metrics settings `EDGE_METRICS_INTERVAL` (15s),
+//!   `EDGE_METRICS_SILENT_AFTER` (15m), `EDGE_METRICS_LINEAGE_CAP` (100 in a Lambda: each EMF
+//!   dimension combination is a billed metric) — [`MetricsSettings`], the same variables as
+//!   `edge-cloud run`'s flags; the other Lambdas keep the defaults.
 
 use std::path::PathBuf;
 
@@ -195,6 +196,16 @@ pub const DEFAULT_RUNNER_LINEAGE_CAP: usize = 500;
 pub const DEFAULT_LAMBDA_LINEAGE_CAP: usize = 100;
 
 impl MetricsSettings {
+    /// A Lambda's defaults (no listener, lineage cap 100).
+    pub fn lambda_default() -> Self {
+        MetricsSettings {
+            listen: None,
+            interval: std::time::Duration::from_secs(15),
+            silent_after: std::time::Duration::from_secs(15 * 60),
+            lineage_cap: DEFAULT_LAMBDA_LINEAGE_CAP,
+        }
+    }
+
     /// A Lambda's: `EDGE_METRICS_INTERVAL`, `EDGE_METRICS_SILENT_AFTER`,
     /// `EDGE_METRICS_LINEAGE_CAP`, each with its default when unset or blank.
     pub fn lambda_from_env() -> Result<Self, EnvError> {
@@ -278,7 +289,7 @@ impl LambdaSettings {
             event_source: DEFAULT_SOURCE.to_owned(),
             control: ControlTransport::None,
             replay_chunk: DEFAULT_CHUNK,
-            metrics: MetricsSettings::lambda_from_env()?,
+            metrics: MetricsSettings::lambda_default(),
         };
         match lambda {
             Lambda::Ingest => {
@@ -307,6 +318,8 @@ impl LambdaSettings {
                 }
                 settings.replay_queue_url = non_empty("EDGE_REPLAY_QUEUE_URL");
                 settings.control = control_transport()?;
+                // The sweep writes the gauges each minute: only it reads the metrics settings.
+                settings.metrics = MetricsSettings::lambda_from_env()?;
             }
             Lambda::Replay => {
                 if let Ok(s) = std::env::var("EDGE_REPLAY_CHUNK") {

@@ -214,6 +214,24 @@ async fn counters_move_after_real_batches() {
     e.approve("device_state").await;
     let live = row_batch(e.id(), epoch, &s, true, &[ins(4, 4, "auto", 21.0)]);
     e.rows(&live).await;
+    // A newer journal epoch, then a batch of the old one: a stale epoch (reliability §5).
+    let newer = e.id();
+    e.rows(&row_batch(
+        e.id(),
+        newer,
+        &s,
+        false,
+        &[ins(1, 5, "new", 1.0)],
+    ))
+    .await;
+    e.rows(&row_batch(
+        e.id(),
+        epoch,
+        &s,
+        false,
+        &[ins(5, 6, "old", 1.0)],
+    ))
+    .await;
 
     let text = e.deps.metrics.encode();
     assert_every_family(&text);
@@ -227,7 +245,7 @@ async fn counters_move_after_real_batches() {
     assert_eq!(rows("staged"), Some(2.0), "{text}");
     assert_eq!(rows("duplicate"), Some(1.0), "{text}");
     assert_eq!(rows("rejected"), Some(1.0), "{text}");
-    assert_eq!(rows("materialized"), Some(1.0), "{text}");
+    assert_eq!(rows("materialized"), Some(3.0), "{text}");
     let rejected_code = text
         .lines()
         .find(|l| l.starts_with("edge_batches_rejected_total{kind=\"rows\",code=\""))
@@ -249,15 +267,20 @@ async fn counters_move_after_real_batches() {
             "edge_rows_materialized_total",
             "kind=\"rows\",path=\"live\""
         ),
-        Some(1.0),
+        Some(3.0),
         "{text}"
     );
     assert_eq!(
         sample(&text, "edge_tenant_fields_stripped_total", ""),
         Some(1.0)
     );
+    assert_eq!(
+        sample(&text, "edge_stale_journal_epochs_total", ""),
+        Some(1.0),
+        "{text}"
+    );
     assert!(
-        text.contains("edge_handler_duration_seconds_count{handler=\"ingest\"} 5"),
+        text.contains("edge_handler_duration_seconds_count{handler=\"ingest\"} 7"),
         "{text}"
     );
 }

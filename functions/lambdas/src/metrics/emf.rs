@@ -49,20 +49,15 @@ impl Tally {
 
     /// The lines of everything tallied, at `timestamp_ms`.
     pub(super) fn lines(&self, timestamp_ms: i64) -> Vec<String> {
-        let mut groups: Vec<(&[(&'static str, &'static str)], Vec<EmfMetric<'static>>)> =
-            Vec::new();
+        let mut groups: Groups<&[(&'static str, &'static str)]> = Vec::new();
         for (name, labels, len, n) in &self.counts {
-            let dims = &labels[..*len];
             #[allow(clippy::cast_precision_loss)]
             let metric = EmfMetric {
                 name,
                 unit: Unit::Count,
                 value: EmfValue::One(*n as f64),
             };
-            match groups.iter_mut().find(|(d, _)| *d == dims) {
-                Some((_, metrics)) => metrics.push(metric),
-                None => groups.push((dims, vec![metric])),
-            }
+            group(&mut groups, &labels[..*len], metric);
         }
         let mut out = Vec::new();
         for (dims, metrics) in &groups {
@@ -83,6 +78,16 @@ impl Tally {
     }
 }
 
+/// Metrics by label set, in first-seen order: one line per label set.
+type Groups<K> = Vec<(K, Vec<EmfMetric<'static>>)>;
+
+fn group<K: PartialEq>(groups: &mut Groups<K>, labels: K, metric: EmfMetric<'static>) {
+    match groups.iter_mut().find(|(l, _)| *l == labels) {
+        Some((_, metrics)) => metrics.push(metric),
+        None => groups.push((labels, vec![metric])),
+    }
+}
+
 fn unit_of(name: &str) -> Unit {
     match name {
         gauge::STAGED_BYTES | gauge::LINEAGE_STAGED_BYTES => Unit::Bytes,
@@ -97,7 +102,7 @@ fn unit_of(name: &str) -> Unit {
 /// count toward `edge_metrics_lineage_series_dropped`).
 pub fn gauge_lines(g: &FleetGauges, timestamp_ms: i64, lineage_cap: usize) -> Vec<String> {
     let all = series(g, Some(lineage_cap));
-    let mut groups: Vec<(&[(&'static str, String)], Vec<EmfMetric<'static>>)> = Vec::new();
+    let mut groups: Groups<&[(&'static str, String)]> = Vec::new();
     for s in &all {
         #[allow(clippy::cast_precision_loss)]
         let metric = EmfMetric {
@@ -105,10 +110,7 @@ pub fn gauge_lines(g: &FleetGauges, timestamp_ms: i64, lineage_cap: usize) -> Ve
             unit: unit_of(s.name),
             value: EmfValue::One(s.value as f64),
         };
-        match groups.iter_mut().find(|(l, _)| *l == s.labels.as_slice()) {
-            Some((_, metrics)) => metrics.push(metric),
-            None => groups.push((s.labels.as_slice(), vec![metric])),
-        }
+        group(&mut groups, s.labels.as_slice(), metric);
     }
     let mut out = Vec::new();
     for (labels, metrics) in &groups {
