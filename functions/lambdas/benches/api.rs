@@ -26,14 +26,14 @@ use edge_e2e::TestDatabase;
 use edge_functions::api::auth::{mint, AuthConfig, Claims, MANAGE_DEVICES};
 use edge_functions::api::{handle, Api};
 use edge_functions::ingest::handle as ingest;
+use edge_functions::store::read::fleet::{fleet_health_statement, generated_at};
 use edge_functions::store::registry::{create_device, Device};
 use edge_functions::store::{migrate::migrate, pool};
-use edge_functions::store::read::fleet::{fleet_health_statement, generated_at};
 use edge_functions::Deps;
-use tokio_postgres::types::Type;
 use edge_protocol::fingerprint::{ColumnFingerprint, SchemaColumns};
 use lambda_http::http::StatusCode;
 use lambda_http::{Body, Request};
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 const CLIENTS: usize = 20;
@@ -348,7 +348,12 @@ async fn fleet_project(p: &deadpool_postgres::Pool) -> (Uuid, Uuid, [Uuid; 2]) {
         "SELECT count(*) FROM edge_export_segments WHERE project_id = $1",
         "SELECT count(*) FROM edge_export_segments WHERE project_id = $1 AND status = 'rejected'",
     ] {
-        counts.push(c.query_one(sql, &[&project]).await.unwrap().get::<_, i64>(0));
+        counts.push(
+            c.query_one(sql, &[&project])
+                .await
+                .unwrap()
+                .get::<_, i64>(0),
+        );
     }
     println!(
         "fleet data ({:.1}s): {} lineages, {} open reviews, {} controls, {} ledger rows \
@@ -395,7 +400,8 @@ async fn fleet_health(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for client in 0..CLIENTS {
-        let (api, token, base, filters) = (api.clone(), token.clone(), base.clone(), filters.clone());
+        let (api, token, base, filters) =
+            (api.clone(), token.clone(), base.clone(), filters.clone());
         let org = org.to_string();
         tasks.push(tokio::spawn(async move {
             let (mut plain, mut filtered) = (Vec::new(), Vec::new());
@@ -454,7 +460,12 @@ async fn fleet_health(
     for (what, status, min_lag, offset) in [
         ("page 1", None, None, 0i64),
         ("page 20", None, None, 950),
-        ("status=paused&min_lag_seconds=60, page 1", Some("paused".to_owned()), Some(60i64), 0),
+        (
+            "status=paused&min_lag_seconds=60, page 1",
+            Some("paused".to_owned()),
+            Some(60i64),
+            0,
+        ),
     ] {
         let limit = 50i64;
         let rows = c
