@@ -42,10 +42,15 @@ pub fn lag_seconds_sql(generated_at: &str) -> String {
     )
 }
 
-/// The instant an answer is measured against: `now` cut to the whole second, so that
-/// [`worst_first_order_sql`] (source second ascending) is exactly lag descending.
+/// The instant an answer is measured against: `now` rounded up to the whole second, so that
+/// [`worst_first_order_sql`] (source second ascending) is exactly lag descending. Up, not
+/// down: a lineage created (or a batch materialized) in the current second then lags 0, not
+/// −1.
 pub fn generated_at(now: OffsetDateTime) -> OffsetDateTime {
-    now.replace_nanosecond(0).unwrap_or(now)
+    match now.replace_nanosecond(0) {
+        Ok(whole) if whole != now => whole + time::Duration::SECOND,
+        _ => now,
+    }
 }
 
 /// The worst-first `ORDER BY` list of §4: pause rank, lag desc, staged rows desc, device name,
@@ -239,5 +244,30 @@ fn fleet_health_view(r: &tokio_postgres::Row) -> FleetHealthView {
         last_ack_at: at(16),
         pending_controls: r.get(17),
         rejections_last_hour: r.get(18),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn generated_at_rounds_up_to_the_whole_second() {
+        let at = |s: &str| {
+            OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap()
+        };
+        assert_eq!(
+            generated_at(at("2026-12-04T01:02:03.000001Z")),
+            at("2026-12-04T01:02:04Z")
+        );
+        assert_eq!(
+            generated_at(at("2026-12-04T01:02:03.999Z")),
+            at("2026-12-04T01:02:04Z")
+        );
+        assert_eq!(
+            generated_at(at("2026-12-04T01:02:03Z")),
+            at("2026-12-04T01:02:03Z")
+        );
     }
 }

@@ -45,7 +45,7 @@ const PAUSE_REASONS: [&str; 4] = [
 /// The project's lineages worst first: pause reason circuit_breaker, volume_backpressure,
 /// schema_review, then active; then lag desc, staged rows desc, device name, source table.
 /// `meta`: page, limit, total, generated_at (the instant every `lag_seconds` is measured
-/// against, in whole seconds).
+/// against, rounded up to the whole second).
 #[utoipa::path(get, path = "/core/api/v1/projects/{project_id}/edge/fleet-health", tag = "fleet",
     params(("project_id" = Uuid, Path), FleetHealthQuery, PageQuery),
     responses((status = 200, description = "`data`: the lineages' sync health, worst first; `meta`: page, limit, total, generated_at", body = ListFleetHealth)))]
