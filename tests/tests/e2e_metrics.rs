@@ -39,8 +39,11 @@ async fn scrape(addr: SocketAddr) -> String {
     body.to_owned()
 }
 
-/// One sample line: name, labels, value.
-fn samples(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+/// A sample line: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// Every sample line of a scrape.
+fn samples(text: &str) -> Vec<Sample> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .filter_map(|l| {
