@@ -4,12 +4,15 @@
 //! lineage left out of silence, the reviews of both scopes, replay intents, unacked controls,
 //! dead letters — and the lineage cap: the worst N in the §4 order, the rest counted as
 //! dropped. Then the runner's collector loop over that fleet: fresh values after a change,
-//! and a failed read that does not stop it.
+//! a failed read that does not stop it, and `edge-cloud run` serving the collected gauges.
 #![allow(clippy::unwrap_used)]
 
+mod runner_process;
+
+use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
-use edge_e2e::TestDatabase;
+use edge_e2e::{Broker, Pki, TestDatabase};
 use edge_functions::collector::{collector_loop, gauge_emf_lines};
 use edge_functions::env::MetricsSettings;
 use edge_functions::store::health::{
@@ -26,7 +29,7 @@ const G: OffsetDateTime = datetime!(2026-12-01 12:00:00 UTC);
 const SILENT_AFTER: Duration = Duration::from_secs(900);
 
 struct Fleet {
-    _db: TestDatabase,
+    db: TestDatabase,
     pool: deadpool_postgres::Pool,
     client: tokio_postgres::Client,
     a: Uuid,
@@ -199,7 +202,7 @@ async fn fleet() -> Fleet {
     let project = |n: u128| Uuid::from_u128((0x0193_a000_0000_7000_8000_0000_0000 << 16) + n);
     let (a, b, c) = (project(0xa), project(0xb), project(0xc));
     let f = Fleet {
-        _db: db,
+        db,
         pool,
         client,
         a,
@@ -624,4 +627,58 @@ async fn the_sweep_writes_the_gauges_as_emf_with_the_lambda_cap() {
         .filter(|d| d.get("edge_lineage_staged_rows").is_some())
         .count();
     assert_eq!(lineage_series, 2, "the cap of 2: {lines:#?}");
+}
+
+/// `GET /metrics` of a listener → the body.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edge_cloud_run_serves_the_collected_gauges() {
+    let f = fleet().await;
+    let pki = Pki::generate();
+    let broker = Broker::start(&pki);
+    let dir = tempfile::tempdir().unwrap();
+    let runner = runner_process::RunnerProcess::start_with_args(
+        &f.db.url(),
+        &broker,
+        &pki,
+        dir.path(),
+        "edge-service",
+        &[],
+        &["--metrics-interval", "1s", "--metrics-lineage-cap", "3"],
+    );
+    let metrics = runner.metrics.unwrap();
+    let text = edge_e2e::wait_for_some(Duration::from_secs(30), "the collected gauges", || async {
+        let text = scrape(metrics);
+        text.contains("edge_dead_letters_open 2").then_some(text)
+    })
+    .await;
+    assert!(
+        text.contains("edge_metrics_lineage_series_dropped 7"),
+        "the cap of 3 over 10 lineages:\n{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "edge_lineage_paused{{project_id=\"{}\",device=\"b1\",source_table=\"t1\",reason=\"circuit_breaker\"}} 1",
+            f.b
+        )),
+        "{text}"
+    );
+    // The next collection shows what changed.
+    f.dead_letter(false).await;
+    edge_e2e::wait_for(Duration::from_secs(30), "the new dead letter", || async {
+        scrape(metrics).contains("edge_dead_letters_open 3")
+    })
+    .await;
 }
