@@ -76,17 +76,20 @@ CONF
 
 # stack_runner PKI LOGS SPILL: `edge-cloud run` (ingest, replay, sweep and the HTTP API) as the
 # service identity against the broker of stack_mosquitto, with a fresh EDGE_JWT_SECRET; waits
-# for the API. Sets HTTP_PORT and API.
+# for the API. Sets HTTP_PORT and API, and METRICS (its `GET /metrics` URL, on a free port).
 stack_runner() {
   local pki=$1 logs=$2 spill=$3
   HTTP_PORT=$(free_port)
+  METRICS_PORT=$(free_port)
+  METRICS="http://127.0.0.1:$METRICS_PORT/metrics"
   export EDGE_JWT_SECRET
   EDGE_JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
   API="http://127.0.0.1:$HTTP_PORT"
   log "edge-cloud run (API on $API)"
   "$CLOUD" run --mqtt-url "mqtts://127.0.0.1:$MQTT_PORT" \
     --ca "$pki/ca.crt" --cert "$pki/edge-service.crt" --key "$pki/edge-service.key" \
-    --http "127.0.0.1:$HTTP_PORT" --spill-dir "$spill" >"$logs/edge-cloud.log" 2>&1 &
+    --http "127.0.0.1:$HTTP_PORT" --metrics "127.0.0.1:$METRICS_PORT" \
+    --spill-dir "$spill" >"$logs/edge-cloud.log" 2>&1 &
   pids+=($!)
   wait_until 30 "the HTTP API" python3 -c "import urllib.request; urllib.request.urlopen('$API/openapi.json', timeout=1)"
 }

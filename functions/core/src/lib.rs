@@ -23,12 +23,17 @@
 //!   chunk bounds, named outcomes (protocol §7)
 //! - [`timescale`] — TimescaleDB compression/retention policies: which table may have which,
 //!   parsed ages, the statements that reach them
+//! - [`metrics`] — the metric contract (observability.md §2): family names, buckets, closed
+//!   label sets (unknown code → `other`), the `--metrics-*` duration parser
+//! - [`emf`] — CloudWatch Embedded Metric Format lines (the Lambdas' metrics on stdout)
 
 pub mod backpressure;
 pub mod classify;
 pub mod coalesce;
+pub mod emf;
 pub mod ingress;
 pub mod intake;
+pub mod metrics;
 pub mod mirror;
 pub mod naming;
 pub mod policy;

@@ -15,6 +15,8 @@ use edge_cloud_store::controls::due_controls;
 use edge_cloud_store::StoreError;
 use rumqttc::{AsyncClient, QoS};
 
+use crate::metrics::CloudMetrics;
+
 /// A publish that did not reach the transport.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -83,18 +85,22 @@ impl ControlPublisher for NoPublisher {
     }
 }
 
-/// Publishes up to `limit` due pending controls; returns how many reached the transport. The
-/// store already scheduled each one's next attempt (exponential backoff), so a failed publish
-/// is simply retried then.
+/// Publishes up to `limit` due pending controls; returns how many reached the transport (each
+/// counted in `edge_controls_published_total`). The store already scheduled each one's next
+/// attempt (exponential backoff), so a failed publish is simply retried then.
 pub async fn publish_due<P: ControlPublisher>(
     pool: &Pool,
     publisher: &P,
     limit: i64,
+    metrics: &CloudMetrics,
 ) -> Result<usize, StoreError> {
     let mut sent = 0;
     for c in due_controls(pool, limit).await? {
         match publisher.publish(&c.topic, c.payload).await {
-            Ok(()) => sent += 1,
+            Ok(()) => {
+                sent += 1;
+                metrics.control_published(&c.kind, c.attempts);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, control_id = %c.control_id, topic = %c.topic,
                     "control publish failed; will retry");

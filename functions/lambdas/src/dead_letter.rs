@@ -40,6 +40,7 @@ pub fn describe(e: &dyn std::error::Error) -> String {
 pub async fn park(deps: &Deps, letter: &NewDeadLetter<'_>) -> Result<i64, StoreError> {
     let c = deps.pool.get().await?;
     let id = dead_letters::park(&**c, letter).await?;
+    deps.metrics.dead_letter_parked(letter.transport);
     tracing::error!(
         dead_letter_id = id,
         transport = letter.transport,

@@ -20,7 +20,11 @@
 //!   `EDGE_JWT_SCOPE_PREFIX` (`api::claims`), `EDGE_REPLAY_QUEUE_URL`;
 //! - `sweep`: `EDGE_CONTROL_TRANSPORT` (+ `EDGE_IOT_DATA_ENDPOINT` or the `EDGE_MQTT_*` set),
 //!   `EDGE_EVENT_BUS_NAME`, `EDGE_EVENT_SOURCE`, `EDGE_REPLAY_QUEUE_URL`;
-//! - `replay`: `EDGE_REPLAY_CHUNK`.
+//! - `replay`: `EDGE_REPLAY_CHUNK`;
+//! - `sweep` (it writes the gauges): the metrics settings `EDGE_METRICS_INTERVAL` (15s),
+//!   `EDGE_METRICS_SILENT_AFTER` (15m), `EDGE_METRICS_LINEAGE_CAP` (100 in a Lambda: each EMF
+//!   dimension combination is a billed metric) — [`MetricsSettings`], the same variables as
+//!   `edge-cloud run`'s flags; the other Lambdas keep the defaults.
 
 use std::path::PathBuf;
 
@@ -70,6 +74,8 @@ pub enum EnvError {
         #[source]
         source: std::env::VarError,
     },
+    #[error("{var}: {message}")]
+    Metrics { var: &'static str, message: String },
     #[error("EDGE_CONTROL_TRANSPORT={0:?}: expected iot-data, mqtt or none")]
     Transport(String),
     #[error("reading {path}")]
@@ -160,6 +166,69 @@ pub struct LambdaSettings {
     pub control: ControlTransport,
     /// `replay`: rows per chunk.
     pub replay_chunk: i64,
+    /// The metrics collector's settings (the sweep writes the gauges each minute).
+    pub metrics: MetricsSettings,
+}
+
+/// The metrics settings of a process (observability.md §1): flags of `edge-cloud run`
+/// (`--metrics`, `--metrics-interval`, `--metrics-silent-after`, `--metrics-lineage-cap`),
+/// `EDGE_METRICS_*` variables in the Lambdas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// The runner's `/metrics` listener; `None` = off (always, in a Lambda: EMF instead).
+    pub listen: Option<std::net::SocketAddr>,
+    /// How often the collector reads the gauges from PostgreSQL.
+    pub interval: std::time::Duration,
+    /// A device is silent when its newest batch is older than this (and younger than 24 h).
+    pub silent_after: std::time::Duration,
+    /// The most lineages with `edge_lineage_*` series.
+    pub lineage_cap: usize,
+}
+
+/// `--metrics`' default.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9465";
+/// `--metrics-interval`'s default.
+pub const DEFAULT_METRICS_INTERVAL: &str = "15s";
+/// `--metrics-silent-after`'s default.
+pub const DEFAULT_METRICS_SILENT_AFTER: &str = "15m";
+/// `--metrics-lineage-cap`'s default in the runner, and in a Lambda.
+pub const DEFAULT_RUNNER_LINEAGE_CAP: usize = 500;
+pub const DEFAULT_LAMBDA_LINEAGE_CAP: usize = 100;
+
+impl MetricsSettings {
+    /// A Lambda's defaults (no listener, lineage cap 100).
+    pub fn lambda_default() -> Self {
+        MetricsSettings {
+            listen: None,
+            interval: std::time::Duration::from_secs(15),
+            silent_after: std::time::Duration::from_secs(15 * 60),
+            lineage_cap: DEFAULT_LAMBDA_LINEAGE_CAP,
+        }
+    }
+
+    /// A Lambda's: `EDGE_METRICS_INTERVAL`, `EDGE_METRICS_SILENT_AFTER`,
+    /// `EDGE_METRICS_LINEAGE_CAP`, each with its default when unset or blank.
+    pub fn lambda_from_env() -> Result<Self, EnvError> {
+        let duration = |var: &'static str, default: &str| {
+            let text = non_empty(var).unwrap_or_else(|| default.to_owned());
+            edge_cloud_core::metrics::parse_duration(&text)
+                .map_err(|message| EnvError::Metrics { var, message })
+        };
+        let var = "EDGE_METRICS_LINEAGE_CAP";
+        let lineage_cap = match non_empty(var) {
+            Some(v) => v.trim().parse().map_err(|e| EnvError::Metrics {
+                var,
+                message: format!("{v:?}: {e}"),
+            })?,
+            None => DEFAULT_LAMBDA_LINEAGE_CAP,
+        };
+        Ok(MetricsSettings {
+            listen: None,
+            interval: duration("EDGE_METRICS_INTERVAL", DEFAULT_METRICS_INTERVAL)?,
+            silent_after: duration("EDGE_METRICS_SILENT_AFTER", DEFAULT_METRICS_SILENT_AFTER)?,
+            lineage_cap,
+        })
+    }
 }
 
 /// Set and not blank.
@@ -220,6 +289,7 @@ impl LambdaSettings {
             event_source: DEFAULT_SOURCE.to_owned(),
             control: ControlTransport::None,
             replay_chunk: DEFAULT_CHUNK,
+            metrics: MetricsSettings::lambda_default(),
         };
         match lambda {
             Lambda::Ingest => {
@@ -248,6 +318,8 @@ impl LambdaSettings {
                 }
                 settings.replay_queue_url = non_empty("EDGE_REPLAY_QUEUE_URL");
                 settings.control = control_transport()?;
+                // The sweep writes the gauges each minute: only it reads the metrics settings.
+                settings.metrics = MetricsSettings::lambda_from_env()?;
             }
             Lambda::Replay => {
                 if let Ok(s) = std::env::var("EDGE_REPLAY_CHUNK") {
@@ -269,6 +341,8 @@ impl LambdaSettings {
             &self.database_defaults,
         )?;
         let mut deps = Deps::new(lambda_pool(url.expose(), self.pool_size)?);
+        // A Lambda's counters leave as EMF lines at the end of each invocation.
+        deps.metrics = std::sync::Arc::new(crate::metrics::CloudMetrics::with_emf());
         if self.lambda == Lambda::Api {
             let mut auth = match &self.jwt_secret {
                 Some(s) => {
@@ -393,6 +467,8 @@ pub struct RunnerSettings {
     pub spill_secret: Option<Secret>,
     /// Connection cap and read timeouts of the HTTP listener (reliability.md §7).
     pub http_limits: crate::http::HttpLimits,
+    /// `/metrics` listener and collector settings.
+    pub metrics: MetricsSettings,
 }
 
 impl RunnerSettings {
@@ -423,7 +499,9 @@ impl RunnerSettings {
 
 /// The governance API over the same dependencies.
 pub fn api(deps: &Deps) -> Api {
-    Api::new(deps.pool.clone(), deps.auth.clone()).with_replay_trigger(deps.replay.clone())
+    Api::new(deps.pool.clone(), deps.auth.clone())
+        .with_replay_trigger(deps.replay.clone())
+        .with_metrics(std::sync::Arc::clone(&deps.metrics))
 }
 
 /// The configured object store (S3 in AWS, a directory locally).

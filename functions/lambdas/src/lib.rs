@@ -20,7 +20,12 @@
 //! - [`dead_letter`] — parking permanently failed ingress messages, and retrying them
 //! - [`pki`] — the local stack's certificate authority (mosquitto stands in for IoT Core)
 //! - [`replay`] — the replay worker: drains open replay intents chunk by chunk (cloud.md §8)
+//! - [`metrics`] — the one owner of the cloud's metric families (observability.md §2): the
+//!   registry, the counters' call sites, gauges from a snapshot, EMF lines, the runner's
+//!   `/metrics` listener
 //! - [`replay_trigger`] — nudging the replay worker after work that opened replay intents
+//! - [`collector`] — the fleet's gauges on a clock: the runner's collector loop (into the
+//!   metrics registry), the sweep Lambda's gauge EMF lines
 //! - [`sweep`] — resume sweep + control (re-)publication (cloud.md §7) + event forwarding
 //! - [`events`] — the event forwarder hook (cloud.md §11): trait, log forwarder, cursor loop
 //! - [`control_publisher`] — the [`control_publisher::ControlPublisher`] trait, MQTT implementation
@@ -33,6 +38,7 @@
 
 pub mod api;
 pub mod aws;
+pub mod collector;
 pub mod commands;
 pub mod control_publisher;
 pub mod dead_letter;
@@ -41,6 +47,7 @@ pub mod events;
 pub mod http;
 pub mod ingest;
 pub mod lambda;
+pub mod metrics;
 pub mod objects;
 pub mod pki;
 pub mod replay;
@@ -68,6 +75,8 @@ pub struct Deps {
     pub auth: api::auth::AuthConfig,
     /// Throttle of the `device_unknown` notices ingest publishes through `publisher`.
     pub device_unknown: std::sync::Arc<control_publisher::DeviceUnknownThrottle>,
+    /// The process's metric families (observability.md §2).
+    pub metrics: std::sync::Arc<metrics::CloudMetrics>,
 }
 
 impl Deps {
@@ -82,6 +91,7 @@ impl Deps {
             replay: replay_trigger::ReplayTrigger::Polling,
             auth: api::auth::AuthConfig::default(),
             device_unknown: std::sync::Arc::default(),
+            metrics: std::sync::Arc::default(),
         }
     }
 

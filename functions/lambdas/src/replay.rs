@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use edge_cloud_core::metrics::{FailureClass, Handler};
 use edge_cloud_core::replay::IntentStatus;
 use edge_cloud_store::replay::{open_intents, record_failure, replay_chunk, ChunkOutcome};
 use time::OffsetDateTime;
@@ -82,14 +83,22 @@ pub async fn drain(deps: &Deps, chunk: i64, budget: Budget) -> DrainReport {
                     report.budget_exhausted = true;
                     return report;
                 }
-                match replay_chunk(&deps.pool, intent, chunk, OffsetDateTime::now_utc()).await {
+                let started = Instant::now();
+                let outcome =
+                    replay_chunk(&deps.pool, intent, chunk, OffsetDateTime::now_utc()).await;
+                if !matches!(outcome, Ok(ChunkOutcome::Skipped)) {
+                    deps.metrics.observe(Handler::Replay, started);
+                }
+                match outcome {
                     Ok(ChunkOutcome::Skipped) => break,
                     Ok(ChunkOutcome::Advanced {
                         lineage_id,
+                        kind,
                         drained,
                         failed,
                         status,
                     }) => {
+                        deps.metrics.record_replay_chunk(&kind, drained, failed);
                         progressed = true;
                         report.chunks += 1;
                         report.drained += drained;
@@ -102,6 +111,9 @@ pub async fn drain(deps: &Deps, chunk: i64, budget: Budget) -> DrainReport {
                     }
                     Err(e) => {
                         report.errors += 1;
+                        if e.is_transient() {
+                            deps.metrics.failure(FailureClass::Transient);
+                        }
                         let status = record_failure(&deps.pool, intent, &e).await;
                         tracing::warn!(%intent, error = %e, ?status, "replay chunk failed");
                         break;

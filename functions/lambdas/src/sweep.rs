@@ -50,6 +50,7 @@ pub async fn sweep_once_with<P: ControlPublisher, F: EventForwarder>(
     replay: &ReplayTrigger,
     now: OffsetDateTime,
 ) -> SweepReport {
+    let started = std::time::Instant::now();
     let mut report = SweepReport::default();
     match resume_sweep(&deps.pool, now, SWEEP_LIMIT).await {
         Ok(results) => {
@@ -74,7 +75,7 @@ pub async fn sweep_once_with<P: ControlPublisher, F: EventForwarder>(
     if report.resumed > 0 {
         replay.nudge("lineages resumed by the sweep").await;
     }
-    match publish_due(&deps.pool, publisher, SWEEP_LIMIT).await {
+    match publish_due(&deps.pool, publisher, SWEEP_LIMIT, &deps.metrics).await {
         Ok(n) => report.published = n,
         Err(e) => {
             report.errors += 1;
@@ -88,6 +89,8 @@ pub async fn sweep_once_with<P: ControlPublisher, F: EventForwarder>(
             tracing::warn!(error = %e, forwarder = forwarder.name(), "forwarding events");
         }
     }
+    deps.metrics
+        .observe(edge_cloud_core::metrics::Handler::Sweep, started);
     report
 }
 

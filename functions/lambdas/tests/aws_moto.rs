@@ -43,6 +43,7 @@ use edge_functions::aws::s3::S3Objects;
 use edge_functions::aws::secrets::{database_url_from_secret_with, fetch, DatabaseDefaults};
 use edge_functions::aws::ServiceOutcome;
 use edge_functions::control_publisher::{ControlPublisher, PublishError};
+use edge_functions::env::MetricsSettings;
 use edge_functions::events::EventForwarder;
 use edge_functions::lambda;
 use edge_functions::objects::{ObjectError, ObjectStore};
@@ -393,6 +394,7 @@ async fn the_sweep_publishes_controls_over_iot_data_and_forwards_events_to_event
         &publisher,
         &forwarder,
         &ReplayTrigger::Polling,
+        &MetricsSettings::lambda_from_env().unwrap(),
         &serde_json::from_str(SCHEDULE).unwrap(),
     )
     .await;

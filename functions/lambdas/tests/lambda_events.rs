@@ -16,6 +16,7 @@ use edge_functions::api::auth::AuthConfig;
 use edge_functions::api::Api;
 use edge_functions::aws::db::{lambda_pool, ThawGuard, STALE_AFTER};
 use edge_functions::control_publisher::{ControlPublisher, PublishError};
+use edge_functions::env::MetricsSettings;
 use edge_functions::events::LogForwarder;
 use edge_functions::replay_trigger::ReplayTrigger;
 use edge_functions::store::controls::issue_lineage_control;
@@ -198,11 +199,14 @@ async fn schedule_fixture_runs_the_sweep_and_the_replay_backstop() {
         &publisher,
         &LogForwarder,
         &ReplayTrigger::Polling,
+        &MetricsSettings::lambda_from_env().unwrap(),
         &event,
     )
     .await;
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(report["published"], 1, "{report}");
+    // The fleet's gauges as EMF after the run (observability.md §2).
+    assert!(report["gauge_lines"].as_u64().unwrap() > 0, "{report}");
     let sent = publisher.0.lock().unwrap().clone();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].0, "acme/gw-07/sync/ingest/control");

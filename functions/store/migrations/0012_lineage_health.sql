@@ -9,12 +9,26 @@
 ALTER TABLE edge_table_lineages ADD COLUMN IF NOT EXISTS last_batch_received_at timestamptz;
 ALTER TABLE edge_table_lineages ADD COLUMN IF NOT EXISTS newest_materialized_source_at timestamptz;
 
--- The worst-first order of §4 within a project: pause class, then oldest source time (= lag
--- desc), then backlog. device_name and source_table break the remaining ties after the join.
+-- The worst-first order of §4 within a project (read::fleet): pause class, then the whole
+-- second at or after the source time (ascending = lag descending, for a generated_at in whole
+-- seconds: ⌊G − s⌋ = G − ⌈s⌉), then backlog. An immutable expression so the index holds it
+-- (extract() of a timestamptz is only stable; of an interval it is immutable). The fleet page
+-- walks this index in order and stops after the page: device_name and source_table break the
+-- remaining ties in an incremental sort of the (tiny) groups that tie on all three.
 CREATE INDEX IF NOT EXISTS edge_table_lineages_health ON edge_table_lineages (
     project_id,
     (CASE pause_reason WHEN 'circuit_breaker' THEN 0 WHEN 'volume_backpressure' THEN 1
                        WHEN 'schema_review' THEN 2 ELSE 3 END),
-    (coalesce(newest_materialized_source_at, created_at)),
+    (ceil(extract(epoch FROM coalesce(newest_materialized_source_at, created_at) - to_timestamp(0)))),
     staged_row_count DESC
 );
+
+-- The fleet row's extras, probed for the page's rows only:
+-- `rejections_last_hour` — rejected ledger rows of (device, source_table) received in the last
+-- hour (rejections before the lineage exists carry no lineage_id, so not by lineage);
+CREATE INDEX IF NOT EXISTS edge_export_segments_rejected_recent
+    ON edge_export_segments (device_id, source_table, received_at) WHERE status = 'rejected';
+-- `last_ack_at` — the newest acked_at of the lineage's controls (a backward index probe; the
+-- unacked count uses edge_pending_controls_lineage of 0003).
+CREATE INDEX IF NOT EXISTS edge_pending_controls_lineage_acked
+    ON edge_pending_controls (lineage_id, acked_at) WHERE acked_at IS NOT NULL;

@@ -19,6 +19,9 @@ pub struct DueControl {
     pub topic: String,
     /// The stored signed envelope, byte-identical on every attempt.
     pub payload: Vec<u8>,
+    /// `control_kind`, and the attempts including this one (1 = the first publish).
+    pub kind: String,
+    pub attempts: i32,
 }
 
 /// Claims up to `limit` due controls and schedules their next attempt with exponential
@@ -37,7 +40,8 @@ pub async fn due_controls(pool: &Pool, limit: i64) -> Result<Vec<DueControl>, St
                                                  interval '5 minutes') \
              FROM due, edge_devices d \
              WHERE p.control_id = due.control_id AND d.device_id = p.device_id \
-             RETURNING p.control_id, d.topic_slug, d.device_name, p.envelope::text",
+             RETURNING p.control_id, d.topic_slug, d.device_name, p.envelope::text, \
+                 p.control_kind, p.attempts",
             &[&limit],
         )
         .await?;
@@ -51,6 +55,8 @@ pub async fn due_controls(pool: &Pool, limit: i64) -> Result<Vec<DueControl>, St
                 control_id: r.get(0),
                 topic: format!("{slug}/{name}/sync/ingest/control"),
                 payload: text.into_bytes(),
+                kind: r.get(4),
+                attempts: r.get(5),
             }
         })
         .collect())

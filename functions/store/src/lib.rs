@@ -17,8 +17,8 @@
 //! - [`scope`] — the tenant [`scope::Scope`], [`scope::Page`] and timestamp text
 //! - [`registry`] — devices: session identity → tenant ids, topic slug, control key
 //! - [`ledger`] — the segment ledger `edge_export_segments` (dedup on device + batch)
-//! - [`lineage`] — lineages, schema versions, intake's reviews, bindings, watermarks, events,
-//!   lineage deletion
+//! - [`lineage`] — lineages, schema versions, intake's reviews, bindings, watermarks, the sync
+//!   health intake keeps on the lineage (`Received`), events, lineage deletion
 //! - [`policy`] — the one reader and writer of the project policy (`edge_replication_policy`)
 //! - [`staging`] — staged rows with their lineage counters
 //! - [`mirror`] — mirror DDL execution, version-guarded upserts, telemetry values, control acks
@@ -29,7 +29,8 @@
 //! - [`sweep`] — the scheduled resume sweep
 //! - [`spill`] — spill/snapshot uploads (`edge_spill_uploads`) and their `url_grant` controls
 //! - [`forwarding`] — the event forwarding cursor (cloud.md §11)
-//! - [`health`] — the fleet's gauges (observability.md §2) as data, read for the metrics
+//! - [`health`] — the fleet's gauges (observability.md §2) as data, and their one reader
+//!   ([`health::read_fleet_gauges`]: two statements, the capped lineages in [`read::fleet`]'s order)
 //! - [`dead_letters`] — messages no handler could take, kept for the operator
 //! - [`presence`] — live runners and the identity of their spill directories (one object store
 //!   per database)
@@ -40,7 +41,8 @@
 //! - [`review`] — review transitions of both kinds (claim, reject, approve); per-device approval
 //! - [`approval`] — the steps of applying an approval plan, shared by both kinds of review
 //! - [`coalesce`] — registry coalescing: intake and adoption, registry reviews, consolidation
-//! - [`read`] — the HTTP API's scoped reads (lineages, rows, reviews, registry, events)
+//! - [`read`] — the HTTP API's scoped reads (lineages, rows, reviews, registry, events, fleet
+//!   health with the lag and worst-first order)
 //! - [`idempotency`] — stored responses of the API's idempotency keys
 //!
 //! Every function takes a [`tokio_postgres::GenericClient`] (`+ Sync`), so the handler decides

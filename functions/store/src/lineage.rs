@@ -1,11 +1,13 @@
-//! Lineages, schema versions, reviews opened by intake, bindings, watermarks and the
-//! governance events (cloud.md §11).
+//! Lineages, schema versions, reviews opened by intake, bindings, watermarks, the lineage's
+//! sync-health columns kept by intake ([`Received`], observability.md §4) and the governance
+//! events (cloud.md §11).
 
 use std::collections::HashMap;
 
 use edge_cloud_core::classify::{SchemaClass, SchemaDiff};
 use edge_cloud_core::mirror::{MirrorColumn, MirrorTable, MirrorType};
 use edge_protocol::fingerprint::SchemaColumns;
+use time::OffsetDateTime;
 use tokio_postgres::types::Type;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
@@ -231,35 +233,82 @@ pub async fn pause_lineage<C: GenericClient + Sync>(
     Ok(())
 }
 
-/// Raises the lineage's high watermark for an epoch (never lowers it).
+/// What an accepted batch (or spill chunk) tells the lineage's sync health (observability.md
+/// §4, migration 0012): intake accepted it now — not a duplicate, not a rejection — and, when
+/// rows of it materialized, its source time (rows: the UUIDv7 time of `batch_id`; telemetry:
+/// `cursor_end_ts`). Staged rows wait: the drain raises the source time when it materializes
+/// them (`crate::drain`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Received {
+    /// The batch's source time when rows of it materialized; `None` when all of it was staged.
+    pub materialized_source_at: Option<OffsetDateTime>,
+}
+
+/// The one change of the health columns on an accepted batch, as a `SET` list over
+/// `edge_table_lineages`; `source` is the parameter of [`Received::materialized_source_at`]
+/// (`GREATEST` skips a NULL, so a staged batch leaves the source time as it was). Folded into
+/// the statement intake already runs on the lineage ([`advance_watermark`] for rows and spill
+/// chunks, [`advance_batch_seq`] for telemetry): no extra round trip per batch.
+fn health_set(source: &str) -> String {
+    format!(
+        "last_batch_received_at = now(), newest_materialized_source_at = \
+         GREATEST(edge_table_lineages.newest_materialized_source_at, {source}::timestamptz)"
+    )
+}
+
+/// Raises the lineage's high watermark for an epoch (never lowers it), and records the
+/// accepted row batch (or spill chunk) on the lineage ([`Received`]) in the same statement.
 pub async fn advance_watermark<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     journal_epoch: Uuid,
     seq: i64,
+    received: Received,
 ) -> Result<(), StoreError> {
     c.execute_unnamed(
-        "INSERT INTO edge_lineage_watermarks (lineage_id, journal_epoch, high_seq) \
-         VALUES ($1, $2, $3) ON CONFLICT (lineage_id, journal_epoch) DO UPDATE \
-             SET high_seq = GREATEST(edge_lineage_watermarks.high_seq, EXCLUDED.high_seq), \
-                 updated_at = now()",
-        &[&lineage_id, &journal_epoch, &seq],
+        &format!(
+            "WITH health AS (UPDATE edge_table_lineages SET {} WHERE id = $1) \
+             INSERT INTO edge_lineage_watermarks (lineage_id, journal_epoch, high_seq) \
+             VALUES ($1, $2, $3) ON CONFLICT (lineage_id, journal_epoch) DO UPDATE \
+                 SET high_seq = GREATEST(edge_lineage_watermarks.high_seq, EXCLUDED.high_seq), \
+                     updated_at = now()",
+            health_set("$4")
+        ),
+        &[
+            &lineage_id,
+            &journal_epoch,
+            &seq,
+            &received.materialized_source_at,
+        ],
     )
     .await?;
     Ok(())
 }
 
-/// Records an accepted telemetry batch as the lineage's newest.
+/// Records an accepted telemetry batch: the lineage's newest batch (when its `batch_seq` is
+/// above the last) and [`Received`], in one statement.
 pub async fn advance_batch_seq<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     batch_seq: i64,
     batch_id: Uuid,
+    received: Received,
 ) -> Result<(), StoreError> {
     c.execute_unnamed(
-        "UPDATE edge_table_lineages SET last_batch_seq = $2, last_batch_id = $3, updated_at = now() \
-         WHERE id = $1 AND (last_batch_seq IS NULL OR last_batch_seq < $2)",
-        &[&lineage_id, &batch_seq, &batch_id],
+        &format!(
+            "UPDATE edge_table_lineages SET \
+                 last_batch_id = CASE WHEN last_batch_seq IS NULL OR last_batch_seq < $2 \
+                     THEN $3 ELSE last_batch_id END, \
+                 last_batch_seq = GREATEST(last_batch_seq, $2), {}, updated_at = now() \
+             WHERE id = $1",
+            health_set("$4")
+        ),
+        &[
+            &lineage_id,
+            &batch_seq,
+            &batch_id,
+            &received.materialized_source_at,
+        ],
     )
     .await?;
     Ok(())

@@ -56,6 +56,8 @@ pub enum ChunkOutcome {
     /// A chunk committed.
     Advanced {
         lineage_id: Uuid,
+        /// The lineage's kind (`rows` / `telemetry`).
+        kind: String,
         drained: i64,
         failed: i64,
         status: IntentStatus,
@@ -146,6 +148,7 @@ pub async fn replay_chunk(
     tx.commit().await?;
     Ok(ChunkOutcome::Advanced {
         lineage_id,
+        kind: lineage.kind,
         drained: chunk.drained,
         failed: chunk.failed,
         status,

@@ -686,7 +686,10 @@ impl Stack {
             .arg("--client-id")
             .arg(client_id)
             .arg("--spill-dir")
-            .arg(self.dir.join("spill"));
+            .arg(self.dir.join("spill"))
+            // Two runners on one machine: neither takes the default metrics port.
+            .arg("--metrics")
+            .arg("off");
         c
     }
 

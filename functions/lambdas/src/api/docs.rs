@@ -35,6 +35,8 @@ use super::body;
         ErrorBody,
         ErrorDetail,
         ListLineages,
+        query::FleetHealthView,
+        ListFleetHealth,
         body::ClaimBody,
         body::ApproveBody,
         body::ColumnActionBody,
@@ -165,6 +167,17 @@ pub struct ListLineages {
     ok: i32,
     data: Vec<query::LineageView>,
     /// `{page, limit, total}`
+    #[schema(value_type = Object)]
+    meta: Value,
+}
+
+/// The fleet view (documentation only).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ListFleetHealth {
+    ok: i32,
+    data: Vec<query::FleetHealthView>,
+    /// `{page, limit, total, generated_at}`
     #[schema(value_type = Object)]
     meta: Value,
 }

@@ -48,6 +48,7 @@ pub use extract::Caller;
 
 use crate::api::auth::AuthConfig;
 use crate::api::extract::RawPath;
+use crate::metrics::CloudMetrics;
 use crate::replay_trigger::ReplayTrigger;
 
 /// Everything the API needs, built once per process.
@@ -57,6 +58,8 @@ pub struct Api {
     pub auth: AuthConfig,
     /// Started after a mutation that opens replay intents (SQS in AWS, nothing locally).
     pub replay_trigger: ReplayTrigger,
+    /// Where each request's duration is recorded (`edge_handler_duration_seconds{handler=api}`).
+    pub metrics: Arc<CloudMetrics>,
 }
 
 impl Api {
@@ -66,7 +69,13 @@ impl Api {
             pool,
             auth,
             replay_trigger: ReplayTrigger::Polling,
+            metrics: Arc::default(),
         }
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<CloudMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn with_replay_trigger(mut self, trigger: ReplayTrigger) -> Self {
@@ -78,9 +87,22 @@ impl Api {
 /// The path prefix of every project route.
 pub const BASE: &str = "/core/api/v1/projects/";
 
-/// The API's router over `api` (what [`service`] serves; the runner merges other routes in).
+/// The API's router over `api` (what [`service`] serves; the runner merges other routes in),
+/// each request timed.
 pub fn router(api: Arc<Api>) -> Router {
-    routes::router(api)
+    let metrics = Arc::clone(&api.metrics);
+    routes::router(api).layer(axum::middleware::from_fn_with_state(metrics, timed))
+}
+
+async fn timed(
+    axum::extract::State(metrics): axum::extract::State<Arc<CloudMetrics>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    metrics.observe(edge_cloud_core::metrics::Handler::Api, started);
+    response
 }
 
 /// A router as the API serves it: requests' paths have their empty segments dropped before

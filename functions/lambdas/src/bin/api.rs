@@ -21,13 +21,21 @@ async fn main() -> anyhow::Result<()> {
     let deps = LambdaSettings::from_env(Lambda::Api)?.deps().await?;
     // The router itself is the Lambda's service; the thaw guard looks at the pool first.
     let pool = deps.pool.clone();
+    let metrics = Arc::clone(&deps.metrics);
     let thaw = ThawGuard::default();
     let router = edge_functions::api::service::<lambda_http::Body>(edge_functions::api::router(
         Arc::new(env::api(&deps)),
     ));
     lambda_http::run(service_fn(move |req: Request| {
         thaw.before_request(&pool);
-        router.clone().oneshot(req)
+        let response = router.clone().oneshot(req);
+        let metrics = Arc::clone(&metrics);
+        async move {
+            let response = response.await;
+            // The request's duration, as EMF, at the end of the invocation.
+            metrics.write_emf();
+            response
+        }
     }))
     .await
     .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))

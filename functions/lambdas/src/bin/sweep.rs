@@ -16,6 +16,9 @@
 //! default bus) sends every governance event to EventBridge with source `EDGE_EVENT_SOURCE`
 //! (default `edge-sync`); unset, events are written to the log. Replay: `EDGE_REPLAY_QUEUE_URL`
 //! gets a message whenever the sweep resumed lineages, so their backlog replays at once.
+//!
+//! Metrics: each run ends with the fleet's gauges as EMF lines (observability.md §2) —
+//! `EDGE_METRICS_SILENT_AFTER` (default 15m), `EDGE_METRICS_LINEAGE_CAP` (default 100).
 
 use std::sync::Arc;
 
@@ -27,15 +30,24 @@ use lambda_runtime::{service_fn, LambdaEvent};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing(LogOutput::Lambda);
-    let deps = LambdaSettings::from_env(Lambda::Sweep)?.deps().await?;
-    let state = Arc::new((deps, ThawGuard::default()));
+    let settings = LambdaSettings::from_env(Lambda::Sweep)?;
+    let deps = settings.deps().await?;
+    let state = Arc::new((deps, ThawGuard::default(), settings.metrics));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let state = Arc::clone(&state);
         async move {
-            let (deps, thaw) = &*state;
+            let (deps, thaw, metrics) = &*state;
             let (publisher, forwarder, replay) = (&deps.publisher, &deps.forwarder, &deps.replay);
-            let report =
-                lambda::sweep(deps, thaw, publisher, forwarder, replay, &event.payload).await;
+            let report = lambda::sweep(
+                deps,
+                thaw,
+                publisher,
+                forwarder,
+                replay,
+                metrics,
+                &event.payload,
+            )
+            .await;
             Ok::<_, lambda_runtime::Error>(report)
         }
     }))

@@ -30,7 +30,7 @@ use self::pki::PkiCommand;
 use crate::api::auth::AuthError;
 use crate::api::claims::{self, ClaimMapping};
 use crate::aws::AwsError;
-use crate::env::{EnvError, RunnerSettings, Secret};
+use crate::env::{self, EnvError, RunnerSettings, Secret};
 use crate::pki::PkiError;
 use crate::runner::{MqttSettings, RunnerError};
 
@@ -58,6 +58,8 @@ pub enum CommandError {
     Env(#[from] EnvError),
     #[error(transparent)]
     Runner(#[from] RunnerError),
+    #[error(transparent)]
+    MetricsListen(#[from] crate::metrics::serve::BindError),
     #[error(transparent)]
     Json(#[from] serde_json::Error),
     #[error("{what}")]
@@ -177,6 +179,9 @@ pub enum Command {
         /// docs/reliability.md "Several runners").
         #[arg(long, env = "EDGE_RUNNER_SHARE_GROUP")]
         share_group: Option<String>,
+        /// The metrics listener and collector (observability.md §1).
+        #[command(flatten)]
+        metrics: Box<MetricsArgs>,
     },
     /// Ingress messages whose handling failed permanently, parked instead of dropped.
     DeadLetters {
@@ -223,6 +228,50 @@ pub struct JwtClaimArgs {
     /// for Cognito resource-server scopes `edge/PROJECT_CAN_MANAGE_DEVICES`).
     #[arg(long, env = "EDGE_JWT_SCOPE_PREFIX")]
     pub jwt_scope_prefix: Option<String>,
+}
+
+/// `edge-cloud run`'s metrics flags (observability.md §1), each also an `EDGE_METRICS_*`
+/// variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MetricsArgs {
+    /// Where `GET /metrics` (Prometheus text) listens, or `off`; its own listener, no auth:
+    /// keep it on loopback (the metrics span every tenant and name devices).
+    #[arg(long = "metrics", env = "EDGE_METRICS_LISTEN", default_value = env::DEFAULT_METRICS_LISTEN, value_parser = parse_listen)]
+    pub metrics: MetricsListen,
+    /// How often the gauges are read from PostgreSQL (15s, 1m, 1h).
+    #[arg(long, env = "EDGE_METRICS_INTERVAL", default_value = env::DEFAULT_METRICS_INTERVAL, value_parser = edge_cloud_core::metrics::parse_duration)]
+    pub metrics_interval: std::time::Duration,
+    /// A device counts as silent when its newest batch is older than this (up to 24 h).
+    #[arg(long, env = "EDGE_METRICS_SILENT_AFTER", default_value = env::DEFAULT_METRICS_SILENT_AFTER, value_parser = edge_cloud_core::metrics::parse_duration)]
+    pub metrics_silent_after: std::time::Duration,
+    /// The most lineages (worst first) with `edge_lineage_*` series.
+    #[arg(long, env = "EDGE_METRICS_LINEAGE_CAP", default_value_t = env::DEFAULT_RUNNER_LINEAGE_CAP)]
+    pub metrics_lineage_cap: usize,
+}
+
+/// `--metrics`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<std::net::SocketAddr>);
+
+fn parse_listen(text: &str) -> Result<MetricsListen, String> {
+    if text.trim() == "off" {
+        return Ok(MetricsListen(None));
+    }
+    text.trim()
+        .parse()
+        .map(|a| MetricsListen(Some(a)))
+        .map_err(|e| format!("{text:?}: expected HOST:PORT (e.g. 127.0.0.1:9465) or off: {e}"))
+}
+
+impl MetricsArgs {
+    fn settings(&self) -> env::MetricsSettings {
+        env::MetricsSettings {
+            listen: self.metrics.0,
+            interval: self.metrics_interval,
+            silent_after: self.metrics_silent_after,
+            lineage_cap: self.metrics_lineage_cap,
+        }
+    }
 }
 
 /// Runs one parsed command line.
@@ -277,6 +326,7 @@ pub async fn execute(cli: Cli) -> Result<(), CommandError> {
             http_header_timeout_ms,
             http_body_timeout_ms,
             share_group,
+            metrics,
         } => {
             let settings = RunnerSettings {
                 database_url: Secret::new(database_url),
@@ -306,6 +356,7 @@ pub async fn execute(cli: Cli) -> Result<(), CommandError> {
                     header_timeout: std::time::Duration::from_millis(http_header_timeout_ms),
                     body_timeout: std::time::Duration::from_millis(http_body_timeout_ms),
                 },
+                metrics: metrics.settings(),
             };
             run::execute(settings).await?;
         }

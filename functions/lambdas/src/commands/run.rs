@@ -1,6 +1,7 @@
 //! `edge-cloud run`: the local stack on one machine — the MQTT runner (ingest), the sweep and
 //! replay loops beside it, and one HTTP listener with the governance API and the spill upload
-//! endpoint (`PUT /spill/...`, protocol §7).
+//! endpoint (`PUT /spill/...`, protocol §7), and the metrics listener (`--metrics`,
+//! observability.md §1) on its own address with the gauge collector loop behind it.
 
 use std::sync::Arc;
 
@@ -8,13 +9,20 @@ use edge_cloud_store::{migrate::migrate, pool};
 
 use super::devices::new_control_key;
 use super::CommandError;
+use crate::collector::spawn_runner_collector;
 use crate::env::{self, RunnerSettings};
+use crate::metrics;
 use crate::objects::local::{self as spill_http, LocalObjects};
 use crate::runner::run;
 use crate::Deps;
 
 /// Migrates, then runs until Ctrl-C.
 pub async fn execute(settings: RunnerSettings) -> Result<(), CommandError> {
+    // First: a metrics address that cannot be bound stops start-up, naming `--metrics`.
+    let metrics_listener = match settings.metrics.listen {
+        Some(addr) => Some(metrics::serve::bind(addr).await?),
+        None => None,
+    };
     let p = pool::connect(settings.database_url.expose(), settings.pool_size)?;
     {
         let mut c = p.get().await.map_err(CommandError::Connect)?;
@@ -42,12 +50,26 @@ pub async fn execute(settings: RunnerSettings) -> Result<(), CommandError> {
     let objects = LocalObjects::new(spill_dir, &base_url, secret);
     let deps = settings.deps(p.clone(), objects.clone())?;
     let api_task = serve_api(&deps, objects, settings.http, settings.http_limits).await?;
+    let metrics_task = metrics_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "metrics listening (GET /metrics)");
+        }
+        metrics::serve::spawn(listener, Arc::clone(&deps.metrics))
+    });
+    // With metrics on, the gauges come from the collector's reads; a scrape reads its cache.
+    let collector_task = settings
+        .metrics
+        .listen
+        .map(|_| spawn_runner_collector(p.clone(), settings.metrics, Arc::clone(&deps.metrics)));
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
     };
     let result = run(deps, settings.mqtt.clone(), shutdown).await;
     api_task.abort();
+    for task in [metrics_task, collector_task].into_iter().flatten() {
+        task.abort();
+    }
     heartbeat.abort();
     super::spill_store::deregister(&p, &presence).await;
     Ok(result?)

@@ -5,6 +5,7 @@
 
 use edge_cloud_core::ingress::Admitted;
 use edge_cloud_core::intake::{ledger_batch_id, ledger_time_ms};
+use edge_cloud_core::metrics::BatchKind;
 use edge_cloud_core::spill::Header;
 use edge_cloud_store::ledger::{insert_segment, Segment};
 use edge_cloud_store::registry::Device;
@@ -168,12 +169,9 @@ pub(super) async fn reject(
     })
 }
 
+/// The ledger's kind of a payload that failed validation: the metrics' `kind` label too.
 fn ledger_kind(kind: TopicKind) -> &'static str {
-    match kind {
-        TopicKind::TelemetryBatch => "telemetry",
-        TopicKind::IngestRequest => "spill",
-        _ => "rows",
-    }
+    BatchKind::of_topic(kind).as_str()
 }
 
 pub(super) fn count(n: usize) -> i32 {

@@ -29,6 +29,7 @@ mod telemetry;
 pub mod upload;
 
 use edge_cloud_core::ingress::{admit, Admitted, IngressEnvelope};
+use edge_cloud_core::metrics::{BatchKind, FailureClass, Handler};
 use edge_cloud_store::device_block;
 use edge_cloud_store::mirror::ack_control;
 use edge_cloud_store::registry::device_by_name;
@@ -42,12 +43,28 @@ pub use self::outcome::Outcome;
 
 use self::ledger::reject;
 use crate::control_publisher::publish_device_unknown;
+use crate::metrics::ingest::increments;
 use crate::{Deps, HandlerError};
 
-/// Ingress then intake: the whole per-envelope pipeline.
+/// Ingress then intake: the whole per-envelope pipeline. Its counters move here, once the
+/// outcome is committed (observability.md §2, [`crate::metrics::ingest::increments`]); a
+/// retryable failure counts as a transient materialization failure (the envelope comes again).
 pub async fn handle(deps: &Deps, envelope: IngressEnvelope) -> Result<Outcome, HandlerError> {
-    match admit(&envelope) {
-        Ok(admitted) => intake(deps, admitted).await,
+    let started = std::time::Instant::now();
+    let result = match admit(&envelope) {
+        Ok(admitted) => {
+            let kind = BatchKind::of_topic(admitted.topic.kind);
+            let stripped = !admitted.stripped_fields.is_empty();
+            let result = intake(deps, admitted).await;
+            match &result {
+                Ok(outcome) => deps
+                    .metrics
+                    .record_ingest(kind, &increments(outcome, stripped)),
+                Err(e) if e.is_retryable() => deps.metrics.failure(FailureClass::Transient),
+                Err(_) => {}
+            }
+            result
+        }
         Err(e) => {
             tracing::warn!(topic = %envelope.topic, client_id = %envelope.client_id, error = %e,
                 "envelope dropped at ingress");
@@ -55,7 +72,9 @@ pub async fn handle(deps: &Deps, envelope: IngressEnvelope) -> Result<Outcome, H
                 reason: e.to_string(),
             })
         }
-    }
+    };
+    deps.metrics.observe(Handler::Ingest, started);
+    result
 }
 
 /// The worker: an admitted payload, in one transaction.
@@ -71,14 +90,18 @@ pub async fn intake(deps: &Deps, admitted: Admitted) -> Result<Outcome, HandlerE
     log_outcome(&admitted, &outcome);
     if let Some(reason) = unknown {
         // After the commit, throttled, bounded in time: never holds up or fails the intake.
-        publish_device_unknown(
+        if publish_device_unknown(
             &deps.publisher,
             &deps.device_unknown,
             &admitted.topic.root(),
             reason,
             time::OffsetDateTime::now_utc(),
         )
-        .await;
+        .await
+        {
+            deps.metrics
+                .control_published(edge_protocol::control::DEVICE_UNKNOWN, 1);
+        }
     }
     Ok(outcome)
 }

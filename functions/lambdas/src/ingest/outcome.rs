@@ -3,6 +3,7 @@
 
 use edge_cloud_core::backpressure::streak_ends;
 use edge_cloud_core::classify::SchemaClass;
+use edge_cloud_core::metrics::StagedByReason;
 use edge_cloud_core::spill::SpillCode;
 use edge_cloud_store::backpressure::{check_after_intake, note_clean_batch};
 use edge_cloud_store::ledger::{finish_segment, SegmentOutcome};
@@ -28,6 +29,8 @@ pub enum Outcome {
         staged: i64,
         /// Rows staged as `materialization_failed`.
         failed: i64,
+        /// What else the counters need (observability.md §2).
+        tally: Tally,
     },
     /// The (device, batch_id) was already in the ledger: nothing done.
     Duplicate { batch_id: Uuid },
@@ -58,6 +61,18 @@ pub enum Outcome {
     Dropped { reason: String },
 }
 
+/// What an accepted batch adds to the counters beyond its row counts (observability.md §2),
+/// noted where intake decides it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// The ledger status is `staged` (the batch was routed to staging), else `materialized`.
+    pub staged_status: bool,
+    /// The rows staged, per reason.
+    pub staged_by: StagedByReason,
+    /// A batch of a journal epoch older than the lineage's newest was recorded (reliability §5).
+    pub stale_epoch: bool,
+}
+
 /// What the rows of one batch (or one chunk of a spill object) came to.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Processed {
@@ -67,6 +82,8 @@ pub(super) struct Processed {
     pub(super) staged_any: bool,
     /// (materialized, staged, failed) rows.
     pub(super) counts: (i64, i64, i64),
+    pub(super) staged_by: StagedByReason,
+    pub(super) stale_epoch: bool,
 }
 
 impl Processed {
@@ -78,6 +95,8 @@ impl Processed {
         self.counts.0 += other.counts.0;
         self.counts.1 += other.counts.1;
         self.counts.2 += other.counts.2;
+        self.staged_by.merge(other.staged_by);
+        self.stale_epoch |= other.stale_epoch;
     }
 }
 
@@ -106,6 +125,8 @@ pub(super) async fn accept_processed(
                 "materialized"
             },
             counts: p.counts,
+            staged_by: p.staged_by,
+            stale_epoch: p.stale_epoch,
         },
     )
     .await
@@ -121,6 +142,8 @@ pub(super) struct Accepted {
     pub(super) status: &'static str,
     /// (materialized, staged, failed) rows.
     pub(super) counts: (i64, i64, i64),
+    pub(super) staged_by: StagedByReason,
+    pub(super) stale_epoch: bool,
 }
 
 /// The common end of intake, in the batch's transaction: flow control (§7), the ledger row's
@@ -149,6 +172,11 @@ pub(super) async fn accept(tx: &Transaction<'_>, a: &Accepted) -> Result<Outcome
         materialized,
         staged,
         failed,
+        tally: Tally {
+            staged_status: a.status == "staged",
+            staged_by: a.staged_by,
+            stale_epoch: a.stale_epoch,
+        },
     })
 }
 

@@ -5,12 +5,13 @@
 use edge_cloud_core::backpressure::permanent_write_error;
 use edge_cloud_core::ingress::Admitted;
 use edge_cloud_core::intake::{epoch_time_ms, pk_key, BindingsOf, StagingReason};
+use edge_cloud_core::metrics::StagedByReason;
 use edge_cloud_core::mirror::plan_upserts;
 use edge_cloud_core::telemetry::data_point_value;
 use edge_cloud_store::coalesce;
 use edge_cloud_store::ledger::insert_segment;
 use edge_cloud_store::lineage::{
-    advance_watermark, bindings, emit_event, lock_lineage, upsert_lineage,
+    advance_watermark, bindings, emit_event, lock_lineage, upsert_lineage, Received,
 };
 use edge_cloud_store::mirror::{apply_upserts, insert_telemetry_values, TelemetryValue};
 use edge_cloud_store::registry::Device;
@@ -93,6 +94,7 @@ pub(super) async fn rows_into_lineage(
     .await?;
     let lineage = &c.lineage;
     let (mut materialized, mut staged, mut failed) = (0i64, 0i64, 0i64);
+    let mut staged_by = StagedByReason::default();
     let target = |reason| stage_target(lineage.id, device, b, reason);
     let status = match c.route {
         Ok(which) => {
@@ -140,6 +142,7 @@ pub(super) async fn rows_into_lineage(
                         stage_rows(tx, target(StagingReason::MaterializationFailed), &rows).await?;
                     failed = count64(plan.failures.len());
                     staged += n;
+                    staged_by.add(StagingReason::MaterializationFailed, n);
                     emit_event(
                         tx,
                         "integration.edge_export_segment.materialization_failed.v1",
@@ -158,6 +161,7 @@ pub(super) async fn rows_into_lineage(
                 let rows: Vec<StagedRow> = b.rows.iter().map(|r| staged_row(b, r, None)).collect();
                 let (n, _) = stage_rows(tx, target(StagingReason::SchemaReview), &rows).await?;
                 staged += n;
+                staged_by.add(StagingReason::SchemaReview, n);
             }
             if !binds.mapped.is_empty() {
                 // Row tables without a ts_column use the batch's UUIDv7 time: the device's
@@ -171,6 +175,7 @@ pub(super) async fn rows_into_lineage(
             let rows: Vec<StagedRow> = b.rows.iter().map(|r| staged_row(b, r, None)).collect();
             let (n, _) = stage_rows(tx, target(reason), &rows).await?;
             staged = n;
+            staged_by.add(reason, n);
             "staged"
         }
     };
@@ -182,13 +187,22 @@ pub(super) async fn rows_into_lineage(
         ChunkStatus::Materialized
     };
     snapshot_bookkeeping(tx, device, lineage.id, b, chunk_status).await?;
-    stale_epoch_check(tx, device, lineage.id, b).await?;
-    advance_watermark(tx, lineage.id, b.journal_epoch, b.last_commit_seq).await?;
+    let stale_epoch = stale_epoch_check(tx, device, lineage.id, b).await?;
+    // Rows of the batch materialized unless it was staged or every row failed (an empty batch
+    // on a materializing route counts: nothing of it is waiting).
+    let rows_materialized =
+        status == "materialized" && (b.rows.is_empty() || failed < count64(b.rows.len()));
+    let received = Received {
+        materialized_source_at: rows_materialized.then_some(batch_time),
+    };
+    advance_watermark(tx, lineage.id, b.journal_epoch, b.last_commit_seq, received).await?;
     Ok(Processed {
         lineage_id: Some(lineage.id),
         class: Some(c.class),
         staged_any: status == "staged",
         counts: (materialized, staged, failed),
+        staged_by,
+        stale_epoch,
     })
 }
 
@@ -249,15 +263,15 @@ async fn snapshot_bookkeeping(
 
 /// A batch of an epoch older than one already recorded for the lineage is accepted (the
 /// version guard decides row by row) but never silently: recorded, and an event
-/// (reliability.md §5).
+/// (reliability.md §5). Whether it was recorded now (`edge_stale_journal_epochs_total`).
 async fn stale_epoch_check(
     tx: &Transaction<'_>,
     device: &Device,
     lineage_id: Uuid,
     b: &RowBatch,
-) -> Result<(), HandlerError> {
+) -> Result<bool, HandlerError> {
     let Some(newest) = snapshot_runs::newer_epoch(tx, lineage_id, b.journal_epoch).await? else {
-        return Ok(());
+        return Ok(false);
     };
     if snapshot_runs::record_stale_epoch(tx, b.batch_id, lineage_id, b.journal_epoch, newest)
         .await?
@@ -274,8 +288,9 @@ async fn stale_epoch_check(
                 "journal_epoch": b.journal_epoch, "newest_epoch": newest}),
         )
         .await?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Writes the plan inside a savepoint. `Some(error text)` when PostgreSQL refused the statement

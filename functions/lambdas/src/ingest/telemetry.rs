@@ -1,12 +1,12 @@
 //! Telemetry batches (cloud.md §6): the ledger's dedup first, then the lineage's batch
 //! sequence (gaps and replays are rejected), classification, then data-point values or
-//! staging.
+//! staging, and last the lineage's newest batch with its sync health.
 
 use edge_cloud_core::ingress::Admitted;
 use edge_cloud_core::intake::{telemetry_stage_seq, StagingReason};
 use edge_cloud_core::telemetry::data_point_value;
 use edge_cloud_store::ledger::{insert_segment, segment_recorded, telemetry_seq_accepted};
-use edge_cloud_store::lineage::{advance_batch_seq, bindings, upsert_lineage};
+use edge_cloud_store::lineage::{advance_batch_seq, bindings, upsert_lineage, Received};
 use edge_cloud_store::mirror::{insert_telemetry_values, TelemetryValue};
 use edge_cloud_store::registry::Device;
 use edge_cloud_store::staging::{stage_rows, StagedRow};
@@ -70,7 +70,6 @@ pub(super) async fn intake_telemetry(
             batch_id: b.batch_id,
         });
     }
-    advance_batch_seq(tx, lineage.id, b.batch_seq, b.batch_id).await?;
     let own = bindings(tx, lineage.id, &b.schema_hash).await?;
     let c = classify_batch(
         tx,
@@ -88,6 +87,7 @@ pub(super) async fn intake_telemetry(
         // The decoder checked every ts is RFC 3339.
         times.push(edge_protocol::timestamp::parse(&r.ts).unwrap_or(batch_time));
     }
+    let mut staged_by = edge_cloud_core::metrics::StagedByReason::default();
     let (status, materialized, staged) = match (c.route, own) {
         (Ok(_), Some(binds)) => {
             let mapped: std::collections::HashMap<&str, Uuid> =
@@ -141,9 +141,18 @@ pub(super) async fn intake_telemetry(
                 .collect();
             let target = stage_target(lineage.id, device, &b, reason);
             let (n, _) = stage_rows(tx, target, &rows).await?;
+            staged_by.add(reason, n);
             ("staged", 0, n)
         }
     };
+    // The batch's sequence and the lineage's health in one statement, now that it is known
+    // whether its rows materialized: the source time of a telemetry batch is its cursor end.
+    let received = Received {
+        materialized_source_at: (status == "materialized")
+            .then(|| edge_protocol::timestamp::parse(&b.cursor_end_ts).ok())
+            .flatten(),
+    };
+    advance_batch_seq(tx, lineage.id, b.batch_seq, b.batch_id, received).await?;
     accept(
         tx,
         &Accepted {
@@ -154,6 +163,8 @@ pub(super) async fn intake_telemetry(
             class: c.class,
             status,
             counts: (materialized, staged, 0),
+            staged_by,
+            stale_epoch: false,
         },
     )
     .await

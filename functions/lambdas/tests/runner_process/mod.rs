@@ -12,6 +12,8 @@ pub struct RunnerProcess {
     child: Child,
     pub log: PathBuf,
     pub http: std::net::SocketAddr,
+    /// The metrics listener (`--metrics`): a free port unless the test passed its own flag.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl RunnerProcess {
@@ -96,6 +98,14 @@ impl RunnerProcess {
         if !args.contains(&"--spill-dir") {
             command.arg("--spill-dir").arg(dir.join("spill"));
         }
+        // Runners of parallel tests must not share the default metrics port.
+        let metrics = if args.contains(&"--metrics") {
+            None
+        } else {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+            command.arg("--metrics").arg(addr.to_string());
+            Some(addr)
+        };
         for (k, v) in env {
             command.env(k, v);
         }
@@ -103,6 +113,7 @@ impl RunnerProcess {
             child: command.spawn().unwrap(),
             log,
             http,
+            metrics,
         }
     }
 

@@ -19,6 +19,7 @@ use std::pin::Pin;
 use edge_protocol::batch::RowChange;
 use futures_util::future::try_join_all;
 use futures_util::TryStreamExt;
+use time::OffsetDateTime;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
@@ -45,16 +46,23 @@ macro_rules! staged_rows_after {
 }
 
 /// The tail of both deletes of drained rows: count the deleted rows (`del`, returning their
-/// `bytes`) and take them off the lineage's counters. Ends inside the `upd` CTE's WHERE, which
-/// the statement closes.
+/// `bytes`), take them off the lineage's counters and raise its `newest_materialized_source_at`
+/// to parameter `$source` (the drained rows' newest [`plan::source_time`]: they are
+/// materialized now, observability.md §4). Ends inside the `upd` CTE's WHERE, which the
+/// statement closes.
 macro_rules! uncount_deleted {
-    () => {
-        "counted AS (SELECT count(*) AS n, COALESCE(sum(bytes), 0)::bigint AS b FROM del), \
-         upd AS ( \
-             UPDATE edge_table_lineages l SET \
-                 staged_row_count = greatest(l.staged_row_count - counted.n, 0), \
-                 staged_bytes = greatest(l.staged_bytes - counted.b, 0), updated_at = now() \
-             FROM counted WHERE l.id = $1"
+    ($source:literal) => {
+        concat!(
+            "counted AS (SELECT count(*) AS n, COALESCE(sum(bytes), 0)::bigint AS b FROM del), \
+             upd AS ( \
+                 UPDATE edge_table_lineages l SET \
+                     staged_row_count = greatest(l.staged_row_count - counted.n, 0), \
+                     staged_bytes = greatest(l.staged_bytes - counted.b, 0), \
+                     newest_materialized_source_at = greatest(l.newest_materialized_source_at, ",
+            $source,
+            "::timestamptz), updated_at = now() \
+                 FROM counted WHERE l.id = $1"
+        )
     };
 }
 
@@ -130,7 +138,7 @@ async fn drain_group<C: GenericClient + Sync>(
         w.apply(c, device_id).await?;
     }
     mark_failed(c, lineage_id, &writes.failed).await?;
-    let n_drained = delete_staged(c, lineage_id, &writes.drained).await?;
+    let n_drained = delete_staged(c, lineage_id, &writes.drained, writes.newest_source).await?;
     Ok((
         n_drained,
         i64::try_from(writes.failed.len()).unwrap_or(i64::MAX),
@@ -158,6 +166,7 @@ async fn delete_staged<C: GenericClient + Sync>(
     c: &C,
     lineage_id: Uuid,
     keys: &[StagedKey],
+    newest_source: Option<OffsetDateTime>,
 ) -> Result<i64, StoreError> {
     if keys.is_empty() {
         return Ok(0);
@@ -174,10 +183,10 @@ async fn delete_staged<C: GenericClient + Sync>(
                  WHERE s.lineage_id = $1 AND s.journal_epoch = u.e AND s.source_commit_seq = u.q \
                      AND s.pk_key = u.k \
                  RETURNING s.bytes), ",
-                uncount_deleted!(),
+                uncount_deleted!("$5"),
                 ") SELECT n FROM counted"
             ),
-            &[&lineage_id, &epochs, &seqs, &pks],
+            &[&lineage_id, &epochs, &seqs, &pks, &newest_source],
         )
         .await?;
     Ok(row.get(0))
@@ -284,6 +293,7 @@ pub async fn drain_chunk<C: GenericClient + Sync>(
     let mut written: Vec<String> = Vec::new();
     let mut runs: Vec<(StagedKey, StagedKey)> = Vec::new();
     let mut drained_rows = 0usize;
+    let mut newest_source: Option<OffsetDateTime> = None;
     let mut slice: Vec<tokio_postgres::Row> = Vec::with_capacity(PIPELINE_SLICE);
     let mut decoded: Vec<Option<Result<RowChange, String>>> = Vec::with_capacity(PIPELINE_SLICE);
     loop {
@@ -324,6 +334,7 @@ pub async fn drain_chunk<C: GenericClient + Sync>(
             };
             let planned = plan_group(b, group);
             drained_rows += planned.drained.len();
+            newest_source = newest_source.max(planned.newest_source);
             misfits.extend(planned.failed);
             if !written.iter().any(|h| h == hash) {
                 written.push(hash.to_owned());
@@ -361,6 +372,7 @@ pub async fn drain_chunk<C: GenericClient + Sync>(
                 last,
                 &written,
                 (&misfit_epochs, &misfit_seqs, &misfit_keys),
+                newest_source,
             )));
         }
     }
@@ -413,6 +425,7 @@ async fn delete_range<C: GenericClient + Sync>(
     last: &StagedKey,
     hashes: &[String],
     misfits: (&[Uuid], &[i64], &[&str]),
+    newest_source: Option<OffsetDateTime>,
 ) -> Result<i64, StoreError> {
     let row = c
         .query_typed(
@@ -428,7 +441,7 @@ async fn delete_range<C: GenericClient + Sync>(
                      AND (journal_epoch, source_commit_seq, pk_key) NOT IN ( \
                          SELECT * FROM unnest($8::uuid[], $9::bigint[], $10::text[])) \
                  RETURNING s.bytes), ",
-                uncount_deleted!(),
+                uncount_deleted!("$11"),
                 " AND counted.n > 0) SELECT n FROM counted"
             ),
             &[
@@ -442,6 +455,7 @@ async fn delete_range<C: GenericClient + Sync>(
                 (&misfits.0, Type::UUID_ARRAY),
                 (&misfits.1, Type::INT8_ARRAY),
                 (&misfits.2, Type::TEXT_ARRAY),
+                (&newest_source, Type::TIMESTAMPTZ),
             ],
         )
         .await?;

@@ -8,7 +8,7 @@ use edge_cloud_core::mirror::{plan_upserts, MirrorTable, UpsertPlan};
 use edge_cloud_core::staged_json;
 use edge_cloud_core::telemetry::data_point_value;
 use edge_protocol::batch::{Op, RowChange};
-use edge_protocol::ids::CommitPosition;
+use edge_protocol::ids::{uuid_v7_unix_ms, CommitPosition};
 use edge_protocol::value::{row_from_json, Row, ValueError};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -29,6 +29,27 @@ pub(crate) struct GroupWrites<'t> {
     pub drained: Vec<StagedKey>,
     /// Misfits with their error: staged on as `materialization_failed`.
     pub failed: Vec<(StagedKey, String)>,
+    /// The newest [`source_time`] of the drained rows: what the lineage's
+    /// `newest_materialized_source_at` rises to when they are deleted.
+    pub newest_source: Option<OffsetDateTime>,
+}
+
+impl GroupWrites<'_> {
+    fn drain(&mut self, key: StagedKey, r: &tokio_postgres::Row) {
+        self.drained.push(key);
+        self.newest_source = self.newest_source.max(source_time(r));
+    }
+}
+
+/// The source time of a staged row (observability.md §4): a telemetry row's `ts` (the newest
+/// row of a batch is its `cursor_end_ts`), else the UUIDv7 time of its batch id — what the live
+/// intake records for the same batch (`edge_cloud_store::lineage::Received`).
+pub(crate) fn source_time(r: &tokio_postgres::Row) -> Option<OffsetDateTime> {
+    if r.get::<_, &str>(3) == "telemetry" {
+        return r.get(7);
+    }
+    let ms = uuid_v7_unix_ms(&r.get(8))?;
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
 }
 
 /// One statement of a [`GroupWrites`].
@@ -54,7 +75,7 @@ pub(crate) fn plan_group<'t>(b: &'t Bindings, group: Vec<StagedRow<'_>>) -> Grou
             match decoded.unwrap_or_else(|| staged_change(r)) {
                 Ok(ch) => {
                     changes.push((CommitPosition::new(r.get(0), r.get(1)), ch));
-                    keys.push(key(r));
+                    keys.push((key(r), r));
                 }
                 Err(e) => out.failed.push((key(r), e)),
             }
@@ -65,10 +86,10 @@ pub(crate) fn plan_group<'t>(b: &'t Bindings, group: Vec<StagedRow<'_>>) -> Grou
             .iter()
             .map(|f| (f.index, f.error.as_str()))
             .collect();
-        for (i, k) in keys.into_iter().enumerate() {
+        for (i, (k, r)) in keys.into_iter().enumerate() {
             match failed_idx.get(&i) {
                 Some(e) => out.failed.push((k, (*e).to_owned())),
-                None => out.drained.push(k),
+                None => out.drain(k, r),
             }
         }
         if !plan.is_empty() {
@@ -109,7 +130,7 @@ pub(crate) fn plan_group<'t>(b: &'t Bindings, group: Vec<StagedRow<'_>>) -> Grou
                             row_id: None,
                         });
                     }
-                    out.drained.push(key(r));
+                    out.drain(key(r), r);
                 }
                 _ => out
                     .failed

@@ -1,10 +1,10 @@
 //! Reads behind the HTTP API (cloud.md §10): lineages, staged and mirror rows, reviews of both
 //! kinds, the registry with its shared mirrors, the events feed and the fleet's sync health
-//! ([`fleet`]: the lag definition and the worst-first order).
+//! ([`fleet`]: the fleet-health page, the lag definition and the worst-first order).
 //!
 //! Every query is scoped by `(org_id, project_id)` in its WHERE clause, so an object of another
 //! tenant is indistinguishable from a missing one (the API answers 404 for both). Lists page
-//! through one helper ([`page`]).
+//! through one module ([`page`]).
 
 pub mod events;
 pub mod fleet;
@@ -16,6 +16,7 @@ pub mod rows;
 
 // The read side's items by name, so a handler needs one import for its reads.
 pub use self::events::{events, EventView};
+pub use self::fleet::{fleet_health, FleetFilter, FleetHealthView};
 pub use self::lineages::{
     lineage, lineage_detail, list_lineages, BindingView, LineageDetail, LineageFilter, LineageView,
     ReplayIntentView, SchemaVersionView,

@@ -15,8 +15,10 @@
 //! - [`registry`] — registry entries and reviews, shared mirrors, consolidation
 //! - [`policy`] — the project policy
 //! - [`events`] — the governance events feed
+//! - [`fleet`] — the fleet's sync health, worst first (observability.md §4)
 
 pub mod events;
+pub mod fleet;
 pub mod lineages;
 pub mod policy;
 pub mod registry;
@@ -60,6 +62,7 @@ fn built() -> &'static (Router<Arc<Api>>, Value) {
             .routes(routes!(reviews::schema_classify))
             .routes(routes!(policy::get_policy, policy::patch_policy))
             .routes(routes!(events::events))
+            .routes(routes!(fleet::fleet_health))
             .routes(routes!(registry::list_registry))
             .routes(routes!(registry::get_registry))
             .routes(routes!(registry::list_registry_reviews))
