@@ -116,7 +116,7 @@ pub fn line(timestamp_ms: i64, dimensions: &[(&str, &str)], metrics: &[EmfMetric
     Value::Object(root).to_string()
 }
 
-/// The lines of one label set: [`line`]s of at most [`MAX_METRICS`] metrics each, a metric
+/// The lines of one label set: [`line()`]s of at most [`MAX_METRICS`] metrics each, a metric
 /// with more than [`MAX_VALUES`] values spread over several lines.
 pub fn lines(
     timestamp_ms: i64,

@@ -64,6 +64,15 @@ async fn permanent_failures_are_parked_and_retried_once_fixed() {
     assert_eq!(parked.len(), 2);
     assert_eq!(parked[0].message_id.as_deref(), Some("m-garbage"));
     assert_eq!(parked[0].transport, "sqs");
+    // Counted where they are parked (observability.md §2).
+    assert!(
+        env.deps
+            .metrics
+            .encode()
+            .contains("edge_dead_letters_total{transport=\"sqs\"} 2"),
+        "{}",
+        env.deps.metrics.encode()
+    );
     assert_eq!(parked[0].topic, None);
     assert_eq!(parked[0].body, "{not an envelope");
     assert!(

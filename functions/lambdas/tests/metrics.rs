@@ -521,3 +521,54 @@ fn bad_metrics_flag_values_are_refused_naming_the_flag() {
         assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
     }
 }
+
+/// A transport that takes every publish.
+struct Delivered;
+
+impl edge_functions::control_publisher::ControlPublisher for Delivered {
+    async fn publish(
+        &self,
+        _topic: &str,
+        _payload: Vec<u8>,
+    ) -> Result<(), edge_functions::control_publisher::PublishError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn controls_published_are_counted_first_then_retry() {
+    let e = env().await;
+    // A `hello` gets a signed `set_wire_options`, pending until acked.
+    let hello = json!({"format_version":1,"request_kind":"hello","agent_version":"0.1.0",
+        "capabilities":[],"granted":{"features":[]}});
+    e.send("sync/ingest/request", hello.to_string().as_bytes())
+        .await;
+    let sweep =
+        || edge_functions::sweep::sweep_once(&e.deps, &Delivered, time::OffsetDateTime::now_utc());
+    assert_eq!(sweep().await.published, 1);
+    // Not acked: due again, re-sent as a retry.
+    e.client
+        .execute(
+            "UPDATE edge_pending_controls SET next_attempt_at = now()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(sweep().await.published, 1);
+    let text = e.deps.metrics.encode();
+    for attempt in ["first", "retry"] {
+        assert_eq!(
+            sample(
+                &text,
+                "edge_controls_published_total",
+                &format!("kind=\"set_wire_options\",attempt=\"{attempt}\"")
+            ),
+            Some(1.0),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("edge_handler_duration_seconds_count{handler=\"sweep\"} 2"),
+        "{text}"
+    );
+}

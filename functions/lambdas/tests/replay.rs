@@ -250,6 +250,16 @@ async fn rows_staged_while_paused_after_a_finished_replay_are_not_stranded() {
     .await;
     assert_eq!(r.resumed, 1);
     assert_eq!(drain(&e.deps, 64, Budget::UNLIMITED).await.drained, 200);
+    // Both replays counted on the replay path, each chunk timed (observability.md §2).
+    let text = e.deps.metrics.encode();
+    assert!(
+        text.contains("edge_rows_materialized_total{kind=\"rows\",path=\"replay\"} 400"),
+        "{text}"
+    );
+    assert!(
+        text.contains("edge_handler_duration_seconds_count{handler=\"replay\"}"),
+        "{text}"
+    );
     let mirror: String = e.mirror_table().await;
     assert_eq!(mirror_state(&e, &mirror).await, expected(&changes));
     assert_eq!(

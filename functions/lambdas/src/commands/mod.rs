@@ -30,7 +30,8 @@ use self::pki::PkiCommand;
 use crate::api::auth::AuthError;
 use crate::api::claims::{self, ClaimMapping};
 use crate::aws::AwsError;
-use crate::env::{self, EnvError, RunnerSettings, Secret};
+use crate::env::{EnvError, RunnerSettings, Secret};
+use crate::metrics::settings;
 use crate::pki::PkiError;
 use crate::runner::{MqttSettings, RunnerError};
 
@@ -236,16 +237,16 @@ pub struct JwtClaimArgs {
 pub struct MetricsArgs {
     /// Where `GET /metrics` (Prometheus text) listens, or `off`; its own listener, no auth:
     /// keep it on loopback (the metrics span every tenant and name devices).
-    #[arg(long = "metrics", env = "EDGE_METRICS_LISTEN", default_value = env::DEFAULT_METRICS_LISTEN, value_parser = parse_listen)]
+    #[arg(long = "metrics", env = "EDGE_METRICS_LISTEN", default_value = settings::DEFAULT_METRICS_LISTEN, value_parser = parse_listen)]
     pub metrics: MetricsListen,
     /// How often the gauges are read from PostgreSQL (15s, 1m, 1h).
-    #[arg(long, env = "EDGE_METRICS_INTERVAL", default_value = env::DEFAULT_METRICS_INTERVAL, value_parser = edge_cloud_core::metrics::parse_duration)]
+    #[arg(long, env = "EDGE_METRICS_INTERVAL", default_value = settings::DEFAULT_METRICS_INTERVAL, value_parser = edge_cloud_core::metrics::parse_duration)]
     pub metrics_interval: std::time::Duration,
     /// A device counts as silent when its newest batch is older than this (up to 24 h).
-    #[arg(long, env = "EDGE_METRICS_SILENT_AFTER", default_value = env::DEFAULT_METRICS_SILENT_AFTER, value_parser = edge_cloud_core::metrics::parse_duration)]
+    #[arg(long, env = "EDGE_METRICS_SILENT_AFTER", default_value = settings::DEFAULT_METRICS_SILENT_AFTER, value_parser = edge_cloud_core::metrics::parse_duration)]
     pub metrics_silent_after: std::time::Duration,
     /// The most lineages (worst first) with `edge_lineage_*` series.
-    #[arg(long, env = "EDGE_METRICS_LINEAGE_CAP", default_value_t = env::DEFAULT_RUNNER_LINEAGE_CAP)]
+    #[arg(long, env = "EDGE_METRICS_LINEAGE_CAP", default_value_t = settings::DEFAULT_RUNNER_LINEAGE_CAP)]
     pub metrics_lineage_cap: usize,
 }
 
@@ -264,8 +265,8 @@ fn parse_listen(text: &str) -> Result<MetricsListen, String> {
 }
 
 impl MetricsArgs {
-    fn settings(&self) -> env::MetricsSettings {
-        env::MetricsSettings {
+    fn settings(&self) -> settings::MetricsSettings {
+        settings::MetricsSettings {
             listen: self.metrics.0,
             interval: self.metrics_interval,
             silent_after: self.metrics_silent_after,

@@ -24,11 +24,13 @@
 //! - [`gauges`] — a [`FleetGauges`] snapshot → the gauge series (shared by the registry and EMF)
 //! - [`emf`] — the per-invocation tally and the EMF lines of counters, durations and gauges
 //! - [`serve`] — the runner's `/metrics` listener (`--metrics`)
+//! - [`settings`] — [`settings::MetricsSettings`]: listener, collector interval, silence, cap
 
 pub mod emf;
 pub mod gauges;
 pub mod ingest;
 pub mod serve;
+pub mod settings;
 
 use std::sync::{Mutex, RwLock};
 use std::time::Instant;

@@ -25,7 +25,7 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
-/// Binds `addr` for [`serve`].
+/// Binds `addr` for [`spawn`].
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
     TcpListener::bind(addr)
         .await
