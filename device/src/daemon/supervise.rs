@@ -66,12 +66,33 @@ pub async fn run_supervised(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     tokio::pin!(shutdown);
+    // The metrics endpoint outlives the daemon's restarts: bound once, it keeps serving what
+    // the files say while the daemon starts over.
+    let connected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(addr) = settings.observability.metrics_listen {
+        let r = &settings.replication;
+        crate::metrics::serve::spawn(
+            addr,
+            crate::metrics::serve::Scrape {
+                state_db: r.state_db_path.clone(),
+                source_db: r.source_db_path.clone(),
+                device: settings.connection.device_name.clone(),
+                connected: connected.clone(),
+            },
+        )
+        .map_err(DaemonError::Metrics)?;
+    }
     let mut pause: Option<Duration> = None;
     let mut starts: u64 = 0;
     loop {
         let started = Instant::now();
         let result = match Daemon::open(settings.clone()) {
-            Ok(daemon) => daemon.run(&mut shutdown).await,
+            Ok(daemon) => {
+                daemon
+                    .with_connected_flag(connected.clone())
+                    .run(&mut shutdown)
+                    .await
+            }
             Err(e) => Err(e),
         };
         let e = match result {

@@ -18,7 +18,7 @@
 //!
 //! Generic rule for every other key: `OMEGA_` + section + `_` + key, upper-cased, `-` → `_`
 //! (`OMEGA_CONNECTION_KEEP_ALIVE`, `OMEGA_SQLITE_REPLICATION_FLUSH_INTERVAL`,
-//! `OMEGA_SECURITY_SIGNED_CONTROL`). `table_strategies` is overridden as a whole with an inline
+//! `OMEGA_SECURITY_SIGNED_CONTROL`, `OMEGA_OBSERVABILITY_METRICS_LISTEN`). `table_strategies` is overridden as a whole with an inline
 //! TOML table: `OMEGA_SQLITE_REPLICATION_TABLE_STRATEGIES='{ temps = { strategy = "telemetry",
 //! ts_column = "ts" } }'`. A design-name variable wins over the generic one.
 //!
@@ -140,12 +140,21 @@ pub struct SecuritySettings {
     pub control_key: Option<Secret>,
 }
 
+/// `[observability]` (observability.md §1, §3).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservabilitySettings {
+    /// `metrics_listen`: where `edge-agent run` serves `GET /metrics`; `None` (unset, or
+    /// `"off"`) serves nothing. A non-loopback address is allowed but warned about (no auth).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
 /// Validated agent settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub connection: ConnectionSettings,
     pub replication: ReplicationSettings,
     pub security: SecuritySettings,
+    pub observability: ObservabilitySettings,
 }
 
 /// Design-name environment variables → key path.
