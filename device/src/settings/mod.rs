@@ -308,6 +308,64 @@ state_db_path = "/var/lib/edge-agent/state.db"
     }
 
     #[test]
+    fn metrics_listen_is_off_unless_set_and_a_bad_address_names_the_key() {
+        assert_eq!(
+            load(MINIMAL, &[]).unwrap().observability.metrics_listen,
+            None
+        );
+        let with = |v: &str| format!("{MINIMAL}\n[observability]\nmetrics_listen = {v}\n");
+        let s = load(&with("\"127.0.0.1:9464\""), &[]).unwrap();
+        assert_eq!(
+            s.observability.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(
+            load(&with("\"off\""), &[])
+                .unwrap()
+                .observability
+                .metrics_listen,
+            None
+        );
+        let s = load(
+            MINIMAL,
+            &[("OMEGA_OBSERVABILITY_METRICS_LISTEN", "[::1]:9500")],
+        )
+        .unwrap();
+        assert_eq!(
+            s.observability.metrics_listen,
+            Some("[::1]:9500".parse().unwrap())
+        );
+        for bad in [
+            "\"localhost:9464\"",
+            "\"127.0.0.1\"",
+            "\"127.0.0.1:0\"",
+            "9464",
+        ] {
+            let e = load(&with(bad), &[]).unwrap_err().to_string();
+            assert!(
+                e.contains("config key `observability.metrics_listen`"),
+                "{bad}: {e}"
+            );
+        }
+        let e = load(MINIMAL, &[("OMEGA_OBSERVABILITY_METRICS_LISTEN", "nope")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "observability.metrics_listen` (from env OMEGA_OBSERVABILITY_METRICS_LISTEN)"
+            ),
+            "{e}"
+        );
+        let e = load(
+            &format!("{MINIMAL}\n[observability]\nlisten = \"x\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("observability.listen"), "{e}");
+    }
+
+    #[test]
     fn the_example_file_is_valid() {
         let s = load(EXAMPLE_TOML, &[("OMEGA_AUTH_TOKEN", "k")]).unwrap();
         let t = s.replication.capture.table("sensor_readings");
