@@ -487,6 +487,36 @@ mod tests {
     }
 
     #[test]
+    fn acknowledged_batches_count_their_rows_also_when_fixed_before_the_rows_column() {
+        let state = StateDb::open_in_memory().unwrap();
+        init(&state).unwrap();
+        let entry = |n: u8, rows: Option<i64>, payload: &[u8]| OutboxEntry {
+            batch_id: id(n),
+            kind: "rows".into(),
+            table_name: "t".into(),
+            first_seq: 1,
+            last_seq: 2,
+            payload: payload.to_vec(),
+            created_at_ms: 1,
+            epoch: None,
+            rows,
+        };
+        put(&state, &entry(1, Some(7), b"{}")).unwrap();
+        // Fixed by an older agent: no `rows`, the payload's `rows` array says.
+        put(&state, &entry(2, None, br#"{"rows":[{},{},{}]}"#)).unwrap();
+        // Not JSON (a spill's zstd object): one row.
+        put(&state, &entry(3, None, &[0x28, 0xb5, 0x2f, 0xfd])).unwrap();
+        for n in 1..=3 {
+            remove_acked(&state, id(n)).unwrap();
+        }
+        // Already gone: counts nothing.
+        remove_acked(&state, id(1)).unwrap();
+        assert_eq!(state.counter(counter::BATCHES_ACKED, "").unwrap(), 3);
+        assert_eq!(state.counter(counter::ROWS_ACKED, "").unwrap(), 11);
+        assert!(list(&state).unwrap().is_empty());
+    }
+
+    #[test]
     fn a_fresh_state_db_gets_the_new_layout() {
         let state = StateDb::open_in_memory().unwrap();
         init(&state).unwrap();

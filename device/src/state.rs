@@ -11,7 +11,7 @@
 //! before the publish or ack it decides; only PUBACK bookkeeping commits without an fsync
 //! ([`StateDb::set_commit_fsync`]), because losing it only re-sends identical bytes.
 //! The outbox's tables in the same file (and its `last_ack_at` fact in `meta`) are
-//! `outbox_store`'s.
+//! `outbox_store`'s; the oldest-pending marker (`pending_marker`) is `metrics::marker`'s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -4,7 +4,8 @@
 //! triggers installed; `check` only proves that this user could write the file and create files
 //! in its directory, with a probe file it removes), and journal sizes come from the same query
 //! the daemon's retention uses ([`journal_stats`]). `status` opens `state.db` as the daemon does
-//! (bringing an older file's layout up to date, see [`outbox_store::init`]).
+//! (bringing an older file's layout up to date, see [`outbox_store::init`]). `status --json`'s
+//! `metrics` are [`metrics::samples`], the same code behind the daemon's `GET /metrics`.
 //!
 //! Output goes to stdout as the commands always printed it (scripts parse `status --json`); an
 //! error ends the command with the binary's one `edge-agent: error: …` line.

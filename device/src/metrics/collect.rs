@@ -154,3 +154,145 @@ pub fn samples(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::outbox_store::OutboxEntry;
+
+    fn get(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<i64> {
+        samples
+            .iter()
+            .find(|s| {
+                s.name == name
+                    && s.labels.len() == labels.len()
+                    && s.labels
+                        .iter()
+                        .zip(labels)
+                        .all(|(a, b)| a.0 == b.0 && a.1 == b.1)
+            })
+            .map(|s| s.value)
+    }
+
+    #[test]
+    fn journal_backlog_marker_age_telemetry_seq_and_blocks_per_table() {
+        let state = StateDb::open_in_memory().unwrap();
+        outbox_store::init(&state).unwrap();
+        marker::init(&state).unwrap();
+        state
+            .record_enrolment("r", "rows", "enrolled", None, Some("h"))
+            .unwrap();
+        state
+            .record_enrolment("t", "telemetry", "enrolled", None, Some("h"))
+            .unwrap();
+        state
+            .record_enrolment("x", "rows", "not_enrolled", Some("no pk"), None)
+            .unwrap();
+        state.set_last_acked("r", 2).unwrap();
+        // The journal: r's entries 1..=4 (2 acked), one entry of another table.
+        let source = Connection::open_in_memory().unwrap();
+        source
+            .execute_batch(
+                "CREATE TABLE __omega_schemas (schema_id INTEGER PRIMARY KEY, table_name TEXT);
+                 CREATE TABLE __omega_journal (commit_seq INTEGER PRIMARY KEY, schema_id INTEGER,
+                     op INTEGER, pk TEXT, row TEXT);
+                 INSERT INTO __omega_schemas VALUES (1, 'r'), (2, 'other');
+                 INSERT INTO __omega_journal VALUES (1, 1, 1, '[1]', '[1,\"a\"]'),
+                     (2, 1, 1, '[2]', '[2,\"b\"]'), (3, 2, 1, '[9]', '[9]'),
+                     (4, 1, 1, '[3]', '[3,\"c\"]'), (5, 1, 1, '[4]', '[4,\"d\"]');",
+            )
+            .unwrap();
+        marker::apply(&state, &[("r".to_owned(), Some((4, 10_000)))]).unwrap();
+        // Telemetry batch 6 is out, so 5 is the last acked.
+        state
+            .set_telemetry_progress(
+                "t",
+                &crate::state::TelemetryProgress {
+                    batch_seq: 6,
+                    cursor: None,
+                },
+            )
+            .unwrap();
+        outbox_store::put(
+            &state,
+            &OutboxEntry {
+                batch_id: uuid::Uuid::now_v7(),
+                kind: "telemetry".into(),
+                table_name: "t".into(),
+                first_seq: 6,
+                last_seq: 6,
+                payload: b"{}".to_vec(),
+                created_at_ms: 4_000,
+                epoch: None,
+                rows: Some(1),
+            },
+        )
+        .unwrap();
+        blocks::block(
+            &state,
+            &blocks::NewBlock {
+                table: "r",
+                reason: blocks::UNDECODABLE_JOURNAL_ENTRY,
+                commit_seq: 4,
+                detail: None,
+                entry: None,
+                at_ms: 1,
+            },
+        )
+        .unwrap();
+        state
+            .bump_counter(counter::RETENTION_DROPPED, "r", 3)
+            .unwrap();
+        state
+            .bump_counter("controls_stale", "pause_lineage", 2)
+            .unwrap();
+
+        let s = samples(&state, Some(&source), "gw", 13_500).unwrap();
+        let r = [("table", "r")];
+        let t = [("table", "t")];
+        assert_eq!(get(&s, name::JOURNAL_ROWS, &r), Some(2));
+        let bytes = 2 * (3 + 7 + crate::capture::journal::ENTRY_OVERHEAD_BYTES as i64);
+        assert_eq!(get(&s, name::JOURNAL_BYTES, &r), Some(bytes));
+        assert_eq!(get(&s, name::OLDEST_PENDING_AGE, &r), Some(3));
+        assert_eq!(get(&s, name::LAST_ACKED_COMMIT_SEQ, &r), Some(2));
+        assert_eq!(
+            get(
+                &s,
+                name::TABLE_BLOCKED,
+                &[("table", "r"), ("reason", "undecodable_journal_entry")]
+            ),
+            Some(1)
+        );
+        assert_eq!(get(&s, name::LAST_ACKED_COMMIT_SEQ, &t), Some(5));
+        assert_eq!(get(&s, name::UNACKED_BATCHES, &t), Some(1));
+        assert_eq!(get(&s, name::OLDEST_PENDING_AGE, &t), Some(9));
+        assert_eq!(
+            get(
+                &s,
+                name::TABLE_BLOCKED,
+                &[("table", "t"), ("reason", "none")]
+            ),
+            Some(0)
+        );
+        assert_eq!(get(&s, name::RETENTION_DROPPED, &r), Some(3));
+        assert_eq!(get(&s, name::RETENTION_DROPPED, &t), Some(0));
+        assert_eq!(
+            get(
+                &s,
+                name::CONTROLS,
+                &[("kind", "pause_lineage"), ("outcome", "stale")]
+            ),
+            Some(2)
+        );
+        assert_eq!(get(&s, name::LAST_ACK_TIMESTAMP, &[]), Some(0));
+        assert_eq!(get(&s, name::BATCHES_ACKED, &[]), Some(0));
+        // Not enrolled: no series.
+        assert!(!s.iter().any(|x| x.labels.iter().any(|l| l.1 == "x")));
+        assert!(!s.iter().any(|x| x.name == name::MQTT_CONNECTED));
+        // Without source.db the journal gauges are 0.
+        let s = samples(&state, None, "gw", 13_500).unwrap();
+        assert_eq!(get(&s, name::JOURNAL_ROWS, &r), Some(0));
+        assert_eq!(get(&s, name::OLDEST_PENDING_AGE, &r), Some(0));
+    }
+}
