@@ -189,6 +189,8 @@ impl StateDb {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(1))?;
+        // A reader beside the daemon: a small page cache (KiB) keeps it light.
+        conn.pragma_update(None, "cache_size", -128)?;
         Ok(StateDb { conn })
     }
 
