@@ -67,6 +67,35 @@ pub enum ControlAction {
     },
 }
 
+/// The `outcome` label of `edge_agent_controls_total` (observability.md §3).
+pub mod outcome {
+    pub const APPLIED: &str = "applied";
+    pub const DUPLICATE: &str = "duplicate";
+    pub const BAD_SIGNATURE: &str = "bad_signature";
+    pub const STALE: &str = "stale";
+}
+
+/// [`ControlDecision::AckOnly`]'s reason for a control id handled before.
+pub const ALREADY_HANDLED: &str = "already handled";
+/// [`ControlDecision::AckOnly`]'s reason for a control older than its family's last applied.
+pub const STALE: &str =
+    "stale: issued before the last control of its family applied for this table";
+
+impl ControlDecision {
+    /// The control's [`outcome`]: every rejection is one that failed verification (a bad,
+    /// missing or unverifiable signature); `None` for a control acked but malformed (missing
+    /// fields): none of the four outcomes, it is only logged.
+    pub fn outcome(&self) -> Option<&'static str> {
+        match self {
+            ControlDecision::Reject(_) => Some(outcome::BAD_SIGNATURE),
+            ControlDecision::AckOnly(why) if why == ALREADY_HANDLED => Some(outcome::DUPLICATE),
+            ControlDecision::AckOnly(why) if why == STALE => Some(outcome::STALE),
+            ControlDecision::AckOnly(_) => None,
+            ControlDecision::Execute(_) => Some(outcome::APPLIED),
+        }
+    }
+}
+
 /// What `state.db` knows about a control.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ControlFacts {
@@ -93,7 +122,7 @@ pub fn decide(
         }
     }
     if facts.handled {
-        return ControlDecision::AckOnly("already handled".into());
+        return ControlDecision::AckOnly(ALREADY_HANDLED.into());
     }
     if let (Some(new), Some(last)) = (&envelope.issued_at, &facts.last_applied_issued_at) {
         if let (Ok(new), Ok(last)) = (
@@ -101,10 +130,7 @@ pub fn decide(
             edge_protocol::timestamp::parse(last),
         ) {
             if new < last {
-                return ControlDecision::AckOnly(
-                    "stale: issued before the last control of its family applied for this table"
-                        .into(),
-                );
+                return ControlDecision::AckOnly(STALE.into());
             }
         }
     }

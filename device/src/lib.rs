@@ -38,6 +38,10 @@
 //!   in-process after a storage failure (`daemon::run_supervised`)
 //! - [`spill`] — protocol §7 uploads: zstd JSON Lines objects, the per-spill state machine
 //!   (pure) and the blocking HTTP PUT (ureq + rustls) run off the loop
+//! - [`metrics`] — the sync-health metrics (observability.md §3): the samples from state.db +
+//!   source.db ([`metrics::collect`], shared by `status --json` and the endpoint), the
+//!   oldest-pending marker ([`metrics::marker`]), the `GET /metrics` listener thread
+//!   ([`metrics::serve`], prometheus-client text)
 //! - [`status`] — the `status` and `check` commands (the source database read-only; `check` also
 //!   proves this user may write it, its directory and the state directory)
 
@@ -47,6 +51,7 @@ pub mod capture;
 pub mod control;
 pub mod control_store;
 pub mod daemon;
+pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
 pub mod outbox_store;

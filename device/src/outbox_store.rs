@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::batcher::BuiltBatch;
 use crate::outbox::{BatchKind, Outbox, Tracked};
 use crate::spill::{self, Spill};
-use crate::state::{StateDb, StateError};
+use crate::state::{counter, StateDb, StateError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS outbox (
@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_seq INTEGER NOT NULL,
     payload BLOB NOT NULL,
     created_at_ms INTEGER NOT NULL,
-    epoch TEXT
+    epoch TEXT,
+    rows INTEGER
 );
 ";
 
@@ -48,6 +49,10 @@ pub struct OutboxEntry {
     /// Journal epoch the batch's `first_seq..=last_seq` belong to. `None` only for rows fixed
     /// by an agent older than the column (the daemon then reads it from the payload).
     pub epoch: Option<Uuid>,
+    /// Rows (changes, telemetry rows; 1 for a spill) the batch carries, counted into
+    /// `rows_acked` when it is acknowledged. `None` only for rows fixed by an agent older than
+    /// the column ([`remove_acked`] then counts the payload's `rows`).
+    pub rows: Option<i64>,
 }
 
 /// Creates the outbox tables and migrates older `state.db` files in place (idempotent).
@@ -65,6 +70,18 @@ pub fn init(state: &StateDb) -> Result<(), StateError> {
         .is_some();
     if !has_epoch {
         conn.execute_batch("ALTER TABLE outbox ADD COLUMN epoch TEXT")?;
+    }
+    // `outbox.rows` (issue 15, the acked-rows counter): older files get it, NULL in old rows.
+    let has_rows: bool = conn
+        .query_row(
+            "SELECT 1 FROM pragma_table_info('outbox') WHERE name = 'rows'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !has_rows {
+        conn.execute_batch("ALTER TABLE outbox ADD COLUMN rows INTEGER")?;
     }
     // Releases before the one `meta` table kept the publisher's facts in `publisher_meta`: its
     // rows move into `meta` (they are the newer ones should both hold a key) and the table goes,
@@ -96,7 +113,7 @@ pub fn init(state: &StateDb) -> Result<(), StateError> {
 pub fn put(state: &StateDb, entry: &OutboxEntry) -> Result<(), StateError> {
     state.conn().execute(
         "INSERT INTO outbox(batch_id, kind, table_name, first_seq, last_seq, payload, \
-         created_at_ms, epoch) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         created_at_ms, epoch, rows) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             entry.batch_id.to_string(),
             entry.kind,
@@ -105,7 +122,8 @@ pub fn put(state: &StateDb, entry: &OutboxEntry) -> Result<(), StateError> {
             entry.last_seq,
             entry.payload,
             entry.created_at_ms,
-            entry.epoch.map(|e| e.to_string())
+            entry.epoch.map(|e| e.to_string()),
+            entry.rows
         ],
     )?;
     Ok(())
@@ -115,7 +133,7 @@ pub fn put(state: &StateDb, entry: &OutboxEntry) -> Result<(), StateError> {
 pub fn list(state: &StateDb) -> Result<Vec<OutboxEntry>, StateError> {
     let mut stmt = state.conn().prepare(
         "SELECT batch_id, kind, table_name, first_seq, last_seq, payload, created_at_ms, \
-         epoch FROM outbox ORDER BY seq",
+         epoch, rows FROM outbox ORDER BY seq",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -130,6 +148,7 @@ pub fn list(state: &StateDb) -> Result<Vec<OutboxEntry>, StateError> {
                 payload: r.get(5)?,
                 created_at_ms: r.get(6)?,
                 epoch: None,
+                rows: r.get(8)?,
             },
         ))
     })?;
@@ -171,6 +190,57 @@ pub fn remove(state: &StateDb, batch_id: Uuid) -> Result<(), StateError> {
         .prepare_cached("DELETE FROM outbox WHERE batch_id = ?1")?
         .execute([batch_id.to_string()])?;
     Ok(())
+}
+
+/// Removes the acknowledged batch `batch_id` (a PUBACK, a spill the cloud committed) and
+/// counts it and its rows in `batches_acked` / `rows_acked`, in the caller's transaction: the
+/// one place a batch counts as delivered. A row missing (already removed) counts nothing.
+pub fn remove_acked(state: &StateDb, batch_id: Uuid) -> Result<(), StateError> {
+    // `rows` is NULL only in rows fixed before the column: their JSON payload says (a spill's
+    // zstd object is not JSON, and is one row).
+    let rows: Option<i64> = state
+        .conn()
+        .prepare_cached(
+            "DELETE FROM outbox WHERE batch_id = ?1 RETURNING coalesce(rows, \
+             CASE WHEN json_valid(CAST(payload AS TEXT)) \
+             THEN json_array_length(CAST(payload AS TEXT), '$.rows') END, 1)",
+        )?
+        .query_row([batch_id.to_string()], |r| r.get(0))
+        .optional()?;
+    if let Some(rows) = rows {
+        state.bump_counter(counter::BATCHES_ACKED, "", 1)?;
+        state.bump_counter(counter::ROWS_ACKED, "", rows)?;
+    }
+    Ok(())
+}
+
+/// A table's batches in the outbox (fixed, not yet acknowledged).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub batches: u64,
+    /// When the oldest of them was fixed.
+    pub oldest_created_at_ms: i64,
+    /// The lowest `first_seq` (a telemetry batch's `batch_seq`) among them.
+    pub first_seq: i64,
+}
+
+/// [`Pending`] per table: what the metrics read, without the payloads [`list`] loads.
+pub fn pending_per_table(state: &StateDb) -> Result<BTreeMap<String, Pending>, StateError> {
+    let mut stmt = state.conn().prepare(
+        "SELECT table_name, count(*), min(created_at_ms), min(first_seq) FROM outbox \
+         GROUP BY table_name",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            Pending {
+                batches: r.get::<_, i64>(1)?.max(0) as u64,
+                oldest_created_at_ms: r.get(2)?,
+                first_seq: r.get(3)?,
+            },
+        ))
+    })?;
+    Ok(rows.collect::<Result<BTreeMap<_, _>, _>>()?)
 }
 
 /// The bytes of one fixed batch (or spill object).
@@ -266,6 +336,7 @@ pub fn fix_rows(state: &StateDb, epoch: Uuid, b: BuiltBatch) -> Result<Tracked, 
             payload: b.payload,
             created_at_ms: unix_ms(),
             epoch: Some(epoch),
+            rows: Some(b.rows as i64),
         },
     )?;
     Ok(Tracked::waiting(
@@ -299,18 +370,19 @@ pub fn fix_spill(
             payload: object,
             created_at_ms: unix_ms(),
             epoch: Some(epoch),
+            rows: Some(1),
         },
     )?;
     state.bump_counter(spill::COUNTER_SPILLS, table, 1)
 }
 
-/// Fixes the telemetry batch `batch_seq` of `table`.
+/// Fixes the telemetry batch `batch_seq` of `table` (`rows` telemetry rows).
 pub fn fix_telemetry(
     state: &StateDb,
     epoch: Uuid,
     batch_id: Uuid,
-    table: &str,
-    batch_seq: i64,
+    (table, batch_seq): (&str, i64),
+    rows: usize,
     payload: Vec<u8>,
 ) -> Result<Tracked, StateError> {
     let bytes = payload.len();
@@ -325,6 +397,7 @@ pub fn fix_telemetry(
             payload,
             created_at_ms: unix_ms(),
             epoch: Some(epoch),
+            rows: Some(rows as i64),
         },
     )?;
     Ok(Tracked::waiting(
@@ -414,6 +487,36 @@ mod tests {
     }
 
     #[test]
+    fn acknowledged_batches_count_their_rows_also_when_fixed_before_the_rows_column() {
+        let state = StateDb::open_in_memory().unwrap();
+        init(&state).unwrap();
+        let entry = |n: u8, rows: Option<i64>, payload: &[u8]| OutboxEntry {
+            batch_id: id(n),
+            kind: "rows".into(),
+            table_name: "t".into(),
+            first_seq: 1,
+            last_seq: 2,
+            payload: payload.to_vec(),
+            created_at_ms: 1,
+            epoch: None,
+            rows,
+        };
+        put(&state, &entry(1, Some(7), b"{}")).unwrap();
+        // Fixed by an older agent: no `rows`, the payload's `rows` array says.
+        put(&state, &entry(2, None, br#"{"rows":[{},{},{}]}"#)).unwrap();
+        // Not JSON (a spill's zstd object): one row.
+        put(&state, &entry(3, None, &[0x28, 0xb5, 0x2f, 0xfd])).unwrap();
+        for n in 1..=3 {
+            remove_acked(&state, id(n)).unwrap();
+        }
+        // Already gone: counts nothing.
+        remove_acked(&state, id(1)).unwrap();
+        assert_eq!(state.counter(counter::BATCHES_ACKED, "").unwrap(), 3);
+        assert_eq!(state.counter(counter::ROWS_ACKED, "").unwrap(), 11);
+        assert!(list(&state).unwrap().is_empty());
+    }
+
+    #[test]
     fn a_fresh_state_db_gets_the_new_layout() {
         let state = StateDb::open_in_memory().unwrap();
         init(&state).unwrap();
@@ -444,7 +547,7 @@ mod tests {
         let t = fix_rows(&state, epoch, batch(11, 20)).unwrap();
         assert_eq!((t.bytes, t.last_seq, t.kind), (2, 20, BatchKind::Rows));
         fix_spill(&state, epoch, id(12), "t", 21, b"zstd".to_vec()).unwrap();
-        fix_telemetry(&state, epoch, id(13), "temps", 4, b"{}".to_vec()).unwrap();
+        fix_telemetry(&state, epoch, id(13), ("temps", 4), 1, b"{}".to_vec()).unwrap();
         let restored = restore(&state, epoch, Instant::now()).unwrap();
         assert_eq!(restored.outbox.len(), 3);
         assert_eq!(restored.spills.len(), 1);

@@ -11,7 +11,7 @@
 //! before the publish or ack it decides; only PUBACK bookkeeping commits without an fsync
 //! ([`StateDb::set_commit_fsync`]), because losing it only re-sends identical bytes.
 //! The outbox's tables in the same file (and its `last_ack_at` fact in `meta`) are
-//! `outbox_store`'s.
+//! `outbox_store`'s; the oldest-pending marker (`pending_marker`) is `metrics::marker`'s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -76,6 +76,16 @@ pub mod counter {
     /// Journal entries naming a schema_id with no schema, skipped by the reader.
     pub const UNKNOWN_SCHEMA_ENTRIES: &str = "journal_unknown_schema_entries";
     pub const TELEMETRY_SKIPPED: &str = "telemetry_rows_skipped";
+    /// Row and telemetry batches the broker acknowledged (PUBACK) and spills the cloud
+    /// committed, agent-wide (`edge_agent_batches_acked_total`); bumped with the outbox row's
+    /// removal (`outbox_store::remove_acked`), in the same transaction.
+    pub const BATCHES_ACKED: &str = "batches_acked";
+    /// The rows of those batches (`edge_agent_rows_acked_total`).
+    pub const ROWS_ACKED: &str = "rows_acked";
+    /// Controls by outcome: `controls_applied`, `controls_duplicate`, `controls_bad_signature`,
+    /// `controls_stale`, with the control kind in `counters.table_name`
+    /// (`edge_agent_controls_total{kind,outcome}`, bumped in `daemon::controls`).
+    pub const CONTROLS_PREFIX: &str = "controls_";
 }
 
 /// Per-table state as `status` shows it.
@@ -169,6 +179,19 @@ impl StateDb {
     /// Opens (creating if needed) `state.db` at `path`.
     pub fn open(path: &Path) -> Result<StateDb, StateError> {
         Self::init(Connection::open(path)?)
+    }
+
+    /// Opens an existing `state.db` read-only, as is (no layout change): the metrics endpoint's
+    /// own connection beside the daemon's (WAL: readers never block the writer).
+    pub fn open_read_only(path: &Path) -> Result<StateDb, StateError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(1))?;
+        // A reader beside the daemon: a small page cache (KiB) keeps it light.
+        conn.pragma_update(None, "cache_size", -128)?;
+        Ok(StateDb { conn })
     }
 
     /// A throwaway state store (tests, `check`).
@@ -711,6 +734,7 @@ mod tests {
                     payload: b"{}".to_vec(),
                     created_at_ms: 5,
                     epoch: Some(id),
+                    rows: Some(2),
                 },
             )
             .unwrap();

@@ -4,7 +4,8 @@
 //! triggers installed; `check` only proves that this user could write the file and create files
 //! in its directory, with a probe file it removes), and journal sizes come from the same query
 //! the daemon's retention uses ([`journal_stats`]). `status` opens `state.db` as the daemon does
-//! (bringing an older file's layout up to date, see [`outbox_store::init`]).
+//! (bringing an older file's layout up to date, see [`outbox_store::init`]). `status --json`'s
+//! `metrics` are [`metrics::samples`], the same code behind the daemon's `GET /metrics`.
 //!
 //! Output goes to stdout as the commands always printed it (scripts parse `status --json`); an
 //! error ends the command with the binary's one `edge-agent: error: …` line.
@@ -18,6 +19,7 @@ use thiserror::Error;
 use crate::blocks;
 use crate::capture::journal::journal_stats;
 use crate::capture::schema::{enrol, list_user_tables, Enrolment};
+use crate::metrics;
 use crate::mqtt::{self, MqttError};
 use crate::outbox_store;
 use crate::settings::{Settings, SettingsError};
@@ -151,6 +153,19 @@ pub fn check(config: &Path) -> Result<(), StatusError> {
     );
     writable_state_dir(&r.state_db_path)?;
     println!("state db      ok ({})", r.state_db_path.display());
+    match settings.observability.metrics_listen {
+        None => println!("metrics       off (observability.metrics_listen unset)"),
+        Some(addr) if addr.ip().is_loopback() => {
+            println!("metrics       http://{addr}/metrics")
+        }
+        Some(addr) => {
+            tracing::warn!(%addr, "observability.metrics_listen is not a loopback address");
+            println!(
+                "metrics       http://{addr}/metrics (WARNING: not a loopback address; the \
+                 endpoint has no auth, anyone who reaches it reads the metrics)"
+            );
+        }
+    }
     for info in &tables {
         let cfg = r.capture.table(&info.name);
         let what = match enrol(info, &cfg) {
@@ -345,6 +360,15 @@ pub fn status(config: &Path, json: bool) -> Result<(), StatusError> {
         }));
     }
     let blocked_list: Vec<_> = blocked.values().map(block_json).collect();
+    // The endpoint's samples (all but edge_agent_mqtt_connected), from the same code.
+    let source = open_read_only(&r.source_db_path, "sqlite-replication.source_db_path").ok();
+    let metrics = metrics::samples(
+        &state,
+        source.as_ref(),
+        &settings.connection.device_name,
+        now_ms,
+    )
+    .map_err(|e| key_cause("reading the metrics".into(), e))?;
     let counters: Vec<_> = state
         .counters()?
         .into_iter()
@@ -359,12 +383,25 @@ pub fn status(config: &Path, json: bool) -> Result<(), StatusError> {
         "tables": tables,
         "blocked_tables": blocked_list,
         "counters": counters,
+        "metrics": metrics,
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     print_text(&settings, &doc, outbox.len());
+    let oldest = metrics
+        .iter()
+        .filter(|m| m.name == metrics::name::OLDEST_PENDING_AGE)
+        .max_by_key(|m| m.value);
+    match oldest {
+        Some(m) if m.value > 0 => println!(
+            "oldest pending {}s ({})",
+            m.value,
+            m.labels.first().map_or("", |l| l.1.as_str())
+        ),
+        _ => println!("oldest pending -"),
+    }
     Ok(())
 }
 

@@ -107,6 +107,11 @@ impl Daemon {
                 blocks::remember_skip_ack(&d.state, &id, b)?;
             }
             d.state.mark_control_handled(&id, unix_ms())?;
+            d.state.bump_counter(
+                &super::controls::control_counter(crate::control::outcome::APPLIED),
+                edge_protocol::control::ControlKind::UnblockTable.as_str(),
+                1,
+            )?;
             if let Some(issued) = issued_at {
                 crate::control_store::set_last_applied(
                     &d.state,

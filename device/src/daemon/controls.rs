@@ -25,6 +25,11 @@ use crate::control::{decide, ControlAction, ControlDecision, ControlFacts};
 use crate::control_store;
 use crate::mqtt::Publisher;
 
+/// The state.db counter of controls with `outcome` ([`crate::state::counter::CONTROLS_PREFIX`]).
+pub(super) fn control_counter(outcome: &str) -> String {
+    format!("{}{outcome}", crate::state::counter::CONTROLS_PREFIX)
+}
+
 impl Daemon {
     pub(super) fn on_control(
         &mut self,
@@ -79,6 +84,15 @@ impl Daemon {
         } else {
             decide(&envelope, key, &facts)
         };
+        let kind = envelope.control_kind.as_str();
+        // Counted where it is decided; an applied control counts inside its effect's
+        // transaction (below, and `on_unblock`), the others here before the (non-)ack.
+        match decision.outcome() {
+            Some(outcome) if outcome != crate::control::outcome::APPLIED => {
+                self.count_control(kind, outcome)?
+            }
+            _ => {}
+        }
         let action = match decision {
             ControlDecision::Reject(why) => {
                 warn!(control_id = %id, kind = envelope.control_kind.as_str(), reason = %why, "control rejected (not acked)");
@@ -116,6 +130,8 @@ impl Daemon {
         self.in_state_transaction(|d| {
             d.save_control_effect(&action)?;
             d.state.mark_control_handled(&id.to_string(), unix_ms())?;
+            d.state
+                .bump_counter(&control_counter(crate::control::outcome::APPLIED), kind, 1)?;
             if let (Some(family), Some(issued)) = (family, &issued_at) {
                 if !table.is_empty() {
                     control_store::set_last_applied(&d.state, &table, family, issued)?;
@@ -198,6 +214,16 @@ impl Daemon {
             "the cloud does not know this device (device_unknown): check its registration and root_topic; publishing goes on");
         control_store::set_device_unknown(&self.state, notice)?;
         Ok(())
+    }
+
+    /// Counts a control that was not applied (`controls_<outcome>`, kind in `table_name`),
+    /// committed without an fsync: a counter lost at a power cut is no reason for one fsync
+    /// per forged or re-sent control.
+    fn count_control(&mut self, kind: &str, outcome: &str) -> Result<(), DaemonError> {
+        self.state.set_commit_fsync(false)?;
+        let counted = self.state.bump_counter(&control_counter(outcome), kind, 1);
+        self.state.set_commit_fsync(true)?;
+        Ok(counted?)
     }
 
     fn ack_control(&mut self, id: Uuid, client: &Publisher) -> Result<(), DaemonError> {

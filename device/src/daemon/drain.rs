@@ -258,8 +258,8 @@ impl Daemon {
                 &self.state,
                 self.epoch,
                 id,
-                table,
-                batch_seq,
+                (table, batch_seq),
+                records.len(),
                 payload,
             )?;
             self.state.set_telemetry_progress(table, &progress)?;

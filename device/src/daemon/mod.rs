@@ -30,11 +30,13 @@
 //! Rooms: this file holds the loop, start-up and the MQTT event handlers; `drain` the hot path
 //! (journal read → batches fixed into the outbox → handed to the client), `controls` the
 //! control handlers, `uploads` the spill uploads, `blocked` the tables the device blocked
-//! itself (an undecodable entry: only that table stops; `unblock_table`).
+//! itself (an undecodable entry: only that table stops; `unblock_table`), `observe` what the
+//! metrics need from the loop (the oldest-pending marker, the connection flag).
 
 mod blocked;
 mod controls;
 mod drain;
+mod observe;
 mod supervise;
 mod uploads;
 
@@ -87,6 +89,9 @@ pub enum DaemonError {
     Batch(#[from] crate::batcher::BatchError),
     #[error(transparent)]
     Spill(#[from] SpillError),
+    /// The metrics endpoint's thread could not be started.
+    #[error("config key `observability.metrics_listen`: cannot start the metrics thread: {0}")]
+    Metrics(std::io::Error),
 }
 
 fn now_rfc3339() -> String {
@@ -116,6 +121,8 @@ pub struct Daemon {
     data_version: i64,
     /// Batches PUBACKed in this loop turn, applied together by [`Daemon::commit_acks`].
     acked: Vec<Tracked>,
+    /// `edge_agent_mqtt_connected`, read by the metrics endpoint's thread (`metrics::serve`).
+    connected: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Daemon {
@@ -133,6 +140,7 @@ impl Daemon {
         let mut state = StateDb::open(&r.state_db_path)?;
         outbox_store::init(&state)?;
         control_store::init(&state)?;
+        crate::metrics::marker::init(&state)?;
         if !settings.security.signed_control {
             warn!(
                 "security.signed_control = false (security.allow_unsigned_control = true): \
@@ -189,7 +197,17 @@ impl Daemon {
             root,
             data_version: 0,
             acked: Vec::new(),
+            connected: Default::default(),
         })
+    }
+
+    /// Shares `flag` as the daemon's connection state (the metrics endpoint reads it).
+    pub fn with_connected_flag(
+        mut self,
+        flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Daemon {
+        self.connected = flag;
+        self
     }
 
     /// Runs until `shutdown` completes, then drains in-flight acks briefly and disconnects.
@@ -267,6 +285,7 @@ impl Daemon {
             if now >= next_poll {
                 next_poll = now + poll_every;
                 self.poll_capture()?;
+                self.observe_pending()?;
                 if self.snapshot_step()? {
                     self.reader.note_backlog();
                 }
@@ -324,6 +343,7 @@ impl Daemon {
         })
         .await;
         conn.abort();
+        self.set_connected(false);
         info!("stopped");
         Ok(())
     }
@@ -407,6 +427,7 @@ impl Daemon {
     fn on_mqtt(&mut self, ev: MqttEvent, client: &Publisher) -> Result<(), DaemonError> {
         match ev {
             MqttEvent::Connected { session_present } => {
+                self.set_connected(true);
                 self.outbox.on_connack(session_present);
                 self.send_hello(client)?;
                 self.announce_blocks(client)?;
@@ -422,6 +443,7 @@ impl Daemon {
                 error,
             } => {
                 debug!(%error, fresh_pending, "disconnected");
+                self.set_connected(false);
                 self.outbox.on_disconnect(fresh_pending);
             }
             MqttEvent::OutgoingPublish(pkid) => self.outbox.on_outgoing_publish(pkid),
@@ -497,7 +519,7 @@ impl Daemon {
                         "acknowledged batch of an earlier journal epoch: cursor left alone");
                 }
             }
-            outbox_store::remove(&self.state, t.batch_id)?;
+            outbox_store::remove_acked(&self.state, t.batch_id)?;
         }
         outbox_store::set_last_ack_at(&self.state, &now_rfc3339())?;
         Ok(moved)

@@ -66,12 +66,25 @@ pub async fn run_supervised(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     tokio::pin!(shutdown);
+    // The metrics endpoint outlives the daemon's restarts: started once, after the first open
+    // brought state.db's layout up to date, it keeps serving what the files say while the
+    // daemon starts over.
+    let connected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut metrics = settings.observability.metrics_listen;
     let mut pause: Option<Duration> = None;
     let mut starts: u64 = 0;
     loop {
         let started = Instant::now();
         let result = match Daemon::open(settings.clone()) {
-            Ok(daemon) => daemon.run(&mut shutdown).await,
+            Ok(daemon) => {
+                if let Some(addr) = metrics.take() {
+                    start_metrics(addr, &settings, &connected)?;
+                }
+                daemon
+                    .with_connected_flag(connected.clone())
+                    .run(&mut shutdown)
+                    .await
+            }
             Err(e) => Err(e),
         };
         let e = match result {
@@ -91,6 +104,25 @@ pub async fn run_supervised(
         }
         info!(starts, "starting over after a storage failure");
     }
+}
+
+/// Starts the metrics endpoint's thread (`metrics::serve`).
+fn start_metrics(
+    addr: std::net::SocketAddr,
+    settings: &Settings,
+    connected: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), DaemonError> {
+    let r = &settings.replication;
+    crate::metrics::serve::spawn(
+        addr,
+        crate::metrics::serve::Scrape {
+            state_db: r.state_db_path.clone(),
+            source_db: r.source_db_path.clone(),
+            device: settings.connection.device_name.clone(),
+            connected: connected.clone(),
+        },
+    )
+    .map_err(DaemonError::Metrics)
 }
 
 #[cfg(test)]

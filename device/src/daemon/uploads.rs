@@ -86,7 +86,7 @@ impl Daemon {
                 .state
                 .set_last_acked_in_epoch(&s.table, s.commit_seq, epoch)?;
             fail::fail_point!("agent-spill-acked-before-outbox-remove");
-            outbox_store::remove(&d.state, batch_id)?;
+            outbox_store::remove_acked(&d.state, batch_id)?;
             outbox_store::set_last_ack_at(&d.state, &now_rfc3339())?;
             Ok(moved)
         })?;

@@ -18,7 +18,7 @@
 //!
 //! Generic rule for every other key: `OMEGA_` + section + `_` + key, upper-cased, `-` → `_`
 //! (`OMEGA_CONNECTION_KEEP_ALIVE`, `OMEGA_SQLITE_REPLICATION_FLUSH_INTERVAL`,
-//! `OMEGA_SECURITY_SIGNED_CONTROL`). `table_strategies` is overridden as a whole with an inline
+//! `OMEGA_SECURITY_SIGNED_CONTROL`, `OMEGA_OBSERVABILITY_METRICS_LISTEN`). `table_strategies` is overridden as a whole with an inline
 //! TOML table: `OMEGA_SQLITE_REPLICATION_TABLE_STRATEGIES='{ temps = { strategy = "telemetry",
 //! ts_column = "ts" } }'`. A design-name variable wins over the generic one.
 //!
@@ -140,12 +140,21 @@ pub struct SecuritySettings {
     pub control_key: Option<Secret>,
 }
 
+/// `[observability]` (observability.md §1, §3).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservabilitySettings {
+    /// `metrics_listen`: where `edge-agent run` serves `GET /metrics`; `None` (unset, or
+    /// `"off"`) serves nothing. A non-loopback address is allowed but warned about (no auth).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
 /// Validated agent settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub connection: ConnectionSettings,
     pub replication: ReplicationSettings,
     pub security: SecuritySettings,
+    pub observability: ObservabilitySettings,
 }
 
 /// Design-name environment variables → key path.
@@ -296,6 +305,64 @@ state_db_path = "/var/lib/edge-agent/state.db"
         assert_eq!(s.replication.capture.snapshot_chunk_rows, 7);
         let e = load(&with("0"), &[]).unwrap_err().to_string();
         assert!(e.contains("snapshot_chunk_rows"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_is_off_unless_set_and_a_bad_address_names_the_key() {
+        assert_eq!(
+            load(MINIMAL, &[]).unwrap().observability.metrics_listen,
+            None
+        );
+        let with = |v: &str| format!("{MINIMAL}\n[observability]\nmetrics_listen = {v}\n");
+        let s = load(&with("\"127.0.0.1:9464\""), &[]).unwrap();
+        assert_eq!(
+            s.observability.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(
+            load(&with("\"off\""), &[])
+                .unwrap()
+                .observability
+                .metrics_listen,
+            None
+        );
+        let s = load(
+            MINIMAL,
+            &[("OMEGA_OBSERVABILITY_METRICS_LISTEN", "[::1]:9500")],
+        )
+        .unwrap();
+        assert_eq!(
+            s.observability.metrics_listen,
+            Some("[::1]:9500".parse().unwrap())
+        );
+        for bad in [
+            "\"localhost:9464\"",
+            "\"127.0.0.1\"",
+            "\"127.0.0.1:0\"",
+            "9464",
+        ] {
+            let e = load(&with(bad), &[]).unwrap_err().to_string();
+            assert!(
+                e.contains("config key `observability.metrics_listen`"),
+                "{bad}: {e}"
+            );
+        }
+        let e = load(MINIMAL, &[("OMEGA_OBSERVABILITY_METRICS_LISTEN", "nope")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "observability.metrics_listen` (from env OMEGA_OBSERVABILITY_METRICS_LISTEN)"
+            ),
+            "{e}"
+        );
+        let e = load(
+            &format!("{MINIMAL}\n[observability]\nlisten = \"x\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("observability.listen"), "{e}");
     }
 
     #[test]

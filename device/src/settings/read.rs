@@ -9,9 +9,9 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use super::{
-    generic_env_name, BrokerUrl, CaptureConfig, ConnectionSettings, ReplicationSettings, Secret,
-    SecuritySettings, Settings, SettingsError, Strategy, TableConfig, AUTH_TOKEN_ENV,
-    DEFAULT_LOCAL_RETENTION_BYTES, DEFAULT_SNAPSHOT_CHUNK_ROWS, NAMED_ENV,
+    generic_env_name, BrokerUrl, CaptureConfig, ConnectionSettings, ObservabilitySettings,
+    ReplicationSettings, Secret, SecuritySettings, Settings, SettingsError, Strategy, TableConfig,
+    AUTH_TOKEN_ENV, DEFAULT_LOCAL_RETENTION_BYTES, DEFAULT_SNAPSHOT_CHUNK_ROWS, NAMED_ENV,
 };
 
 const CONNECTION_KEYS: &[&str] = &[
@@ -45,10 +45,12 @@ const REPLICATION_KEYS: &[&str] = &[
     "table_strategies",
 ];
 const SECURITY_KEYS: &[&str] = &["signed_control", "allow_unsigned_control"];
+const OBSERVABILITY_KEYS: &[&str] = &["metrics_listen"];
 const SECTIONS: &[(&str, &[&str])] = &[
     ("connection", CONNECTION_KEYS),
     ("sqlite-replication", REPLICATION_KEYS),
     ("security", SECURITY_KEYS),
+    ("observability", OBSERVABILITY_KEYS),
 ];
 
 /// Where a value came from, for error messages.
@@ -143,7 +145,34 @@ pub(super) fn settings(
             allow_unsigned_control,
             control_key,
         },
+        observability: ObservabilitySettings {
+            metrics_listen: read_metrics_listen(&r)?,
+        },
     })
+}
+
+/// `observability.metrics_listen`: `host:port` with an IP literal (`127.0.0.1:9464`,
+/// `[::1]:9464`); unset, empty or `"off"` = no endpoint. No name lookup: the listener binds
+/// exactly what is written, and a typo fails here, not at the first scrape.
+fn read_metrics_listen(r: &Reader<'_>) -> Result<Option<std::net::SocketAddr>, SettingsError> {
+    const S: &str = "observability";
+    const K: &str = "metrics_listen";
+    let Some(raw) = r.string(S, K)? else {
+        return Ok(None);
+    };
+    let raw = raw.trim();
+    if raw.is_empty() || raw.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    match raw.parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.port() != 0 => Ok(Some(addr)),
+        Ok(_) => Err(r.err(S, K, "port 0 is not a fixed address to scrape")),
+        Err(_) => Err(r.err(
+            S,
+            K,
+            format!("expected an IP address and port like \"127.0.0.1:9464\", or \"off\"; found {raw:?}"),
+        )),
+    }
 }
 
 fn apply_env(

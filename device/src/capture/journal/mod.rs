@@ -9,7 +9,8 @@
 //! Acknowledging (`ack`) moves the table's cursor in `state.db` first, then deletes the
 //! acknowledged rows in small `BEGIN IMMEDIATE` transactions so the application's writer only
 //! ever queues briefly behind the agent (never sees SQLITE_BUSY given any reasonable
-//! busy_timeout). One journal row's decoding and wire encoding is `entry`'s.
+//! busy_timeout). One journal row's decoding and wire encoding is `entry`'s; what is still
+//! pending per table (the metrics' journal gauges) is `pending`'s.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,10 +23,12 @@ use tracing::{debug, error};
 
 mod ack;
 mod entry;
+mod pending;
 
 pub use ack::is_busy;
 pub(crate) use entry::{decode_entry, RawEntry};
 use entry::{encode_change, encode_entry, DecodedEntry, EntryLayout};
+pub use pending::{oldest_pending_seq, pending_stats, PendingStats};
 
 use super::codec::to_sql;
 use super::ident::quote_ident;
