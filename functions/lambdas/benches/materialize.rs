@@ -2,17 +2,21 @@
 //! 50 % updates, against COPY of the same rows into an identical plain table, in the same run
 //! on the harness' PostgreSQL (or `DATABASE_URL`).
 //!
-//! Three figures per workload, all with batches of 500 rows, one transaction per batch:
+//! Four figures per workload, all with batches of 500 rows, one transaction per batch:
 //! - `materializer`: plan (fitness + newest-per-key) + the version-guarded upsert statement;
 //! - `handler`: the whole ingest handler (decode, ledger, lineage lock, classification,
-//!   materialization, watermark) from envelope bytes;
+//!   materialization, watermark, lineage health) from envelope bytes, with the metrics
+//!   recording as in a Lambda (registry + EMF tally, the most work), and the same with
+//!   `CloudMetrics::disabled()` interleaved batch by batch into a twin table: their ratio is
+//!   the cost of metrics (issue 15: ≥ 0.97);
 //! - `copy`: binary COPY of the same rows into a plain table with the same columns and key.
 //!
 //! `cargo bench -p edge-functions --bench materialize` (env `EDGE_BENCH_ROWS`, default 200000;
 //! 2000 when run as a smoke test by `cargo test --all-targets`).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use edge_cloud_core::ingress::envelope;
 use edge_cloud_core::mirror::{plan_upserts, MirrorTable};
@@ -22,6 +26,7 @@ use edge_functions::ingest::{handle, Outcome};
 use edge_functions::store::mirror::apply_upserts;
 use edge_functions::store::registry::{create_device, Device};
 use edge_functions::store::{migrate::migrate, pool};
+use edge_functions::metrics::CloudMetrics;
 use edge_functions::Deps;
 use edge_protocol::batch::{Op, RowBatch, RowChange};
 use edge_protocol::fingerprint::{ColumnFingerprint, SchemaColumns};
@@ -162,46 +167,69 @@ async fn bench_materializer(
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn bench_handler(
-    deps: &Deps,
+/// The whole ingest handler over `batches`, twice at once: into `tables[0]` with `deps_on`
+/// (metrics recorded) and into `tables[1]` with `deps_off` (`CloudMetrics::disabled`), batch by
+/// batch alternately, so both see the same database state, cache and machine load (issue 15:
+/// metrics on vs off). Returns rows/s of each.
+async fn bench_handler_pair(
+    deps_on: &Deps,
+    deps_off: &Deps,
     device: &Device,
-    table: &str,
+    tables: [&str; 2],
     epoch: Uuid,
     batches: &[Vec<RowChange>],
     ms: u64,
-) -> f64 {
-    let s = schema(table);
+) -> (f64, f64) {
     let topic = format!("bench/{}/sync/rows/batch", device.device_name);
-    let payloads: Vec<Vec<u8>> = batches
-        .iter()
-        .enumerate()
-        .map(|(i, rows)| {
-            let b = RowBatch {
-                format_version: 1,
-                capture_strategy: "sqlite_row_batch_v1".into(),
-                batch_id: new_uuid_v7(ms + i as u64, [2; 10]),
-                journal_epoch: epoch,
-                source_table: table.into(),
-                schema_hash: s.schema_hash(),
-                schema_columns: None,
-                first_commit_seq: rows[0].commit_seq,
-                last_commit_seq: rows[rows.len() - 1].commit_seq,
-                rows: rows.clone(),
-                snapshot: None,
-            };
-            serde_json::to_vec(&b).unwrap()
-        })
-        .collect();
-    let start = Instant::now();
+    let payloads = |table: &str, ms: u64| -> Vec<Vec<u8>> {
+        let s = schema(table);
+        batches
+            .iter()
+            .enumerate()
+            .map(|(i, rows)| {
+                let b = RowBatch {
+                    format_version: 1,
+                    capture_strategy: "sqlite_row_batch_v1".into(),
+                    batch_id: new_uuid_v7(ms + i as u64, [2; 10]),
+                    journal_epoch: epoch,
+                    source_table: table.into(),
+                    schema_hash: s.schema_hash(),
+                    schema_columns: None,
+                    first_commit_seq: rows[0].commit_seq,
+                    last_commit_seq: rows[rows.len() - 1].commit_seq,
+                    rows: rows.clone(),
+                    snapshot: None,
+                };
+                serde_json::to_vec(&b).unwrap()
+            })
+            .collect()
+    };
+    let on = payloads(tables[0], ms);
+    let off = payloads(tables[1], ms + 50_000_000);
+    let (mut t_on, mut t_off) = (Duration::ZERO, Duration::ZERO);
     let mut n = 0usize;
-    for (p, rows) in payloads.iter().zip(batches) {
-        let o = handle(deps, envelope(&topic, &device.device_name, 0, p))
-            .await
-            .unwrap();
-        assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
+    for (i, rows) in batches.iter().enumerate() {
+        // Alternate which goes first, so neither always meets the other's leftovers.
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            let (deps, p, t) = if which == 0 {
+                (deps_on, &on[i], &mut t_on)
+            } else {
+                (deps_off, &off[i], &mut t_off)
+            };
+            let start = Instant::now();
+            let o = handle(deps, envelope(&topic, &device.device_name, 0, p))
+                .await
+                .unwrap();
+            *t += start.elapsed();
+            assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
+        }
         n += rows.len();
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    (
+        n as f64 / t_on.as_secs_f64(),
+        n as f64 / t_off.as_secs_f64(),
+    )
 }
 
 async fn bench_copy(deps: &Deps, name: &str, batches: &[Vec<RowChange>]) -> f64 {
@@ -303,7 +331,11 @@ async fn main() {
         .map_or_else(|| std::env::var("DATABASE_URL").unwrap(), TestDatabase::url);
     let p = pool::connect(&url, 2).unwrap();
     migrate(&mut p.get().await.unwrap()).await.unwrap();
-    let deps = Deps::new(p);
+    let mut deps = Deps::new(p);
+    // The Lambdas' metrics (registry + the per-invocation EMF tally): the most work per batch.
+    deps.metrics = Arc::new(CloudMetrics::with_emf());
+    let mut deps_off = deps.clone();
+    deps_off.metrics = Arc::new(CloudMetrics::disabled());
     let device = Device {
         device_id: Uuid::now_v7(),
         device_name: format!("bench-{}", Uuid::now_v7().simple()),
@@ -330,17 +362,25 @@ async fn main() {
         let mat = bench_materializer(&deps, &m1, device.device_id, epoch, &batches).await;
         let t2 = format!("bench_handler_{key}");
         setup(&deps, &device, &t2, epoch).await;
+        let t3 = format!("bench_handler_off_{key}");
+        setup(&deps, &device, &t3, epoch).await;
         let ms = if update_every == 0 {
             1_733_100_000_000
         } else {
             1_733_200_000_000
         };
-        let hnd = bench_handler(&deps, &device, &t2, epoch, &batches, ms).await;
+        let (hnd, hnd_off) =
+            bench_handler_pair(&deps, &deps_off, &device, [&t2, &t3], epoch, &batches, ms).await;
         println!("| {label} | copy (same rows, insert) | {copy:.0} | 1.00 |");
         println!("| {label} | materializer | {mat:.0} | {:.2} |", mat / copy);
         println!(
             "| {label} | ingest handler | {hnd:.0} | {:.2} |",
             hnd / copy
         );
+        println!(
+            "| {label} | ingest handler, metrics off | {hnd_off:.0} | {:.2} |",
+            hnd_off / copy
+        );
+        println!("| {label} | metrics on / off | | {:.3} |", hnd / hnd_off);
     }
 }
