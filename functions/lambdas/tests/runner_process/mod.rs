@@ -40,12 +40,22 @@ impl RunnerProcess {
         args: &[&str],
     ) -> RunnerProcess {
         let before = broker.subacks_sent_to(client_id);
-        let runner = Self::spawn(db_url, broker, pki, dir, client_id, env, args);
-        let mut runner = runner;
+        let mut runner = Self::spawn(db_url, broker, pki, dir, client_id, env, args);
         let deadline = Instant::now() + Duration::from_secs(60);
+        // The ports come from `free_port` (bind, read, release): a parallel test may take one
+        // before the runner binds it. Such a start-up is retried on new ports, twice.
+        let mut port_retries = 2;
         while broker.subacks_sent_to(client_id) < before + 5 {
             if let Some(status) = runner.child.try_wait().unwrap() {
-                panic!("edge-cloud run exited ({status}):\n{}", runner.log_text());
+                let log = runner.log_text();
+                if port_retries > 0
+                    && (log.contains("cannot listen") || log.contains("binding the HTTP API"))
+                {
+                    port_retries -= 1;
+                    runner = Self::spawn(db_url, broker, pki, dir, client_id, env, args);
+                    continue;
+                }
+                panic!("edge-cloud run exited ({status}):\n{log}");
             }
             assert!(
                 Instant::now() < deadline,
