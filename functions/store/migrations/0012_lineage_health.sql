@@ -9,18 +9,40 @@
 ALTER TABLE edge_table_lineages ADD COLUMN IF NOT EXISTS last_batch_received_at timestamptz;
 ALTER TABLE edge_table_lineages ADD COLUMN IF NOT EXISTS newest_materialized_source_at timestamptz;
 
--- The worst-first order of §4 within a project (read::fleet): pause class, then the whole
--- second at or after the source time (ascending = lag descending, for a generated_at in whole
--- seconds: ⌊G − s⌋ = G − ⌈s⌉), then backlog. An immutable expression so the index holds it
--- (extract() of a timestamptz is only stable; of an interval it is immutable). The fleet page
--- walks this index in order and stops after the page: device_name and source_table break the
--- remaining ties in an incremental sort of the (tiny) groups that tie on all three.
+-- The device's name on the lineage row: the last tie-break of the worst-first order (and the
+-- `device_name` filter), so the fleet page walks one index in its full order without a lookup
+-- of edge_devices per skipped row (a page at offset 1,000 did 1,000 of them). A device's name
+-- never changes (UNIQUE, no rename route); every insert path fills it from edge_devices here,
+-- so no writer has to remember it.
+ALTER TABLE edge_table_lineages ADD COLUMN IF NOT EXISTS device_name text;
+UPDATE edge_table_lineages l SET device_name = d.device_name
+    FROM edge_devices d WHERE d.device_id = l.device_id AND l.device_name IS NULL;
+CREATE OR REPLACE FUNCTION edge_lineage_device_name() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT d.device_name INTO NEW.device_name FROM edge_devices d
+        WHERE d.device_id = NEW.device_id;
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS edge_lineage_device_name ON edge_table_lineages;
+CREATE TRIGGER edge_lineage_device_name BEFORE INSERT ON edge_table_lineages
+    FOR EACH ROW EXECUTE FUNCTION edge_lineage_device_name();
+ALTER TABLE edge_table_lineages ALTER COLUMN device_name SET NOT NULL;
+
+-- The worst-first order of §4 within a project (read::fleet), all of it: pause class, then
+-- the whole second at or after the source time (ascending = lag descending, for a
+-- generated_at in whole seconds: ⌊G − s⌋ = G − ⌈s⌉), then backlog, device name, source table.
+-- An immutable expression so the index holds it (extract() of a timestamptz is only stable;
+-- of an interval it is immutable). The fleet page walks this index in order and stops after
+-- the page.
 CREATE INDEX IF NOT EXISTS edge_table_lineages_health ON edge_table_lineages (
     project_id,
     (CASE pause_reason WHEN 'circuit_breaker' THEN 0 WHEN 'volume_backpressure' THEN 1
                        WHEN 'schema_review' THEN 2 ELSE 3 END),
     (ceil(extract(epoch FROM coalesce(newest_materialized_source_at, created_at) - to_timestamp(0)))),
-    staged_row_count DESC
+    staged_row_count DESC,
+    device_name,
+    source_table
 );
 
 -- The fleet row's extras, probed for the page's rows only:

@@ -5,8 +5,8 @@
 //! The lag takes the SQL expression of `generated_at` (a parameter such as `$1::timestamptz`),
 //! so every row of one answer is measured against the same instant; that instant is a whole
 //! second ([`generated_at`]), which makes the order an index can serve ([`SOURCE_SECOND_SQL`]
-//! ascending) the lag's order exactly. `l` is `edge_table_lineages` and `d` is `edge_devices`
-//! in the query that uses them.
+//! ascending) the lag's order exactly. `l` is `edge_table_lineages` (with its copy of the
+//! device's name, `l.device_name`) in the query that uses them.
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -55,11 +55,13 @@ pub fn generated_at(now: OffsetDateTime) -> OffsetDateTime {
 
 /// The worst-first `ORDER BY` list of §4: pause rank, lag desc, staged rows desc, device name,
 /// source table. The lag is ordered through [`SOURCE_SECOND_SQL`] (the same order for a
-/// [`generated_at`] instant), so the index serves the first three keys and a page reads only
-/// its own rows; device_name and source_table (unique together) break the remaining ties.
+/// [`generated_at`] instant); device_name and source_table (unique together) break the
+/// remaining ties. `l.device_name` is the lineage's copy of its device's name (migration
+/// 0012), so the `edge_table_lineages_health` index holds the whole order and a page reads
+/// only the index entries up to its end.
 pub fn worst_first_order_sql() -> String {
     format!(
-        "{PAUSE_RANK_SQL}, {SOURCE_SECOND_SQL}, l.staged_row_count DESC, d.device_name, \
+        "{PAUSE_RANK_SQL}, {SOURCE_SECOND_SQL}, l.staged_row_count DESC, l.device_name, \
          l.source_table"
     )
 }
@@ -167,7 +169,7 @@ impl FleetSql {
         let lag = lag_seconds_sql("$1::timestamptz");
         FleetSql {
             select: format!(
-                "l.id AS lineage_id, l.device_id, d.device_name, l.fleet_id, l.source_table, \
+                "l.id AS lineage_id, l.device_id, l.device_name, l.fleet_id, l.source_table, \
                  l.kind, l.status, l.pause_reason, l.device_pause_reason, {lag} AS lag_seconds, \
                  l.newest_materialized_source_at, l.staged_row_count AS staged_rows, \
                  l.staged_bytes, l.materialization_failure_count, l.last_batch_received_at, \
@@ -185,7 +187,7 @@ impl FleetSql {
         OrderedPage {
             select: &self.select,
             from: "edge_table_lineages l",
-            join: "JOIN edge_devices d ON d.device_id = l.device_id",
+            join: "",
             filter: &self.filter,
             order: &self.order,
             outer_select: "p.lineage_id, p.device_id, p.device_name, p.fleet_id, \
