@@ -457,16 +457,75 @@ async fn fleet_health(
     let none_text: Option<String> = None;
     let none_uuid: Option<Uuid> = None;
     let none_int: Option<i64> = None;
-    for (what, status, min_lag, offset) in [
-        ("page 1", None, None, 0i64),
-        ("page 20", None, None, 950),
+    let t = |v: &str| Some(v.to_owned());
+    // (what, status, pause_reason, min_lag_seconds, device_name, fleet_id, source_table, offset)
+    type Case = (
+        &'static str,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        Option<Uuid>,
+        Option<String>,
+        i64,
+    );
+    let cases: Vec<Case> = vec![
+        ("page 1", None, None, None, None, None, None, 0),
+        ("page 20", None, None, None, None, None, None, 950),
         (
             "status=paused&min_lag_seconds=60, page 1",
-            Some("paused".to_owned()),
-            Some(60i64),
+            t("paused"),
+            None,
+            Some(60),
+            None,
+            None,
+            None,
             0,
         ),
-    ] {
+        (
+            "pause_reason=none&min_lag_seconds=60, page 3",
+            None,
+            t("none"),
+            Some(60),
+            None,
+            None,
+            None,
+            100,
+        ),
+        (
+            "fleet_id, page 3",
+            None,
+            None,
+            None,
+            None,
+            Some(fleets[0]),
+            None,
+            100,
+        ),
+        (
+            "device_name, page 1",
+            None,
+            None,
+            None,
+            t("fleet-00042"),
+            None,
+            None,
+            0,
+        ),
+        (
+            "source_table=temps, page 3",
+            None,
+            None,
+            None,
+            None,
+            None,
+            t("temps"),
+            100,
+        ),
+    ];
+    let _ = none_text;
+    for (what, status, pause_reason, min_lag, device_name, fleet_id, source_table, offset) in cases
+    {
         let limit = 50i64;
         let rows = c
             .query_typed(
@@ -476,12 +535,12 @@ async fn fleet_health(
                     (&org, Type::UUID),
                     (&project, Type::UUID),
                     (&status, Type::TEXT),
-                    (&none_text, Type::TEXT),
+                    (&pause_reason, Type::TEXT),
                     (&min_lag.or(none_int), Type::INT8),
                     (&none_uuid, Type::UUID),
-                    (&none_text, Type::TEXT),
-                    (&none_uuid, Type::UUID),
-                    (&none_text, Type::TEXT),
+                    (&device_name, Type::TEXT),
+                    (&fleet_id, Type::UUID),
+                    (&source_table, Type::TEXT),
                     (&limit, Type::INT8),
                     (&offset, Type::INT8),
                 ],

@@ -175,7 +175,20 @@ impl FleetSql {
                  l.staged_bytes, l.materialization_failure_count, l.last_batch_received_at, \
                  {PAUSE_RANK_SQL} AS pause_rank, {SOURCE_SECOND_SQL} AS source_second"
             ),
-            filter: format!("{FLEET_WHERE} AND ($6::bigint IS NULL OR {lag} >= $6)"),
+            // min_lag_seconds: lag ≥ m ⇔ ⌊G − s⌋ ≥ m ⇔ s ≤ G − m (m whole seconds): the same
+            // rows as comparing each row's lag, by one timestamp comparison (the total's scan
+            // evaluates it on every lineage of the project).
+            // pause_reason: compared as its rank (the CHECK of 0001 allows only the three
+            // reasons or NULL, so rank 3 is exactly "none"), which the index holds as its
+            // second key: an Index Cond instead of a filter the planner misestimates.
+            filter: format!(
+                "{FLEET_WHERE} \
+                 AND ($5::text IS NULL OR {PAUSE_RANK_SQL} = (CASE $5 \
+                     WHEN 'circuit_breaker' THEN 0 WHEN 'volume_backpressure' THEN 1 \
+                     WHEN 'schema_review' THEN 2 WHEN 'none' THEN 3 END)) \
+                 AND ($6::bigint IS NULL OR coalesce(l.newest_materialized_source_at, \
+                     l.created_at) <= $1::timestamptz - make_interval(secs => $6))"
+            ),
             order: worst_first_order_sql(),
         }
     }
@@ -217,7 +230,6 @@ impl FleetSql {
 /// statements are planned with their values, so a filter that is off costs nothing.
 const FLEET_WHERE: &str = "l.org_id = $2 AND l.project_id = $3 \
      AND ($4::text IS NULL OR l.status = $4) \
-     AND ($5::text IS NULL OR l.pause_reason IS NOT DISTINCT FROM NULLIF($5, 'none')) \
      AND ($7::uuid IS NULL OR l.device_id = $7) \
      AND ($8::text IS NULL \
          OR l.device_id = (SELECT dn.device_id FROM edge_devices dn WHERE dn.device_name = $8)) \
