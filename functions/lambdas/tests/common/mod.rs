@@ -2,6 +2,8 @@
 //! harness), migrations, one registered device, and payload builders.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod api;
+
 use edge_cloud_core::ingress::envelope;
 use edge_e2e::TestDatabase;
 use edge_functions::ingest::{handle, Outcome};
