@@ -103,6 +103,10 @@ pub struct FleetHealthView {
     pub rejections_last_hour: i64,
 }
 
+/// Larger than any lag (≈ 317 years; source times are after 1970) and small enough that
+/// `generated_at − min_lag_seconds` is a timestamp PostgreSQL can hold (4713 BC onwards).
+pub const MAX_LAG_SECONDS: i64 = 10_000_000_000;
+
 /// Filters of the fleet view (all optional, combined with AND).
 #[derive(Debug, Clone, Default)]
 pub struct FleetFilter {
@@ -129,6 +133,9 @@ pub async fn fleet_health<C: GenericClient + Sync>(
     page: Page,
 ) -> Result<(Vec<FleetHealthView>, i64), OpError> {
     let sql = FleetSql::new();
+    // G − m must stay a timestamp: a larger m than any lag can be (see MAX_LAG_SECONDS) selects
+    // the same (no) lineages.
+    let min_lag_seconds = f.min_lag_seconds.map(|m| m.min(MAX_LAG_SECONDS));
     ordered_page_with_total(
         c,
         &sql.page(),
@@ -138,7 +145,7 @@ pub async fn fleet_health<C: GenericClient + Sync>(
             (&scope.project_id, Type::UUID),
             (&f.status, Type::TEXT),
             (&f.pause_reason, Type::TEXT),
-            (&f.min_lag_seconds, Type::INT8),
+            (&min_lag_seconds, Type::INT8),
             (&f.device_id, Type::UUID),
             (&f.device_name, Type::TEXT),
             (&f.fleet_id, Type::UUID),
