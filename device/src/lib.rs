@@ -22,7 +22,8 @@
 //!   snapshots, marked runs and their journal markers ([`capture::snapshot`]), retention ([`capture::retention`]), telemetry reader
 //!   ([`capture::telemetry`])
 //! - [`state`] — state.db: epoch, instance id, cursors, schema hashes, snapshot flags, pauses,
-//!   handled controls, telemetry progress, counters, the one `meta` table
+//!   handled controls, telemetry progress, the one `meta` table; `state::counters` (what the
+//!   agent counts, kept across restarts: `status` and the `_total` metrics)
 //! - [`blocks`] — tables the device blocked itself (undecodable entry, row too large, upload
 //!   refused): reason + `commit_seq` + the entry's bytes, the operator's retry / skip (state.db)
 //! - [`reader`] — the read planner: read positions, catch-up, tables blocked by a spill (pure)
