@@ -7,9 +7,10 @@
 
 mod common;
 
+use common::api::{token, SECRET};
 use common::*;
 use edge_cloud_core::naming::uuid8;
-use edge_functions::api::auth::{mint, AuthConfig, Claims, MANAGE_DEVICES};
+use edge_functions::api::auth::AuthConfig;
 use edge_functions::api::{handle, Api};
 use edge_functions::ingest::Outcome;
 use edge_functions::replay::{drain, Budget};
@@ -18,27 +19,6 @@ use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request};
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-const SECRET: &[u8] = b"test-secret";
-
-fn token(org: Uuid, projects: Vec<Uuid>, manage: bool) -> String {
-    mint(
-        SECRET,
-        &Claims {
-            sub: "operator@test".into(),
-            org_id: org,
-            projects,
-            permissions: if manage {
-                vec![MANAGE_DEVICES.into()]
-            } else {
-                vec!["PROJECT_CAN_VIEW".into()]
-            },
-            exp: 4_000_000_000,
-            iat: 0,
-        },
-    )
-    .unwrap()
-}
 
 struct T {
     env: Env,
